@@ -1,0 +1,3 @@
+"""ilex: SynthMorph deformable registration in JAX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,138 @@
+"""Reading FreeSurfer's Keras-2 h5 weight files, by position, as Keras itself does.
+
+Keras' `load_weights` ignores names: it walks the root `layer_names` attribute, skips layers
+without weights, and takes each layer's `weight_names` in order (SPEC §4.1). HDF5's own group
+iteration is alphabetical (`_10` before `_2`) and must never be used for this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from ..errors import WeightsFileError
+from ..models.synthmorph_deform.unet import conv_channels
+
+
+@dataclass(frozen=True)
+class KerasWeight:
+    """One weight array of the file, in Keras order: its h5 path and shape (not yet read)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dataset: h5py.Dataset
+
+
+def _decode(names) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(names)]
+
+
+@contextlib.contextmanager
+def open_keras_weights(path: str | os.PathLike) -> Iterator[list[KerasWeight]]:
+    """Open a Keras h5 weights file and list its arrays in loading order (lazily, nothing read).
+
+    Accepts `save_weights` files (root `layer_names`) and whole-model files (`model_weights`
+    group), with one nested-model group, flat layers, or both.
+    Raises `WeightsFileError` naming the file if it is not such a file.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightsFileError(path, "no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as e:
+        reason = "truncated or corrupt HDF5 file" if h5py.is_hdf5(path) else "not an HDF5 file"
+        raise WeightsFileError(path, f"{reason} ({e.__class__.__name__}); expected a Keras .h5 weights file") from None
+    with handle:
+        try:
+            root = handle
+            if "layer_names" not in root.attrs and "model_weights" in root:
+                root = root["model_weights"]
+            if "layer_names" not in root.attrs:
+                raise WeightsFileError(
+                    path,
+                    "not a Keras weights file: expected a 'layer_names' attribute at the root or in "
+                    f"'model_weights', found groups {sorted(handle.keys())[:8]}",
+                )
+            weights = []
+            for layer in _decode(root.attrs["layer_names"]):
+                if layer not in root:
+                    raise WeightsFileError(path, f"layer_names lists '{layer}' but the file has no such group")
+                group = root[layer]
+                for wname in _decode(group.attrs.get("weight_names", [])):
+                    if wname not in group:
+                        raise WeightsFileError(path, f"layer '{layer}' lists weight '{wname}' that is missing")
+                    ds = group[wname]
+                    if not isinstance(ds, h5py.Dataset):
+                        raise WeightsFileError(path, f"'{layer}/{wname}' is not an array")
+                    weights.append(KerasWeight(f"{layer}/{wname}", tuple(int(s) for s in ds.shape), ds))
+        except WeightsFileError:
+            raise
+        except (OSError, RuntimeError, KeyError) as e:
+            raise WeightsFileError(path, f"truncated or corrupt HDF5 file ({e})") from None
+        if not weights:
+            raise WeightsFileError(path, "the file holds no weight arrays")
+        yield weights
+
+
+def infer_synthmorph_kwargs(path: str, shapes: Sequence[tuple[int, ...]]) -> dict:
+    """The `SynthMorphDeform` constructor arguments implied by the weight shapes (SPEC §4.2).
+
+    The file holds `nd` Dense (kernel, bias) pairs, then 4 arrays per hyper-convolution. Every
+    `nd` is tried; exactly one must give a valid SynthMorph U-Net. Raises `WeightsFileError`
+    saying what was expected and what was found.
+    """
+    shapes = [tuple(int(d) for d in s) for s in shapes]
+    reasons, found = [], []
+    for nd in range(1, len(shapes) // 2 + 1):
+        try:
+            found.append(_parse_layout(shapes, nd))
+        except ValueError as e:
+            reasons.append(str(e))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        # The most informative reason is the one that got furthest: one Dense-count guess per line.
+        reason = reasons[0] if reasons else f"only {len(shapes)} arrays"
+        raise WeightsFileError(path, f"not a SynthMorph deformable model: {reason}")
+    raise WeightsFileError(path, f"ambiguous layout: {len(found)} readings of the {len(shapes)} arrays fit")
+
+
+def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
+    dense = shapes[: 2 * nd]
+    if len(dense[0]) != 2:
+        raise ValueError(f"expected a Dense kernel (params, units) first, found shape {dense[0]}")
+    params, units = dense[0]
+    for k in range(nd):
+        fin = params if k == 0 else units
+        if dense[2 * k] != (fin, units) or dense[2 * k + 1] != (units,):
+            raise ValueError(
+                f"Dense layer {k}: expected ({fin}, {units}) and ({units},), found {dense[2 * k]} and {dense[2 * k + 1]}"
+            )
+    rest = shapes[2 * nd :]
+    if not rest or len(rest) % 4:
+        raise ValueError(f"expected 4 arrays per hyper-convolution after {nd} Dense layers, found {len(rest)} arrays")
+    pairs = []
+    for layer, j in enumerate(range(0, len(rest), 4)):
+        hk, hkb, hb, hbb = rest[j : j + 4]
+        ok = len(hk) == 2 and len(hb) == 2 and hk[0] == units == hb[0] and hkb == hk[1:] and hbb == hb[1:]
+        if not ok or hk[1] % (27 * hb[1]):
+            raise ValueError(
+                f"hyper-convolution {layer}: expected ({units}, 27*cin*cout), (27*cin*cout,), ({units}, cout), (cout,), "
+                f"found {hk}, {hkb}, {hb}, {hbb}"
+            )
+        pairs.append((hk[1] // (27 * hb[1]), hb[1]))
+    outs = [c for _, c in pairs]
+    for n in range(1, (len(pairs) - 1) // 2 + 1):
+        enc, dec, add = outs[:n], outs[n : 2 * n], outs[2 * n : -1]
+        if conv_channels(enc, dec, add, outs[-1], pairs[0][0]) == pairs and pairs[0][0] % 2 == 0:
+            return dict(
+                enc_nf=enc, dec_nf=dec, add_nf=add, flow_nf=outs[-1], nb_hyp_layers=nd, nb_hyp_params=params,
+                nb_hyp_units=units, src_feats=pairs[0][0] // 2, trg_feats=pairs[0][0] // 2,
+            )
+    raise ValueError(f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, add-convs and flow")

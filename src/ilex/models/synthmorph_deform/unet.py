@@ -1,0 +1,187 @@
+"""The SynthMorph U-Net with fixed kernels, and the topology both model classes share.
+
+`SynthMorphUNet` is what the hypernetwork produces for one value of λ: 13 plain 3x3x3
+convolutions. Generating the kernels once and keeping this module is what `at_hyper` and the
+fixed-λ bundle do, so that a registration never pays for the 877 M hypernetwork parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float
+
+_LEAKY_SLOPE = 0.2  # Keras LeakyReLU(0.2) = max(0.2 x, x)
+
+
+def conv_channels(
+    enc_nf: Sequence[int],
+    dec_nf: Sequence[int],
+    add_nf: Sequence[int],
+    flow_nf: int,
+    in_channels: int,
+) -> list[tuple[int, int]]:
+    """(cin, cout) of every convolution, in execution (and Keras weight) order.
+
+    Decoder level i (i >= 1) sees `[upsampled previous, encoder skip]`, the first add-conv sees
+    `[upsampled last decoder, first encoder output]` (SPEC §2.5).
+    """
+    enc_nf, dec_nf, add_nf = list(enc_nf), list(dec_nf), list(add_nf)
+    if not enc_nf or len(dec_nf) != len(enc_nf):
+        raise ValueError(
+            f"dec_nf must have one width per encoder level: enc_nf={enc_nf}, dec_nf={dec_nf}"
+        )
+    if any(int(w) < 1 for w in enc_nf + dec_nf + add_nf) or flow_nf < 1:
+        raise ValueError(f"widths must be positive: {enc_nf}, {dec_nf}, {add_nf}, {flow_nf}")
+    pairs = []
+    cin = in_channels
+    for w in enc_nf:
+        pairs.append((cin, w))
+        cin = w
+    skips = enc_nf[::-1]
+    for i, w in enumerate(dec_nf):
+        pairs.append((cin, w))
+        cin = w + skips[i]
+    for w in add_nf:
+        pairs.append((cin, w))
+        cin = w
+    pairs.append((cin, flow_nf))
+    return pairs
+
+
+def _conv(x: Array, kernel: Array, bias: Array) -> Array:
+    # Cross-correlation, DHWIO kernel straight from the C-order reshape, 'same' zero padding.
+    y = lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(1, 1, 1),
+        padding="SAME",
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        precision=lax.Precision.HIGHEST,
+    )
+    return y + bias
+
+
+def _leaky_relu(x: Array) -> Array:
+    return jnp.maximum(_LEAKY_SLOPE * x, x)
+
+
+def _max_pool(x: Array) -> Array:
+    n, a, b, c, ch = x.shape
+    return x.reshape(n, a // 2, 2, b // 2, 2, c // 2, 2, ch).max(axis=(2, 4, 6))
+
+
+def _upsample(x: Array) -> Array:
+    for axis in (1, 2, 3):
+        x = jnp.repeat(x, 2, axis=axis)
+    return x
+
+
+def unet_forward(
+    kernels: Sequence[tuple[Array, Array]],
+    n_levels: int,
+    x: Float[Array, "n x y z c"],
+) -> Float[Array, "n x y z f"]:
+    """Run the U-Net of SPEC §2.5 on a batch `x`, given the (kernel, bias) of every conv."""
+    size = x.shape[1:4]
+    if any(s % (2**n_levels) for s in size):
+        raise ValueError(
+            f"U-Net input size {size} must be divisible by 2**{n_levels} = {2**n_levels}"
+        )
+    layers = iter(kernels)
+    skips = []
+    for _ in range(n_levels):
+        x = _leaky_relu(_conv(x, *next(layers)))
+        skips.append(x)
+        x = _max_pool(x)
+    for _ in range(n_levels):
+        x = _leaky_relu(_conv(x, *next(layers)))
+        x = jnp.concatenate([_upsample(x), skips.pop()], axis=-1)
+    remaining = list(layers)
+    for kernel, bias in remaining[:-1]:
+        x = _leaky_relu(_conv(x, kernel, bias))
+    return _conv(x, *remaining[-1])
+
+
+def _prepare_pair(source: Array, target: Array, src_feats: int, trg_feats: int) -> Array:
+    source, target = jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32)
+    if source.ndim != target.ndim or source.shape[:-1] != target.shape[:-1]:
+        raise ValueError(
+            f"source and target must share a grid: {source.shape} vs {target.shape}"
+        )
+    if source.ndim not in (4, 5):
+        raise ValueError(
+            f"expected (x, y, z, c) or (batch, x, y, z, c) arrays, got shape {source.shape}"
+        )
+    if source.shape[-1] != src_feats or target.shape[-1] != trg_feats:
+        raise ValueError(
+            f"expected {src_feats} source and {trg_feats} target channels, "
+            f"got {source.shape[-1]} and {target.shape[-1]}"
+        )
+    return jnp.concatenate([source, target], axis=-1)
+
+
+class SynthMorphUNet(eqx.Module):
+    """The SynthMorph U-Net for one fixed λ: plain convolutions, no hypernetwork.
+
+    Calling it with a (source, target) pair returns the raw velocity, the flow convolution's
+    output, on the input grid in voxels of that grid (components by array axis).
+    Arrays are channels last, `(x, y, z, c)` or batched `(batch, x, y, z, c)`.
+    """
+
+    kernels: tuple[Float[Array, "3 3 3 cin cout"], ...]
+    biases: tuple[Float[Array, " cout"], ...]
+    enc_nf: tuple[int, ...] = eqx.field(static=True)
+    dec_nf: tuple[int, ...] = eqx.field(static=True)
+    add_nf: tuple[int, ...] = eqx.field(static=True)
+    flow_nf: int = eqx.field(static=True)
+    src_feats: int = eqx.field(static=True)
+    trg_feats: int = eqx.field(static=True)
+    hyper: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        enc_nf: Sequence[int],
+        dec_nf: Sequence[int],
+        add_nf: Sequence[int],
+        flow_nf: int = 3,
+        src_feats: int = 1,
+        trg_feats: int = 1,
+        hyper: float = 0.5,
+        *,
+        key: jax.Array,
+        kernels: Sequence[Array] | None = None,
+        biases: Sequence[Array] | None = None,
+    ):
+        self.enc_nf, self.dec_nf, self.add_nf = tuple(enc_nf), tuple(dec_nf), tuple(add_nf)
+        self.flow_nf, self.src_feats, self.trg_feats = int(flow_nf), int(src_feats), int(trg_feats)
+        self.hyper = float(hyper)
+        pairs = conv_channels(enc_nf, dec_nf, add_nf, flow_nf, self.src_feats + self.trg_feats)
+        if kernels is None:
+            keys = jax.random.split(key, len(pairs))
+            kernels = [
+                jax.random.normal(k, (3, 3, 3, cin, cout)) / jnp.sqrt(27.0 * cin)
+                for k, (cin, cout) in zip(keys, pairs)
+            ]
+            biases = [jnp.zeros((cout,)) for _, cout in pairs]
+        self.kernels = tuple(jnp.asarray(k, jnp.float32) for k in kernels)
+        self.biases = tuple(jnp.asarray(b, jnp.float32) for b in biases)
+
+    def __call__(self, source: Array, target: Array) -> Array:
+        x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
+        single = x.ndim == 4
+        out = unet_forward(list(zip(self.kernels, self.biases)), len(self.enc_nf), x[None] if single else x)
+        return out[0] if single else out
+
+    def at_hyper(self, hyper: float) -> SynthMorphUNet:
+        """This network, if it was generated for `hyper`; it cannot be re-generated for another λ."""
+        if abs(float(hyper) - self.hyper) > 1e-6:
+            raise ValueError(
+                f"these weights were generated for λ={self.hyper:g} and cannot give λ={float(hyper):g}; "
+                "use the full hypernetwork bundle or convert again with that λ"
+            )
+        return self

@@ -1,0 +1,27 @@
+"""The stationary velocity field of a registration: two U-Net passes, antisymmetrised."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .unet import SynthMorphUNet
+
+
+def half_resolution(volume: Float[Array, "*b x y z c"]) -> Float[Array, "*b hx hy hz c"]:
+    """The U-Net input: the even-index subsample `v[::2, ::2, ::2]` (no smoothing, SPEC §2.2)."""
+    return volume[..., ::2, ::2, ::2, :]
+
+
+def symmetric_velocity(
+    unet: SynthMorphUNet,
+    moving: Float[Array, "x y z 1"],
+    fixed: Float[Array, "x y z 1"],
+) -> Float[Array, "x y z 3"]:
+    """`0.5 * (U(moving, fixed) - U(fixed, moving))`, both passes run as one batch of two.
+
+    Inputs are network-space images at the U-Net's resolution (already halved); the velocity is
+    in voxels of that grid. `exp(v)` is the forward warp, `exp(-v)` the backward one.
+    """
+    pair = unet(jnp.stack([moving, fixed]), jnp.stack([fixed, moving]))
+    return 0.5 * (pair[0] - pair[1])
