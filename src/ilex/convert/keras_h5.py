@@ -136,3 +136,29 @@ def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
                 nb_hyp_units=units, src_feats=pairs[0][0] // 2, trg_feats=pairs[0][0] // 2,
             )
     raise ValueError(f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, add-convs and flow")
+
+
+def read_array(path: str, weight: KerasWeight, rows: slice | None = None) -> np.ndarray:
+    """Read one weight (or a block of its first-axis rows) as float32, with a clear error if damaged."""
+    try:
+        data = weight.dataset[rows] if rows is not None else weight.dataset[()]
+    except (OSError, RuntimeError, ValueError) as e:
+        raise WeightsFileError(path, f"cannot read '{weight.name}': truncated or corrupt ({e})") from None
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise WeightsFileError(path, f"'{weight.name}' holds NaN or Inf values")
+    return data
+
+
+def load_keras_h5(path: str | os.PathLike):
+    """A `SynthMorphDeform` with the weights of a Keras h5 file, read in memory (no bundle written)."""
+    import jax.numpy as jnp
+
+    from ..bundle.io import fill_parameters, template
+    from ..models.synthmorph_deform.model import SynthMorphDeform
+
+    path = os.fspath(path)
+    with open_keras_weights(path) as weights:
+        kwargs = infer_synthmorph_kwargs(path, [w.shape for w in weights])
+        arrays = [jnp.asarray(read_array(path, w)) for w in weights]
+    return fill_parameters(template(SynthMorphDeform, kwargs), arrays)

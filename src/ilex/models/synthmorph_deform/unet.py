@@ -125,6 +125,13 @@ def _prepare_pair(source: Array, target: Array, src_feats: int, trg_feats: int) 
     return jnp.concatenate([source, target], axis=-1)
 
 
+class Conv3d(eqx.Module):
+    """One generated 3x3x3 convolution: kernel (3, 3, 3, cin, cout) in DHWIO order, bias (cout,)."""
+
+    kernel: Float[Array, "3 3 3 cin cout"]
+    bias: Float[Array, " cout"]
+
+
 class SynthMorphUNet(eqx.Module):
     """The SynthMorph U-Net for one fixed λ: plain convolutions, no hypernetwork.
 
@@ -133,8 +140,7 @@ class SynthMorphUNet(eqx.Module):
     Arrays are channels last, `(x, y, z, c)` or batched `(batch, x, y, z, c)`.
     """
 
-    kernels: tuple[Float[Array, "3 3 3 cin cout"], ...]
-    biases: tuple[Float[Array, " cout"], ...]
+    convs: tuple[Conv3d, ...]
     enc_nf: tuple[int, ...] = eqx.field(static=True)
     dec_nf: tuple[int, ...] = eqx.field(static=True)
     add_nf: tuple[int, ...] = eqx.field(static=True)
@@ -168,13 +174,26 @@ class SynthMorphUNet(eqx.Module):
                 for k, (cin, cout) in zip(keys, pairs)
             ]
             biases = [jnp.zeros((cout,)) for _, cout in pairs]
-        self.kernels = tuple(jnp.asarray(k, jnp.float32) for k in kernels)
-        self.biases = tuple(jnp.asarray(b, jnp.float32) for b in biases)
+        self.convs = tuple(
+            Conv3d(jnp.asarray(k, jnp.float32), jnp.asarray(b, jnp.float32)) for k, b in zip(kernels, biases)
+        )
+
+    @property
+    def constructor_kwargs(self) -> dict:
+        return dict(
+            enc_nf=list(self.enc_nf),
+            dec_nf=list(self.dec_nf),
+            add_nf=list(self.add_nf),
+            flow_nf=self.flow_nf,
+            src_feats=self.src_feats,
+            trg_feats=self.trg_feats,
+            hyper=self.hyper,
+        )
 
     def __call__(self, source: Array, target: Array) -> Array:
         x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
         single = x.ndim == 4
-        out = unet_forward(list(zip(self.kernels, self.biases)), len(self.enc_nf), x[None] if single else x)
+        out = unet_forward([(c.kernel, c.bias) for c in self.convs], len(self.enc_nf), x[None] if single else x)
         return out[0] if single else out
 
     def at_hyper(self, hyper: float) -> SynthMorphUNet:

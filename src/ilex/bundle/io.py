@@ -1,0 +1,140 @@
+"""Saving and loading ilex bundles: a directory with `config.json` and `model.safetensors`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._atomic import atomic_directory
+from ..errors import BundleError, FileProblem
+from .config import make_config, read_config
+from .matching import match_tensors
+from .safetensors_stream import SafetensorsWriter, data_checksum
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+DEFAULT_REPO_ID = "ilex-hub/synthmorph.deform.3"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _is_tensor(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+
+
+def parameter_names(model) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every array leaf, in pytree order, named by attribute path (`convs.3.bias`)."""
+    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, _is_tensor))[0]
+    out = []
+    for path, leaf in leaves:
+        parts = [str(getattr(k, "name", getattr(k, "idx", getattr(k, "key", k)))) for k in path]
+        out.append((".".join(parts), tuple(leaf.shape)))
+    return out
+
+
+def template(cls: type, kwargs: dict):
+    """The model's structure (shapes only, nothing allocated)."""
+    return eqx.filter_eval_shape(cls, **kwargs, key=jax.random.key(0))
+
+
+def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwrite: bool = False, extra_config: dict | None = None) -> None:
+    """Write `model` as a bundle directory at `path` (created whole, or not at all)."""
+    config = make_config(model, origin=origin, extra=extra_config)
+    names = parameter_names(model)
+    leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        write_config(config, tmp)
+        writer = SafetensorsWriter(os.path.join(tmp, WEIGHTS_NAME), names)
+        for leaf in leaves:
+            writer.write(np.asarray(leaf, np.float32))
+        writer.close()
+
+
+def write_config(config: dict, directory: str) -> None:
+    with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load(path_or_repo_id: str | os.PathLike = DEFAULT_REPO_ID, *, revision: str | None = None, cache_dir: str | None = None, verify: bool = True):
+    """Load a model from a bundle directory, a FreeSurfer Keras `.h5` file, or a Hugging Face repo id.
+
+    A repo id (`owner/name`) is resolved with `huggingface_hub` into its standard cache; with
+    `HF_HUB_OFFLINE=1` only the cache is used. `verify` checks the data checksum that ilex
+    records in the bundles it writes (bundles without one are loaded as they are).
+    Raises `BundleError`/`WeightsFileError` (both `ValueError`s) naming the file and the problem.
+    """
+    target = os.fspath(path_or_repo_id)
+    if os.path.isdir(target):
+        return load_bundle_dir(target, verify=verify)
+    if os.path.isfile(target):
+        if target.endswith(".h5") or _looks_like_hdf5(target):
+            from ..convert.keras_h5 import load_keras_h5
+
+            return load_keras_h5(target)
+        raise BundleError(target, "expected a bundle directory, a Keras .h5 weights file, or a Hugging Face repo id")
+    if _REPO_ID.match(target) and not target.startswith((".", "~")):
+        from .hub import download_bundle
+
+        return load_bundle_dir(download_bundle(target, revision=revision, cache_dir=cache_dir), verify=verify)
+    raise FileProblem(target, "no such file or directory (and not a Hugging Face repo id of the form owner/name)")
+
+
+def _looks_like_hdf5(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
+
+
+def load_bundle_dir(directory: str, *, verify: bool = True):
+    """Load the bundle in `directory`; tensors are paired by name, else by structure."""
+    from safetensors import safe_open
+
+    cls, kwargs, _ = read_config(os.path.join(directory, CONFIG_NAME))
+    config_path = os.path.join(directory, CONFIG_NAME)
+    try:
+        skeleton = template(cls, kwargs)
+    except (TypeError, ValueError) as e:
+        raise BundleError(config_path, f"constructor_kwargs do not build {cls.__name__}: {e}") from None
+    weights = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise BundleError(weights, "missing; a bundle directory holds config.json and model.safetensors")
+    expected = parameter_names(skeleton)
+    try:
+        with safe_open(weights, framework="numpy") as f:
+            found = {}
+            for name in f.keys():
+                sl = f.get_slice(name)
+                if sl.get_dtype() not in ("F32", "F16", "BF16", "F64"):
+                    raise BundleError(weights, f"tensor '{name}' has dtype {sl.get_dtype()}, expected floating point")
+                found[name] = tuple(sl.get_shape())
+            try:
+                mapping = match_tensors(expected, found)
+            except ValueError as e:
+                raise BundleError(weights, f"does not fit {cls.__name__} of config.json: {e}") from None
+            if verify:
+                recorded, actual = data_checksum(weights)
+                if recorded is not None and recorded != actual:
+                    raise BundleError(weights, "data checksum mismatch: the file is damaged; download or convert it again")
+            arrays = []
+            for name, _ in expected:
+                array = np.asarray(f.get_tensor(mapping[name]), dtype=np.float32)
+                if not np.isfinite(array).all():
+                    raise BundleError(weights, f"tensor '{mapping[name]}' holds NaN or Inf values")
+                arrays.append(jnp.asarray(array))
+    except BundleError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for malformed headers
+        raise BundleError(weights, f"not a readable safetensors file ({e.__class__.__name__}: {e})") from None
+    return fill_parameters(skeleton, arrays)
+
+
+def fill_parameters(skeleton, arrays: list):
+    """`skeleton` (a model or its eval_shape) with its array leaves replaced, in order, by `arrays`."""
+    params, static = eqx.partition(skeleton, _is_tensor)
+    treedef = jax.tree_util.tree_structure(params)
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, arrays), static)

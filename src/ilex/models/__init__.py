@@ -1,0 +1,1 @@
+"""Network architectures that ilex bundles can hold (see `registry`)."""
