@@ -16,11 +16,24 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _layers(names: list[str]) -> list[list[str]]:
-    groups: dict[str, list[str]] = defaultdict(list)
+def _families(names: list[str], shapes: dict[str, tuple]) -> dict[tuple, list[list[str]]]:
+    """Layers (name minus last part) grouped into families (layer name minus its index).
+
+    Returns {signature: [family, ...]}, each family a list of layers in natural order; the
+    signature is the sorted shapes of every layer, which is what a pairing can rely on.
+    """
+    layers: dict[str, list[str]] = defaultdict(list)
     for name in names:
-        groups[name.rsplit(".", 1)[0] if "." in name else ""].append(name)
-    return [groups[p] for p in sorted(groups, key=_natural_key)]
+        layers[name.rsplit(".", 1)[0] if "." in name else ""].append(name)
+    families: dict[str, list[str]] = defaultdict(list)
+    for prefix in sorted(layers, key=_natural_key):
+        families[re.sub(r"[._-]?\d+$", "", prefix)].append(prefix)
+    out: dict[tuple, list[list[str]]] = defaultdict(list)
+    for prefixes in families.values():
+        members = [layers[p] for p in prefixes]
+        signature = tuple(tuple(sorted(tuple(shapes[n]) for n in layer)) for layer in members)
+        out[signature].append(members)
+    return out
 
 
 def match_tensors(expected: list[tuple[str, tuple]], found: dict[str, tuple]) -> dict[str, str]:
@@ -44,20 +57,22 @@ def match_tensors(expected: list[tuple[str, tuple]], found: dict[str, tuple]) ->
     mapping = {n: n for n in exp_shapes if n in found and tuple(found[n]) == tuple(exp_shapes[n])}
     rest_exp = [n for n, _ in expected if n not in mapping]
     rest_found = [n for n in found if n not in mapping.values()]
-    exp_layers, found_layers = _layers(rest_exp), _layers(rest_found)
-    if len(exp_layers) != len(found_layers):
-        raise ValueError(
-            f"tensor names differ and the layers do not correspond: {len(exp_layers)} expected, "
-            f"{len(found_layers)} in the file"
-        )
-    for i, (el, fl) in enumerate(zip(exp_layers, found_layers)):
-        by_shape = {tuple(found[n]): n for n in fl}
-        want = [tuple(exp_shapes[n]) for n in el]
-        if len(by_shape) != len(fl) or sorted(by_shape) != sorted(want):
+    exp_fams = _families(rest_exp, exp_shapes)
+    found_fams = _families(rest_found, found)
+    for signature, fams in exp_fams.items():
+        match = found_fams.get(signature, [])
+        if len(fams) != 1 or len(match) != 1:
+            layer = fams[0][0]
+            prefix = layer[0].rsplit(".", 1)[0]
             raise ValueError(
-                f"tensor names differ and layer {i} does not match by shape: expected {el[0].rsplit('.', 1)[0]} with "
-                f"shapes {want}, found {fl[0].rsplit('.', 1)[0]} with {[tuple(found[n]) for n in fl]}"
+                f"tensor names differ and layer {prefix} does not match by shape: expected {len(fams[0])} layers "
+                f"shaped like {[tuple(exp_shapes[n]) for n in layer]}, found "
+                f"{'none' if not match else str(len(match)) + ' candidate families'} in the file"
             )
-        for n in el:
-            mapping[n] = by_shape[tuple(exp_shapes[n])]
+        for layer, file_layer in zip(fams[0], match[0]):
+            by_shape = {tuple(found[n]): n for n in file_layer}
+            if len(by_shape) != len(file_layer):
+                raise ValueError(f"layer {file_layer[0].rsplit('.', 1)[0]} has two tensors of the same shape; cannot pair by structure")
+            for n in layer:
+                mapping[n] = by_shape[tuple(exp_shapes[n])]
     return mapping

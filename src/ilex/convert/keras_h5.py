@@ -162,3 +162,59 @@ def load_keras_h5(path: str | os.PathLike):
         kwargs = infer_synthmorph_kwargs(path, [w.shape for w in weights])
         arrays = [jnp.asarray(read_array(path, w)) for w in weights]
     return fill_parameters(template(SynthMorphDeform, kwargs), arrays)
+
+
+def write_keras_weights(
+    path: str | os.PathLike,
+    arrays,
+    *,
+    layout: str = "nested",
+    layer_suffixes: Sequence[int] | None = None,
+) -> None:
+    """Write weights in the Keras-2 h5 layout of `synthmorph.deform.3.h5` (for tests and benchmarks).
+
+    `arrays` is an iterable of (shape, fill) where `fill(dataset)` writes the values, or of
+    numpy arrays, in Keras order: Dense kernel/bias pairs, then 4 arrays per hyper-convolution.
+    `layout` is "nested" (one model group holding all layers, as `save_weights` writes a model
+    with a nested sub-model), "flat" (one group per layer) or "model_weights" (a whole-model
+    file). `layer_suffixes` sets the Keras name suffix of each conv layer (default 0, 1, 2, ...).
+    """
+    items = [(a.shape, None, a) if isinstance(a, np.ndarray) else (a[0], a[1], None) for a in arrays]
+    n = len(items)
+    n_conv = 0
+    layers = []
+    shapes = [tuple(s) for s, _, _ in items]
+    kwargs = infer_synthmorph_kwargs(os.fspath(path), shapes)
+    nd = kwargs["nb_hyp_layers"]
+    for k in range(nd):
+        layers.append(("dense" if k == 0 else f"dense_{k}", ["kernel:0", "bias:0"], items[2 * k : 2 * k + 2]))
+    i = 2 * nd
+    suffixes = list(layer_suffixes) if layer_suffixes is not None else list(range((n - i) // 4))
+    while i < n:
+        s = suffixes[n_conv]
+        name = "hyper_conv_from_dense" if s == 0 else f"hyper_conv_from_dense_{s}"
+        wn = ["hyperkernel_kernel:0", "hyperkernel_bias:0", "hyperbias_kernel:0", "hyperbias_bias:0"]
+        layers.append((name, wn, items[i : i + 4]))
+        i, n_conv = i + 4, n_conv + 1
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if layout == "model_weights" else f
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = b"2.13.1"
+        if layout == "flat":
+            root.attrs["layer_names"] = np.array([name.encode() for name, _, _ in layers])
+            groups = [(root.create_group(name), [f"{name}/{w}" for w in wn], its) for name, wn, its in layers]
+        else:
+            root.attrs["layer_names"] = np.array([b"input_1", b"model_3", b"vec_int"])
+            root.create_group("input_1").attrs["weight_names"] = np.array([], dtype="S1")
+            root.create_group("vec_int").attrs["weight_names"] = np.array([], dtype="S1")
+            model = root.create_group("model_3")
+            model.attrs["weight_names"] = np.array([f"{name}/{w}".encode() for name, wn, _ in layers for w in wn])
+            groups = [(model, [f"{name}/{w}" for w in wn], its) for name, wn, its in layers]
+        for group, names, its in groups:
+            if layout == "flat":
+                group.attrs["weight_names"] = np.array([nm.encode() for nm in names])
+            for nm, (shape, fill, arr) in zip(names, its):
+                if arr is not None:
+                    group.create_dataset(nm, data=arr.astype(np.float32))
+                else:
+                    fill(group.create_dataset(nm, shape=shape, dtype="f4"))

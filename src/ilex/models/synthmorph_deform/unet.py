@@ -63,7 +63,7 @@ def _conv(x: Array, kernel: Array, bias: Array) -> Array:
         dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
         precision=lax.Precision.HIGHEST,
     )
-    return y + bias
+    return y + bias[None, None, None, None, :]
 
 
 def _leaky_relu(x: Array) -> Array:

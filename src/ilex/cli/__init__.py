@@ -1,0 +1,1 @@
+"""The `ilex` command line: register, apply, convert."""

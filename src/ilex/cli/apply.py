@@ -1,0 +1,5 @@
+"""`ilex apply` (to come)."""
+
+
+def add_parser(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""`ilex register` (to come)."""
+
+
+def add_parser(sub) -> None:
+    pass

@@ -1,0 +1,27 @@
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def getkey():
+    keys = iter(jax.random.split(jax.random.key(0), 1000))
+    return lambda: next(keys)
+
+
+@pytest.fixture(autouse=True)
+def _no_hub_network(monkeypatch, tmp_path_factory):
+    """Tests never reach the network: the hub cache is a private directory and offline is forced."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+    monkeypatch.delenv("FREESURFER_HOME", raising=False)
+
+
+def fixture_path(name: str) -> str:
+    return os.fspath(FIXTURES / name)
