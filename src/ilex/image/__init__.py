@@ -1,0 +1,1 @@
+"""Images on voxel grids: reading, writing, geometry."""

@@ -1,0 +1,98 @@
+"""Reading and writing single-frame 3-D images (NIfTI, MGZ) with clear errors."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from .._atomic import atomic_file
+from ..errors import ImageFileError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 3-D image: `data` (x, y, z) with its voxel-to-RAS `affine` (4x4, float64)."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[:3])
+
+
+def _suffix(path: str) -> str:
+    lower = path.lower()
+    for s in IMAGE_SUFFIXES:
+        if lower.endswith(s):
+            return s
+    return ""
+
+
+def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bool = True) -> Image:
+    """Read a single-frame 3-D NIfTI or MGZ image as float32 with its affine.
+
+    Raises `ImageFileError` naming the file for: missing, unreadable, truncated, not an image,
+    not 3-D (4-D with one frame is accepted), non-finite or singular affine, and (with
+    `check_values`) NaN/Inf voxels or a constant image.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageFileError(path, f"no such {what} file")
+    if not os.access(path, os.R_OK) or os.path.isdir(path):
+        raise ImageFileError(path, f"cannot read this {what} ({'a directory' if os.path.isdir(path) else 'permission denied'})")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        kind = "truncated or corrupt" if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(e) else "not a readable NIfTI or MGZ image"
+        raise ImageFileError(path, f"{kind} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    shape = data.shape
+    if data.ndim == 4 and shape[3] == 1:
+        data = data[..., 0]
+    elif data.ndim == 5 and shape[3:] == (1, 1):
+        data = data[..., 0, 0]
+    if data.ndim != 3:
+        detail = f"{shape[3]} frames; extract one (e.g. mri_convert --frame 0)" if data.ndim == 4 else f"shape {shape}"
+        raise ImageFileError(path, f"expected a single-frame 3-D {what}, found {data.ndim}-D data with {detail}")
+    if min(data.shape) < 2:
+        raise ImageFileError(path, f"expected a 3-D {what}, found shape {shape} (a 2-D slice?)")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise ImageFileError(path, "the header's voxel-to-world affine has NaN or Inf entries")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        raise ImageFileError(path, "the header's voxel-to-world affine is singular (zero voxel size or collapsed axes)")
+    data = np.asarray(data, dtype=np.float32)
+    if check_values:
+        if not np.isfinite(data).all():
+            raise ImageFileError(path, f"{int((~np.isfinite(data)).sum())} voxels are NaN or Inf")
+        if data.min() == data.max():
+            raise ImageFileError(path, f"the image is constant ({data.flat[0]:g}); nothing to register")
+    return Image(data, affine, path)
+
+
+def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *, intent: int | None = None) -> None:
+    """Write `data` with `affine` as NIfTI (.nii/.nii.gz) or MGZ (.mgz/.mgh), atomically."""
+    path = os.fspath(path)
+    suffix = _suffix(path)
+    if not suffix:
+        raise ImageFileError(path, f"unknown output format; use one of {', '.join(IMAGE_SUFFIXES)}")
+    if suffix in (".mgz", ".mgh"):
+        img = nib.MGHImage(np.asarray(data), affine)
+    else:
+        img = nib.Nifti1Image(np.asarray(data), affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header.set_qform(affine, code=1)
+        img.header.set_sform(affine, code=1)
+        if intent is not None:
+            img.header.set_intent(intent)
+    with atomic_file(path, suffix=suffix) as tmp:
+        nib.save(img, tmp)

@@ -1,0 +1,30 @@
+"""Scaling and squaring: the exponential of a stationary velocity field (VoxelMorph `VecInt`)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .interpolate import interpolate_clamped
+
+
+def voxel_grid(shape) -> Float[Array, "x y z 3"]:
+    """Voxel indices of a grid ('ij' order), float32."""
+    return jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=jnp.float32) for s in shape], indexing="ij"), axis=-1)
+
+
+def scaling_and_squaring(velocity: Float[Array, "x y z 3"], steps: int) -> Float[Array, "x y z 3"]:
+    """Displacement `exp(v)` in voxels: `u = v / 2**steps`, then `steps` times `u += u(x + u)`.
+
+    Sampling clamps at the border (SPEC §2.7). `steps == 0` returns `v` itself.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    grid = voxel_grid(velocity.shape[:3])
+    u = velocity / jnp.float32(2**steps)
+
+    def square(_, u):
+        return u + interpolate_clamped(u, grid + u)
+
+    return jax.lax.fori_loop(0, steps, square, u)
