@@ -25,3 +25,11 @@ def shearless_components(affine: np.ndarray, shape) -> tuple[np.ndarray, np.ndar
     """(voxel size, rotation with unit columns, centre), as FreeSurfer's MGH header stores them."""
     voxsize = np.linalg.norm(affine[:3, :3], axis=0)
     return voxsize, affine[:3, :3] / voxsize, world_centre(affine, shape)
+
+
+def fs_affine(voxsize, rotation, centre, shape) -> np.ndarray:
+    """vox2world from FreeSurfer's header fields: voxel size, unit rotation columns, centre (of voxel shape/2)."""
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(rotation, float) * np.asarray(voxsize, float)
+    affine[:3, 3] = np.asarray(centre, float) - affine[:3, :3] @ (np.asarray(shape[:3], float) / 2)
+    return affine
