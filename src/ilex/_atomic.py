@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 
 from .errors import FileProblem
+
+# Inside `output_batch()`, finished temporaries wait here for the batch to succeed.
+_pending: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar("_pending", default=None)
 
 
 def _check_parent(path: str) -> str:
@@ -33,11 +37,37 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     try:
         yield tmp
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        pending = _pending.get()
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def output_batch() -> Iterator[None]:
+    """All `atomic_file` writes in this block land together when it succeeds, or none do.
+
+    A command with several outputs (moved image, warps, QC) that fails on its third file
+    leaves the first two untouched, as it found them.
+    """
+    pending: list[tuple[str, str]] = []
+    token = _pending.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        raise
+    finally:
+        _pending.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

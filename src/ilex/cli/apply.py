@@ -42,14 +42,18 @@ def run(args: argparse.Namespace) -> int:
     from .register import configure_devices
 
     configure_devices(None, False)
+    from .._atomic import _check_parent, output_batch
     from ..image.io import load_image, save_image
     from ..image.warp_io import load_warp
     from ..registration.apply import apply_warp
 
+    for _, out in pairs:
+        _check_parent(out)
     warp = load_warp(args.warp)
     images = [load_image(i, check_values=False) for i, _ in pairs]  # all readable before anything is written
-    for image, (_, out) in zip(images, pairs):
-        save_image(out, apply_warp(warp, image, args.method, args.fill, args.dtype), warp.affine)
-        if not args.quiet:
-            print(f"wrote {out}")
+    with output_batch():  # all outputs land together, or none
+        for image, (_, out) in zip(images, pairs):
+            save_image(out, apply_warp(warp, image, args.method, args.fill, args.dtype), warp.affine)
+    if not args.quiet:
+        print("wrote " + ", ".join(out for _, out in pairs))
     return 0

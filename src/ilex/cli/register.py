@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
     p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed)")
+    p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): Jacobian determinant "
+                   "of the forward warp, folding statistics (qc.json) and a checkerboard PNG of fixed and moved")
     p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="warp file convention (default freesurfer)")
     p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P before min-max normalisation "
                    "(the model card's variant; FreeSurfer does not clip)")
@@ -99,6 +101,14 @@ def check_outputs(args) -> list[tuple[str, str]]:
     outs = [(opt, path) for opt, path in (("-o", args.out_moving), ("-O", args.out_fixed), ("-t", args.trans), ("-T", args.inverse)) if path]
     if args.out_dir:
         outs += [("-d", os.path.join(args.out_dir, f"inp_{k}.mgz")) for k in (1, 2)]
+    if args.qc:
+        from ..qc.report import QC_FILES
+
+        if os.path.exists(args.qc) and not os.path.isdir(args.qc):
+            raise OptionError(f"--qc {args.qc}: exists and is not a directory")
+        if not os.path.isdir(args.qc):
+            _check_parent(args.qc)
+        outs += [("--qc", os.path.join(args.qc, name)) for name in QC_FILES]
     inputs = {os.path.realpath(p): name for p, name in ((args.moving, "moving"), (args.fixed, "fixed")) if p}
     seen = {}
     for opt, path in outs:
@@ -108,10 +118,10 @@ def check_outputs(args) -> list[tuple[str, str]]:
         if real in seen:
             raise OptionError(f"{opt} {path}: the same file is also given to {seen[real]}")
         seen[real] = opt
-        if opt == "-d":
-            if not os.path.isdir(args.out_dir):
-                raise OptionError(f"-d {args.out_dir}: no such directory")
-        _check_parent(path)
+        if opt == "-d" and not os.path.isdir(args.out_dir):
+            raise OptionError(f"-d {args.out_dir}: no such directory")
+        if opt != "--qc" or os.path.isdir(args.qc):
+            _check_parent(path)
     return outs
 
 
@@ -127,11 +137,13 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from ..bundle import load
+    from .._atomic import output_batch
     from ..image.io import load_image, save_image
     from ..image.warp_io import Warp, save_warp
     from ..progress import Stages
+    from ..qc import quality_report, write_qc
     from ..registration.affine_init import read_initial_affine
+    from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
 
     stages = Stages(verbose=not args.quiet, stream=sys.stdout)
@@ -139,13 +151,23 @@ def run(args: argparse.Namespace) -> int:
         moving = load_image(args.moving, what="moving image")
         fixed = load_image(args.fixed, what="fixed image")
         init = read_initial_affine(args.init, moving.affine, fixed.affine) if args.init else None
+        # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
+        check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
         weights = args.weights or default_weights()
         model = _load_weights(weights, explicit=args.weights is not None)
     result = register(moving, fixed, model, hyper=args.hyper, steps=args.steps, extent=args.extent,
                       init_vox=init, clip_percentile=args.clip_percentile, stages=stages)
-    with stages("write", "outputs"):
+    report = None
+    if args.qc or not args.quiet:
+        with stages("qc", "Jacobian determinant of the forward warp"):
+            report = quality_report(result)
+    # Every output lands together at the end of the block, or none does.
+    with stages("write", "outputs"), output_batch():
+        moved = result.moved() if args.out_moving or args.qc else None
+        if args.qc:
+            write_qc(args.qc, result, report, {"hyper": args.hyper, "steps": args.steps, "extent": args.extent}, moved)
         if args.out_moving:
-            save_image(args.out_moving, result.moved(), fixed.affine)
+            save_image(args.out_moving, moved, fixed.affine)
         if args.out_fixed:
             save_image(args.out_fixed, result.fixed_moved(), moving.affine)
         if args.trans:
@@ -156,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
             for k, data in enumerate(result.inputs, 1):
                 save_image(os.path.join(args.out_dir, f"inp_{k}.mgz"), np.asarray(data), result.space.affine)
     if not args.quiet:
-        print(stages.summary(f"λ={args.hyper:g}, extent {args.extent}, {args.steps} steps"))
+        print(stages.summary(f"{report.summary()}; λ={args.hyper:g}, extent {args.extent}, {args.steps} steps"))
     return 0
 
 

@@ -126,11 +126,14 @@ def _write_mgh_warp(path: str, warp: Warp, compress: bool) -> None:
     tail += struct.pack(">i", _TAG_GCAMORPH_GEOM) + _geom_bytes(*src, False) + _geom_bytes(warp.affine, shape, False)
     tail += struct.pack(">iq", _TAG_GCAMORPH_GEOM_SHEAR, 1200) + _geom_bytes(*src, True) + _geom_bytes(warp.affine, shape, True)
     tail += struct.pack(">iqiif", _TAG_GCAMORPH_META, 12, _FORMAT_DISP_RAS, 1, 0.0)
-    opener = gzip.open if compress else open
-    with opener(path, "wb") as f:
+    with open(path, "wb") as raw:
+        # No name and mtime 0 in the gzip header, so that reruns are bit-identical.
+        f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw
         f.write(header)
         f.write(np.transpose(disp, (3, 2, 1, 0)).astype(">f4").tobytes())  # Fortran order: x fastest, frame slowest
         f.write(tail)
+        if compress:
+            f.close()
 
 
 def _read_geom(buf: bytes, pos: int, shear: bool) -> tuple[np.ndarray, tuple, int]:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import OptionError
+from ..errors import ImageFileError, OptionError
 from ..image.io import Image, load_image
 from ..models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
 from ..progress import Stages
@@ -22,6 +22,7 @@ from ..transforms.compose import apply_matrix, compose_native, upsample_half_fie
 from ..transforms.integrate import scaling_and_squaring, voxel_grid
 from ..transforms.interpolate import sample_image
 from .network_space import NetworkSpace, network_space, to_network
+from .overlap import check_overlap
 
 
 @dataclass
@@ -110,9 +111,10 @@ def register(
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
         fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
         space = network_space(moving, fixed, extent, init_vox)
+        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
-        _check_overlap(moving, fixed, mov_net, fix_net)
+        _check_contrast(moving, fixed, mov_net, fix_net)
     with stages("network", f"2 passes at {extent // 2}^3, {steps} squaring steps"):
         unet = model.at_hyper(hyper)
         fw, bw = _network_fields(unet, mov_net, fix_net, steps)
@@ -129,14 +131,12 @@ def register(
     )
 
 
-def _check_overlap(moving: Image, fixed: Image, mov_net, fix_net) -> None:
-    from ..errors import ImageFileError
-
+def _check_contrast(moving: Image, fixed: Image, mov_net, fix_net) -> None:
+    # A flat network input normalises to 0/0 = NaN, which would flow through the whole network.
     for image, net, what in ((moving, mov_net, "moving"), (fixed, fix_net, "fixed")):
-        values = np.asarray(net)
-        if not np.isfinite(values).all():
+        if not np.isfinite(np.asarray(net)).all():
             raise ImageFileError(
                 image.path or what,
-                f"the {what} image has no contrast inside the network field of view centred on the fixed image; "
-                "the images do not overlap (align them first, or pass an initial affine with -i)",
+                f"the {what} image is flat inside the network's {net.shape[0]} mm cube centred on the fixed image, "
+                "so there is nothing to register; check that the images overlap, or pass an initial affine with -i",
             )

@@ -1,0 +1,72 @@
+"""The QC report of one registration: what `ilex register --qc DIR` writes.
+
+DIR/jacobian.nii.gz  Jacobian determinant of the forward warp on the fixed grid (1 = volume kept)
+DIR/checkerboard.png fixed and moved images, three orthogonal slices, as a checkerboard
+DIR/qc.json          folding fraction and Jacobian statistics, for pipelines to threshold on
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._atomic import atomic_file
+from ..image.io import save_image
+from ..transforms.jacobian import folding_fraction, jacobian_determinant
+from .checkerboard import checkerboard_png
+
+QC_FILES = ("jacobian.nii.gz", "checkerboard.png", "qc.json")
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    jacobian: np.ndarray  # (x, y, z) on the fixed grid
+    folding_fraction: float  # fraction of fixed voxels with det J ≤ 0
+
+    def summary(self) -> str:
+        return f"folding {100 * self.folding_fraction:.4f} % of voxels (det J ≤ 0)"
+
+    def statistics(self) -> dict[str, float]:
+        det = self.jacobian
+        return {
+            "folding_fraction": self.folding_fraction,
+            "folding_voxels": int(np.count_nonzero(det <= 0)),
+            "jacobian_min": float(det.min()),
+            "jacobian_max": float(det.max()),
+            "jacobian_mean": float(det.mean()),
+            "jacobian_p01": float(np.percentile(det, 1)),
+            "jacobian_p99": float(np.percentile(det, 99)),
+        }
+
+
+def quality_report(result) -> QualityReport:
+    """Jacobian determinant and folding fraction of `result.forward` (a `Registration`)."""
+    det = jacobian_determinant(result.forward, result.fixed.affine)
+    return QualityReport(det, folding_fraction(det))
+
+
+def write_qc(directory: str | os.PathLike, result, report: QualityReport, settings: dict | None = None,
+             moved: np.ndarray | None = None) -> list[str]:
+    """Write the QC files (see module docstring) into `directory`, created if needed; returns their paths.
+
+    `moved` is `result.moved()` when the caller already has it.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    paths = [os.path.join(directory, name) for name in QC_FILES]
+    save_image(paths[0], report.jacobian, result.fixed.affine)
+    with atomic_file(paths[1], suffix=".png") as tmp, open(tmp, "wb") as f:
+        f.write(checkerboard_png(result.fixed.data, result.moved() if moved is None else moved, result.fixed.affine))
+    record = {
+        "moving": result.moving.path,
+        "fixed": result.fixed.path,
+        **(settings or {}),
+        **report.statistics(),
+    }
+    with atomic_file(paths[2], suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    return paths
