@@ -16,8 +16,7 @@ from scipy.ndimage import map_coordinates
 
 import ilex
 from ilex.image.io import Image, load_image
-from ilex.image.warp_io import Warp, load_warp, save_warp
-from ilex.registration.apply import apply_warp
+from ilex.image.warp_io import Warp, save_warp
 from ilex.registration.pipeline import register
 
 pytestmark = pytest.mark.realdata

@@ -31,7 +31,7 @@ def read_initial_affine(path: str | os.PathLike, moving_affine: np.ndarray, fixe
                 text = f.read()
             if "Transform:" in text and "Parameters:" in text:
                 ras_mov_to_fix = np.linalg.inv(_itk_text(text))
-            elif re.search(r"^\s*type\s*=", text, re.M) and "nxforms" in text:
+            elif re.search(r"^\s*type\s*=", text, re.MULTILINE) and "nxforms" in text:
                 ras_mov_to_fix = _lta(text)
             else:
                 raise ValueError("neither a FreeSurfer LTA nor an ITK/ANTs transform")
@@ -79,11 +79,11 @@ def _itk_matrix(params: list[float], centre: list[float]) -> np.ndarray:
 
 
 def _itk_text(text: str) -> np.ndarray:
-    kinds = re.findall(r"^Transform:\s*(\S+)", text, re.M)
+    kinds = re.findall(r"^Transform:\s*(\S+)", text, re.MULTILINE)
     if len(kinds) != 1 or not re.match(r"(Affine|MatrixOffsetTransformBase)Transform?_double_3_3|AffineTransform_(double|float)_3_3", kinds[0]):
         raise ValueError(f"expected one 3-D affine transform, found {kinds}")
-    params = _numbers(re.search(r"^Parameters:(.*)$", text, re.M).group(1))
-    fixed = re.search(r"^FixedParameters:(.*)$", text, re.M)
+    params = _numbers(re.search(r"^Parameters:(.*)$", text, re.MULTILINE).group(1))
+    fixed = re.search(r"^FixedParameters:(.*)$", text, re.MULTILINE)
     return _itk_matrix(params, _numbers(fixed.group(1)) if fixed else [0.0, 0.0, 0.0])
 
 

@@ -1,0 +1,334 @@
+"""Every bad input: exit status 1, one line on stderr naming the file or option, no output touched.
+
+Each case runs the CLI in a directory that already holds a precious `moved.nii.gz` (an earlier
+result the user wants to keep) and asks for `-o moved.nii.gz -t warp.nii.gz --qc qc`; afterwards
+the directory must be exactly as it was: no new file, no temporary left over, nothing modified.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import fixture_path
+
+import ilex
+from ilex.cli.main import main
+
+E32 = fixture_path("net_e32_uniform.h5")
+SHAPE = (40, 48, 40)
+
+
+def _head(shape=SHAPE, seed=0):
+    """A smooth ellipsoidal 'head' with texture, and a 4 mm affine centred on the origin."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    inside = (grid**2).sum(0) < 0.64
+    data = (inside * (100 + 20 * np.sin(6 * grid[0]) * np.cos(5 * grid[1])) + rng.normal(0, 2, shape)).astype(np.float32)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = -2.0 * (np.asarray(shape) - 1)
+    return data, affine
+
+
+def _save(path, data, affine):
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data, affine = _head()
+    _save("moving.nii.gz", data, affine)
+    _save("fixed.nii.gz", _head(seed=1)[0], affine)
+    _save("moved.nii.gz", np.ones((4, 4, 4), np.float32), np.eye(4))  # an earlier result, to be kept
+    return tmp_path
+
+
+def _snapshot(directory):
+    """Every file's bytes and every directory under `directory`, by relative path."""
+    state = {}
+    for root, dirs, files in os.walk(directory):
+        for name in dirs:
+            state[os.path.relpath(os.path.join(root, name), directory) + "/"] = b""
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                state[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+    return state
+
+
+def _fails(capsys, directory, argv, *expected):
+    before = _snapshot(directory)
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 1, (rc, err)
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert _snapshot(directory) == before, "an output was created or modified"
+    return lines[0]
+
+
+OUTPUTS = ["-o", "moved.nii.gz", "-t", "warp.nii.gz", "--qc", "qc", "-w", E32, "-e", "32"]
+
+
+def _register(moving="moving.nii.gz", fixed="fixed.nii.gz", *extra):
+    return ["register", moving, fixed, *OUTPUTS, *extra]
+
+
+# --- unusable image files -----------------------------------------------------------------
+
+
+def test_missing_file(work, capsys):
+    _fails(capsys, work, _register("nope.nii.gz"), "nope.nii.gz", "no such moving image")
+
+
+def test_directory_instead_of_file(work, capsys):
+    os.mkdir("adir.nii.gz")
+    _fails(capsys, work, _register(fixed="adir.nii.gz"), "adir.nii.gz", "cannot read")
+
+
+def _deny_as_root(monkeypatch, name):
+    # Root reads and writes whatever the mode bits say; there, make os.access say what a user would see.
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: False if os.path.basename(os.path.abspath(p)) == name else real(p, mode, **k))
+
+
+def test_unreadable_file(work, capsys, monkeypatch):
+    shutil.copy("moving.nii.gz", "locked.nii.gz")
+    os.chmod("locked.nii.gz", 0)
+    _deny_as_root(monkeypatch, "locked.nii.gz")
+    _fails(capsys, work, _register("locked.nii.gz"), "locked.nii.gz", "permission denied")
+
+
+def test_not_an_image(work, capsys):
+    with open("notes.nii.gz", "w") as f:
+        f.write("these are my notes, not an image\n")
+    _fails(capsys, work, _register("notes.nii.gz"), "notes.nii.gz")
+
+
+def test_truncated_nifti(work, capsys):
+    data = open("moving.nii.gz", "rb").read()
+    with open("cut.nii.gz", "wb") as f:
+        f.write(data[: len(data) // 2])
+    _fails(capsys, work, _register("cut.nii.gz"), "cut.nii.gz", "truncated or corrupt")
+
+
+def test_four_frames(work, capsys):
+    data, affine = _head()
+    _save("bold.nii.gz", np.stack([data, data], -1), affine)
+    _fails(capsys, work, _register("bold.nii.gz"), "bold.nii.gz", "2 frames")
+
+
+def test_one_frame_is_fine(work, capsys):
+    data, affine = _head()
+    _save("single.nii.gz", data[..., None], affine)
+    from ilex.image.io import load_image
+
+    assert load_image("single.nii.gz").shape == SHAPE
+
+
+def test_two_dimensional(work, capsys):
+    _save("slice.nii.gz", _head()[0][:, :, 20], np.eye(4))
+    _fails(capsys, work, _register(fixed="slice.nii.gz"), "slice.nii.gz", "2-D")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_voxels(work, capsys, bad):
+    data, affine = _head()
+    data[3, 4, 5] = bad
+    _save("holes.nii.gz", data, affine)
+    _fails(capsys, work, _register("holes.nii.gz"), "holes.nii.gz", "1 voxels are NaN or Inf")
+
+
+def test_constant_image(work, capsys):
+    _save("flat.nii.gz", np.full(SHAPE, 7, np.float32), _head()[1])
+    _fails(capsys, work, _register(fixed="flat.nii.gz"), "flat.nii.gz", "constant")
+
+
+def _with_srow_x(path, row):
+    # Patch the sform's first row in the saved bytes (offset 280): nibabel rewrites its header from
+    # the affine on save and refuses to decompose such affines into a qform, so it cannot write them.
+    img = nib.Nifti1Image(_head()[0], _head()[1])
+    img.header.set_qform(None, code=0)
+    nib.save(img, path)
+    raw = bytearray(open(path, "rb").read())
+    raw[280:296] = np.asarray(row, "<f4").tobytes()
+    open(path, "wb").write(bytes(raw))
+
+
+def test_singular_affine(work, capsys):
+    _with_srow_x("flat_affine.nii", [0, 0, 0, -78])
+    _fails(capsys, work, _register("flat_affine.nii"), "flat_affine.nii", "singular")
+
+
+def test_non_finite_affine(work, capsys):
+    _with_srow_x("nan_affine.nii", [np.nan, 0, 0, 0])
+    _fails(capsys, work, _register("nan_affine.nii"), "nan_affine.nii", "NaN or Inf")
+
+
+# --- images that cannot be registered as they are -----------------------------------------
+
+
+def test_no_overlap(work, capsys):
+    data, affine = _head()
+    affine[:3, 3] += 1000.0  # a kilometre away in world space
+    _save("far.nii.gz", data, affine)
+    line = _fails(capsys, work, _register("far.nii.gz"), "far.nii.gz", "do not overlap", "-i")
+    assert "0% of the moving" in line
+
+
+def test_nearly_empty_overlap(work, capsys):
+    data, affine = _head()
+    affine[0, 3] += 0.85 * 4 * SHAPE[0]  # only the edge of the moving head reaches into the fixed field of view
+    _save("edge.nii.gz", data, affine)
+    _fails(capsys, work, _register("edge.nii.gz"), "edge.nii.gz", "barely overlap", "-i")
+
+
+def test_initial_affine_rescues_a_displaced_pair(work, capsys):
+    from ilex.image.io import load_image
+    from ilex.registration.overlap import check_overlap
+
+    data, affine = _head()
+    affine[0, 3] += 0.85 * 4 * SHAPE[0]
+    moving = load_image(_save("edge.nii.gz", data, affine))
+    fixed = load_image("fixed.nii.gz")
+    undo = np.linalg.inv(fixed.affine) @ _head()[1]  # moving voxels to fixed voxels, as an LTA vox2vox would say
+    assert min(check_overlap(moving, fixed, undo)) > 0.95
+
+
+# --- options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, expected",
+    [
+        (["-e", "100"], "-e 100"),
+        (["-e", "0"], "-e 0"),
+        (["-r", "1.5"], "-r 1.5"),
+        (["-r", "-0.1"], "-r -0.1"),
+        (["-n", "0"], "-n 0"),
+        (["-j", "0"], "-j 0"),
+        (["-m", "affine"], "-m affine"),
+    ],
+)
+def test_bad_options(work, capsys, option, expected):
+    _fails(capsys, work, _register() + option, expected)
+
+
+# --- weights ------------------------------------------------------------------------------
+
+
+def test_truncated_weights(work, capsys):
+    data = open(E32, "rb").read()
+    with open("cut.h5", "wb") as f:
+        f.write(data[: len(data) // 3])
+    _fails(capsys, work, _register() + ["-w", "cut.h5"], "cut.h5", "truncated or corrupt")
+
+
+def test_weights_of_another_architecture(work, capsys):
+    with h5py.File("affine.h5", "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv"])
+        f.create_group("conv").attrs["weight_names"] = np.array([b"conv/kernel:0", b"conv/bias:0"])
+        f["conv/conv/kernel:0"] = np.zeros((3, 3, 3, 2, 8), np.float32)
+        f["conv/conv/bias:0"] = np.zeros((8,), np.float32)
+    _fails(capsys, work, _register() + ["-w", "affine.h5"], "affine.h5", "not a SynthMorph deformable model")
+
+
+def test_bundle_with_mismatched_shapes(work, capsys):
+    ilex.save(ilex.load(E32), "bundle")
+    config = json.load(open("bundle/config.json"))
+    config["_ilex"]["constructor_kwargs"]["enc_nf"] = [16, 16, 16, 16]
+    json.dump(config, open("bundle/config.json", "w"))
+    _fails(capsys, work, _register() + ["-w", "bundle"], "bundle", "expected")
+
+
+def test_bundle_naming_unknown_architecture(work, capsys):
+    ilex.save(ilex.load(E32), "bundle")
+    config = json.load(open("bundle/config.json"))
+    config["_ilex"]["architecture"] = "subprocess.Popen"
+    json.dump(config, open("bundle/config.json", "w"))
+    _fails(capsys, work, _register() + ["-w", "bundle"], "subprocess.Popen", "refused")
+
+
+def test_missing_default_weights_say_how_to_get_them(work, capsys, monkeypatch):
+    argv = [a for a in _register() if a not in ("-w", E32)]
+    line = _fails(capsys, work, argv, "ilex-hub/synthmorph.deform.3", "synthmorph.deform.3.h5", "ilex convert")
+    assert "FREESURFER_HOME" in line or "FreeSurfer" in line
+
+
+# --- outputs ------------------------------------------------------------------------------
+
+
+def test_output_directory_missing(work, capsys):
+    _fails(capsys, work, _register() + ["-T", "no/such/dir/inverse.nii.gz"], "no/such/dir", "does not exist")
+
+
+def test_output_directory_not_writable(work, capsys, monkeypatch):
+    os.mkdir("ro")
+    os.chmod("ro", 0o555)
+    _deny_as_root(monkeypatch, "ro")
+    _fails(capsys, work, _register() + ["-T", "ro/inverse.nii.gz"], "ro", "not writable")
+
+
+def test_output_equals_input(work, capsys):
+    _fails(capsys, work, _register() + ["-O", "moving.nii.gz"], "-O moving.nii.gz", "overwrite the moving image")
+
+
+def test_two_outputs_same_path(work, capsys):
+    _fails(capsys, work, _register() + ["-T", "./warp.nii.gz"], "-T ./warp.nii.gz", "also given to -t")
+
+
+def test_qc_path_is_a_file(work, capsys):
+    open("report", "w").write("mine")
+    argv = _register()
+    argv[argv.index("qc")] = "report"
+    _fails(capsys, work, argv, "--qc report", "not a directory")
+
+
+def test_d_directory_missing(work, capsys):
+    _fails(capsys, work, _register() + ["-d", "inputs"], "-d inputs", "no such directory")
+
+
+# --- apply --------------------------------------------------------------------------------
+
+
+def test_apply_with_an_image_as_warp(work, capsys):
+    _fails(capsys, work, ["apply", "fixed.nii.gz", "moving.nii.gz", "out.nii.gz"], "fixed.nii.gz", "not a displacement field")
+
+
+def test_apply_missing_warp(work, capsys):
+    _fails(capsys, work, ["apply", "warp.nii.gz", "moving.nii.gz", "out.nii.gz"], "warp.nii.gz", "no such")
+
+
+def test_apply_odd_paths(work, capsys):
+    _fails(capsys, work, ["apply", "w.nii.gz", "moving.nii.gz"], "IMAGE OUT pairs")
+
+
+def test_apply_bad_second_image_writes_nothing(work, capsys):
+    disp = np.zeros((*SHAPE, 1, 3), np.float32)
+    img = nib.Nifti1Image(disp, _head()[1])
+    img.header.set_intent(1006)
+    nib.save(img, "w.nii.gz")
+    open("junk.nii", "w").write("junk")
+    _fails(capsys, work, ["apply", "w.nii.gz", "moving.nii.gz", "a.nii.gz", "junk.nii", "b.nii.gz"], "junk.nii")
+
+
+# --- the real process -------------------------------------------------------------------
+
+
+def test_process_exit_status_and_debug(work):
+    cmd = [sys.executable, "-m", "ilex", "moving.nii.gz", "missing.mgz", "-o", "out.nii.gz"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "missing.mgz" in proc.stderr
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert not os.path.exists("out.nii.gz")

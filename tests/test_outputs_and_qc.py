@@ -1,0 +1,143 @@
+"""Safe outputs (atomic, all-or-nothing, bit-identical reruns) and the QC report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import fixture_path
+from data import data_path
+from PIL import Image as PILImage
+
+from ilex._atomic import atomic_file, output_batch
+from ilex.cli.main import main
+from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
+
+E32 = fixture_path("net_e32_uniform.h5")
+
+
+def _oblique_affine():
+    angle = 0.3
+    rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([0.9, 1.3, 2.0])
+    affine[:3, 3] = [-20, 15, 7]
+    return affine
+
+
+def _linear_warp(matrix, affine, shape=(12, 14, 10)):
+    """RAS displacement of the map x -> matrix x on a grid, i.e. u(x) = (matrix - I) x."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(np.float64)
+    world = grid @ affine[:3, :3].T + affine[:3, 3]
+    return (world @ (matrix - np.eye(3)).T).astype(np.float32)
+
+
+def test_jacobian_of_a_linear_map_is_its_determinant():
+    # Central and one-sided differences are exact for linear fields, whatever the voxel size or obliquity.
+    matrix = np.array([[1.1, 0.2, 0.0], [-0.1, 0.9, 0.05], [0.0, 0.1, 1.2]])
+    affine = _oblique_affine()
+    det = jacobian_determinant(_linear_warp(matrix, affine), affine, slab=3)
+    np.testing.assert_allclose(det, np.linalg.det(matrix), rtol=1e-4)
+    assert folding_fraction(det) == 0.0
+
+
+def test_a_reflection_folds_everywhere():
+    det = jacobian_determinant(_linear_warp(np.diag([-1.0, 1.0, 1.0]), _oblique_affine()), _oblique_affine())
+    np.testing.assert_allclose(det, -1.0, atol=1e-4)
+    assert folding_fraction(det) == 1.0
+
+
+def test_local_fold_is_counted():
+    disp = np.zeros((20, 8, 8, 3), np.float32)
+    disp[10, :, :, 0] = 3.0  # one slab jumps 3 voxels ahead: its neighbours see x decrease
+    det = jacobian_determinant(disp, np.eye(4), slab=4)
+    assert np.all(det[11] < 0) and np.all(det[9] > 1) and np.all(det[:8] == 1)
+    assert folding_fraction(det) == pytest.approx(1 / 20)
+
+
+def test_atomic_file_keeps_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "result.nii.gz"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError("killed while writing")
+    assert target.read_bytes() == b"good" and os.listdir(tmp_path) == ["result.nii.gz"]
+
+
+def test_output_batch_is_all_or_nothing(tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_bytes(b"old a")
+    with pytest.raises(OSError), output_batch():
+        with atomic_file(a) as tmp:
+            open(tmp, "wb").write(b"new a")
+        assert a.read_bytes() == b"old a"  # not yet: the batch has not finished
+        raise OSError("disk full while writing b")
+    assert a.read_bytes() == b"old a" and sorted(os.listdir(tmp_path)) == ["a.txt"]
+    with output_batch():
+        for path in (a, b):
+            with atomic_file(path) as tmp:
+                open(tmp, "wb").write(b"new")
+    assert a.read_bytes() == b.read_bytes() == b"new"
+
+
+def _register(out, *extra):
+    argv = ["register", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-w", E32, "-e", "32",
+            "-o", str(out / "moved.nii.gz"), "-O", str(out / "fixed_moved.mgz"), "-t", str(out / "fw.nii.gz"),
+            "-T", str(out / "bw.mgz"), "--qc", str(out / "qc"), *extra]
+    return main(argv)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    outs = [tmp_path_factory.mktemp(f"run{k}") for k in range(2)]
+    for out in outs:
+        assert _register(out, "-q") == 0
+    return outs
+
+
+def _files(directory):
+    return sorted(os.path.relpath(os.path.join(r, f), directory) for r, _, fs in os.walk(directory) for f in fs)
+
+
+def test_reruns_are_bit_identical(two_runs):
+    first, second = two_runs
+    names = _files(first)
+    assert names == ["bw.mgz", "fixed_moved.mgz", "fw.nii.gz", "moved.nii.gz",
+                     "qc/checkerboard.png", "qc/jacobian.nii.gz", "qc/qc.json"]
+    assert names == _files(second)
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_itk_warp_rerun_is_bit_identical(tmp_path):
+    cmd = [sys.executable, "-m", "ilex", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-w", E32,
+           "-e", "32", "--warp-format", "itk", "-q"]
+    for k in range(2):
+        subprocess.run(cmd + ["-t", str(tmp_path / f"itk{k}.nii.gz")], check=True)
+    assert (tmp_path / "itk0.nii.gz").read_bytes() == (tmp_path / "itk1.nii.gz").read_bytes()
+
+
+def test_qc_report_is_consistent(two_runs):
+    out = two_runs[0]
+    record = json.loads((out / "qc" / "qc.json").read_text())
+    jac = nib.load(out / "qc" / "jacobian.nii.gz")
+    fixed = nib.load(data_path("mni2009a_t1.nii.gz"))
+    assert jac.shape == fixed.shape and np.allclose(jac.affine, fixed.affine)
+    det = np.asarray(jac.dataobj)
+    assert record["folding_fraction"] == pytest.approx(np.mean(det <= 0))
+    assert record["jacobian_min"] == pytest.approx(det.min()) and record["hyper"] == 0.5
+    # The QC Jacobian is that of the forward warp written with -t.
+    warp = np.asarray(nib.load(out / "fw.nii.gz").dataobj)[:, :, :, 0, :]
+    np.testing.assert_allclose(jacobian_determinant(warp, fixed.affine), det, atol=1e-5)
+    png = PILImage.open(out / "qc" / "checkerboard.png")
+    # Three 1 mm panels of MNI 2009a (197 x 233 x 189 mm): sagittal 233 wide, coronal and axial 197, 4 px gaps.
+    assert png.mode == "L" and png.size == (233 + 197 + 197 + 8, 233)
+
+
+def test_summary_line_reports_folding(tmp_path, capsys):
+    assert _register(tmp_path) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "peak memory" in last and "% of voxels (det J ≤ 0)" in last
