@@ -61,12 +61,20 @@ def write_config(config: dict, directory: str) -> None:
         f.write("\n")
 
 
-def load(path_or_repo_id: str | os.PathLike = DEFAULT_REPO_ID, *, revision: str | None = None, cache_dir: str | None = None, verify: bool = True):
+def load(
+    path_or_repo_id: str | os.PathLike = DEFAULT_REPO_ID,
+    *,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+    verify: bool = True,
+    expected_sha256: str | None = None,
+):
     """Load a model from a bundle directory, a FreeSurfer Keras `.h5` file, or a Hugging Face repo id.
 
     A repo id (`owner/name`) is resolved with `huggingface_hub` into its standard cache; with
     `HF_HUB_OFFLINE=1` only the cache is used. `verify` checks the data checksum that ilex
-    records in the bundles it writes (bundles without one are loaded as they are).
+    records in the bundles it writes (bundles without one are loaded as they are), and the
+    SHA-256 of an h5 file that is a known FreeSurfer release or is given `expected_sha256`.
     Raises `BundleError`/`WeightsFileError` (both `ValueError`s) naming the file and the problem.
     """
     target = os.fspath(path_or_repo_id)
@@ -76,7 +84,7 @@ def load(path_or_repo_id: str | os.PathLike = DEFAULT_REPO_ID, *, revision: str 
         if target.endswith(".h5") or _looks_like_hdf5(target):
             from ..convert.keras_h5 import load_keras_h5
 
-            return load_keras_h5(target)
+            return load_keras_h5(target, expected_sha256, verify=verify)
         raise BundleError(target, "expected a bundle directory, a Keras .h5 weights file, or a Hugging Face repo id")
     if _REPO_ID.match(target) and not target.startswith((".", "~")):
         from .hub import download_bundle

@@ -73,8 +73,9 @@ def open_keras_weights(path: str | os.PathLike) -> Iterator[list[KerasWeight]]:
                     weights.append(KerasWeight(f"{layer}/{wname}", tuple(int(s) for s in ds.shape), ds))
         except WeightsFileError:
             raise
-        except (OSError, RuntimeError, KeyError) as e:
-            raise WeightsFileError(path, f"truncated or corrupt HDF5 file ({e})") from None
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            # Damaged metadata surfaces as any of these from h5py (undecodable names included).
+            raise WeightsFileError(path, f"truncated or corrupt HDF5 file ({e.__class__.__name__}: {e})") from None
         if not weights:
             raise WeightsFileError(path, "the file holds no weight arrays")
         yield weights
@@ -150,16 +151,23 @@ def read_array(path: str, weight: KerasWeight, rows: slice | None = None) -> np.
     return data
 
 
-def load_keras_h5(path: str | os.PathLike):
-    """A `SynthMorphDeform` with the weights of a Keras h5 file, read in memory (no bundle written)."""
+def load_keras_h5(path: str | os.PathLike, expected_sha256: str | None = None, *, verify: bool = True):
+    """A `SynthMorphDeform` with the weights of a Keras h5 file, read in memory (no bundle written).
+
+    With `verify`, a known FreeSurfer release, or any file given `expected_sha256`, is checked
+    by digest first.
+    """
     import jax.numpy as jnp
 
     from ..bundle.io import fill_parameters, template
     from ..models.synthmorph_deform.model import SynthMorphDeform
+    from .releases import verify_release
 
     path = os.fspath(path)
     with open_keras_weights(path) as weights:
         kwargs = infer_synthmorph_kwargs(path, [w.shape for w in weights])
+        if verify:
+            verify_release(path, expected_sha256)
         arrays = [jnp.asarray(read_array(path, w)) for w in weights]
     return fill_parameters(template(SynthMorphDeform, kwargs), arrays)
 

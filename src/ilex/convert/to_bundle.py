@@ -7,7 +7,6 @@ bundle holds only the generated U-Net (26.6 M parameters instead of 877 M for th
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -23,16 +22,9 @@ from ..errors import OptionError, WeightsFileError
 from ..models.synthmorph_deform.model import SynthMorphDeform
 from ..models.synthmorph_deform.unet import SynthMorphUNet
 from .keras_h5 import KerasWeight, infer_synthmorph_kwargs, open_keras_weights, read_array
+from .releases import file_sha256, verify_release
 
 _BLOCK_BYTES = 64 << 20  # per read; bounds the converter's working memory
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert(
@@ -42,16 +34,21 @@ def convert(
     hyper: float | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    expected_sha256: str | None = None,
 ) -> str:
     """Convert a Keras h5 weights file into a bundle directory `out_dir`; returns its path.
 
     `hyper` (λ in [0, 1]) writes the fixed-λ U-Net bundle instead of the hypernetwork.
     `progress` shows a byte progress bar on stderr (default: when stderr is a terminal).
-    The directory appears complete or not at all. Raises `WeightsFileError` for bad files.
+    The directory appears complete or not at all. Raises `WeightsFileError` for bad files,
+    including a known FreeSurfer release (or `expected_sha256`) whose digest does not match.
     """
     path = os.fspath(weights_h5)
     if hyper is not None and not 0.0 <= float(hyper) <= 1.0:
         raise OptionError(f"--hyper {hyper}: λ must lie in [0, 1]")
+    with open_keras_weights(path):  # a foreign or broken file is named as such before hashing it
+        pass
+    source_sha256 = verify_release(path, expected_sha256) or file_sha256(path)
     with open_keras_weights(path) as weights:
         kwargs = infer_synthmorph_kwargs(path, [w.shape for w in weights])
         origin = f"converted from {os.path.basename(path)}"
@@ -66,7 +63,7 @@ def convert(
             else:
                 model = _stream_fixed(path, weights, kwargs, float(hyper), os.path.join(tmp, WEIGHTS_NAME), bar)
             config = make_config(model, origin=origin)
-            config["_ilex"]["source_sha256"] = _file_sha256(path)
+            config["_ilex"]["source_sha256"] = source_sha256
             write_config(config, tmp)
     return os.path.abspath(os.fspath(out_dir))
 
