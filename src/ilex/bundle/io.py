@@ -15,7 +15,7 @@ from .._atomic import atomic_directory
 from ..errors import BundleError, FileProblem
 from .config import make_config, read_config
 from .matching import match_tensors
-from .safetensors_stream import SafetensorsWriter, data_checksum
+from .safetensors_stream import SafetensorsWriter, data_checksum, recorded_checksum
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -48,14 +48,19 @@ def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwri
     names = parameter_names(model)
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        write_config(config, tmp)
         writer = SafetensorsWriter(os.path.join(tmp, WEIGHTS_NAME), names)
         for leaf in leaves:
             writer.write(np.asarray(leaf, np.float32))
         writer.close()
+        write_config(config, tmp)
 
 
 def write_config(config: dict, directory: str) -> None:
+    """Write config.json beside a finished model.safetensors, recording its data checksum in both.
+
+    Two copies of the digest: damage to the weights header that removes one still leaves the other.
+    """
+    config["_ilex"]["weights_sha256"] = recorded_checksum(os.path.join(directory, WEIGHTS_NAME))
     with open(os.path.join(directory, CONFIG_NAME), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -102,7 +107,7 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
     """Load the bundle in `directory`; tensors are paired by name, else by structure."""
     from safetensors import safe_open
 
-    cls, kwargs, _ = read_config(os.path.join(directory, CONFIG_NAME))
+    cls, kwargs, config = read_config(os.path.join(directory, CONFIG_NAME))
     config_path = os.path.join(directory, CONFIG_NAME)
     try:
         skeleton = template(cls, kwargs)
@@ -125,8 +130,9 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
             except ValueError as e:
                 raise BundleError(weights, f"does not fit {cls.__name__} of config.json: {e}") from None
             if verify:
-                recorded, actual = data_checksum(weights)
-                if recorded is not None and recorded != actual:
+                in_header, actual = data_checksum(weights)
+                in_config = config["_ilex"].get("weights_sha256")
+                if any(digest not in (None, actual) for digest in (in_header, in_config)):
                     raise BundleError(weights, "data checksum mismatch: the file is damaged; download or convert it again")
             arrays = []
             for name, _ in expected:

@@ -75,6 +75,13 @@ class SafetensorsWriter:
         self._file.close()
 
 
+def recorded_checksum(path: str | os.PathLike) -> str | None:
+    """The data SHA-256 recorded in a safetensors header by `SafetensorsWriter` (None if absent)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(n)).get("__metadata__", {}).get(CHECKSUM_KEY)
+
+
 def data_checksum(path: str | os.PathLike, block: int = 1 << 24) -> tuple[str | None, str]:
     """(recorded, actual) SHA-256 of the data section of a safetensors file."""
     with open(path, "rb") as f:
