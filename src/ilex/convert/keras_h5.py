@@ -143,8 +143,9 @@ def read_array(path: str, weight: KerasWeight, rows: slice | None = None) -> np.
     """Read one weight (or a block of its first-axis rows) as float32, with a clear error if damaged."""
     try:
         data = weight.dataset[rows] if rows is not None else weight.dataset[()]
-    except (OSError, RuntimeError, ValueError) as e:
-        raise WeightsFileError(path, f"cannot read '{weight.name}': truncated or corrupt ({e})") from None
+    except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
+        # h5py reports damaged data and damaged type metadata (TypeError) alike
+        raise WeightsFileError(path, f"cannot read '{weight.name}': truncated or corrupt ({e.__class__.__name__}: {e})") from None
     data = np.asarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
         raise WeightsFileError(path, f"'{weight.name}' holds NaN or Inf values")
