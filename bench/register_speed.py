@@ -63,7 +63,7 @@ def _model(gpu: bool):
     return SynthMorphUNet(**FULL, hyper=0.5, key=jax.random.key(0))
 
 
-def child_network(extent: int, gpu: bool) -> dict:
+def child_network(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -76,7 +76,7 @@ def child_network(extent: int, gpu: bool) -> dict:
     keys = jax.random.split(jax.random.key(1), 2)
     mov, fix = (jax.random.uniform(k, (extent,) * 3, jnp.float32) for k in keys)
     t0 = time.perf_counter()
-    compiled = _network_fields.lower(unet, mov, fix, steps=7).compile()
+    compiled = _network_fields.lower(unet, mov, fix, steps=7, algorithm=algorithm, batched=batched).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(unet, mov, fix))
@@ -106,7 +106,7 @@ def _pair(extent: int):
     return Image(heads[0].astype("f4"), affine), Image(heads[1].astype("f4"), affine), "synthetic 192^3 heads"
 
 
-def child_register(extent: int, gpu: bool) -> dict:
+def child_register(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
     from ilex.progress import Stages
     from ilex.registration.pipeline import register
 
@@ -114,7 +114,7 @@ def child_register(extent: int, gpu: bool) -> dict:
     with stages("load", "images and weights"):
         moving, fixed, pair = _pair(extent)
         unet = _model(gpu)
-    result = register(moving, fixed, unet, extent=extent, stages=stages)
+    result = register(moving, fixed, unet, extent=extent, stages=stages, algorithm=algorithm)
     with stages("moved", "moving image on the fixed grid"):
         result.moved()
     out = {f"{k}_s": v for k, v in stages.times.items()}
@@ -147,14 +147,20 @@ def main() -> int:
     parser.add_argument("--extents", type=int, nargs="+", default=[96, 128, 160, 192, 256])
     parser.add_argument("--what", nargs="+", choices=["network", "register"], default=["network", "register"])
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
+    parser.add_argument("--algorithm", choices=["direct", "winograd"], help="convolution (default: ilex's choice for the device)")
+    parser.add_argument("--batched", action="store_true", help="run the two passes as one batch (default: one after the other)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "EXTENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.gpu:
         os.environ["JAX_PLATFORMS"] = "cpu"
     if args.child:
+        from ilex.registration.pipeline import default_algorithm
+
         what, extent = args.child[0], int(args.child[1])
-        result = (child_network if what == "network" else child_register)(extent, args.gpu)
+        algorithm = args.algorithm or default_algorithm()
+        result = (child_network if what == "network" else child_register)(extent, args.gpu, algorithm, args.batched)
+        result["algorithm"], result["batched"] = algorithm, args.batched
         result["peak_rss_gb"] = _peak_rss_gb()
         result["peak_device_gb"] = _device_peak_gb() if args.gpu else None
         print(json.dumps(result))
@@ -164,6 +170,7 @@ def main() -> int:
         row = {"extent": extent, "tflop": conv_flops(extent) / 1e12}
         for what in args.what:
             cmd = [sys.executable, __file__, "--child", what, str(extent)] + (["--gpu"] if args.gpu else [])
+            cmd += (["--algorithm", args.algorithm] if args.algorithm else []) + (["--batched"] if args.batched else [])
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 row[what] = {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
@@ -171,7 +178,8 @@ def main() -> int:
                 row[what] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"  extent {extent} {what}: {row[what]}", file=sys.stderr, flush=True)
         rows.append(row)
-    report = {"machine": machine(), "model": "full width (all 256), random weights, fixed λ=0.5 U-Net", "results": rows}
+    report = {"machine": machine(), "model": "full width (all 256), random weights, fixed λ=0.5 U-Net",
+              "algorithm": args.algorithm or "default", "batched": args.batched, "results": rows}
     print(f"{'extent':>6} {'TFLOP':>6} {'compile s':>9} {'network s':>9} {'GFLOP/s':>8} {'net RSS GB':>10} "
           f"{'register s':>10} {'reg RSS GB':>10} {'TF s':>6} {'TF GB':>6}")
     for row in rows:

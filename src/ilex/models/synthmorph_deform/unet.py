@@ -81,12 +81,41 @@ def _upsample(x: Array) -> Array:
     return x
 
 
+CONV_ALGORITHMS = ("direct", "winograd")
+
+
+def _materialise(parts: list[tuple[Array, bool]]) -> Array:
+    arrays = [_upsample(a) if up else a for a, up in parts]
+    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=-1)
+
+
+def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, algorithm: str) -> Array:
+    """Convolution of the concatenation of `parts` ((array, upsample) pairs, see winograd.py)."""
+    from .winograd import winograd_conv3d
+
+    first, up = parts[0]
+    shape = [s * 2 if up else s for s in first.shape[1:4]]
+    cin, cout = kernel.shape[3], kernel.shape[4]
+    # Winograd pays off where the matrix products are wide; tiny or odd layers stay direct.
+    if algorithm == "winograd" and min(cin, cout) >= 8 and all(s % 2 == 0 for s in shape) and shape[0] % 4 == 0:
+        return winograd_conv3d(parts, kernel, bias, slab=2)
+    return _conv(_materialise(parts), kernel, bias)
+
+
 def unet_forward(
     kernels: Sequence[tuple[Array, Array]],
     n_levels: int,
     x: Float[Array, "n x y z c"],
+    algorithm: str = "direct",
 ) -> Float[Array, "n x y z f"]:
-    """Run the U-Net of SPEC §2.5 on a batch `x`, given the (kernel, bias) of every conv."""
+    """Run the U-Net of SPEC §2.5 on a batch `x`, given the (kernel, bias) of every conv.
+
+    `algorithm` "direct" is XLA's convolution; "winograd" computes the wide layers with
+    Winograd F(2,3) in slabs, without materialising the decoder's upsampled concatenations
+    (same results up to float32 rounding, far less arithmetic and memory on CPU).
+    """
+    if algorithm not in CONV_ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
     size = x.shape[1:4]
     if any(s % (2**n_levels) for s in size):
         raise ValueError(
@@ -94,17 +123,18 @@ def unet_forward(
         )
     layers = iter(kernels)
     skips = []
+    parts = [(x, False)]
     for _ in range(n_levels):
-        x = _leaky_relu(_conv(x, *next(layers)))
+        x = _leaky_relu(_conv_parts(parts, *next(layers), algorithm))
         skips.append(x)
-        x = _max_pool(x)
+        parts = [(_max_pool(x), False)]
     for _ in range(n_levels):
-        x = _leaky_relu(_conv(x, *next(layers)))
-        x = jnp.concatenate([_upsample(x), skips.pop()], axis=-1)
+        x = _leaky_relu(_conv_parts(parts, *next(layers), algorithm))
+        parts = [(x, True), (skips.pop(), False)]  # [upsample(x), skip], concatenated lazily
     remaining = list(layers)
     for kernel, bias in remaining[:-1]:
-        x = _leaky_relu(_conv(x, kernel, bias))
-    return _conv(x, *remaining[-1])
+        parts = [(_leaky_relu(_conv_parts(parts, kernel, bias, algorithm)), False)]
+    return _conv_parts(parts, *remaining[-1], algorithm)
 
 
 def _prepare_pair(source: Array, target: Array, src_feats: int, trg_feats: int) -> Array:
@@ -190,10 +220,11 @@ class SynthMorphUNet(eqx.Module):
             hyper=self.hyper,
         )
 
-    def __call__(self, source: Array, target: Array) -> Array:
+    def __call__(self, source: Array, target: Array, *, algorithm: str = "direct") -> Array:
+        """Raw velocity for (source, target); `algorithm` as in `unet_forward`."""
         x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
         single = x.ndim == 4
-        out = unet_forward([(c.kernel, c.bias) for c in self.convs], len(self.enc_nf), x[None] if single else x)
+        out = unet_forward([(c.kernel, c.bias) for c in self.convs], len(self.enc_nf), x[None] if single else x, algorithm)
         return out[0] if single else out
 
     def at_hyper(self, hyper: float) -> SynthMorphUNet:

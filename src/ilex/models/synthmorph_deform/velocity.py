@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, Float
 
 from .unet import SynthMorphUNet
@@ -17,11 +18,20 @@ def symmetric_velocity(
     unet: SynthMorphUNet,
     moving: Float[Array, "x y z 1"],
     fixed: Float[Array, "x y z 1"],
+    *,
+    algorithm: str = "direct",
+    batched: bool = False,
 ) -> Float[Array, "x y z 3"]:
-    """`0.5 * (U(moving, fixed) - U(fixed, moving))`, both passes run as one batch of two.
+    """`0.5 * (U(moving, fixed) - U(fixed, moving))`.
 
     Inputs are network-space images at the U-Net's resolution (already halved); the velocity is
     in voxels of that grid. `exp(v)` is the forward warp, `exp(-v)` the backward one.
+    The two passes run one after the other through one compiled body (half the activation
+    memory), or with `batched` as one batch of two. `algorithm` is `unet_forward`'s.
     """
-    pair = unet(jnp.stack([moving, fixed]), jnp.stack([fixed, moving]))
+    sources, targets = jnp.stack([moving, fixed]), jnp.stack([fixed, moving])
+    if batched:
+        pair = unet(sources, targets, algorithm=algorithm)
+    else:
+        pair = lax.map(lambda st: unet(st[0], st[1], algorithm=algorithm), (sources, targets))
     return 0.5 * (pair[0] - pair[1])

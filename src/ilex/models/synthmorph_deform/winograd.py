@@ -1,0 +1,109 @@
+"""3x3x3 'same' convolution by Winograd's minimal filtering F(2x2x2, 3x3x3), in slabs.
+
+Each 2x2x2 block of outputs is computed from a 4x4x4 input tile with 64 products per channel
+pair instead of 216 (3.4x fewer multiplications), as 64 independent (pixels x cin) @ (cin x
+cout) matrix products, the operation CPUs run fastest. F(2,3) keeps float32 accuracy (measured
+~1e-6 relative error per layer, against 1e-4 allowed) where larger tiles would not.
+
+The input may be given as several parts along channels, some of them at half resolution to be
+upsampled by repetition (the U-Net's `[upsample(x), skip]` inputs): each part is transformed on
+its own and the products summed, so neither the concatenation nor the upsampled tensor is ever
+materialised. The work runs in slabs along the first spatial axis, so the 8x larger transformed
+tiles exist for one slab at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Float
+
+# 1-D F(2,3) for cross-correlation: y = A^T [(G g) * (B^T d)], d a 4-tap window, g the 3 taps.
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
+
+
+def transform_kernel(kernel: Float[Array, "3 3 3 cin cout"]) -> Float[Array, "64 cin cout"]:
+    """G g G^T along each axis; tile index ordered (z, y, x) to match `_transform_input`."""
+    u = jnp.einsum("ai,bj,ck,ijkxy->cbaxy", _G, _G, _G, kernel, precision=lax.Precision.HIGHEST)
+    return u.reshape(64, *kernel.shape[3:])
+
+
+def _input_along(x: Array, axis: int, tiles: int) -> Array:
+    # B^T d for every overlapping 4-window with stride 2; the 4 results stacked on a new axis 0.
+    d = [lax.slice_in_dim(x, j, j + 2 * (tiles - 1) + 1, stride=2, axis=axis) for j in range(4)]
+    return jnp.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]], axis=0)
+
+
+def _transform_input(padded: Array, tiles: tuple[int, int, int]) -> Array:
+    """(n, 2s+2, 2ty+2, 2tz+2, c) padded slab -> (64, n*s*ty*tz, c) transformed tiles."""
+    c = padded.shape[-1]
+    v = _input_along(padded, 1, tiles[0])  # (4x, n, s, Y+2, Z+2, c)
+    v = _input_along(v, 3, tiles[1])  # (4y, 4x, n, s, ty, Z+2, c)
+    v = _input_along(v, 5, tiles[2])  # (4z, 4y, 4x, n, s, ty, tz, c)
+    return v.reshape(64, -1, c)
+
+
+def _output_along(m: Array, axis: int) -> Array:
+    a, b, c, d = (lax.index_in_dim(m, i, axis, keepdims=False) for i in range(4))
+    return jnp.stack([a + b + c, b - c - d], axis=axis)
+
+
+def _upsampled_slab(low_padded: Array, start: Array, slab: int, shape: tuple[int, int, int]) -> Array:
+    """Rows [2 start, 2 start + 2 slab + 2) of the zero-padded x2 repetition of a half-resolution part.
+
+    `low_padded` is the half-resolution part with one zero plane on every side: its plane q
+    repeats into padded full-resolution planes 2q - 1 and 2q, so the needed planes come from
+    half-resolution planes [start, start + slab + 2), shifted by one.
+    """
+    part = lax.dynamic_slice_in_dim(low_padded, start, slab + 2, axis=1)
+    for axis in (1, 2, 3):
+        part = jnp.repeat(part, 2, axis=axis)
+    return part[:, 1 : 2 * slab + 3, 1 : shape[1] + 3, 1 : shape[2] + 3, :]
+
+
+def winograd_conv3d(
+    parts: Sequence[tuple[Array, bool]],
+    kernel: Float[Array, "3 3 3 cin cout"],
+    bias: Float[Array, " cout"],
+    slab: int = 2,
+) -> Float[Array, "n x y z cout"]:
+    """'same' 3x3x3 cross-correlation of the channel concatenation of `parts`, plus `bias`.
+
+    `parts` are `(array, upsample)`: an array (n, x, y, z, c) on the output grid, or with
+    `upsample` one at half resolution whose x2 nearest-neighbour repetition is meant. Spatial
+    sizes must be even and the first one a multiple of `2 * slab`. Equals
+    `conv_general_dilated(concatenate(...), kernel, 'SAME') + bias` up to float32 rounding.
+    """
+    first, up = parts[0]
+    n = first.shape[0]
+    shape = tuple(s * 2 for s in first.shape[1:4]) if up else tuple(first.shape[1:4])
+    if any(s % 2 for s in shape) or shape[0] % (2 * slab):
+        raise ValueError(f"Winograd F(2,3) needs even sizes and x a multiple of {2 * slab}, got {shape}")
+    tiles = (slab, shape[1] // 2, shape[2] // 2)
+    pads, splits, start = [], [], 0
+    for array, upsample in parts:
+        pads.append((jnp.pad(array, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))), upsample))
+        splits.append(transform_kernel(kernel[:, :, :, start : start + array.shape[-1], :]))
+        start += array.shape[-1]
+    if start != kernel.shape[3]:
+        raise ValueError(f"the parts have {start} channels, the kernel expects {kernel.shape[3]}")
+    cout = kernel.shape[-1]
+
+    def one_slab(i: Array) -> Array:
+        m = None
+        for (padded, upsample), u in zip(pads, splits):
+            if upsample:
+                block = _upsampled_slab(padded, i * slab, slab, shape)
+            else:
+                block = lax.dynamic_slice_in_dim(padded, i * 2 * slab, 2 * slab + 2, axis=1)
+            term = jnp.einsum("tpc,tcd->tpd", _transform_input(block, tiles), u, precision=lax.Precision.HIGHEST)
+            m = term if m is None else m + term
+        m = m.reshape(4, 4, 4, n, *tiles, cout)
+        y = _output_along(_output_along(_output_along(m, 0), 1), 2)  # (2z, 2y, 2x, n, s, ty, tz, cout)
+        return y.transpose(3, 4, 2, 5, 1, 6, 0, 7).reshape(n, 2 * slab, shape[1], shape[2], cout)
+
+    out = lax.map(one_slab, jnp.arange(shape[0] // (2 * slab)))  # (slabs, n, 2 slab, y, z, cout)
+    return jnp.moveaxis(out, 0, 1).reshape(n, *shape, cout) + bias[None, None, None, None, :]
