@@ -51,17 +51,21 @@ def _output_along(m: Array, axis: int) -> Array:
     return jnp.stack([a + b + c, b - c - d], axis=axis)
 
 
-def _upsampled_slab(low_padded: Array, start: Array, slab: int, shape: tuple[int, int, int]) -> Array:
-    """Rows [2 start, 2 start + 2 slab + 2) of the zero-padded x2 repetition of a half-resolution part.
+def _padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
+    """Planes [start, start + count) along x of the part as the convolution sees it: at full
+    resolution (repeated x2 if `upsample`) with one zero plane and one zero border on every side.
 
-    `low_padded` is the half-resolution part with one zero plane on every side: its plane q
-    repeats into padded full-resolution planes 2q - 1 and 2q, so the needed planes come from
-    half-resolution planes [start, start + slab + 2), shifted by one.
+    Only these planes are gathered and padded, never the whole tensor: at extent 256 a padded
+    copy of one activation would cost 2 GB.
     """
-    part = lax.dynamic_slice_in_dim(low_padded, start, slab + 2, axis=1)
-    for axis in (1, 2, 3):
-        part = jnp.repeat(part, 2, axis=axis)
-    return part[:, 1 : 2 * slab + 3, 1 : shape[1] + 3, 1 : shape[2] + 3, :]
+    full = part.shape[1] * (2 if upsample else 1)
+    rows = start + jnp.arange(count) - 1  # unpadded full-resolution plane index
+    source = jnp.clip(rows // 2 if upsample else rows, 0, part.shape[1] - 1)
+    block = jnp.take(part, source, axis=1)
+    block = jnp.where(((rows >= 0) & (rows < full))[None, :, None, None, None], block, 0.0)
+    if upsample:
+        block = jnp.repeat(jnp.repeat(block, 2, axis=2), 2, axis=3)
+    return jnp.pad(block, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
 
 
 def winograd_conv3d(
@@ -83,9 +87,8 @@ def winograd_conv3d(
     if any(s % 2 for s in shape) or shape[0] % (2 * slab):
         raise ValueError(f"Winograd F(2,3) needs even sizes and x a multiple of {2 * slab}, got {shape}")
     tiles = (slab, shape[1] // 2, shape[2] // 2)
-    pads, splits, start = [], [], 0
-    for array, upsample in parts:
-        pads.append((jnp.pad(array, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0))), upsample))
+    splits, start = [], 0
+    for array, _ in parts:
         splits.append(transform_kernel(kernel[:, :, :, start : start + array.shape[-1], :]))
         start += array.shape[-1]
     if start != kernel.shape[3]:
@@ -94,11 +97,8 @@ def winograd_conv3d(
 
     def one_slab(i: Array) -> Array:
         m = None
-        for (padded, upsample), u in zip(pads, splits):
-            if upsample:
-                block = _upsampled_slab(padded, i * slab, slab, shape)
-            else:
-                block = lax.dynamic_slice_in_dim(padded, i * 2 * slab, 2 * slab + 2, axis=1)
+        for (array, upsample), u in zip(parts, splits):
+            block = _padded_rows(array, upsample, i * 2 * slab, 2 * slab + 2)
             term = jnp.einsum("tpc,tcd->tpd", _transform_input(block, tiles), u, precision=lax.Precision.HIGHEST)
             m = term if m is None else m + term
         m = m.reshape(4, 4, 4, n, *tiles, cout)
