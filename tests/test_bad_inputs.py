@@ -332,3 +332,27 @@ def test_process_exit_status_and_debug(work):
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert not os.path.exists("out.nii.gz")
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def test_not_enough_memory_says_so_before_running(work, capsys, monkeypatch):
+    import ilex.registration.memory as memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
+    _fails(capsys, work, _register(), "-e 32", "needs about", "--no-memory-check")
+
+
+def test_memory_hint_names_an_extent_that_fits():
+    import re
+
+    from ilex.errors import OptionError
+    from ilex.registration.memory import check_memory, estimate_peak_bytes
+
+    available = (estimate_peak_bytes(192) + estimate_peak_bytes(224)) / 2
+    with pytest.raises(OptionError) as info:
+        check_memory(256, 256, available=available)
+    suggested = int(re.search(r"try -e (\d+)", str(info.value)).group(1))
+    assert suggested == 192 and estimate_peak_bytes(suggested) <= available < estimate_peak_bytes(suggested + 32)
+    assert check_memory(192, 256, available=available) == estimate_peak_bytes(192)

@@ -57,6 +57,7 @@ def add_parser(sub) -> None:
     p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="warp file convention (default freesurfer)")
     p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P before min-max normalisation "
                    "(the model card's variant; FreeSurfer does not clip)")
+    p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -143,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Stages
     from ..qc import quality_report, write_qc
     from ..registration.affine_init import read_initial_affine
+    from ..registration.memory import check_memory
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
 
@@ -154,8 +156,11 @@ def run(args: argparse.Namespace) -> int:
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
         check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
         weights = args.weights or default_weights()
-        model = _load_weights(weights, explicit=args.weights is not None)
-    result = register(moving, fixed, model, hyper=args.hyper, steps=args.steps, extent=args.extent,
+        # Generate the U-Net for this λ once and let the 3.5 GB hypernetwork go before the network runs.
+        unet = _load_weights(weights, explicit=args.weights is not None).at_hyper(args.hyper)
+        if not args.gpu and not args.no_memory_check:
+            check_memory(args.extent, max(unet.enc_nf + unet.dec_nf + unet.add_nf))
+    result = register(moving, fixed, unet, hyper=args.hyper, steps=args.steps, extent=args.extent,
                       init_vox=init, clip_percentile=args.clip_percentile, stages=stages)
     report = None
     if args.qc or not args.quiet:

@@ -89,8 +89,9 @@ def _materialise(parts: list[tuple[Array, bool]]) -> Array:
     return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=-1)
 
 
-def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, algorithm: str) -> Array:
-    """Convolution of the concatenation of `parts` ((array, upsample) pairs, see winograd.py)."""
+def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, algorithm: str, activate: bool) -> Array:
+    """Convolution (then LeakyReLU if `activate`) of the concatenation of `parts`, which are
+    (array, upsample) pairs as in winograd.py."""
     from .winograd import winograd_conv3d
 
     first, up = parts[0]
@@ -98,8 +99,9 @@ def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, alg
     cin, cout = kernel.shape[3], kernel.shape[4]
     # Winograd pays off where the matrix products are wide; tiny or odd layers stay direct.
     if algorithm == "winograd" and min(cin, cout) >= 8 and all(s % 2 == 0 for s in shape) and shape[0] % 4 == 0:
-        return winograd_conv3d(parts, kernel, bias, slab=2)
-    return _conv(_materialise(parts), kernel, bias)
+        return winograd_conv3d(parts, kernel, bias, slab=2, activation=_leaky_relu if activate else None)
+    y = _conv(_materialise(parts), kernel, bias)
+    return _leaky_relu(y) if activate else y
 
 
 def unet_forward(
@@ -125,16 +127,16 @@ def unet_forward(
     skips = []
     parts = [(x, False)]
     for _ in range(n_levels):
-        x = _leaky_relu(_conv_parts(parts, *next(layers), algorithm))
+        x = _conv_parts(parts, *next(layers), algorithm, activate=True)
         skips.append(x)
         parts = [(_max_pool(x), False)]
     for _ in range(n_levels):
-        x = _leaky_relu(_conv_parts(parts, *next(layers), algorithm))
+        x = _conv_parts(parts, *next(layers), algorithm, activate=True)
         parts = [(x, True), (skips.pop(), False)]  # [upsample(x), skip], concatenated lazily
     remaining = list(layers)
     for kernel, bias in remaining[:-1]:
-        parts = [(_leaky_relu(_conv_parts(parts, kernel, bias, algorithm)), False)]
-    return _conv_parts(parts, *remaining[-1], algorithm)
+        parts = [(_conv_parts(parts, kernel, bias, algorithm, activate=True), False)]
+    return _conv_parts(parts, *remaining[-1], algorithm, activate=False)
 
 
 def _prepare_pair(source: Array, target: Array, src_feats: int, trg_feats: int) -> Array:

@@ -14,7 +14,7 @@ tiles exist for one slab at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -73,13 +73,16 @@ def winograd_conv3d(
     kernel: Float[Array, "3 3 3 cin cout"],
     bias: Float[Array, " cout"],
     slab: int = 2,
+    activation: Callable[[Array], Array] | None = None,
 ) -> Float[Array, "n x y z cout"]:
     """'same' 3x3x3 cross-correlation of the channel concatenation of `parts`, plus `bias`.
 
     `parts` are `(array, upsample)`: an array (n, x, y, z, c) on the output grid, or with
     `upsample` one at half resolution whose x2 nearest-neighbour repetition is meant. Spatial
     sizes must be even and the first one a multiple of `2 * slab`. Equals
-    `conv_general_dilated(concatenate(...), kernel, 'SAME') + bias` up to float32 rounding.
+    `activation(conv_general_dilated(concatenate(...), kernel, 'SAME') + bias)` up to float32
+    rounding. Bias and activation are applied per slab, so that the only full-size buffer a
+    layer writes is its output.
     """
     first, up = parts[0]
     n = first.shape[0]
@@ -103,7 +106,9 @@ def winograd_conv3d(
             m = term if m is None else m + term
         m = m.reshape(4, 4, 4, n, *tiles, cout)
         y = _output_along(_output_along(_output_along(m, 0), 1), 2)  # (2z, 2y, 2x, n, s, ty, tz, cout)
-        return y.transpose(3, 4, 2, 5, 1, 6, 0, 7).reshape(n, 2 * slab, shape[1], shape[2], cout)
+        y = y.transpose(3, 4, 2, 5, 1, 6, 0, 7).reshape(n, 2 * slab, shape[1], shape[2], cout)
+        y = y + bias[None, None, None, None, :]
+        return y if activation is None else activation(y)
 
     out = lax.map(one_slab, jnp.arange(shape[0] // (2 * slab)))  # (slabs, n, 2 slab, y, z, cout)
-    return jnp.moveaxis(out, 0, 1).reshape(n, *shape, cout) + bias[None, None, None, None, :]
+    return jnp.moveaxis(out, 0, 1).reshape(n, *shape, cout)
