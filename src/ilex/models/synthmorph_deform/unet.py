@@ -99,7 +99,7 @@ def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, alg
     cin, cout = kernel.shape[3], kernel.shape[4]
     # Winograd pays off where the matrix products are wide; tiny or odd layers stay direct.
     if algorithm == "winograd" and min(cin, cout) >= 8 and all(s % 2 == 0 for s in shape) and shape[0] % 4 == 0:
-        return winograd_conv3d(parts, kernel, bias, slab=2, activation=_leaky_relu if activate else None)
+        return winograd_conv3d(parts, kernel, bias, slab=1, activation=_leaky_relu if activate else None)
     y = _conv(_materialise(parts), kernel, bias)
     return _leaky_relu(y) if activate else y
 

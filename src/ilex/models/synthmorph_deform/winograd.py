@@ -110,5 +110,13 @@ def winograd_conv3d(
         y = y + bias[None, None, None, None, :]
         return y if activation is None else activation(y)
 
-    out = lax.map(one_slab, jnp.arange(shape[0] // (2 * slab)))  # (slabs, n, 2 slab, y, z, cout)
-    return jnp.moveaxis(out, 0, 1).reshape(n, *shape, cout)
+    # The output is filled slab by slab in place. Its initial value is derived from this layer's
+    # input (one element times 0) rather than a constant: with a constant, XLA shares one zero
+    # buffer between all layers and allocates every layer's output up front, so all of them
+    # would be alive at once; tied to the input, each output exists only from its layer on.
+    init = jnp.broadcast_to(first[(0,) * first.ndim] * 0.0, (n, *shape, cout))
+
+    def fill(i: Array, out: Array) -> Array:
+        return lax.dynamic_update_slice_in_dim(out, one_slab(i), i * 2 * slab, axis=1)
+
+    return lax.fori_loop(0, shape[0] // (2 * slab), fill, init)
