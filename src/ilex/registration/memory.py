@@ -1,28 +1,25 @@
 """Will a registration fit? Estimate its peak memory before running, rather than be killed by the OS.
 
-The peak is set by the U-Net's widest full-resolution layers: at half the extent, h = E/2, the
-first encoder output (kept for the skip connection) and two 'add' layer activations of
-`width` channels are alive at once, plus the Winograd slab buffers. The constants below were
-fitted to the peak RSS that `bench/register_speed.py` measured for the whole `register`
-pipeline (see the README's benchmark table); they include JAX's runtime, both images and the
-full-resolution warps.
+The peak is set by the U-Net's widest full-size layers at half the extent, h = E/2: the first
+encoder output (kept for the skip connection), the input and output of the 'add' layer running,
+and the Winograd slab buffers, each h^3 x width floats. The two constants were fitted to the
+peak RSS that `bench/register_speed.py` measured for the whole `register` pipeline on CPU with
+the full-width model (1.96, 2.32, 3.41, 5.27 and 10.9 GB at extents 96 to 256; README), with a
+margin; they include JAX's runtime, the compiled program, both images and the warps. The
+hypernetwork (3.5 GB) is released before the network runs, so it does not add to the peak.
 """
 
 from __future__ import annotations
 
-import os
-
 from ..errors import OptionError
 
-_BASE_BYTES = 1.3e9  # JAX runtime, compiled code, images, weights of a fixed-λ U-Net
-_BYTES_PER_HALF_VOXEL_CHANNEL = 4 * 3.4  # float32 x the number of full-size activations alive at the peak
-_HYPERNET_BYTES = 3.6e9  # the 877 M hypernetwork parameters when loading the full model
+_BASE_BYTES = 1.3e9
+_BYTES_PER_HALF_VOXEL_CHANNEL = 18.5  # about 4.6 float32 activations alive at the peak
 
 
-def estimate_peak_bytes(extent: int, width: int = 256, hypernetwork: bool = False) -> float:
+def estimate_peak_bytes(extent: int, width: int = 256) -> float:
     """Estimated peak resident memory (bytes) of one registration at `extent` on CPU."""
-    half = extent // 2
-    return _BASE_BYTES + _BYTES_PER_HALF_VOXEL_CHANNEL * half**3 * width + (_HYPERNET_BYTES if hypernetwork else 0.0)
+    return _BASE_BYTES + _BYTES_PER_HALF_VOXEL_CHANNEL * (extent // 2) ** 3 * width
 
 
 def available_bytes() -> float:
@@ -46,26 +43,17 @@ def available_bytes() -> float:
     return available
 
 
-def check_memory(extent: int, width: int = 256, hypernetwork: bool = False, available: float | None = None) -> float:
-    """Raise `OptionError` with a smaller extent to try when the estimate exceeds what is available.
-
-    Returns the estimate in bytes. Only meaningful on CPU: GPU memory is managed by JAX's allocator.
+def check_memory(extent: int, width: int = 256, available: float | None = None) -> float:
+    """The estimate in bytes; raises `OptionError` naming a smaller extent to try when it exceeds
+    what is available. For CPU runs: GPU memory is managed by JAX's own allocator.
     """
-    need = estimate_peak_bytes(extent, width, hypernetwork)
+    need = estimate_peak_bytes(extent, width)
     available = available_bytes() if available is None else available
     if need <= available:
         return need
-    smaller = [e for e in range(extent - 32, 31, -32) if estimate_peak_bytes(e, width, hypernetwork) <= available]
-    hint = f"try -e {smaller[0]} (about {estimate_peak_bytes(smaller[0], width, hypernetwork) / 1e9:.1f} GB)" if smaller else "free some memory"
-    if hypernetwork:
-        hint += ", or convert the weights once for your λ (`ilex convert --hyper`) to save 3.5 GB"
+    smaller = [e for e in range(extent - 32, 31, -32) if estimate_peak_bytes(e, width) <= available]
+    hint = f"try -e {smaller[0]} (about {estimate_peak_bytes(smaller[0], width) / 1e9:.1f} GB)" if smaller else "free some memory"
     raise OptionError(
         f"-e {extent}: this registration needs about {need / 1e9:.1f} GB of memory but only {available / 1e9:.1f} GB "
-        f"is available; {hint}; or pass --no-memory-check to try anyway"
+        f"is available; {hint}, or pass --no-memory-check to try anyway"
     )
-
-
-def cpu_only() -> bool:
-    import jax
-
-    return jax.default_backend() == "cpu" and not os.environ.get("ILEX_NO_MEMORY_CHECK")
