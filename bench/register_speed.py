@@ -147,7 +147,7 @@ def main() -> int:
     parser.add_argument("--extents", type=int, nargs="+", default=[96, 128, 160, 192, 256])
     parser.add_argument("--what", nargs="+", choices=["network", "register"], default=["network", "register"])
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
-    parser.add_argument("--algorithm", choices=["direct", "winograd"], help="convolution (default: ilex's choice for the device)")
+    parser.add_argument("--algorithm", choices=["direct", "winograd", "winograd4"], help="convolution (default: ilex's choice for the device)")
     parser.add_argument("--batched", action="store_true", help="run the two passes as one batch (default: one after the other)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "EXTENT"), help=argparse.SUPPRESS)

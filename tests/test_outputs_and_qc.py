@@ -141,3 +141,13 @@ def test_summary_line_reports_folding(tmp_path, capsys):
     assert _register(tmp_path) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "peak memory" in last and "% of voxels (det J ≤ 0)" in last
+
+
+@pytest.mark.parametrize("conv", ["direct", "winograd4"])
+def test_convolution_algorithms_agree(two_runs, tmp_path, conv):
+    # The default (Winograd F(2,3) on CPU) against XLA's direct convolution and the opt-in F(4,3).
+    assert _register(tmp_path, "-q", "--conv", conv) == 0
+    default = np.asarray(nib.load(two_runs[0] / "fw.nii.gz").dataobj)
+    other = np.asarray(nib.load(tmp_path / "fw.nii.gz").dataobj)
+    assert np.abs(other - default).max() <= 1e-3  # mm; the warps span several mm
+    assert np.abs(other - default).max() > 0 or conv == "direct"

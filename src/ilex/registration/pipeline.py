@@ -111,7 +111,8 @@ def register(
 
     `init_vox` is an initial affine from moving to fixed voxels (see `ilex.registration.affine`).
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
-    `algorithm` ("direct" or "winograd") picks the convolution; by default Winograd on CPU.
+    `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the convolution;
+    by default Winograd F(2,3) on CPU.
     Raises `ImageFileError` for unusable images and `OptionError` for out-of-range options.
     """
     check_options(hyper, steps, extent)

@@ -81,7 +81,7 @@ def _upsample(x: Array) -> Array:
     return x
 
 
-CONV_ALGORITHMS = ("direct", "winograd")
+CONV_ALGORITHMS = ("direct", "winograd", "winograd4")
 
 
 def _materialise(parts: list[tuple[Array, bool]]) -> Array:
@@ -98,8 +98,13 @@ def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, alg
     shape = [s * 2 if up else s for s in first.shape[1:4]]
     cin, cout = kernel.shape[3], kernel.shape[4]
     # Winograd pays off where the matrix products are wide; tiny or odd layers stay direct.
-    if algorithm == "winograd" and min(cin, cout) >= 8 and all(s % 2 == 0 for s in shape) and shape[0] % 4 == 0:
-        return winograd_conv3d(parts, kernel, bias, slab=1, activation=_leaky_relu if activate else None)
+    # "winograd4" uses 4x4x4 output tiles where the sizes allow (fewer products, less accurate).
+    act = _leaky_relu if activate else None
+    if algorithm != "direct" and min(cin, cout) >= 8:
+        if algorithm == "winograd4" and all(s % 4 == 0 for s in shape):
+            return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=4)
+        if all(s % 2 == 0 for s in shape):
+            return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=2)
     y = _conv(_materialise(parts), kernel, bias)
     return _leaky_relu(y) if activate else y
 
@@ -114,7 +119,9 @@ def unet_forward(
 
     `algorithm` "direct" is XLA's convolution; "winograd" computes the wide layers with
     Winograd F(2,3) in slabs, without materialising the decoder's upsampled concatenations
-    (same results up to float32 rounding, far less arithmetic and memory on CPU).
+    (same results up to float32 rounding, far less arithmetic and memory on CPU);
+    "winograd4" uses F(4,3) where sizes allow: fewer products again, but a larger rounding
+    error (see bench/register_speed.py --accuracy), so it is opt-in.
     """
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")

@@ -21,34 +21,62 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float
 
-# 1-D F(2,3) for cross-correlation: y = A^T [(G g) * (B^T d)], d a 4-tap window, g the 3 taps.
-_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]], np.float32)
+# 1-D F(m,3) for cross-correlation: y = A^T [(G g) * (B^T d)], d an (m+2)-tap window, g the 3 taps
+# (Lavin & Gray 2016, interpolation points 0, ±1 and, for m = 4, ±2 and infinity).
+_MATRICES = {
+    2: (
+        np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32),  # B^T
+        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32),  # G
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32),  # A^T
+    ),
+    4: (
+        np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                  [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float32),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float32),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float32),
+    ),
+}
 
 
-def transform_kernel(kernel: Float[Array, "3 3 3 cin cout"]) -> Float[Array, "64 cin cout"]:
-    """G g G^T along each axis; tile index ordered (z, y, x) to match `_transform_input`."""
-    u = jnp.einsum("ai,bj,ck,ijkxy->cbaxy", _G, _G, _G, kernel, precision=lax.Precision.HIGHEST)
-    return u.reshape(64, *kernel.shape[3:])
+def _combine(rows: np.ndarray, terms: list[Array], axis: int) -> Array:
+    # Each output is a short signed sum of the terms (the matrices are sparse small integers).
+    out = []
+    for row in rows:
+        acc = None
+        for coef, term in zip(row, terms):
+            if coef:
+                piece = term if coef == 1 else -term if coef == -1 else float(coef) * term
+                acc = piece if acc is None else acc + piece
+        out.append(acc)
+    return jnp.stack(out, axis=axis)
 
 
-def _input_along(x: Array, axis: int, tiles: int) -> Array:
-    # B^T d for every overlapping 4-window with stride 2; the 4 results stacked on a new axis 0.
-    d = [lax.slice_in_dim(x, j, j + 2 * (tiles - 1) + 1, stride=2, axis=axis) for j in range(4)]
-    return jnp.stack([d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]], axis=0)
+def transform_kernel(kernel: Float[Array, "3 3 3 cin cout"], m: int = 2) -> Float[Array, "t cin cout"]:
+    """G g G^T along each axis, (m+2)^3 tile positions ordered (z, y, x) as in `_transform_input`."""
+    g = _MATRICES[m][1]
+    u = jnp.einsum("ai,bj,ck,ijkxy->cbaxy", g, g, g, kernel, precision=lax.Precision.HIGHEST)
+    return u.reshape((m + 2) ** 3, *kernel.shape[3:])
 
 
-def _transform_input(padded: Array, tiles: tuple[int, int, int]) -> Array:
-    """(n, 2s+2, 2ty+2, 2tz+2, c) padded slab -> (64, n*s*ty*tz, c) transformed tiles."""
+def _input_along(x: Array, axis: int, tiles: int, m: int) -> Array:
+    # B^T d for every overlapping (m+2)-window with stride m; results stacked on a new axis 0.
+    d = [lax.slice_in_dim(x, j, j + m * (tiles - 1) + 1, stride=m, axis=axis) for j in range(m + 2)]
+    return _combine(_MATRICES[m][0], d, axis=0)
+
+
+def _transform_input(padded: Array, tiles: tuple[int, int, int], m: int) -> Array:
+    """(n, m s + 2, m ty + 2, m tz + 2, c) padded slab -> ((m+2)^3, n*s*ty*tz, c) transformed tiles."""
     c = padded.shape[-1]
-    v = _input_along(padded, 1, tiles[0])  # (4x, n, s, Y+2, Z+2, c)
-    v = _input_along(v, 3, tiles[1])  # (4y, 4x, n, s, ty, Z+2, c)
-    v = _input_along(v, 5, tiles[2])  # (4z, 4y, 4x, n, s, ty, tz, c)
-    return v.reshape(64, -1, c)
+    v = _input_along(padded, 1, tiles[0], m)  # (tx, n, s, Y+2, Z+2, c)
+    v = _input_along(v, 3, tiles[1], m)  # (ty, tx, n, s, ty, Z+2, c)
+    v = _input_along(v, 5, tiles[2], m)  # (tz, ty, tx, n, s, ty, tz, c)
+    return v.reshape((m + 2) ** 3, -1, c)
 
 
-def _output_along(m: Array, axis: int) -> Array:
-    a, b, c, d = (lax.index_in_dim(m, i, axis, keepdims=False) for i in range(4))
-    return jnp.stack([a + b + c, b - c - d], axis=axis)
+def _output_along(x: Array, axis: int, m: int) -> Array:
+    terms = [lax.index_in_dim(x, i, axis, keepdims=False) for i in range(m + 2)]
+    return _combine(_MATRICES[m][2], terms, axis=axis)
 
 
 def _padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
@@ -74,12 +102,13 @@ def winograd_conv3d(
     bias: Float[Array, " cout"],
     slab: int = 2,
     activation: Callable[[Array], Array] | None = None,
+    m: int = 2,
 ) -> Float[Array, "n x y z cout"]:
     """'same' 3x3x3 cross-correlation of the channel concatenation of `parts`, plus `bias`.
 
     `parts` are `(array, upsample)`: an array (n, x, y, z, c) on the output grid, or with
     `upsample` one at half resolution whose x2 nearest-neighbour repetition is meant. Spatial
-    sizes must be even and the first one a multiple of `2 * slab`. Equals
+    sizes must be multiples of `m` (output tile side, 2 or 4) and the first one of `m * slab`. Equals
     `activation(conv_general_dilated(concatenate(...), kernel, 'SAME') + bias)` up to float32
     rounding. Bias and activation are applied per slab, so that the only full-size buffer a
     layer writes is its output.
@@ -87,26 +116,28 @@ def winograd_conv3d(
     first, up = parts[0]
     n = first.shape[0]
     shape = tuple(s * 2 for s in first.shape[1:4]) if up else tuple(first.shape[1:4])
-    if any(s % 2 for s in shape) or shape[0] % (2 * slab):
-        raise ValueError(f"Winograd F(2,3) needs even sizes and x a multiple of {2 * slab}, got {shape}")
-    tiles = (slab, shape[1] // 2, shape[2] // 2)
+    if m not in _MATRICES:
+        raise ValueError(f"Winograd tiles of side {m} are not provided; use one of {sorted(_MATRICES)}")
+    if any(s % m for s in shape) or shape[0] % (m * slab):
+        raise ValueError(f"Winograd F({m},3) needs even sizes that are multiples of {m}, x of {m * slab}, got {shape}")
+    tiles = (slab, shape[1] // m, shape[2] // m)
     splits, start = [], 0
     for array, _ in parts:
-        splits.append(transform_kernel(kernel[:, :, :, start : start + array.shape[-1], :]))
+        splits.append(transform_kernel(kernel[:, :, :, start : start + array.shape[-1], :], m))
         start += array.shape[-1]
     if start != kernel.shape[3]:
         raise ValueError(f"the parts have {start} channels, the kernel expects {kernel.shape[3]}")
     cout = kernel.shape[-1]
 
     def one_slab(i: Array) -> Array:
-        m = None
+        products = None
         for (array, upsample), u in zip(parts, splits):
-            block = _padded_rows(array, upsample, i * 2 * slab, 2 * slab + 2)
-            term = jnp.einsum("tpc,tcd->tpd", _transform_input(block, tiles), u, precision=lax.Precision.HIGHEST)
-            m = term if m is None else m + term
-        m = m.reshape(4, 4, 4, n, *tiles, cout)
-        y = _output_along(_output_along(_output_along(m, 0), 1), 2)  # (2z, 2y, 2x, n, s, ty, tz, cout)
-        y = y.transpose(3, 4, 2, 5, 1, 6, 0, 7).reshape(n, 2 * slab, shape[1], shape[2], cout)
+            block = _padded_rows(array, upsample, i * m * slab, m * slab + 2)
+            term = jnp.einsum("tpc,tcd->tpd", _transform_input(block, tiles, m), u, precision=lax.Precision.HIGHEST)
+            products = term if products is None else products + term
+        products = products.reshape(m + 2, m + 2, m + 2, n, *tiles, cout)
+        y = _output_along(_output_along(_output_along(products, 0, m), 1, m), 2, m)  # (mz, my, mx, n, s, ty, tz, cout)
+        y = y.transpose(3, 4, 2, 5, 1, 6, 0, 7).reshape(n, m * slab, shape[1], shape[2], cout)
         y = y + bias[None, None, None, None, :]
         return y if activation is None else activation(y)
 
@@ -117,6 +148,6 @@ def winograd_conv3d(
     init = jnp.broadcast_to(first[(0,) * first.ndim] * 0.0, (n, *shape, cout))
 
     def fill(i: Array, out: Array) -> Array:
-        return lax.dynamic_update_slice_in_dim(out, one_slab(i), i * 2 * slab, axis=1)
+        return lax.dynamic_update_slice_in_dim(out, one_slab(i), i * m * slab, axis=1)
 
-    return lax.fori_loop(0, shape[0] // (2 * slab), fill, init)
+    return lax.fori_loop(0, shape[0] // (m * slab), fill, init)
