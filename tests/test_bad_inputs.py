@@ -146,7 +146,7 @@ def test_non_finite_voxels(work, capsys, bad):
     data, affine = _head()
     data[3, 4, 5] = bad
     _save("holes.nii.gz", data, affine)
-    _fails(capsys, work, _register("holes.nii.gz"), "holes.nii.gz", "1 voxels are NaN or Inf")
+    _fails(capsys, work, _register("holes.nii.gz"), "holes.nii.gz", "1 voxel is NaN or Inf")
 
 
 def test_constant_image(work, capsys):

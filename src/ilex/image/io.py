@@ -73,7 +73,8 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
     data = np.asarray(data, dtype=np.float32)
     if check_values:
         if not np.isfinite(data).all():
-            raise ImageFileError(path, f"{int((~np.isfinite(data)).sum())} voxels are NaN or Inf")
+            bad = int((~np.isfinite(data)).sum())
+            raise ImageFileError(path, f"{bad} voxel{'' if bad == 1 else 's'} {'is' if bad == 1 else 'are'} NaN or Inf")
         if data.min() == data.max():
             raise ImageFileError(path, f"the image is constant ({data.flat[0]:g}); nothing to register")
     return Image(data, affine, path)

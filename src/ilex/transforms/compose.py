@@ -33,7 +33,9 @@ def upsample_half_field(half: Float[Array, "hx hy hz 3"]) -> Float[Array, "x y z
     """
     grid = voxel_grid(half.shape[:3])
     t = 2.0 * (grid + half) - grid
-    full = voxel_grid(tuple(2 * s for s in half.shape[:3]))
+    # The full-resolution grid is tied to the data (0 times one value) so that XLA computes it
+    # here, not up front where its 200 MB (at extent 256) would sit beside the U-Net's peak.
+    full = voxel_grid(tuple(2 * s for s in half.shape[:3])) + 0.0 * half[0, 0, 0, 0]
     down = 0.5 * full - full
     return down + interpolate_clamped(t, full + down)
 
