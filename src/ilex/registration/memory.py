@@ -4,8 +4,8 @@ The peak is set by the U-Net's widest full-size layers at half the extent, h = E
 encoder output (kept for the skip connection), the input and output of the 'add' layer running,
 and the Winograd slab buffers, each h^3 x width floats. The two constants were fitted to the
 peak RSS that `bench/register_speed.py` measured for the whole `register` pipeline on CPU with
-the full-width model (1.96, 2.32, 3.41, 5.27 and 10.9 GB at extents 96 to 256; README), with a
-margin; they include JAX's runtime, the compiled program, both images and the warps. The
+the full-width model (2.0, 2.1, 3.0, 4.5 and 9.1 GB at extents 96, 128, 160, 192, 256; README),
+with a margin; they include JAX's runtime, the compiled program, both images and the warps. The
 hypernetwork (3.5 GB) is released before the network runs, so it does not add to the peak.
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from ..errors import OptionError
 
-_BASE_BYTES = 1.3e9
-_BYTES_PER_HALF_VOXEL_CHANNEL = 18.5  # about 4.6 float32 activations alive at the peak
+_BASE_BYTES = 1.5e9
+_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0  # about 3.7 float32 activations alive at the peak
 
 
 def estimate_peak_bytes(extent: int, width: int = 256) -> float:
