@@ -82,6 +82,7 @@ def _upsample(x: Array) -> Array:
 
 
 CONV_ALGORITHMS = ("direct", "winograd", "winograd4")
+_WIDE = 8  # channels from which a layer counts as wide
 
 
 def _materialise(parts: list[tuple[Array, bool]]) -> Array:
@@ -92,19 +93,25 @@ def _materialise(parts: list[tuple[Array, bool]]) -> Array:
 def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, algorithm: str, activate: bool) -> Array:
     """Convolution (then LeakyReLU if `activate`) of the concatenation of `parts`, which are
     (array, upsample) pairs as in winograd.py."""
+    from .gemm_conv import patch_conv3d, shift_conv3d
     from .winograd import winograd_conv3d
 
     first, up = parts[0]
     shape = [s * 2 if up else s for s in first.shape[1:4]]
     cin, cout = kernel.shape[3], kernel.shape[4]
-    # Winograd pays off where the matrix products are wide; tiny or odd layers stay direct.
-    # "winograd4" uses 4x4x4 output tiles where the sizes allow (fewer products, less accurate).
     act = _leaky_relu if activate else None
-    if algorithm != "direct" and min(cin, cout) >= 8:
-        if algorithm == "winograd4" and all(s % 4 == 0 for s in shape):
-            return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=4)
-        if all(s % 2 == 0 for s in shape):
-            return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=2)
+    if algorithm != "direct":
+        # Winograd pays off where the matrix products are wide; layers with few channels on one
+        # side (the first and the last) become one wide product instead. Odd sizes stay direct.
+        if min(cin, cout) >= _WIDE:
+            if algorithm == "winograd4" and all(s % 4 == 0 for s in shape):
+                return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=4)
+            if all(s % 2 == 0 for s in shape):
+                return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=2)
+        elif cin < _WIDE:
+            return patch_conv3d(_materialise(parts), kernel, bias, activation=act)
+        else:
+            return shift_conv3d(_materialise(parts), kernel, bias, activation=act)
     y = _conv(_materialise(parts), kernel, bias)
     return _leaky_relu(y) if activate else y
 

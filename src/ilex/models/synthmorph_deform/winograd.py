@@ -21,6 +21,8 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float
 
+from .slabs import fill_slabs, padded_rows
+
 # 1-D F(m,3) for cross-correlation: y = A^T [(G g) * (B^T d)], d an (m+2)-tap window, g the 3 taps
 # (Lavin & Gray 2016, interpolation points 0, ±1 and, for m = 4, ±2 and infinity).
 _MATRICES = {
@@ -79,23 +81,6 @@ def _output_along(x: Array, axis: int, m: int) -> Array:
     return _combine(_MATRICES[m][2], terms, axis=axis)
 
 
-def _padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
-    """Planes [start, start + count) along x of the part as the convolution sees it: at full
-    resolution (repeated x2 if `upsample`) with one zero plane and one zero border on every side.
-
-    Only these planes are gathered and padded, never the whole tensor: at extent 256 a padded
-    copy of one activation would cost 2 GB.
-    """
-    full = part.shape[1] * (2 if upsample else 1)
-    rows = start + jnp.arange(count) - 1  # unpadded full-resolution plane index
-    source = jnp.clip(rows // 2 if upsample else rows, 0, part.shape[1] - 1)
-    block = jnp.take(part, source, axis=1)
-    block = jnp.where(((rows >= 0) & (rows < full))[None, :, None, None, None], block, 0.0)
-    if upsample:
-        block = jnp.repeat(jnp.repeat(block, 2, axis=2), 2, axis=3)
-    return jnp.pad(block, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
-
-
 def winograd_conv3d(
     parts: Sequence[tuple[Array, bool]],
     kernel: Float[Array, "3 3 3 cin cout"],
@@ -129,10 +114,18 @@ def winograd_conv3d(
         raise ValueError(f"the parts have {start} channels, the kernel expects {kernel.shape[3]}")
     cout = kernel.shape[-1]
 
-    def one_slab(i: Array) -> Array:
+    # The output is written over the last full-resolution part of its shape: in the U-Net every
+    # input dies with its layer, so each layer then needs one full-size buffer, not two.
+    reusable = [k for k, (a, up) in enumerate(parts) if not up and a.shape == (n, *shape, cout)]
+    reuse = reusable[-1] if reusable else None
+
+    def one_slab(i: Array, reused_block: Array | None) -> Array:
         products = None
-        for (array, upsample), u in zip(parts, splits):
-            block = _padded_rows(array, upsample, i * m * slab, m * slab + 2)
+        for k, ((array, upsample), u) in enumerate(zip(parts, splits)):
+            if k == reuse:
+                block = reused_block
+            else:
+                block = padded_rows(array, upsample, i * m * slab, m * slab + 2)
             term = jnp.einsum("tpc,tcd->tpd", _transform_input(block, tiles, m), u, precision=lax.Precision.HIGHEST)
             products = term if products is None else products + term
         products = products.reshape(m + 2, m + 2, m + 2, n, *tiles, cout)
@@ -141,13 +134,4 @@ def winograd_conv3d(
         y = y + bias[None, None, None, None, :]
         return y if activation is None else activation(y)
 
-    # The output is filled slab by slab in place. Its initial value is derived from this layer's
-    # input (one element times 0) rather than a constant: with a constant, XLA shares one zero
-    # buffer between all layers and allocates every layer's output up front, so all of them
-    # would be alive at once; tied to the input, each output exists only from its layer on.
-    init = jnp.broadcast_to(first[(0,) * first.ndim] * 0.0, (n, *shape, cout))
-
-    def fill(i: Array, out: Array) -> Array:
-        return lax.dynamic_update_slice_in_dim(out, one_slab(i), i * m * slab, axis=1)
-
-    return lax.fori_loop(0, shape[0] // (m * slab), fill, init)
+    return fill_slabs(one_slab, first, (n, *shape, cout), m * slab, None if reuse is None else parts[reuse][0])
