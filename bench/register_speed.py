@@ -89,6 +89,38 @@ def child_network(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict
     return out
 
 
+def child_accuracy(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
+    """Error of `algorithm` against XLA's direct float32 convolution on the same inputs: the
+    velocity of both passes (the network's output) and the forward warp at half resolution."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from ilex.models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
+    from ilex.transforms.integrate import scaling_and_squaring
+
+    unet = _model(gpu)
+    keys = jax.random.split(jax.random.key(1), 2)
+    # Smooth random images (noise blurred by a 2x2x2 box, three times): like MRI, unlike white noise.
+    mov, fix = (jax.random.uniform(k, (extent,) * 3 + (1,), jnp.float32) for k in keys)
+    for _ in range(3):
+        mov, fix = ((a + jnp.roll(a, 1, 0) + jnp.roll(a, 1, 1) + jnp.roll(a, 1, 2)) / 4 for a in (mov, fix))
+
+    @jax.jit(static_argnames="algorithm")
+    def fields(unet, mov, fix, algorithm):
+        v = symmetric_velocity(unet, half_resolution(mov), half_resolution(fix), algorithm=algorithm, batched=batched)
+        return v, scaling_and_squaring(v, 7)
+
+    v, fw = (np.asarray(a) for a in fields(unet, mov, fix, algorithm))
+    v_ref, fw_ref = (np.asarray(a) for a in fields(unet, mov, fix, "direct"))
+    return {
+        "velocity_max_rel": float(np.abs(v - v_ref).max() / np.abs(v_ref).max()),
+        "velocity_max_abs_vox": float(np.abs(v - v_ref).max()),
+        "warp_max_abs_vox": float(np.abs(fw - fw_ref).max()),
+        "velocity_max_ref_vox": float(np.abs(v_ref).max()),
+    }
+
+
 def _pair(extent: int):
     import numpy as np
 
@@ -145,7 +177,8 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extents", type=int, nargs="+", default=[96, 128, 160, 192, 256])
-    parser.add_argument("--what", nargs="+", choices=["network", "register"], default=["network", "register"])
+    parser.add_argument("--what", nargs="+", choices=["network", "register", "accuracy"], default=["network", "register"],
+                        help="accuracy: error against the direct float32 convolution (slow: runs both)")
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--algorithm", choices=["direct", "winograd", "winograd4"], help="convolution (default: ilex's choice for the device)")
     parser.add_argument("--batched", action="store_true", help="run the two passes as one batch (default: one after the other)")
@@ -159,7 +192,8 @@ def main() -> int:
 
         what, extent = args.child[0], int(args.child[1])
         algorithm = args.algorithm or default_algorithm()
-        result = (child_network if what == "network" else child_register)(extent, args.gpu, algorithm, args.batched)
+        child = {"network": child_network, "register": child_register, "accuracy": child_accuracy}[what]
+        result = child(extent, args.gpu, algorithm, args.batched)
         result["algorithm"], result["batched"] = algorithm, args.batched
         result["peak_rss_gb"] = _peak_rss_gb()
         result["peak_device_gb"] = _device_peak_gb() if args.gpu else None

@@ -143,11 +143,12 @@ def test_summary_line_reports_folding(tmp_path, capsys):
     assert "peak memory" in last and "% of voxels (det J ≤ 0)" in last
 
 
-@pytest.mark.parametrize("conv", ["direct", "winograd4"])
+@pytest.mark.parametrize("conv", ["direct", "winograd"])
 def test_convolution_algorithms_agree(two_runs, tmp_path, conv):
-    # The default (Winograd F(2,3) on CPU) against XLA's direct convolution and the opt-in F(4,3).
+    # The default (Winograd F(4,3) on CPU) against XLA's direct convolution and F(2,3); the
+    # second assertion checks that --conv took effect (rounding differs between algorithms).
     assert _register(tmp_path, "-q", "--conv", conv) == 0
     default = np.asarray(nib.load(two_runs[0] / "fw.nii.gz").dataobj)
     other = np.asarray(nib.load(tmp_path / "fw.nii.gz").dataobj)
     assert np.abs(other - default).max() <= 1e-3  # mm; the warps span several mm
-    assert np.abs(other - default).max() > 0 or conv == "direct"
+    assert np.abs(other - default).max() > 0

@@ -58,8 +58,8 @@ def add_parser(sub) -> None:
     p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P before min-max normalisation "
                    "(the model card's variant; FreeSurfer does not clip)")
     p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto",
-                   help="convolution algorithm: auto (Winograd F(2,3) on CPU, XLA's own on GPU), or one of them; "
-                   "winograd4 is faster on CPU with a larger float32 rounding error (about 2e-5 relative)")
+                   help="convolution algorithm: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
+                   "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)")
     p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)

@@ -124,11 +124,11 @@ def unet_forward(
 ) -> Float[Array, "n x y z f"]:
     """Run the U-Net of SPEC §2.5 on a batch `x`, given the (kernel, bias) of every conv.
 
-    `algorithm` "direct" is XLA's convolution; "winograd" computes the wide layers with
-    Winograd F(2,3) in slabs, without materialising the decoder's upsampled concatenations
-    (same results up to float32 rounding, far less arithmetic and memory on CPU);
-    "winograd4" uses F(4,3) where sizes allow: fewer products again, but a larger rounding
-    error (see bench/register_speed.py --accuracy), so it is opt-in.
+    `algorithm` "direct" is XLA's convolution; "winograd" and "winograd4" compute the wide
+    layers by Winograd F(2,3) and F(4,3) in slabs (winograd.py) without materialising the
+    decoder's upsampled concatenations, and the first and last layers as wide matrix products
+    (gemm_conv.py): the same results up to float32 rounding (the output within ~1e-5 of the
+    direct evaluation, F(4,3) about twice F(2,3)), with far less arithmetic and memory on CPU.
     """
     if algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
