@@ -1,20 +1,23 @@
 """Will a registration fit? Estimate its peak memory before running, rather than be killed by the OS.
 
-The peak is set by the U-Net's widest full-size layers at half the extent, h = E/2: the first
-encoder output (kept for the skip connection), the input and output of the 'add' layer running,
-and the Winograd slab buffers, each h^3 x width floats. The two constants were fitted to the
-peak RSS that `bench/register_speed.py` measured for the whole `register` pipeline on CPU with
-the full-width model (2.0, 2.1, 3.0, 4.5 and 9.1 GB at extents 96, 128, 160, 192, 256; README),
-with a margin; they include JAX's runtime, the compiled program, both images and the warps. The
-hypernetwork (3.5 GB) is released before the network runs, so it does not add to the peak.
+The peak is set by the U-Net's full-size layers at half the extent, h = E/2, each h^3 x width
+floats: on CPU every Winograd layer writes its output over its dying input (slabs.py), so about
+one such activation is alive at a time, plus the first encoder output kept for the skip
+connection until the first 'add' layer overwrites it, and one slab of transformed tiles. The two
+constants were fitted to the peak RSS that `bench/register_speed.py` measured for the whole
+`register` pipeline on CPU with the full-width model and the default F(4,3) convolution (2.1,
+2.5, 2.6, 3.6 and 5.8 GB at extents 96, 128, 160, 192, 256; README), with a margin; they include
+JAX's runtime, the compiled program, both images and the warps. The hypernetwork (3.5 GB) is
+released before the network runs and does not add to the peak. XLA's direct convolution
+(`--conv direct`) needs more than this estimate says.
 """
 
 from __future__ import annotations
 
 from ..errors import OptionError
 
-_BASE_BYTES = 1.5e9
-_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0  # about 3.7 float32 activations alive at the peak
+_BASE_BYTES = 2.0e9
+_BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth alive at the peak
 
 
 def estimate_peak_bytes(extent: int, width: int = 256) -> float:
