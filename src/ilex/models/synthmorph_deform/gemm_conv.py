@@ -10,7 +10,8 @@ into the operation CPUs run fastest:
 * few output channels (`shift_conv3d`): multiply the input by all 27 taps at once, a
   (cin, 27 cout) matrix, then add up the 27 cout-channel results, each shifted by its offset.
 
-Bias and `activation` are applied per slab. Both compute the same sums as the direct convolution, in another order (float32 rounding).
+Bias and `activation` are applied per slab. Both compute the same sums as the direct
+convolution, in another order (float32 rounding).
 """
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ def _slab_planes(x: int, planes: int) -> int:
     return max(d for d in range(1, min(planes, x) + 1) if x % d == 0)
 
 
+def _in_slabs(
+    x: Array,
+    cout: int,
+    planes: int,
+    bias: Array,
+    activation: Callable[[Array], Array] | None,
+    products: Callable[[Array, int], Array],
+) -> Array:
+    # The scaffolding both convolutions share: slabs of `planes` planes along x, each computed by
+    # `products(padded block, planes)` from its padded input rows, then bias and activation.
+    n, sx, sy, sz, _ = x.shape
+    planes = _slab_planes(sx, planes)
+
+    def one_slab(i: Array, _: None) -> Array:
+        y = products(padded_rows(x, False, i * planes, planes + 2), planes)
+        y = y + bias[None, None, None, None, :]
+        return y if activation is None else activation(y)
+
+    return fill_slabs(one_slab, x, (n, sx, sy, sz, cout), planes)
+
+
 def patch_conv3d(
     x: Float[Array, "n x y z cin"],
     kernel: Float[Array, "3 3 3 cin cout"],
@@ -40,19 +62,15 @@ def patch_conv3d(
     activation: Callable[[Array], Array] | None = None,
 ) -> Float[Array, "n x y z cout"]:
     """conv_general_dilated(x, kernel, 'SAME') + bias, for small cin (im2col in slabs)."""
-    n, sx, sy, sz, cin = x.shape
+    sy, sz, cin = x.shape[2:]
     cout = kernel.shape[-1]
-    planes = _slab_planes(sx, planes)
     weights = kernel.reshape(27 * cin, cout)
 
-    def one_slab(i: Array, _: None) -> Array:
-        block = padded_rows(x, False, i * planes, planes + 2)
+    def products(block: Array, planes: int) -> Array:
         patches = jnp.concatenate([block[:, a : a + planes, b : b + sy, c : c + sz, :] for a, b, c in _OFFSETS], axis=-1)
-        y = jnp.einsum("nxyzk,kd->nxyzd", patches, weights, precision=lax.Precision.HIGHEST)
-        y = y + bias[None, None, None, None, :]
-        return y if activation is None else activation(y)
+        return jnp.einsum("nxyzk,kd->nxyzd", patches, weights, precision=lax.Precision.HIGHEST)
 
-    return fill_slabs(one_slab, x, (n, sx, sy, sz, cout), planes)
+    return _in_slabs(x, cout, planes, bias, activation, products)
 
 
 def shift_conv3d(
@@ -63,17 +81,13 @@ def shift_conv3d(
     activation: Callable[[Array], Array] | None = None,
 ) -> Float[Array, "n x y z cout"]:
     """conv_general_dilated(x, kernel, 'SAME') + bias, for small cout (products, then shifts)."""
-    n, sx, sy, sz, cin = x.shape
+    sy, sz, cin = x.shape[2:]
     cout = kernel.shape[-1]
-    planes = _slab_planes(sx, planes)
     weights = kernel.transpose(3, 0, 1, 2, 4).reshape(cin, 27 * cout)
 
-    def one_slab(i: Array, _: None) -> Array:
-        block = padded_rows(x, False, i * planes, planes + 2)
+    def products(block: Array, planes: int) -> Array:
         taps = jnp.einsum("nxyzc,ck->nxyzk", block, weights, precision=lax.Precision.HIGHEST)
         taps = taps.reshape(*taps.shape[:4], 27, cout)
-        y = sum(taps[:, a : a + planes, b : b + sy, c : c + sz, t, :] for t, (a, b, c) in enumerate(_OFFSETS))
-        y = y + bias[None, None, None, None, :]
-        return y if activation is None else activation(y)
+        return sum(taps[:, a : a + planes, b : b + sy, c : c + sz, t, :] for t, (a, b, c) in enumerate(_OFFSETS))
 
-    return fill_slabs(one_slab, x, (n, sx, sy, sz, cout), planes)
+    return _in_slabs(x, cout, planes, bias, activation, products)

@@ -28,9 +28,8 @@ def symmetric_velocity(
     The two passes run one after the other (half the activation memory of a batch), or with
     `batched` as one batch of two. `algorithm` is `unet_forward`'s.
     """
-    sources, targets = jnp.stack([moving, fixed]), jnp.stack([fixed, moving])
     if batched:
-        pair = unet(sources, targets, algorithm=algorithm)
+        pair = unet(jnp.stack([moving, fixed]), jnp.stack([fixed, moving]), algorithm=algorithm)
     else:
         first = unet(moving, fixed, algorithm=algorithm)
         # The second pass reads one element of the first (times 0), so that XLA cannot run the

@@ -48,7 +48,7 @@ _MATRICES = {
 
 
 def _combine(rows: np.ndarray, terms: list[Array], axis: int) -> Array:
-    # Each output is a short signed sum of the terms (the matrices are sparse small integers).
+    # Each output is a short signed sum of the terms (the matrices are sparse, with small entries).
     out = []
     for row in rows:
         acc = None
