@@ -184,8 +184,10 @@ def run(args: argparse.Namespace) -> int:
         if args.inverse:
             save_warp(args.inverse, Warp(result.inverse, moving.affine, fixed.affine, fixed.shape), args.warp_format)
         if args.out_dir:
-            for k, data in enumerate(result.inputs, 1):
-                save_image(os.path.join(args.out_dir, f"inp_{k}.mgz"), np.asarray(data), result.space.affine)
+            # Each input with its own network geometry, as mri_synthmorph writes them.
+            geometries = (moving.affine @ result.space.net_to_mov, fixed.affine @ result.space.net_to_fix)
+            for k, (data, geometry) in enumerate(zip(result.inputs, geometries), 1):
+                save_image(os.path.join(args.out_dir, f"inp_{k}.mgz"), np.asarray(data), geometry)
     if not args.quiet:
         print(stages.summary(f"{report.summary()}; λ={args.hyper:g}, extent {args.extent}, {args.steps} steps"))
     return 0

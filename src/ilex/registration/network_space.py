@@ -27,14 +27,20 @@ class NetworkSpace:
     fix_to_net: np.ndarray
 
 
-def network_space(moving: Image, fixed: Image, extent: int, init_vox: np.ndarray | None = None) -> NetworkSpace:
-    """Both images' network space, centred on the fixed image as `-m deform` does (SPEC §5.1, §3.5).
+def network_space(
+    moving: Image, fixed: Image, extent: int, init_vox: np.ndarray | None = None, *, centre_on_fixed: bool = True
+) -> NetworkSpace:
+    """Both images' network spaces (SPEC §5.1, §3.5).
+
+    With `centre_on_fixed` (`-m deform`, which assumes prior affine alignment) both cubes are
+    centred on the fixed image; otherwise each on its own image (`affine`, `rigid`, `joint`).
 
     `init_vox`, an initial affine mapping moving voxels to fixed voxels, is folded into the
     moving side so that the moving image enters the network already aligned.
     """
     affine = network_affine(extent, world_centre(fixed.affine, fixed.shape))
-    net_to_mov = np.linalg.inv(moving.affine) @ affine
+    mov_affine = affine if centre_on_fixed else network_affine(extent, world_centre(moving.affine, moving.shape))
+    net_to_mov = np.linalg.inv(moving.affine) @ mov_affine
     net_to_fix = np.linalg.inv(fixed.affine) @ affine
     fix_to_net = np.linalg.inv(net_to_fix)
     if init_vox is not None:

@@ -1,14 +1,17 @@
-"""The whole deformable registration, as `mri_synthmorph register -m deform` runs it.
+"""The one registration pipeline that every method runs through.
 
-moving, fixed -> network space (both centred on the fixed image) -> half resolution -> two
-symmetric U-Net passes -> scaling and squaring of ±v -> full resolution by composition ->
-each image's native voxel grid -> RAS displacement warps in mm and the moved images.
+moving, fixed -> network space (SPEC §5.1) -> the method's `NetworkTransform` (a matrix, or a
+velocity field with the matrices around it) -> scaling and squaring of ±v -> full network
+resolution by composition -> each image's native voxel grid -> RAS displacements in mm, world
+matrices and moved images. Methods (`ilex.registration.methods`) only estimate; everything after
+the estimate is here, once.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +19,18 @@ import numpy as np
 
 from ..errors import ImageFileError, OptionError
 from ..image.io import Image, load_image
-from ..models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
 from ..progress import Stages
-from ..transforms.compose import apply_matrix, compose_native, upsample_half_field
+from ..transforms.compose import (
+    apply_matrix,
+    coarse_total_displacement,
+    compose_native,
+    to_full_resolution,
+    upsample_half_field,
+)
 from ..transforms.integrate import scaling_and_squaring, voxel_grid
 from ..transforms.interpolate import sample_image
+from .methods import as_method
+from .methods.base import Method, NetworkTransform
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
 
@@ -32,30 +42,89 @@ class Registration:
     `forward` is the warp on the fixed grid: RAS displacement (mm), fixed voxel p samples the
     moving image at world `A_fix p + forward[p]`. `inverse` is the same on the moving grid.
     `forward_vox`/`inverse_vox` are the same warps as voxel displacements (`disp_crs`).
+    Matrix methods (affine, rigid) also have `matrix_vox` (fixed voxel -> moving voxel) and
+    `affine` (moving RAS -> fixed RAS, what an LTA stores); their dense warps are computed
+    from the matrix only when asked for.
     """
 
     moving: Image
     fixed: Image
     space: NetworkSpace
-    forward: np.ndarray
-    inverse: np.ndarray
-    forward_vox: np.ndarray
-    inverse_vox: np.ndarray
+    method: str
+    transform: NetworkTransform
     inputs: tuple[np.ndarray, np.ndarray]
     times: dict[str, float] = field(default_factory=dict)
+    fields_vox: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.transform.is_matrix
+
+    @cached_property
+    def matrix_vox(self) -> np.ndarray | None:
+        """Fixed voxel -> moving voxel (4x4, float64), or None for a deformable result."""
+        if not self.is_matrix:
+            return None
+        return self.space.net_to_mov @ self.transform.matrix @ self.space.fix_to_net
+
+    @cached_property
+    def affine(self) -> np.ndarray | None:
+        """Moving RAS -> fixed RAS (4x4): the world-space matrix an LTA stores (`-t`)."""
+        if not self.is_matrix:
+            return None
+        return self.fixed.affine @ np.linalg.inv(self.matrix_vox) @ np.linalg.inv(self.moving.affine)
+
+    @cached_property
+    def forward_vox(self) -> np.ndarray:
+        if self.fields_vox is not None:
+            return self.fields_vox[0]
+        return np.asarray(_matrix_field(self.matrix_vox, tuple(self.fixed.shape)))
+
+    @cached_property
+    def inverse_vox(self) -> np.ndarray:
+        if self.fields_vox is not None:
+            return self.fields_vox[1]
+        return np.asarray(_matrix_field(np.linalg.inv(self.matrix_vox), tuple(self.moving.shape)))
+
+    @cached_property
+    def forward(self) -> np.ndarray:
+        return np.asarray(_to_ras(self.forward_vox, self.moving.affine.astype(np.float32), self.fixed.affine.astype(np.float32)))
+
+    @cached_property
+    def inverse(self) -> np.ndarray:
+        return np.asarray(_to_ras(self.inverse_vox, self.fixed.affine.astype(np.float32), self.moving.affine.astype(np.float32)))
 
     def moved(self, method: str = "linear", fill: float = 0.0) -> np.ndarray:
         """The moving image on the fixed grid (`-o`)."""
-        return _resample(self.moving.data, self.forward_vox, method, fill)
+        return np.asarray(_resample(jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method, jnp.float32(fill)))
 
     def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> np.ndarray:
         """The fixed image on the moving grid (`-O`)."""
-        return _resample(self.fixed.data, self.inverse_vox, method, fill)
+        return np.asarray(_resample(jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method, jnp.float32(fill)))
+
+    def moved_header(self) -> np.ndarray:
+        """`-H` for matrix methods: the moving image's new voxel-to-RAS matrix (voxels unchanged)."""
+        if not self.is_matrix:
+            raise OptionError("-H: header-only output needs an affine or rigid result (-m affine or -m rigid)")
+        return self.affine @ self.moving.affine
+
+    def fixed_header(self) -> np.ndarray:
+        """`-H` with `-O`: the fixed image's new voxel-to-RAS matrix."""
+        if not self.is_matrix:
+            raise OptionError("-H: header-only output needs an affine or rigid result (-m affine or -m rigid)")
+        return np.linalg.inv(self.affine) @ self.fixed.affine
 
 
+# Module-level jits: one compilation per shape and method, reused across calls and results.
+@jax.jit(static_argnames=("method",))
 def _resample(data, disp_vox, method, fill):
-    fn = jax.jit(lambda d, u: sample_image(d, voxel_grid(u.shape[:3]) + u, method, fill))
-    return np.asarray(fn(jnp.asarray(data, jnp.float32), jnp.asarray(disp_vox)))
+    return sample_image(data, voxel_grid(disp_vox.shape[:3]) + disp_vox, method, fill)
+
+
+@jax.jit(static_argnames=("shape",))
+def _matrix_field(matrix, shape):
+    grid = voxel_grid(shape)
+    return apply_matrix(matrix, grid) - grid
 
 
 def check_options(hyper: float, steps: int, extent: int) -> None:
@@ -67,28 +136,35 @@ def check_options(hyper: float, steps: int, extent: int) -> None:
         raise OptionError(f"-e {extent}: the extent must be a positive multiple of 32 (256 default, 192 to save memory)")
 
 
-def default_algorithm() -> str:
-    """Winograd F(4,3) on CPU (8x fewer multiplications on the wide layers; the network's output
-    within 1.3e-5 of the direct float32 evaluation, measured by bench/register_speed.py --what
-    accuracy); on GPUs the vendor's convolutions are already fast, so XLA's direct convolution."""
-    return "winograd4" if jax.default_backend() == "cpu" else "direct"
+@jax.jit(static_argnames=("steps", "scale", "identity_pre"))
+def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool):
+    """Forward and backward displacements on the full network grid, from a coarse velocity."""
+    fields = []
+    for v, pre, post in ((velocity, fw_pre, fw_post), (-velocity, bw_pre, bw_post)):
+        disp = scaling_and_squaring(v, steps)
+        if identity_pre and scale == 2:
+            fields.append(upsample_half_field(disp))  # SynthMorph deform: the reference's own path
+        else:
+            fields.append(to_full_resolution(coarse_total_displacement(disp, None if identity_pre else pre, post), scale))
+    return fields
 
 
-@jax.jit(static_argnames=("steps", "algorithm", "batched"))
-def _network_fields(unet, mov_net, fix_net, steps: int, algorithm: str = "direct", batched: bool = False):
-    v = symmetric_velocity(unet, half_resolution(mov_net[..., None]), half_resolution(fix_net[..., None]),
-                           algorithm=algorithm, batched=batched)
-    fw = upsample_half_field(scaling_and_squaring(v, steps))
-    bw = upsample_half_field(scaling_and_squaring(-v, steps))
+def network_fields(transform: NetworkTransform, steps: int) -> tuple[jax.Array, jax.Array]:
+    """`transform`'s forward and backward displacement fields on the full network grid (voxels)."""
+    fw_pre, fw_post = transform.forward_sides()
+    bw_pre, bw_post = transform.inverse_sides()
+    identity_pre = fw_pre is None and bw_pre is None and transform.post is None
+    eye = np.eye(4)
+    as32 = lambda m: np.asarray(eye if m is None else m, np.float32)  # noqa: E731  the reference casts matrices
+    fw, bw = _network_fields(transform.velocity, as32(fw_pre), as32(fw_post), as32(bw_pre), as32(bw_post),
+                             steps, transform.scale, identity_pre)
     return fw, bw
 
 
 def _ras_displacement(disp_vox, source_affine, target_affine):
     # disp = A_src (p + d) - A_trg p, in float32 as surfa's conversion does.
     grid = voxel_grid(disp_vox.shape[:3])
-    return apply_matrix(source_affine, grid + disp_vox) - apply_matrix(
-        target_affine, grid
-    )
+    return apply_matrix(source_affine, grid + disp_vox) - apply_matrix(target_affine, grid)
 
 
 _native = jax.jit(compose_native, static_argnames=("target_shape",))
@@ -98,8 +174,9 @@ _to_ras = jax.jit(_ras_displacement)
 def register(
     moving: Image | str | os.PathLike,
     fixed: Image | str | os.PathLike,
-    model,
+    model=None,
     *,
+    method: Method | str | None = None,
     hyper: float = 0.5,
     steps: int = 7,
     extent: int = 256,
@@ -108,38 +185,44 @@ def register(
     stages: Stages | None = None,
     algorithm: str | None = None,
 ) -> Registration:
-    """Register `moving` to `fixed` with a SynthMorph model (hypernetwork or fixed-λ U-Net).
+    """Register `moving` to `fixed`; nothing is written.
 
-    `init_vox` is an initial affine from moving to fixed voxels (see `ilex.registration.affine`).
+    `model` is a loaded SynthMorph model (`ilex.load`): the deformable hypernetwork or fixed-λ
+    U-Net (`-m deform`), the affine/rigid feature detector (`-m affine`/`rigid`), or a pair
+    (affine, deformable) for `-m joint`. `method` overrides the choice: a name ("deform",
+    "affine", "rigid", "joint") applied to `model`, or any `Method` object
+    (`ilex.registration.methods`). `hyper` is λ for the deformable models, `steps` the
+    scaling-and-squaring steps, `extent` the network cube side (mm).
+    `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`).
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
-    `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the convolution;
-    by default Winograd F(2,3) on CPU.
+    `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the deformable
+    U-Net's convolution; by default Winograd F(4,3) on CPU and XLA's own on GPU.
     Raises `ImageFileError` for unusable images and `OptionError` for out-of-range options.
     """
     check_options(hyper, steps, extent)
+    method = as_method(model, method, hyper=hyper, algorithm=algorithm)
     stages = stages or Stages()
     with stages("resample", f"to {extent}^3 network space"):
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
         fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
-        space = network_space(moving, fixed, extent, init_vox)
+        space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed)
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
         _check_contrast(moving, fixed, mov_net, fix_net)
-    with stages("network", f"2 passes at {extent // 2}^3, {steps} squaring steps"):
-        unet = model.at_hyper(hyper)
-        fw, bw = _network_fields(unet, mov_net, fix_net, steps, algorithm or default_algorithm())
-        fw.block_until_ready()
-    with stages("compose", "warps in native space"):
-        fw_vox = _native(fw, space.fix_to_net, space.net_to_mov, tuple(fixed.shape))
-        bw_vox = _native(bw, space.mov_to_net, space.net_to_fix, tuple(moving.shape))
-        forward = _to_ras(fw_vox, moving.affine.astype(np.float32), fixed.affine.astype(np.float32))
-        inverse = _to_ras(bw_vox, fixed.affine.astype(np.float32), moving.affine.astype(np.float32))
-        forward.block_until_ready()
-    return Registration(
-        moving, fixed, space, np.asarray(forward), np.asarray(inverse), np.asarray(fw_vox), np.asarray(bw_vox),
-        (np.asarray(mov_net), np.asarray(fix_net)), stages.times,
-    )
+    with stages("network", method.describe(extent, steps) if hasattr(method, "describe") else method.name):
+        transform = method.estimate(mov_net, fix_net)
+        if transform.velocity is not None:
+            fw, bw = network_fields(transform, steps)
+            fw.block_until_ready()
+    fields = None
+    if not transform.is_matrix:
+        with stages("compose", "warps in native space"):
+            fw_vox = _native(fw, space.fix_to_net, space.net_to_mov, tuple(fixed.shape))
+            bw_vox = _native(bw, space.mov_to_net, space.net_to_fix, tuple(moving.shape))
+            fields = (np.asarray(fw_vox), np.asarray(bw_vox))
+    return Registration(moving, fixed, space, method.name, transform, (np.asarray(mov_net), np.asarray(fix_net)),
+                        stages.times, fields)
 
 
 def _check_contrast(moving: Image, fixed: Image, mov_net, fix_net) -> None:
@@ -148,6 +231,7 @@ def _check_contrast(moving: Image, fixed: Image, mov_net, fix_net) -> None:
         if not np.isfinite(np.asarray(net)).all():
             raise ImageFileError(
                 image.path or what,
-                f"the {what} image is flat inside the network's {net.shape[0]} mm cube centred on the fixed image, "
-                "so there is nothing to register; check that the images overlap, or pass an initial affine with -i",
+                f"the {what} image is flat inside the network's {net.shape[0]} mm cube centred on the "
+                f"{'fixed' if what == 'fixed' else 'chosen'} image, so there is nothing to register; check that the "
+                "images overlap, or pass an initial affine with -i",
             )

@@ -56,3 +56,37 @@ def compose_native(
     shift = shift + interpolate_clamped(field, grid + shift)
     # VoxelMorph adds the right-hand warp to the mesh before the matrix product: M (x + u) - x.
     return apply_matrix(net_to_source, grid + shift) - grid
+
+
+def coarse_total_displacement(
+    disp: Float[Array, "cx cy cz 3"],
+    pre: np.ndarray | None,
+    post: np.ndarray,
+) -> Float[Array, "cx cy cz 3"]:
+    """`post (z + disp(z)) - y` at every coarse voxel y, with `z = pre y` (VoxelMorph's `compose`
+    of matrix, dense warp, matrix: the warp is sampled with border clamping, matrices in float32).
+
+    `pre` None is the identity (the warp is then read at grid points, exactly). The result is a
+    displacement from coarse indices to whatever grid `post` ends in (full-resolution network
+    indices, for `to_full_resolution`).
+    """
+    grid = voxel_grid(disp.shape[:3])
+    if pre is None:
+        moved = disp
+    else:
+        shift = affine_displacement(pre, grid)
+        moved = shift + interpolate_clamped(disp, grid + shift)
+    return apply_matrix(post, grid + moved) - grid
+
+
+def to_full_resolution(coarse: Float[Array, "cx cy cz 3"], scale: int) -> Float[Array, "x y z 3"]:
+    """A coarse-grid displacement `T` (coarse index -> full index) on the grid `scale` times finer.
+
+    `F(x) = x/s - x + interp_clamp(T, x/s)` (SPEC §2.8 for s = 2): composition with the
+    downscaling, not resampling, so the border behaves as the reference's (clamped T).
+    """
+    if scale == 1:
+        return coarse
+    full = voxel_grid(tuple(scale * s for s in coarse.shape[:3])) + 0.0 * coarse[0, 0, 0, 0]
+    down = full / jnp.float32(scale) - full
+    return down + interpolate_clamped(coarse, full + down)
