@@ -76,11 +76,18 @@ def _fails(capsys, directory, argv, *expected):
     return lines[0]
 
 
-OUTPUTS = ["-o", "moved.nii.gz", "-t", "warp.nii.gz", "--qc", "qc", "-w", E32, "-e", "32"]
+OUTPUTS = ["-m", "deform", "-o", "moved.nii.gz", "-t", "warp.nii.gz", "--qc", "qc", "-w", E32, "-e", "32"]
 
 
 def _register(moving="moving.nii.gz", fixed="fixed.nii.gz", *extra):
     return ["register", moving, fixed, *OUTPUTS, *extra]
+
+
+def _register_with_weights(path):
+    """`_register()` with `-w path` instead of the fixture network (-w repeats for -m joint)."""
+    argv = _register()
+    argv[argv.index(E32)] = path
+    return argv
 
 
 # --- unusable image files -----------------------------------------------------------------
@@ -217,7 +224,11 @@ def test_initial_affine_rescues_a_displaced_pair(work, capsys):
         (["-r", "-0.1"], "-r -0.1"),
         (["-n", "0"], "-n 0"),
         (["-j", "0"], "-j 0"),
-        (["-m", "affine"], "-m affine"),
+        (["-m", "affine"], "-m affine needs the affine one"),
+        (["-m", "fancy"], "-m fancy: unknown model"),
+        (["-m", "joint"], "-m joint takes 2 weight files"),
+        (["-H"], "-H: header-only output is for -m affine and -m rigid"),
+        (["-T", "inverse.lta"], "-m deform gives a warp, not a matrix"),
     ],
 )
 def test_bad_options(work, capsys, option, expected):
@@ -231,7 +242,7 @@ def test_truncated_weights(work, capsys):
     data = open(E32, "rb").read()
     with open("cut.h5", "wb") as f:
         f.write(data[: len(data) // 3])
-    _fails(capsys, work, _register() + ["-w", "cut.h5"], "cut.h5", "truncated or corrupt")
+    _fails(capsys, work, _register_with_weights("cut.h5"), "cut.h5", "truncated or corrupt")
 
 
 def test_weights_of_another_architecture(work, capsys):
@@ -240,7 +251,7 @@ def test_weights_of_another_architecture(work, capsys):
         f.create_group("conv").attrs["weight_names"] = np.array([b"conv/kernel:0", b"conv/bias:0"])
         f["conv/conv/kernel:0"] = np.zeros((3, 3, 3, 2, 8), np.float32)
         f["conv/conv/bias:0"] = np.zeros((8,), np.float32)
-    _fails(capsys, work, _register() + ["-w", "affine.h5"], "affine.h5", "not a SynthMorph deformable model")
+    _fails(capsys, work, _register_with_weights("affine.h5"), "affine.h5", "not a SynthMorph affine model")
 
 
 def test_bundle_with_mismatched_shapes(work, capsys):
@@ -248,7 +259,7 @@ def test_bundle_with_mismatched_shapes(work, capsys):
     config = json.load(open("bundle/config.json"))
     config["_ilex"]["constructor_kwargs"]["enc_nf"] = [16, 16, 16, 16]
     json.dump(config, open("bundle/config.json", "w"))
-    _fails(capsys, work, _register() + ["-w", "bundle"], "bundle", "expected")
+    _fails(capsys, work, _register_with_weights("bundle"), "bundle", "expected")
 
 
 def test_bundle_naming_unknown_architecture(work, capsys):
@@ -256,7 +267,7 @@ def test_bundle_naming_unknown_architecture(work, capsys):
     config = json.load(open("bundle/config.json"))
     config["_ilex"]["architecture"] = "subprocess.Popen"
     json.dump(config, open("bundle/config.json", "w"))
-    _fails(capsys, work, _register() + ["-w", "bundle"], "subprocess.Popen", "refused")
+    _fails(capsys, work, _register_with_weights("bundle"), "subprocess.Popen", "refused")
 
 
 def test_missing_default_weights_say_how_to_get_them(work, capsys, monkeypatch):
@@ -294,8 +305,17 @@ def test_qc_path_is_a_file(work, capsys):
     _fails(capsys, work, argv, "--qc report", "not a directory")
 
 
-def test_d_directory_missing(work, capsys):
-    _fails(capsys, work, _register() + ["-d", "inputs"], "-d inputs", "no such directory")
+def test_d_directory_that_cannot_be_created(work, capsys, monkeypatch):
+    # A missing -d DIR is created, as mri_synthmorph does (os.makedirs); one that cannot be is refused first.
+    os.mkdir("ro")
+    os.chmod("ro", 0o555)
+    _deny_as_root(monkeypatch, "ro")
+    _fails(capsys, work, _register() + ["-d", "ro/inputs"], "-d ro/inputs", "cannot create it")
+
+
+def test_d_path_is_a_file(work, capsys):
+    open("inputs", "w").write("mine")
+    _fails(capsys, work, _register() + ["-d", "inputs"], "-d inputs", "not a directory")
 
 
 # --- apply --------------------------------------------------------------------------------
@@ -326,7 +346,7 @@ def test_apply_bad_second_image_writes_nothing(work, capsys):
 
 
 def test_process_exit_status_and_debug(work):
-    cmd = [sys.executable, "-m", "ilex", "moving.nii.gz", "missing.mgz", "-o", "out.nii.gz"]
+    cmd = [sys.executable, "-m", "ilex", "moving.nii.gz", "missing.mgz", "-m", "deform", "-o", "out.nii.gz"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "missing.mgz" in proc.stderr
     debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)

@@ -84,7 +84,7 @@ def test_output_batch_is_all_or_nothing(tmp_path):
 
 
 def _register(out, *extra):
-    argv = ["register", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-w", E32, "-e", "32",
+    argv = ["register", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-m", "deform", "-w", E32, "-e", "32",
             "-o", str(out / "moved.nii.gz"), "-O", str(out / "fixed_moved.mgz"), "-t", str(out / "fw.nii.gz"),
             "-T", str(out / "bw.mgz"), "--qc", str(out / "qc"), *extra]
     return main(argv)
@@ -113,7 +113,7 @@ def test_reruns_are_bit_identical(two_runs):
 
 
 def test_itk_warp_rerun_is_bit_identical(tmp_path):
-    cmd = [sys.executable, "-m", "ilex", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-w", E32,
+    cmd = [sys.executable, "-m", "ilex", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-m", "deform", "-w", E32,
            "-e", "32", "--warp-format", "itk", "-q"]
     for k in range(2):
         subprocess.run(cmd + ["-t", str(tmp_path / f"itk{k}.nii.gz")], check=True)

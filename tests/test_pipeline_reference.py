@@ -29,7 +29,7 @@ def ref():
 def run(ref, tmp_path_factory):
     moving, fixed = data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz")
     out = tmp_path_factory.mktemp("reg")
-    cmd = [sys.executable, "-m", "ilex", "register", moving, fixed, "-w", fixture_path("net_e64_mixed.h5"), "-e", "64",
+    cmd = [sys.executable, "-m", "ilex", "register", moving, fixed, "-m", "deform", "-w", fixture_path("net_e64_mixed.h5"), "-e", "64",
            "-r", "0.3", "-n", "5", "-o", str(out / "moved.nii.gz"), "-O", str(out / "fixed_moved.nii.gz"),
            "-t", str(out / "fw.nii.gz"), "-T", str(out / "bw.nii.gz"), "-d", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -31,6 +31,10 @@ class BundleError(FileProblem):
     """An ilex bundle (config.json + model.safetensors) that cannot be loaded."""
 
 
+class WeightsNotFound(BundleError):
+    """Weights that are not on this machine (not in the hub cache, and the hub unreachable)."""
+
+
 class ImageFileError(FileProblem):
     """An image or warp file that cannot be read or does not fit the task."""
 

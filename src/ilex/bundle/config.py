@@ -76,6 +76,7 @@ def make_config(model, *, origin: str = "ilex-native", extra: dict | None = None
         "task": "Hypernetwork-conditioned deformable image-to-image registration",
         "version": "0.0.0",
     }
+    config.update(getattr(model, "card", {}))  # the affine detector describes itself
     if extra:
         config.update(extra)
     return config

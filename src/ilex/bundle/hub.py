@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import BundleError
+from ..errors import BundleError, WeightsNotFound
 
 _FILES = ["config.json", "model.safetensors"]
 
@@ -28,7 +28,7 @@ def download_bundle(repo_id: str, *, revision: str | None = None, cache_dir: str
             local_files_only=_offline(),
         )
     except LocalEntryNotFoundError:
-        raise BundleError(
+        raise WeightsNotFound(
             repo_id,
             "not in the local Hugging Face cache and the hub cannot be reached; download it where there is a network "
             "(`hf download " + repo_id + "`), or pass a bundle directory or FreeSurfer's synthmorph.deform.3.h5 with -w",

@@ -9,72 +9,117 @@ import sys
 from ..errors import OptionError
 
 _DESCRIPTION = """\
-Deformable registration of MOVING onto FIXED with SynthMorph, as `mri_synthmorph register -m deform`
-does: both images are resampled into a 1 mm LIA cube centred on the fixed image, the network
-predicts a stationary velocity field from two symmetric passes, and scaling and squaring gives a
-diffeomorphic forward warp and its inverse. Images of any MRI contrast, size, voxel size and
-orientation; single-frame 3-D NIfTI or MGZ. The deformable model assumes the images are already
-affinely aligned: pass -i with an initial affine if they are not.
+Registration of MOVING onto FIXED with SynthMorph, as `mri_synthmorph register` does. Images of any
+MRI contrast, size, voxel size and orientation; single-frame 3-D NIfTI or MGZ.
 
-Warps (-t, -T) hold RAS displacements in mm on the fixed (-t) or moving (-T) grid, written as
-mri_synthmorph writes them (.nii.gz: 5-D, NIfTI intent 1006; .mgz: FreeSurfer warp), or with
---warp-format itk as the displacement field ITK/ANTs/Slicer read (LPS, intent 1007).
+Models (-m): joint (the default, as in mri_synthmorph) runs the affine network, then the deformable
+one in the affine mid-space; deform assumes the images are already affinely aligned (pass -i
+otherwise); affine and rigid fit a matrix only. Each image is resampled into a 1 mm LIA cube (centred
+on the fixed image for deform, on each image otherwise); the deformable network predicts a stationary
+velocity from two symmetric passes, and scaling and squaring gives a diffeomorphic warp and its inverse.
+
+Transforms (-t, -T): for joint and deform, warps holding RAS displacements in mm on the fixed (-t) or
+moving (-T) grid, written as mri_synthmorph writes them (.nii.gz: 5-D, NIfTI intent 1006; .mgz:
+FreeSurfer warp), or with --warp-format itk as the displacement field ITK/ANTs/Slicer read (LPS,
+intent 1007). For affine and rigid, matrices: a FreeSurfer LTA (.lta, moving RAS -> fixed RAS, as
+mri_synthmorph writes it) or an ITK/ANTs text transform (.txt/.tfm, or --warp-format itk); a
+.nii.gz/.mgz name gets the matrix as a dense warp.
 """
 
 _EPILOG = """\
-Weights: -w takes an ilex bundle directory, a Hugging Face repo id, or FreeSurfer's
-synthmorph.deform.3.h5. Without -w, ilex uses $FREESURFER_HOME/models/synthmorph.deform.3.h5 when it
-exists, else the bundle ilex-hub/synthmorph.deform.3 from the Hugging Face hub. The weights are under
-the FreeSurfer Software License.
+Weights: -w takes an ilex bundle directory, a Hugging Face repo id, or FreeSurfer's .h5 file, once per
+network the model needs, in mri_synthmorph's order: joint takes synthmorph.affine.2.h5 then
+synthmorph.deform.3.h5; deform, affine and rigid take synthmorph.deform.3.h5, synthmorph.affine.2.h5
+and synthmorph.rigid.1.h5. Without -w, ilex uses $FREESURFER_HOME/models/<file> when it exists, else
+the bundle ilex-hub/<file without .h5> from the Hugging Face hub. The weights are under the FreeSurfer
+Software License.
+
+Beyond mri_synthmorph: -r accepts the closed interval [0, 1] (mri_synthmorph: open) and -n any
+count >= 1 (mri_synthmorph: >= 5); -e any multiple of 32 (mri_synthmorph: 192 or 256).
 
 Examples:
   ilex register t1.nii.gz mni.nii.gz -o t1_in_mni.nii.gz -t warp.nii.gz
-  ilex register flair.mgz t1.mgz -i flair_to_t1.lta -r 0.7 -e 192 -T inverse.mgz
+  ilex register -m affine flair.mgz t1.mgz -t flair_to_t1.lta -o flair_on_t1.mgz
+  ilex register -m deform flair.mgz t1.mgz -i flair_to_t1.lta -r 0.7 -e 192 -T inverse.mgz
   ilex apply warp.nii.gz aseg.mgz aseg_moved.mgz -m nearest -t int32
 """
 
+# Weight files per model, in -w order (FreeSurfer's registration.py).
+WEIGHT_FILES = {
+    "joint": ("synthmorph.affine.2.h5", "synthmorph.deform.3.h5"),
+    "deform": ("synthmorph.deform.3.h5",),
+    "affine": ("synthmorph.affine.2.h5",),
+    "rigid": ("synthmorph.rigid.1.h5",),
+}
+MODELS = tuple(WEIGHT_FILES)
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("register", help="deformable registration of a moving image to a fixed image",
+    p = sub.add_parser("register", help="register a moving image to a fixed image (joint, deform, affine, rigid)",
                        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("moving", help="moving image (NIfTI or MGZ)")
     p.add_argument("fixed", help="fixed image (NIfTI or MGZ)")
-    p.add_argument("-m", "--model", default="deform", help="registration model; only 'deform' (the default here)")
+    p.add_argument("-m", "--model", default="joint", metavar="MODEL",
+                   help=f"registration model: {', '.join(MODELS)} (default joint); unambiguous abbreviations work")
     p.add_argument("-o", "--out-moving", metavar="FILE", help="moving image resampled onto the fixed grid")
     p.add_argument("-O", "--out-fixed", metavar="FILE", help="fixed image resampled onto the moving grid")
-    p.add_argument("-t", "--trans", metavar="FILE", help="forward warp (on the fixed grid): .nii.gz or .mgz")
-    p.add_argument("-T", "--inverse", metavar="FILE", help="inverse warp (on the moving grid): .nii.gz or .mgz")
+    p.add_argument("-H", "--header-only", action="store_true",
+                   help="affine/rigid: write -o/-O with the voxels unchanged and only the voxel-to-RAS matrix updated")
+    p.add_argument("-t", "--trans", metavar="FILE", help="forward transform: warp (.nii.gz/.mgz) or, for affine/rigid, .lta/.txt")
+    p.add_argument("-T", "--inverse", metavar="FILE", help="inverse transform, as -t")
     p.add_argument("-i", "--init", metavar="FILE", help="initial affine, moving to fixed: FreeSurfer LTA, ITK/ANTs .txt/.tfm or .mat")
-    p.add_argument("-w", "--weights", metavar="PATH", help="bundle directory, Hugging Face repo id, or synthmorph.deform.3.h5")
+    p.add_argument("-w", "--weights", metavar="PATH", action="append",
+                   help="weights: bundle directory, Hugging Face repo id or FreeSurfer .h5; repeat for joint (affine first)")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)")
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
     p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256; 192 halves the memory)")
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
-    p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed)")
+    p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created")
     p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): Jacobian determinant "
                    "of the forward warp, folding statistics (qc.json) and a checkerboard PNG of fixed and moved")
-    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="warp file convention (default freesurfer)")
+    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer",
+                   help="transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk (default freesurfer)")
     p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P before min-max normalisation "
                    "(the model card's variant; FreeSurfer does not clip)")
     p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto",
-                   help="convolution algorithm: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
+                   help="deformable U-Net convolution: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
                    "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)")
     p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
 
-def default_weights() -> str:
-    """FreeSurfer's own copy when installed, else the hub bundle."""
-    from ..bundle import DEFAULT_REPO_ID
+def resolve_model(name: str) -> str:
+    """The model an abbreviation names (`def` -> deform), as mri_synthmorph resolves it."""
+    matches = [m for m in MODELS if m.startswith(name)] if name else []
+    if name in MODELS:
+        return name
+    if len(matches) != 1:
+        raise OptionError(f"-m {name}: {'ambiguous' if matches else 'unknown'} model; choose one of {', '.join(MODELS)}")
+    return matches[0]
 
+
+def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
+    """FreeSurfer's own copy of a weight file when installed, else its hub bundle."""
     home = os.environ.get("FREESURFER_HOME")
     if home:
-        candidate = os.path.join(home, "models", "synthmorph.deform.3.h5")
+        candidate = os.path.join(home, "models", file)
         if os.path.isfile(candidate):
             return candidate
-    return DEFAULT_REPO_ID
+    return "ilex-hub/" + file.removesuffix(".h5")
+
+
+def weights_for(model: str, given: list[str] | None) -> list[str]:
+    """The weight paths for `model`: the -w list (checked against what the model needs) or the defaults."""
+    files = WEIGHT_FILES[model]
+    if not given:
+        return [default_weights(f) for f in files]
+    if len(given) != len(files):
+        need = " then ".join(files)
+        raise OptionError(f"-w: -m {model} takes {len(files)} weight file{'s' if len(files) > 1 else ''} ({need}), "
+                          f"got {len(given)}")
+    return list(given)
 
 
 def configure_devices(threads: int | None, gpu: bool) -> None:
@@ -98,20 +143,43 @@ def configure_devices(threads: int | None, gpu: bool) -> None:
         raise OptionError("-g: JAX sees no GPU; install jax with CUDA (pip install 'jax[cuda12]') or drop -g")
 
 
-def check_outputs(args) -> list[tuple[str, str]]:
-    """(option, path) of every output; refuses clashes with inputs or each other before any work."""
+def _check_creatable(option: str, directory: str) -> None:
+    """A directory that exists, or whose nearest existing ancestor is a writable directory."""
     from .._atomic import _check_parent
 
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise OptionError(f"{option} {directory}: exists and is not a directory")
+    if not os.path.isdir(directory):
+        ancestor = os.path.abspath(directory)
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+            raise OptionError(f"{option} {directory}: cannot create it ({ancestor} is not a writable directory)")
+        return
+    _check_parent(os.path.join(directory, "x"))
+
+
+def check_outputs(args, model: str = "deform") -> list[tuple[str, str]]:
+    """(option, path) of every output; refuses clashes with inputs or each other before any work."""
+    from .._atomic import _check_parent
+    from ..image.matrix_io import matrix_format
+
+    is_matrix = model in ("affine", "rigid")
+    if args.header_only and not is_matrix:
+        raise OptionError(f"-H: header-only output is for -m affine and -m rigid, not -m {model}")
+    for opt, path in (("-t", args.trans), ("-T", args.inverse)):
+        if path and matrix_format(path) and not is_matrix:
+            raise OptionError(f"{opt} {path}: -m {model} gives a warp, not a matrix; name it .nii.gz or .mgz")
+        if path and is_matrix and matrix_format(path) == "lta" and args.warp_format == "itk":
+            raise OptionError(f"{opt} {path}: --warp-format itk writes ITK text transforms; name it .txt or .tfm")
     outs = [(opt, path) for opt, path in (("-o", args.out_moving), ("-O", args.out_fixed), ("-t", args.trans), ("-T", args.inverse)) if path]
     if args.out_dir:
+        _check_creatable("-d", args.out_dir)
         outs += [("-d", os.path.join(args.out_dir, f"inp_{k}.mgz")) for k in (1, 2)]
     if args.qc:
         from ..qc.report import QC_FILES
 
-        if os.path.exists(args.qc) and not os.path.isdir(args.qc):
-            raise OptionError(f"--qc {args.qc}: exists and is not a directory")
-        if not os.path.isdir(args.qc):
-            _check_parent(args.qc)
+        _check_creatable("--qc", args.qc)
         outs += [("--qc", os.path.join(args.qc, name)) for name in QC_FILES]
     inputs = {os.path.realpath(p): name for p, name in ((args.moving, "moving"), (args.fixed, "fixed")) if p}
     seen = {}
@@ -122,30 +190,23 @@ def check_outputs(args) -> list[tuple[str, str]]:
         if real in seen:
             raise OptionError(f"{opt} {path}: the same file is also given to {seen[real]}")
         seen[real] = opt
-        if opt == "-d" and not os.path.isdir(args.out_dir):
-            raise OptionError(f"-d {args.out_dir}: no such directory")
-        if opt != "--qc" or os.path.isdir(args.qc):
+        if opt not in ("-d", "--qc"):
             _check_parent(path)
     return outs
 
 
 def run(args: argparse.Namespace) -> int:
-    if not "deform".startswith(args.model):
-        raise OptionError(f"-m {args.model}: ilex provides the deformable model only ('deform'); "
-                          "use mri_synthmorph -m affine first and pass its LTA with -i")
+    model = resolve_model(args.model)
     from ..registration.pipeline import check_options
 
     check_options(args.hyper, args.steps, args.extent)
-    check_outputs(args)
+    weights = weights_for(model, args.weights)
+    check_outputs(args, model)
     configure_devices(args.threads, args.gpu)
 
     import numpy as np
 
-    from .._atomic import output_batch
-    from ..image.io import load_image, save_image
-    from ..image.warp_io import Warp, save_warp
     from ..progress import Stages
-    from ..qc import quality_report, write_qc
     from ..registration.affine_init import read_initial_affine
     from ..registration.memory import check_memory
     from ..registration.overlap import check_overlap
@@ -153,60 +214,158 @@ def run(args: argparse.Namespace) -> int:
 
     stages = Stages(verbose=not args.quiet, stream=sys.stdout)
     with stages("load", "images and weights"):
-        moving = load_image(args.moving, what="moving image")
-        fixed = load_image(args.fixed, what="fixed image")
+        moving = load_image_checked(args.moving, "moving image")
+        fixed = load_image_checked(args.fixed, "fixed image")
         init = read_initial_affine(args.init, moving.affine, fixed.affine) if args.init else None
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
         check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
-        weights = args.weights or default_weights()
-        # Generate the U-Net for this λ once and let the 3.5 GB hypernetwork go before the network runs.
-        unet = _load_weights(weights, explicit=args.weights is not None).at_hyper(args.hyper)
         if not args.gpu and not args.no_memory_check:
-            check_memory(args.extent, max(unet.enc_nf + unet.dec_nf + unet.add_nf))
-    result = register(moving, fixed, unet, hyper=args.hyper, steps=args.steps, extent=args.extent,
+            check_memory(args.extent, max(peek_width(w) for w in weights))
+        networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper)
+    result = register(moving, fixed, networks, method=model, hyper=args.hyper, steps=args.steps, extent=args.extent,
                       init_vox=init, clip_percentile=args.clip_percentile, stages=stages,
                       algorithm=None if args.conv == "auto" else args.conv)
     report = None
     if args.qc or not args.quiet:
         with stages("qc", "Jacobian determinant of the forward warp"):
             report = quality_report(result)
-    # Every output lands together at the end of the block, or none does.
-    with stages("write", "outputs"), output_batch():
-        moved = result.moved() if args.out_moving or args.qc else None
+    with stages("write", "outputs"):
+        write_outputs(args, result, report)
+    if not args.quiet:
+        what = f"λ={args.hyper:g}, " if model in ("joint", "deform") else ""
+        steps = f", {args.steps} steps" if model in ("joint", "deform") else ""
+        print(stages.summary(f"{report.summary()}; -m {model}, {what}extent {args.extent}{steps}"))
+    return 0
+
+
+def load_image_checked(path: str, what: str):
+    from ..image.io import load_image
+
+    return load_image(path, what=what)
+
+
+def quality_report(result):
+    from ..qc import quality_report as report
+
+    return report(result)
+
+
+def write_outputs(args, result, report) -> None:
+    """Every output of `register`, landing together at the end or not at all."""
+    import numpy as np
+
+    from .._atomic import output_batch
+    from ..image.io import save_image
+    from ..image.matrix_io import matrix_format, save_matrix
+    from ..image.warp_io import Warp, save_warp
+    from ..qc import write_qc
+
+    moving, fixed = result.moving, result.fixed
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)  # as mri_synthmorph; the files themselves land with the rest
+    with output_batch():
+        moved = None
+        if args.out_moving or args.qc:
+            moved = moving.data if args.header_only else result.moved()
         if args.qc:
-            write_qc(args.qc, result, report, {"hyper": args.hyper, "steps": args.steps, "extent": args.extent}, moved)
+            settings = {"model": result.method, "hyper": args.hyper, "steps": args.steps, "extent": args.extent}
+            write_qc(args.qc, result, report, settings, result.moved() if args.header_only else moved)
         if args.out_moving:
-            save_image(args.out_moving, moved, fixed.affine)
+            save_image(args.out_moving, moved, result.moved_header() if args.header_only else fixed.affine)
         if args.out_fixed:
-            save_image(args.out_fixed, result.fixed_moved(), moving.affine)
-        if args.trans:
-            save_warp(args.trans, Warp(result.forward, fixed.affine, moving.affine, moving.shape), args.warp_format)
-        if args.inverse:
-            save_warp(args.inverse, Warp(result.inverse, moving.affine, fixed.affine, fixed.shape), args.warp_format)
+            if args.header_only:
+                save_image(args.out_fixed, fixed.data, result.fixed_header())
+            else:
+                save_image(args.out_fixed, result.fixed_moved(), moving.affine)
+        for path, forward in ((args.trans, True), (args.inverse, False)):
+            if not path:
+                continue
+            if result.is_matrix and matrix_format(path):
+                fmt = "itk" if args.warp_format == "itk" else matrix_format(path)
+                ras = result.affine if forward else np.linalg.inv(result.affine)
+                src, dst = (moving, fixed) if forward else (fixed, moving)
+                save_matrix(path, ras, src, dst, fmt)
+            elif forward:
+                save_warp(path, Warp(result.forward, fixed.affine, moving.affine, moving.shape), args.warp_format)
+            else:
+                save_warp(path, Warp(result.inverse, moving.affine, fixed.affine, fixed.shape), args.warp_format)
         if args.out_dir:
             # Each input with its own network geometry, as mri_synthmorph writes them.
             geometries = (moving.affine @ result.space.net_to_mov, fixed.affine @ result.space.net_to_fix)
             for k, (data, geometry) in enumerate(zip(result.inputs, geometries), 1):
                 save_image(os.path.join(args.out_dir, f"inp_{k}.mgz"), np.asarray(data), geometry)
-    if not args.quiet:
-        print(stages.summary(f"{report.summary()}; λ={args.hyper:g}, extent {args.extent}, {args.steps} steps"))
-    return 0
+
+
+def peek_width(weights: str) -> int:
+    """The widest layer of the network in `weights`, read from metadata only (256, the real
+    models' width, when it cannot be known before downloading)."""
+    import json
+
+    try:
+        if os.path.isdir(weights):
+            with open(os.path.join(weights, "config.json"), encoding="utf-8") as f:
+                kwargs = json.load(f)["_ilex"]["constructor_kwargs"]
+        elif os.path.isfile(weights):
+            from ..convert.keras_h5 import infer_architecture, open_keras_weights
+
+            with open_keras_weights(weights) as arrays:
+                kwargs = infer_architecture(weights, [a.shape for a in arrays])[1]
+        else:
+            return 256
+        widths = [n for key in ("enc_nf", "dec_nf", "add_nf") for n in kwargs.get(key, [])]
+        return max(widths) if widths else 256
+    except Exception:  # noqa: BLE001  the loader names the problem properly a moment later
+        return 256
+
+
+# What each -m needs from each -w, in order, and what it is called in messages.
+_ROLES = {
+    "joint": (("affine", "synthmorph.affine.2.h5"), ("deform", "synthmorph.deform.3.h5")),
+    "deform": (("deform", "synthmorph.deform.3.h5"),),
+    "affine": (("affine", "synthmorph.affine.2.h5"),),
+    "rigid": (("affine", "synthmorph.rigid.1.h5"),),
+}
+
+
+def load_networks(model: str, weights: list[str], explicit: bool, hyper: float):
+    """The networks -m `model` runs, loaded from `weights` and checked to be the right kind.
+
+    The deformable hypernetwork is reduced to its U-Net for λ = `hyper` at once, so that its
+    3.5 GB leave memory before the registration runs.
+    """
+    from ..errors import WeightsFileError
+    from ..models.synthmorph_affine import SynthMorphAffine
+    from ..models.synthmorph_deform import SynthMorphDeform
+
+    loaded = []
+    for (role, file), path in zip(_ROLES[model], weights):
+        net = _load_weights(path, explicit)
+        kind = "affine" if isinstance(net, SynthMorphAffine) else "deform"
+        if kind != role:
+            raise WeightsFileError(path, f"holds SynthMorph's {'affine/rigid' if kind == 'affine' else 'deformable'} "
+                                         f"network, but -m {model} needs the {'affine' if role == 'affine' else 'deformable'} "
+                                         f"one here ({file}){'; joint takes the affine weights first' if model == 'joint' else ''}")
+        if isinstance(net, SynthMorphDeform):
+            net = net.at_hyper(hyper)
+        loaded.append(net)
+    return tuple(loaded) if model == "joint" else loaded[0]
 
 
 def _load_weights(weights: str, explicit: bool):
     from ..bundle import load
-    from ..errors import BundleError
+    from ..errors import BundleError, WeightsNotFound
 
     try:
         return load(weights)
     except BundleError as e:
         if explicit:
             raise
+        name = weights.rsplit("/", 1)[-1] + ".h5"
         raise BundleError(
             weights,
-            "the SynthMorph weights are not available here. Get synthmorph.deform.3.h5 with FreeSurfer 7.4+ "
+            f"the SynthMorph weights are not available here. Get {name} with FreeSurfer 7.4+ "
             "(it is in $FREESURFER_HOME/models) and pass it with -w, or convert it once with "
-            "`ilex convert synthmorph.deform.3.h5 DIR` and pass -w DIR, or download the hub bundle "
+            f"`ilex convert {name} DIR` and pass -w DIR, or download the hub bundle "
             f"where there is a network (`hf download {weights}`)"
-            + ("" if e.problem.startswith("not in the local") else f". Detail: {e.problem}"),
+            + ("" if isinstance(e, WeightsNotFound) else f". Detail: {e.problem}"),
         ) from None

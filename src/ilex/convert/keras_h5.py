@@ -153,24 +153,37 @@ def read_array(path: str, weight: KerasWeight, rows: slice | None = None) -> np.
 
 
 def load_keras_h5(path: str | os.PathLike, expected_sha256: str | None = None, *, verify: bool = True):
-    """A `SynthMorphDeform` with the weights of a Keras h5 file, read in memory (no bundle written).
+    """The SynthMorph model of a Keras h5 file, read in memory (no bundle written).
 
-    With `verify`, a known FreeSurfer release, or any file given `expected_sha256`, is checked
-    by digest first.
+    The layout decides the architecture: a Dense kernel first is the deformable hypernetwork
+    (`SynthMorphDeform`), a convolution kernel first the affine/rigid detector
+    (`SynthMorphAffine`, rigid when the release or file name says so). With `verify`, a known
+    FreeSurfer release, or any file given `expected_sha256`, is checked by digest first.
     """
     import jax.numpy as jnp
 
     from ..bundle.io import fill_parameters, template
-    from ..models.synthmorph_deform.model import SynthMorphDeform
     from .releases import verify_release
 
     path = os.fspath(path)
     with open_keras_weights(path) as weights:
-        kwargs = infer_synthmorph_kwargs(path, [w.shape for w in weights])
+        cls, kwargs = infer_architecture(path, [w.shape for w in weights])
         if verify:
             verify_release(path, expected_sha256)
         arrays = [jnp.asarray(read_array(path, w)) for w in weights]
-    return fill_parameters(template(SynthMorphDeform, kwargs), arrays)
+    return fill_parameters(template(cls, kwargs), arrays)
+
+
+def infer_architecture(path: str, shapes: Sequence[tuple[int, ...]]) -> tuple[type, dict]:
+    """(model class, constructor arguments) of a SynthMorph Keras weights file, from its shapes."""
+    from ..models.synthmorph_affine.model import SynthMorphAffine
+    from ..models.synthmorph_deform.model import SynthMorphDeform
+    from .affine_layout import infer_affine_kwargs, is_rigid_file, looks_like_affine
+    from .releases import release_name
+
+    if looks_like_affine(shapes):
+        return SynthMorphAffine, infer_affine_kwargs(path, shapes, rigid=is_rigid_file(path, release_name(path)))
+    return SynthMorphDeform, infer_synthmorph_kwargs(path, shapes)
 
 
 def write_keras_weights(

@@ -15,7 +15,14 @@ from ..errors import WeightsFileError
 # size in bytes -> (file name, SHA-256)
 KNOWN_RELEASES = {
     3_508_630_424: ("synthmorph.deform.3.h5", "95b367cd30788cc647e4704b650642fc1d70d7e419c20c04f1ba1b2902bc6536"),
+    51_455_312: ("synthmorph.affine.2.h5", "1ac5304b683036e5177f5b4ad38fa09fcbbe7883e742d6fa5bdaedd0e619ced6"),
+    51_656_152: ("synthmorph.rigid.1.h5", "284c145fce47e98ecf3fdeda2163f646ac3ebb0240e87dd50d71d879f4d5b3af"),
 }
+
+
+def release_name(path: str | os.PathLike) -> str | None:
+    """The FreeSurfer release a file's size identifies (unverified), or None."""
+    return KNOWN_RELEASES.get(os.path.getsize(path), (None, None))[0]
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -6,12 +6,14 @@ importlib would let it run arbitrary code, so the string is only looked up here.
 
 from __future__ import annotations
 
+from .synthmorph_affine.model import SynthMorphAffine
 from .synthmorph_deform.model import SynthMorphDeform
 from .synthmorph_deform.unet import SynthMorphUNet
 
 ARCHITECTURES: dict[str, type] = {
     "ilex.models.synthmorph_deform.model.SynthMorphDeform": SynthMorphDeform,
     "ilex.models.synthmorph_deform.model.SynthMorphUNet": SynthMorphUNet,
+    "ilex.models.synthmorph_affine.model.SynthMorphAffine": SynthMorphAffine,
 }
 # Shorter spellings seen in published bundles' commit messages; same classes.
 ALIASES: dict[str, str] = {

@@ -1,4 +1,8 @@
-"""SynthMorph's networks as registration methods: `deform` now; `affine`, `rigid`, `joint` beside it."""
+"""SynthMorph's networks as registration methods: `deform`, `affine`, `rigid` and `joint`.
+
+Network spaces, matrices and the joint mid-space follow FreeSurfer's `mri_synthmorph`
+(docs/spec-affine.md; SPEC §2, §10): only `deform` centres both images on the fixed one.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,15 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
 
+from ...models.synthmorph_affine.fit import centring
 from ...models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
-from .base import NetworkTransform
+from ...transforms.compose import affine_displacement
+from ...transforms.integrate import voxel_grid
+from ...transforms.interpolate import interpolate_clamped
+from .base import NetworkTransform, scale_matrix
 
 
 def default_algorithm() -> str:
@@ -40,3 +50,85 @@ class SynthMorphDeformMethod:
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
         v = _deform_velocity(self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net), self.algorithm or default_algorithm())
         return NetworkTransform(velocity=v, scale=2)
+
+
+@dataclass(frozen=True)
+class SynthMorphAffineMethod:
+    """`mri_synthmorph -m affine` / `-m rigid`: each image centred on itself; the detector sees
+    the half-resolution inputs and fits a matrix in full-resolution network coordinates."""
+
+    model: object
+    rigid: bool = False
+    centre_on_fixed: bool = False
+
+    @property
+    def name(self) -> str:
+        return "rigid" if self.rigid else "affine"
+
+    def describe(self, extent: int, steps: int) -> str:
+        return f"{self.name} feature detector at {extent // 2}^3"
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+        extent = mov_net.shape[0]
+        half = [half_resolution(jnp.asarray(x)[..., None]) for x in (mov_net, fix_net)]
+        return NetworkTransform(matrix=self.model.fit(*half, extent, rigid=self.rigid))
+
+
+def matrix_sqrt(m: np.ndarray) -> np.ndarray:
+    """The principal square root of an affine 4x4 matrix (real; the mid-space of `joint`)."""
+    root = scipy.linalg.sqrtm(np.asarray(m, np.float64))
+    if not np.isfinite(root).all() or np.abs(np.imag(root)).max() > 1e-6 * np.abs(root).max():
+        raise ValueError("the affine has no real square root (a reflection or a rotation of 180°)")
+    return np.real(root)
+
+
+@jax.jit
+def _resample_half(volume, matrix):
+    # VoxelMorph's SpatialTransformer with a matrix: trilinear, zero fill, on the half grid.
+    half = tuple(n // 2 for n in volume.shape)
+    grid = voxel_grid(half)
+    return interpolate_clamped(volume, grid + affine_displacement(matrix, grid), fill=0.0)
+
+
+@jax.jit(static_argnames=("algorithm",))
+def _joint_velocity(unet, mov_net, fix_net, to_mov, to_fix, algorithm: str):
+    mov_half = _resample_half(mov_net, to_mov)[..., None]
+    fix_half = _resample_half(fix_net, to_fix)[..., None]
+    return symmetric_velocity(unet, mov_half, fix_half, algorithm=algorithm), mov_half, fix_half
+
+
+@dataclass(frozen=True)
+class SynthMorphJointMethod:
+    """`mri_synthmorph -m joint` (its default): affine, then deformable in the affine mid-space.
+
+    The detector runs on the half-resolution inputs as if they were the whole images (so its
+    centre is half a voxel off `-m affine`'s, as in the reference); the square root of its
+    matrix takes each image half way; the U-Net's velocity lives in that mid-space, and the
+    total map is `sqrt(A) exp(v) sqrt(A)` (SPEC §2.11).
+    """
+
+    affine: object
+    unet: object
+    algorithm: str | None = None
+    name: str = "joint"
+    centre_on_fixed: bool = False
+
+    def describe(self, extent: int, steps: int) -> str:
+        return f"affine, then 2 passes at {extent // 2}^3 in mid-space, {steps} squaring steps"
+
+    def mid_space(self, mov_net: jax.Array, fix_net: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Half-resolution index matrices from the mid-space to the moving and the fixed image."""
+        half = mov_net.shape[0] // 2
+        ima = [half_resolution(jnp.asarray(x)[..., None]) for x in (mov_net, fix_net)]
+        centred = self.affine.centred_fit(*ima, half, rigid=False)
+        cen, un_cen = centring(half)
+        to_mov = un_cen @ matrix_sqrt(centred) @ cen
+        to_fix = un_cen @ matrix_sqrt(np.linalg.inv(centred)) @ cen
+        return to_mov, to_fix
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+        to_mov, to_fix = self.mid_space(mov_net, fix_net)
+        s = scale_matrix(2)
+        v, _, _ = _joint_velocity(self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net),
+                                  np.float32(s @ to_mov), np.float32(s @ to_fix), self.algorithm or default_algorithm())
+        return NetworkTransform(velocity=v, scale=2, pre=to_mov, post=s @ to_mov, inverse_pre=to_fix, inverse_post=s @ to_fix)
