@@ -1,6 +1,6 @@
 """Independent float64 NumPy/SciPy re-implementation of docs/spec-affine.md, checked against the fixtures.
 
-    python bench/reference/check_affine_spec.py tests/fixtures/affine_e64_colin_to_mni.npz
+    python bench/reference/check_affine_spec.py tests/fixtures/affine_e64_colin_to_mni.npz [tests/.data]
 
 Needs only numpy and scipy (no TensorFlow). Prints the largest deviation of each re-derived quantity from
 the TensorFlow reference stored in the npz. It is a cross-check of the specification, not a test of the port.
@@ -83,7 +83,7 @@ def ss(v, steps):
     return u
 
 
-def main(path):
+def main(path, data_dir=None):
     d = np.load(path)
     e = d["mov"].shape[1]
     h = e // 2
@@ -163,9 +163,40 @@ def main(path):
             diff = np.abs(fields[name][idx[:, 0], idx[:, 1], idx[:, 2]] - d[f"joint_{name}_at_net_idx"])
             report[f"joint_{name}@samples"] = diff.max()
 
+    # joint native warps (-t / -T, disp_ras in mm), as SPEC §3 for deform
+    if "joint_fw" in d:
+        for name, idx, to_net, net_to, src_v2r, trg_v2r in (
+                ("fw", d["fixed_idx"], d["fix_to_net"], d["net_to_mov"], d["mov_vox2ras"], d["fix_vox2ras"]),
+                ("bw", d["moving_idx"], d["mov_to_net"], d["net_to_fix"], d["fix_vox2ras"], d["mov_vox2ras"])):
+            q = idx @ to_net[:3, :3].T + to_net[:3, 3]
+            q = q + interp_clamp(d[f"joint_{name}"][0].astype(np.float64), q)
+            src = q @ net_to[:3, :3].T + net_to[:3, 3]
+            disp = src @ src_v2r[:3, :3].T + src_v2r[:3, 3] - (idx @ trg_v2r[:3, :3].T + trg_v2r[:3, 3])
+            report[f"joint_warp_{name}(mm)"] = np.abs(disp - d[f"joint_warp_{name}"]).max()
+
+    # -o / -O of affine and rigid: surfa's trilinear rule (needs the native images)
+    if data_dir is not None:
+        import nibabel as nib
+
+        pair = "colin_to_mni" if "colin_to_mni" in path else "colinrot_to_colin"
+        load = lambda f: np.asanyarray(nib.load(f"{data_dir}/{f}").dataobj).astype(np.float64)
+        mov = load("colin27_t1.nii.gz")
+        fix = load("mni2009a_t1.nii.gz" if pair == "colin_to_mni" else "colin27_t1.nii.gz")
+        for m in ("affine", "rigid"):
+            m_bw = np.linalg.inv(d["fix_vox2ras"]) @ d[f"{m}_lta_fw"] @ d["mov_vox2ras"]
+            m_fw = np.linalg.inv(d["mov_vox2ras"]) @ d[f"{m}_lta_bw"] @ d["fix_vox2ras"]
+            for key, img, mat, idx in (("moved", mov, np.linalg.inv(m_bw), d["fixed_idx"]),
+                                       ("fixed_moved", fix, np.linalg.inv(m_fw), d["moving_idx"])):
+                m32 = mat.astype(np.float32)
+                loc = (idx.astype(np.float32) @ m32[:3, :3].T + m32[:3, 3]).astype(np.float64)
+                v = map_coordinates(img, loc.T, order=1, mode="nearest")
+                low = np.floor(loc)
+                v[(low < 0).any(1) | (low > np.array(img.shape) - 1).any(1)] = 0
+                report[f"{m}_{key}(intensity)"] = np.abs(v - d[f"{m}_{key}"]).max()
+
     for k, v in report.items():
         print(f"{k:32s} {float(v):.3g}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
