@@ -6,3 +6,4 @@ from .fit import fit_affine as fit_affine
 from .fit import rigid_part as rigid_part
 from .fit import symmetric_fit as symmetric_fit
 from .model import SynthMorphAffine as SynthMorphAffine
+from .model import fit_features as fit_features

@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 
 from .fit import barycenter, centring, channel_weights, rigid_part, symmetric_fit
 
-__all__ = ["AffineConv3d", "SynthMorphAffine"]
+__all__ = ["AffineConv3d", "SynthMorphAffine", "fit_features"]
 
 
 class AffineConv3d(eqx.Module):
@@ -42,7 +42,7 @@ class AffineConv3d(eqx.Module):
             x[None], self.kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
             precision=lax.Precision.HIGHEST,
         )[0]
-        return out + self.bias
+        return out + self.bias[None, None, None, :]
 
 
 def _max_pool(x: Float[Array, "x y z c"]) -> Float[Array, "hx hy hz c"]:
@@ -137,11 +137,7 @@ class SynthMorphAffine(eqx.Module):
         whose coordinates the barycentres are scaled to). `rigid` None uses `self.rigid`.
         """
         f1, f2 = _features_pair(self, moving, fixed)
-        centred = np.asarray(_symmetric(f1, f2, float(extent)), np.float64)
-        if self.rigid if rigid is None else rigid:
-            centred = rigid_part(centred)
-        cen, un_cen = centring(extent)
-        return un_cen @ centred @ cen
+        return fit_features(f1, f2, extent, self.rigid if rigid is None else rigid)
 
     def centred_fit(self, moving, fixed, extent: int, rigid: bool | None = None) -> np.ndarray:
         """As `fit`, in coordinates centred on the grid's middle (the reference's own frame)."""
@@ -152,6 +148,17 @@ class SynthMorphAffine(eqx.Module):
 @eqx.filter_jit
 def _features_pair(model: SynthMorphAffine, moving, fixed):
     return model.features(moving), model.features(fixed)
+
+
+def fit_features(features_moving, features_fixed, extent: int, rigid: bool = False) -> np.ndarray:
+    """SynthMorph's head on any pair of feature maps: barycentres scaled to `extent`, channel
+    weights, the symmetric weighted fit (rigid part only with `rigid`), as a 4x4 float64 matrix
+    from fixed to moving index coordinates of a grid of side `extent`."""
+    centred = np.asarray(_symmetric(features_moving, features_fixed, float(extent)), np.float64)
+    if rigid:
+        centred = rigid_part(centred)
+    cen, un_cen = centring(extent)
+    return un_cen @ centred @ cen
 
 
 @jax.jit
