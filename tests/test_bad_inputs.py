@@ -254,6 +254,26 @@ def test_weights_of_another_architecture(work, capsys):
     _fails(capsys, work, _register_with_weights("affine.h5"), "affine.h5", "not a SynthMorph affine model")
 
 
+AFFINE = fixture_path("affine_e64.h5")
+
+
+@pytest.mark.parametrize(
+    "model, weights, expected",
+    [
+        ("affine", [E32], "-m affine needs the affine one"),
+        ("rigid", [E32], "-m rigid needs the affine one"),
+        ("deform", [AFFINE], "-m deform needs the deformable one"),
+        ("joint", [E32, AFFINE], "joint takes the affine weights first"),
+        ("joint", [AFFINE], "-m joint takes 2 weight files"),
+    ],
+)
+def test_weights_for_the_wrong_model(work, capsys, model, weights, expected):
+    argv = [a for a in _register() if a not in ("-w", E32, "-m", "deform")]
+    for w in weights:
+        argv += ["-w", w]
+    _fails(capsys, work, argv + ["-m", model], expected)
+
+
 def test_bundle_with_mismatched_shapes(work, capsys):
     ilex.save(ilex.load(E32), "bundle")
     config = json.load(open("bundle/config.json"))

@@ -10,16 +10,22 @@ from ..errors import OptionError
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "apply",
-        help="apply a saved warp to images",
-        description="Resample each IMAGE onto the warp's grid and write it to OUT. Reads mri_synthmorph and "
-        "ilex warps (.nii.gz intent 1006, FreeSurfer .mgz) and ITK/ANTs displacement fields (.nii.gz intent 1007).",
+        help="apply a saved warp or matrix to images",
+        description="Resample each IMAGE onto the transform's target grid and write it to OUT. Reads mri_synthmorph "
+        "and ilex warps (.nii.gz intent 1006, FreeSurfer .mgz), ITK/ANTs displacement fields (.nii.gz intent 1007), "
+        "FreeSurfer LTA matrices (.lta; the target grid is the LTA's dst geometry) and ITK/ANTs affine text "
+        "transforms (.txt/.tfm; name the target grid with --reference).",
     )
-    p.add_argument("warp", metavar="WARP", help="warp file written by `ilex register -t/-T` or mri_synthmorph")
+    p.add_argument("warp", metavar="TRANS", help="warp or matrix written by `ilex register -t/-T` or mri_synthmorph")
     p.add_argument("pairs", nargs="+", metavar="IMAGE OUT", help="input image and output path, repeated")
     p.add_argument("-m", "--method", choices=["linear", "nearest"], default="linear", help="interpolation; nearest for label maps (default linear)")
     p.add_argument("-t", "--type", dest="dtype", choices=["uint8", "uint16", "int16", "int32", "float32"], default="float32",
                    help="output data type (default float32)")
     p.add_argument("-f", "--fill", type=float, default=0.0, help="value outside the image (default 0)")
+    p.add_argument("-H", "--header-only", action="store_true",
+                   help="matrices only: keep the voxels and update the voxel-to-RAS matrix instead of resampling")
+    p.add_argument("--reference", metavar="IMAGE", help="image whose grid the outputs take (needed for ITK text "
+                   "transforms; for an LTA it replaces the LTA's dst geometry)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -45,15 +51,54 @@ def run(args: argparse.Namespace) -> int:
     from .._atomic import _check_parent, output_batch
     from ..image.io import load_image, save_image
     from ..image.warp_io import load_warp
-    from ..registration.apply import apply_warp
+    from ..registration.apply import apply_affine, apply_warp
 
     for _, out in pairs:
         _check_parent(out)
-    warp = load_warp(args.warp)
+    from ..image.matrix_io import matrix_format
+
+    is_matrix = matrix_format(args.warp) is not None
+    if args.header_only and not is_matrix:
+        raise OptionError(f"-H: {args.warp} is a warp; header-only output needs a matrix (.lta or .txt)")
+    if is_matrix:
+        transform = _load_matrix(args.warp, args.reference, args.header_only)
+    else:
+        warp = load_warp(args.warp)
+        if args.reference:
+            raise OptionError(f"--reference: a warp already fixes its target grid ({args.warp})")
     images = [load_image(i, check_values=False) for i, _ in pairs]  # all readable before anything is written
     with output_batch():  # all outputs land together, or none
         for image, (_, out) in zip(images, pairs):
-            save_image(out, apply_warp(warp, image, args.method, args.fill, args.dtype), warp.affine)
+            if not is_matrix:
+                save_image(out, apply_warp(warp, image, args.method, args.fill, args.dtype), warp.affine)
+            elif args.header_only:
+                save_image(out, image.data, transform[0] @ image.affine)
+            else:
+                ras, target_affine, target_shape = transform
+                data = apply_affine(ras, image, target_affine, target_shape, args.method, args.fill, args.dtype)
+                save_image(out, data, target_affine)
     if not args.quiet:
         print("wrote " + ", ".join(out for _, out in pairs))
     return 0
+
+
+def _load_matrix(path: str, reference: str | None, header_only: bool):
+    """(moving -> fixed RAS matrix, target vox2ras, target shape) of a matrix file for `ilex apply`."""
+    import numpy as np
+
+    from ..errors import FileProblem
+    from ..image.io import load_image
+    from ..image.matrix_io import lta_geometry, matrix_format
+    from ..registration.affine_init import read_initial_affine
+
+    eye = np.eye(4)
+    ras = read_initial_affine(path, eye, eye)  # identity grids: the file's own RAS matrix
+    if header_only:
+        return ras, None, None
+    if reference:
+        target = load_image(reference, what="reference image", check_values=False)
+        return ras, target.affine, target.shape
+    geometry = lta_geometry(path, "dst") if matrix_format(path) == "lta" else None
+    if geometry is None:
+        raise FileProblem(path, "records no target grid; name the image to resample onto with --reference")
+    return ras, geometry[0], geometry[1]

@@ -21,7 +21,7 @@ from ..bundle.safetensors_stream import SafetensorsWriter
 from ..errors import OptionError, WeightsFileError
 from ..models.synthmorph_deform.model import SynthMorphDeform
 from ..models.synthmorph_deform.unet import SynthMorphUNet
-from .keras_h5 import KerasWeight, infer_synthmorph_kwargs, open_keras_weights, read_array
+from .keras_h5 import KerasWeight, infer_architecture, open_keras_weights, read_array
 from .releases import file_sha256, verify_release
 
 _BLOCK_BYTES = 64 << 20  # per read; bounds the converter's working memory
@@ -50,15 +50,17 @@ def convert(
         pass
     source_sha256 = verify_release(path, expected_sha256) or file_sha256(path)
     with open_keras_weights(path) as weights:
-        kwargs = infer_synthmorph_kwargs(path, [w.shape for w in weights])
+        cls, kwargs = infer_architecture(path, [w.shape for w in weights])
         origin = f"converted from {os.path.basename(path)}"
+        if cls is not SynthMorphDeform and hyper is not None:
+            raise OptionError(f"--hyper: {os.path.basename(path)} holds the affine/rigid network, which has no λ")
         show = sys.stderr.isatty() if progress is None else progress
         total = sum(4 * math.prod(w.shape) for w in weights)
         with atomic_directory(out_dir, overwrite=overwrite) as tmp, tqdm(
             total=total, unit="B", unit_scale=True, desc="convert", disable=not show, file=sys.stderr
         ) as bar:
             if hyper is None:
-                model = template(SynthMorphDeform, kwargs)
+                model = template(cls, kwargs)
                 _stream_copy(path, weights, os.path.join(tmp, WEIGHTS_NAME), parameter_names(model), bar)
             else:
                 model = _stream_fixed(path, weights, kwargs, float(hyper), os.path.join(tmp, WEIGHTS_NAME), bar)

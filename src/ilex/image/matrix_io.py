@@ -88,3 +88,33 @@ def save_matrix(path: str | os.PathLike, ras_matrix: np.ndarray, moving, fixed, 
         raise ValueError(f"unknown matrix format {fmt!r}; expected 'lta' or 'itk'")
     with atomic_file(path, suffix=".lta" if fmt == "lta" else ".txt") as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def lta_geometry(path: str | os.PathLike, which: str = "dst") -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """The voxel-to-RAS matrix and shape an LTA records for its `which` ("src" or "dst") image,
+    or None when the block is missing or marked invalid. Raises `FileProblem` when it is damaged."""
+    from ..errors import FileProblem
+    from .geometry import fs_affine
+
+    path = os.fspath(path)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = [ln.strip() for ln in f]
+    try:
+        start = lines.index(f"{which} volume info")
+    except ValueError:
+        return None
+    fields = {}
+    for line in lines[start + 1 : start + 9]:
+        key, _, value = line.partition("=")
+        fields[key.strip()] = value.split("#")[0].split()
+    if fields.get("valid", ["0"])[0] != "1":
+        return None
+    try:
+        shape = tuple(int(v) for v in fields["volume"])
+        voxsize, centre = (np.array(fields[k], float) for k in ("voxelsize", "cras"))
+        rotation = np.array([fields[k] for k in ("xras", "yras", "zras")], float).T
+        if len(shape) != 3 or voxsize.shape != (3,) or centre.shape != (3,) or rotation.shape != (3, 3):
+            raise ValueError("wrong number of values")
+    except (KeyError, ValueError) as e:
+        raise FileProblem(path, f"the {which} volume info is damaged ({e})") from None
+    return fs_affine(voxsize, rotation, centre, shape), shape

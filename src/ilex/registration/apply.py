@@ -42,3 +42,13 @@ def apply_warp(warp: Warp, image: Image, method: str = "linear", fill: float = 0
         info = np.iinfo(dtype)
         out = np.clip(np.rint(out), info.min, info.max)
     return out.astype(dtype)
+
+
+def apply_affine(ras_moving_to_fixed: np.ndarray, image: Image, target_affine: np.ndarray, target_shape,
+                 method: str = "linear", fill: float = 0.0, dtype: str = "float32") -> np.ndarray:
+    """`image` resampled onto a target grid through a world matrix (moving RAS -> fixed RAS, as an LTA
+    stores it): target voxel p takes the value at world `inv(M) A p`."""
+    grid = voxel_grid(tuple(int(n) for n in target_shape))
+    world = apply_matrix(np.asarray(target_affine, np.float32), grid)
+    disp = apply_matrix(np.linalg.inv(ras_moving_to_fixed).astype(np.float32), world) - world
+    return apply_warp(Warp(np.asarray(disp), np.asarray(target_affine)), image, method, fill, dtype)
