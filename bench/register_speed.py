@@ -14,6 +14,10 @@ Effective GFLOP/s counts convolution FLOPs as SPEC §6 does: voxels x 27 x cin x
 convolution, two passes. Prints a table and writes JSON (machine, versions, every figure).
 
     python bench/register_speed.py --extents 96 128 160 192 256 --json bench/results/cpu.json
+    python bench/register_speed.py --extents 256 --what affine register --model joint --json bench/results/cpu_joint.json
+
+`--what affine` times the affine detector (FreeSurfer's widths) alone, compiled; `--model joint`
+makes `register` run joint (detector, mid-space, deformable) instead of deform.
 """
 
 from __future__ import annotations
@@ -63,11 +67,55 @@ def _model(gpu: bool):
     return SynthMorphUNet(**FULL, hyper=0.5, key=jax.random.key(0))
 
 
+def _affine_model():
+    """FreeSurfer's detector widths (synthmorph.affine.2.h5: 4 x 256 encoder, 4 x 256 added, 64 features),
+    random weights; the feature head's bias is raised so that no feature map is empty (a fit needs them)."""
+    import equinox as eqx
+    import jax
+
+    from ilex.models.synthmorph_affine import SynthMorphAffine
+
+    model = SynthMorphAffine(key=jax.random.key(2))
+    return eqx.tree_at(lambda m: m.convs[-1].bias, model, model.convs[-1].bias + 0.1)
+
+
+def _network_fields(unet, mov, fix, steps: int, algorithm: str, batched: bool):
+    """What the TensorFlow figures time: both passes, then scaling and squaring of ±v to full resolution."""
+    from ilex.models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
+    from ilex.transforms.compose import upsample_half_field
+    from ilex.transforms.integrate import scaling_and_squaring
+
+    v = symmetric_velocity(unet, half_resolution(mov[..., None]), half_resolution(fix[..., None]),
+                           algorithm=algorithm, batched=batched)
+    return upsample_half_field(scaling_and_squaring(v, steps)), upsample_half_field(scaling_and_squaring(-v, steps))
+
+
+def child_affine(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
+    """The affine detector alone: features of both half-resolution images and the fit."""
+    import jax
+    import jax.numpy as jnp
+
+    from ilex.models.synthmorph_deform.velocity import half_resolution
+
+    t0 = time.perf_counter()
+    model = _affine_model()
+    jax.block_until_ready(model)
+    build = time.perf_counter() - t0
+    keys = jax.random.split(jax.random.key(1), 2)
+    mov, fix = (half_resolution(jax.random.uniform(k, (extent,) * 3 + (1,), jnp.float32)) for k in keys)
+    t0 = time.perf_counter()
+    model.fit(mov, fix, extent)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.fit(fix, mov, extent)
+    return {"build_s": build, "affine_first_s": first, "affine_s": time.perf_counter() - t0}
+
+
 def child_network(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from ilex.registration.pipeline import _network_fields
+    _network = jax.jit(_network_fields, static_argnames=("steps", "algorithm", "batched"))
 
     t0 = time.perf_counter()
     unet = _model(gpu)
@@ -76,7 +124,7 @@ def child_network(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict
     keys = jax.random.split(jax.random.key(1), 2)
     mov, fix = (jax.random.uniform(k, (extent,) * 3, jnp.float32) for k in keys)
     t0 = time.perf_counter()
-    compiled = _network_fields.lower(unet, mov, fix, steps=7, algorithm=algorithm, batched=batched).compile()
+    compiled = _network.lower(unet, mov, fix, steps=7, algorithm=algorithm, batched=batched).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(unet, mov, fix))
@@ -138,15 +186,16 @@ def _pair(extent: int):
     return Image(heads[0].astype("f4"), affine), Image(heads[1].astype("f4"), affine), "synthetic 192^3 heads"
 
 
-def child_register(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
+def child_register(extent: int, gpu: bool, algorithm: str, batched: bool, model: str = "deform") -> dict:
     from ilex.progress import Stages
     from ilex.registration.pipeline import register
 
     stages = Stages()
     with stages("load", "images and weights"):
         moving, fixed, pair = _pair(extent)
-        unet = _model(gpu)
-    result = register(moving, fixed, unet, extent=extent, stages=stages, algorithm=algorithm)
+        nets = {"deform": lambda: _model(gpu), "affine": _affine_model,
+                "joint": lambda: (_affine_model(), _model(gpu))}[model]()
+    result = register(moving, fixed, nets, method=model, extent=extent, stages=stages, algorithm=algorithm)
     with stages("moved", "moving image on the fixed grid"):
         result.moved()
     out = {f"{k}_s": v for k, v in stages.times.items()}
@@ -177,23 +226,25 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extents", type=int, nargs="+", default=[96, 128, 160, 192, 256])
-    parser.add_argument("--what", nargs="+", choices=["network", "register", "accuracy"], default=["network", "register"],
+    parser.add_argument("--what", nargs="+", choices=["network", "register", "accuracy", "affine"], default=["network", "register"],
                         help="accuracy: error against the direct float32 convolution (slow: runs both)")
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
     parser.add_argument("--algorithm", choices=["direct", "winograd", "winograd4"], help="convolution (default: ilex's choice for the device)")
     parser.add_argument("--batched", action="store_true", help="run the two passes as one batch (default: one after the other)")
+    parser.add_argument("--model", choices=["deform", "joint", "affine"], default="deform",
+                        help="what `register` runs (default deform; joint adds the affine detector and the mid-space)")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "EXTENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.gpu:
         os.environ["JAX_PLATFORMS"] = "cpu"
     if args.child:
-        from ilex.registration.pipeline import default_algorithm
+        from ilex.registration.methods.synthmorph import default_algorithm
 
         what, extent = args.child[0], int(args.child[1])
         algorithm = args.algorithm or default_algorithm()
-        child = {"network": child_network, "register": child_register, "accuracy": child_accuracy}[what]
-        result = child(extent, args.gpu, algorithm, args.batched)
+        child = {"network": child_network, "register": child_register, "accuracy": child_accuracy, "affine": child_affine}[what]
+        result = child(extent, args.gpu, algorithm, args.batched, **({"model": args.model} if what == "register" else {}))
         result["algorithm"], result["batched"] = algorithm, args.batched
         result["peak_rss_gb"] = _peak_rss_gb()
         result["peak_device_gb"] = _device_peak_gb() if args.gpu else None
@@ -205,6 +256,7 @@ def main() -> int:
         for what in args.what:
             cmd = [sys.executable, __file__, "--child", what, str(extent)] + (["--gpu"] if args.gpu else [])
             cmd += (["--algorithm", args.algorithm] if args.algorithm else []) + (["--batched"] if args.batched else [])
+            cmd += ["--model", args.model]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
                 row[what] = {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
@@ -213,11 +265,12 @@ def main() -> int:
             print(f"  extent {extent} {what}: {row[what]}", file=sys.stderr, flush=True)
         rows.append(row)
     report = {"machine": machine(), "model": "full width (all 256), random weights, fixed λ=0.5 U-Net",
+              "register_model": args.model,
               "algorithm": args.algorithm or "default", "batched": args.batched, "results": rows}
     print(f"{'extent':>6} {'TFLOP':>6} {'compile s':>9} {'network s':>9} {'GFLOP/s':>8} {'net RSS GB':>10} "
-          f"{'register s':>10} {'reg RSS GB':>10} {'TF s':>6} {'TF GB':>6}")
+          f"{'register s':>10} {'reg RSS GB':>10} {'affine s':>8} {'TF s':>6} {'TF GB':>6}")
     for row in rows:
-        net, reg = row.get("network", {}), row.get("register", {})
+        net, reg, aff = row.get("network", {}), row.get("register", {}), row.get("affine", {})
         tf = TF_REFERENCE.get(row["extent"], (float("nan"),) * 2)
 
         def f(d, k, fmt="{:.1f}"):
@@ -225,7 +278,7 @@ def main() -> int:
 
         print(f"{row['extent']:>6} {row['tflop']:>6.1f} {f(net, 'compile_s'):>9} {f(net, 'network_s'):>9} "
               f"{f(net, 'gflops_per_s', '{:.0f}'):>8} {f(net, 'peak_rss_gb'):>10} {f(reg, 'total_s'):>10} "
-              f"{f(reg, 'peak_rss_gb'):>10} {tf[0]:>6.1f} {tf[1]:>6.1f}")
+              f"{f(reg, 'peak_rss_gb'):>10} {f(aff, 'affine_s'):>8} {tf[0]:>6.1f} {tf[1]:>6.1f}")
     print(f"machine: {report['machine']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

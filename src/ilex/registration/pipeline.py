@@ -31,6 +31,7 @@ from ..transforms.integrate import scaling_and_squaring, voxel_grid
 from ..transforms.interpolate import sample_image
 from .methods import as_method
 from .methods.base import Method, NetworkTransform
+from .methods.synthmorph import default_algorithm as default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
 
