@@ -75,7 +75,7 @@ def test_seed_config_loads_with_foreign_tensor_names(tmp_path):
     bundle = tmp_path / "seed"
     bundle.mkdir()
     shutil.copy(fixture_path("seed_config.json"), bundle / "config.json")
-    cls, kwargs = ilex.SynthMorphDeform, json.load(open(bundle / "config.json"))["_ilex"]["constructor_kwargs"]
+    cls, kwargs = ilex.SynthMorphDeform, json.loads((bundle / "config.json").read_text())["_ilex"]["constructor_kwargs"]
     expected = parameter_names(template(cls, kwargs))
     # A publisher's own naming: "hypernet.dense{i}.w/b", "unet.layer{k}.{a,b,c,d}" (k natural order).
     foreign = []

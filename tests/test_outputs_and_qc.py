@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -62,7 +63,7 @@ def test_atomic_file_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "result.nii.gz"
     target.write_bytes(b"good")
     with pytest.raises(RuntimeError), atomic_file(target) as tmp:
-        open(tmp, "wb").write(b"half")
+        pathlib.Path(tmp).write_bytes(b"half")
         raise RuntimeError("killed while writing")
     assert target.read_bytes() == b"good" and os.listdir(tmp_path) == ["result.nii.gz"]
 
@@ -72,14 +73,14 @@ def test_output_batch_is_all_or_nothing(tmp_path):
     a.write_bytes(b"old a")
     with pytest.raises(OSError), output_batch():
         with atomic_file(a) as tmp:
-            open(tmp, "wb").write(b"new a")
+            pathlib.Path(tmp).write_bytes(b"new a")
         assert a.read_bytes() == b"old a"  # not yet: the batch has not finished
         raise OSError("disk full while writing b")
     assert a.read_bytes() == b"old a" and sorted(os.listdir(tmp_path)) == ["a.txt"]
     with output_batch():
         for path in (a, b):
             with atomic_file(path) as tmp:
-                open(tmp, "wb").write(b"new")
+                pathlib.Path(tmp).write_bytes(b"new")
     assert a.read_bytes() == b.read_bytes() == b"new"
 
 

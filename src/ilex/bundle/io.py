@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 
 import equinox as eqx
 import jax
@@ -48,10 +49,9 @@ def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwri
     names = parameter_names(model)
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        writer = SafetensorsWriter(os.path.join(tmp, WEIGHTS_NAME), names)
-        for leaf in leaves:
-            writer.write(np.asarray(leaf, np.float32))
-        writer.close()
+        with SafetensorsWriter(os.path.join(tmp, WEIGHTS_NAME), names) as writer:
+            for leaf in leaves:
+                writer.write(np.asarray(leaf, np.float32))
         write_config(config, tmp)
 
 
@@ -105,7 +105,7 @@ def _looks_like_hdf5(path: str) -> bool:
 
 def load_bundle_dir(directory: str, *, verify: bool = True):
     """Load the bundle in `directory`; tensors are paired by name, else by structure."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     cls, kwargs, config = read_config(os.path.join(directory, CONFIG_NAME))
     config_path = os.path.join(directory, CONFIG_NAME)
@@ -120,7 +120,7 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
     try:
         with safe_open(weights, framework="numpy") as f:
             found = {}
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a dict; it has keys(), no __iter__
                 sl = f.get_slice(name)
                 if sl.get_dtype() not in ("F32", "F16", "BF16", "F64"):
                     raise BundleError(weights, f"tensor '{name}' has dtype {sl.get_dtype()}, expected floating point")
@@ -142,7 +142,9 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
                 arrays.append(jnp.asarray(array))
     except BundleError:
         raise
-    except Exception as e:  # safetensors raises its own error types for malformed headers
+    # A damaged header or data section surfaces as safetensors' own error, or as what reading it
+    # raises (a short read, a header that is not JSON, an absurd length).
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, OverflowError, MemoryError, struct.error) as e:
         raise BundleError(weights, f"not a readable safetensors file ({e.__class__.__name__}: {e})") from None
     return fill_parameters(skeleton, arrays)
 

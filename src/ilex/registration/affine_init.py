@@ -93,7 +93,7 @@ def _itk_mat(path: str) -> np.ndarray:
     except ImportError:  # pragma: no cover - scipy is optional
         raise ValueError("reading binary ANTs .mat files needs scipy; or convert it to text with ConvertTransformFile") from None
     data = loadmat(path)
-    key = next((k for k in data if k.startswith("AffineTransform") or k.startswith("MatrixOffset")), None)
+    key = next((k for k in data if k.startswith(("AffineTransform", "MatrixOffset"))), None)
     if key is None:
         raise ValueError("no affine transform in this .mat file")
     return _itk_matrix(list(np.ravel(data[key])), list(np.ravel(data.get("fixed", np.zeros(3)))))

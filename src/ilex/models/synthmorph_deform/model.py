@@ -125,17 +125,17 @@ class SynthMorphDeform(eqx.Module):
 
     @property
     def constructor_kwargs(self) -> dict:
-        return dict(
-            enc_nf=list(self.enc_nf),
-            dec_nf=list(self.dec_nf),
-            add_nf=list(self.add_nf),
-            flow_nf=self.flow_nf,
-            nb_hyp_layers=len(self.hyper_layers),
-            nb_hyp_params=self.nb_hyp_params,
-            nb_hyp_units=int(self.hyper_layers[-1].kernel.shape[1]),
-            src_feats=self.src_feats,
-            trg_feats=self.trg_feats,
-        )
+        return {
+            "enc_nf": list(self.enc_nf),
+            "dec_nf": list(self.dec_nf),
+            "add_nf": list(self.add_nf),
+            "flow_nf": self.flow_nf,
+            "nb_hyp_layers": len(self.hyper_layers),
+            "nb_hyp_params": self.nb_hyp_params,
+            "nb_hyp_units": int(self.hyper_layers[-1].kernel.shape[1]),
+            "src_feats": self.src_feats,
+            "trg_feats": self.trg_feats,
+        }
 
     def embed(self, hyper: Float[Array, ""] | float) -> Float[Array, " units"]:
         """The hypernetwork embedding h of λ (used raw, no normalisation)."""

@@ -226,15 +226,15 @@ class SynthMorphUNet(eqx.Module):
 
     @property
     def constructor_kwargs(self) -> dict:
-        return dict(
-            enc_nf=list(self.enc_nf),
-            dec_nf=list(self.dec_nf),
-            add_nf=list(self.add_nf),
-            flow_nf=self.flow_nf,
-            src_feats=self.src_feats,
-            trg_feats=self.trg_feats,
-            hyper=self.hyper,
-        )
+        return {
+            "enc_nf": list(self.enc_nf),
+            "dec_nf": list(self.dec_nf),
+            "add_nf": list(self.add_nf),
+            "flow_nf": self.flow_nf,
+            "src_feats": self.src_feats,
+            "trg_feats": self.trg_feats,
+            "hyper": self.hyper,
+        }
 
     def __call__(self, source: Array, target: Array, *, algorithm: str = "direct") -> Array:
         """Raw velocity for (source, target); `algorithm` as in `unet_forward`."""
