@@ -6,6 +6,8 @@ import shutil
 import socket
 import struct
 
+import equinox as eqx
+import jax
 import numpy as np
 import pytest
 from conftest import fixture_path
@@ -159,6 +161,32 @@ def test_damaged_safetensors_is_detected(e32, tmp_path):
     path.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(BundleError, match="model.safetensors"):
         ilex.load(tmp_path / "b")
+
+
+def test_digest_is_computed_only_when_one_is_recorded(e32, tmp_path, monkeypatch):
+    """Hashing reads the whole weights file (3.5 GB for FreeSurfer's), so without a recorded
+    digest there is nothing to compare with and the file must not be hashed."""
+    from safetensors.numpy import save_file
+
+    import ilex.bundle.io as bundle_io
+
+    calls = []
+    real = bundle_io.data_checksum
+    monkeypatch.setattr(bundle_io, "data_checksum", lambda path: calls.append(path) or real(path))
+    ilex.save(e32[0], tmp_path / "with")
+    ilex.load(tmp_path / "with")
+    assert len(calls) == 1  # digests recorded: checked
+    # The same weights written by another tool, with no digest in the header or in config.json.
+    plain = tmp_path / "without"
+    plain.mkdir()
+    config = json.loads((tmp_path / "with" / "config.json").read_text())
+    del config["_ilex"]["weights_sha256"]
+    (plain / "config.json").write_text(json.dumps(config))
+    names = [n for n, _ in parameter_names(e32[0])]
+    leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(e32[0], eqx.is_array))]
+    save_file(dict(zip(names, leaves, strict=True)), str(plain / "model.safetensors"))
+    np.testing.assert_array_equal(_out(ilex.load(plain), e32[1]), _out(e32[0], e32[1]))
+    assert len(calls) == 1, "a file without a recorded digest was hashed"
 
 
 def test_bad_config_json(e32, tmp_path):

@@ -129,11 +129,11 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
                 mapping = match_tensors(expected, found)
             except ValueError as e:
                 raise BundleError(weights, f"does not fit {cls.__name__} of config.json: {e}") from None
-            if verify:
-                in_header, actual = data_checksum(weights)
-                in_config = config["_ilex"].get("weights_sha256")
-                if any(digest not in (None, actual) for digest in (in_header, in_config)):
-                    raise BundleError(weights, "data checksum mismatch: the file is damaged; download or convert it again")
+            # Hashing reads the whole file (3.5 GB for the hypernetwork), so it is done only when
+            # there is a recorded digest to compare with.
+            recorded = {d for d in (recorded_checksum(weights), config["_ilex"].get("weights_sha256")) if d is not None}
+            if verify and recorded and recorded != {data_checksum(weights)[1]}:
+                raise BundleError(weights, "data checksum mismatch: the file is damaged; download or convert it again")
             arrays = []
             for name, _ in expected:
                 array = np.asarray(f.get_tensor(mapping[name]), dtype=np.float32)

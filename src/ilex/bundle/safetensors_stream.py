@@ -94,7 +94,10 @@ def recorded_checksum(path: str | os.PathLike) -> str | None:
     """The data SHA-256 recorded in a safetensors header by `SafetensorsWriter` (None if absent)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n)).get("__metadata__", {}).get(CHECKSUM_KEY)
+        header = json.loads(f.read(n))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    digest = meta.get(CHECKSUM_KEY) if isinstance(meta, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def data_checksum(path: str | os.PathLike, block: int = 1 << 24) -> tuple[str | None, str]:
