@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import stat
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from conftest import fixture_path
 from data import data_path
 from PIL import Image as PILImage
 
-from ilex._atomic import atomic_file, output_batch
+from ilex._atomic import atomic_directory, atomic_file, output_batch
 from ilex.cli.main import main
 from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
 
@@ -66,6 +67,64 @@ def test_atomic_file_keeps_the_old_file_on_failure(tmp_path):
         pathlib.Path(tmp).write_bytes(b"half")
         raise RuntimeError("killed while writing")
     assert target.read_bytes() == b"good" and os.listdir(tmp_path) == ["result.nii.gz"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and restore it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o022, 0o002])
+def test_outputs_respect_the_umask(tmp_path, umask, mask):
+    # On a shared cluster with umask 077 an image must not become world-readable.
+    umask(mask)
+    target = tmp_path / "image.nii.gz"
+    with atomic_file(target) as tmp:
+        pathlib.Path(tmp).write_bytes(b"new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    with atomic_directory(tmp_path / "bundle") as tmp:
+        pathlib.Path(tmp, "config.json").write_text("{}")
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o777 & ~mask
+
+
+def test_replaced_output_keeps_its_permissions(tmp_path, umask):
+    # As open() does: overwriting an existing file keeps its mode.
+    umask(0o022)
+    target = tmp_path / "image.nii.gz"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    with atomic_file(target) as tmp:
+        pathlib.Path(tmp).write_bytes(b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3, 4])
+def test_output_batch_rename_failure_restores_earlier_files(tmp_path, monkeypatch, failing):
+    """The k-th final rename fails: every target is as it was, and no temporary is left."""
+    paths = [tmp_path / name for name in ("a.nii.gz", "b.nii.gz", "new.nii.gz", "c.nii.gz")]
+    for path in paths:
+        if path.name != "new.nii.gz":
+            path.write_bytes(b"old " + path.name.encode())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, renames = os.replace, []
+
+    def replace(src, dst):
+        if os.path.basename(os.fspath(src)).startswith(".ilex-") and not os.path.basename(os.fspath(src)).startswith(".ilex-old-"):
+            renames.append(dst)
+            if len(renames) == failing:
+                raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"), output_batch():
+        for path in paths:
+            with atomic_file(path) as tmp:
+                pathlib.Path(tmp).write_bytes(b"new")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_output_batch_is_all_or_nothing(tmp_path):
