@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
+from ..._sequencing import after
+
 
 def padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
     """Planes [start, start + count) along x of `part` as a 'same' 3x3x3 convolution sees it: at
@@ -43,11 +45,11 @@ def fill_slabs(
     """The array of `shape` (n, x, y, z, c) whose planes [i * planes, (i + 1) * planes) along x
     are `one_slab(i, block)`, built one slab after the other.
 
-    Without `reuse`, the output is a new buffer, and `block` is `None`. Its initial value is
-    derived from `like`, the layer's input (one element times 0), rather than from a constant:
-    with a constant, XLA shares one zero buffer between all layers and allocates every layer's
-    output up front, so all of them would be alive at once; tied to the input, each output
-    exists only from its layer on.
+    Without `reuse`, the output is a new buffer, and `block` is `None`. Its initial value is a
+    zero that exists only once `like`, the layer's input, does (`_sequencing.after`), rather than
+    a plain constant: with a constant, XLA shares one zero buffer between all layers and
+    allocates every layer's output up front, so all of them would be alive at once; ordered
+    after the input, each output exists only from its layer on.
 
     With `reuse`, an input of the output's shape that dies with this layer, the output is
     written over it, so that the layer needs no second full-size buffer. `block` is then that
@@ -61,7 +63,7 @@ def fill_slabs(
         return lax.dynamic_update_slice_in_dim(out, slab, i * planes, axis=1)
 
     if reuse is None:
-        init = jnp.broadcast_to(like[(0,) * like.ndim] * 0.0, shape)
+        init = jnp.broadcast_to(after(jnp.zeros((), like.dtype), like), shape)
         return lax.fori_loop(0, count, lambda i, out: put(out, one_slab(i, None), i), init)
     if reuse.shape != tuple(shape):
         raise ValueError(f"cannot write a {tuple(shape)} output over an array of shape {reuse.shape}")
