@@ -47,7 +47,10 @@ def test_fixed_lambda_bundle_round_trip(e32, tmp_path):
     ilex.save(unet, tmp_path / "u")
     loaded = ilex.load(tmp_path / "u")
     assert isinstance(loaded, ilex.SynthMorphUNet) and loaded.hyper == unet.hyper
-    np.testing.assert_array_equal(_out(loaded, ref), _out(model, ref))
+    # The round trip is exact; the fixed U-Net against the hypernetwork differs by float32
+    # rounding only (bit-identical with jax 0.10.2, 3.5e-7 relative with jax 0.8.1's XLA).
+    np.testing.assert_array_equal(_out(loaded, ref), _out(unet, ref))
+    np.testing.assert_allclose(_out(loaded, ref), _out(model, ref), rtol=2e-6, atol=0)
 
 
 def test_save_refuses_non_empty_directory(e32, tmp_path):
