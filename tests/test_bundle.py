@@ -13,8 +13,8 @@ import pytest
 from conftest import fixture_path
 
 import ilex
-from ilex.bundle.io import parameter_names, template
 from ilex.errors import BundleError, FileProblem
+from ilex.models.params import parameter_names, template
 
 E32 = fixture_path("net_e32_uniform.h5")
 

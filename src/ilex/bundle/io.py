@@ -14,6 +14,7 @@ import numpy as np
 
 from .._atomic import atomic_directory
 from ..errors import BundleError, FileProblem
+from ..models.params import fill_parameters, parameter_names, template
 from .config import make_config, read_config
 from .matching import match_tensors
 from .safetensors_stream import SafetensorsWriter, data_checksum, recorded_checksum
@@ -22,25 +23,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 DEFAULT_REPO_ID = "ilex-hub/synthmorph.deform.3"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _is_tensor(x) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
-
-
-def parameter_names(model) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every array leaf, in pytree order, named by attribute path (`convs.3.bias`)."""
-    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, _is_tensor))[0]
-    out = []
-    for path, leaf in leaves:
-        parts = [str(getattr(k, "name", getattr(k, "idx", getattr(k, "key", k)))) for k in path]
-        out.append((".".join(parts), tuple(leaf.shape)))
-    return out
-
-
-def template(cls: type, kwargs: dict):
-    """The model's structure (shapes only, nothing allocated)."""
-    return eqx.filter_eval_shape(cls, **kwargs, key=jax.random.key(0))
 
 
 def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwrite: bool = False, extra_config: dict | None = None) -> None:
@@ -147,10 +129,3 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, OverflowError, MemoryError, struct.error) as e:
         raise BundleError(weights, f"not a readable safetensors file ({e.__class__.__name__}: {e})") from None
     return fill_parameters(skeleton, arrays)
-
-
-def fill_parameters(skeleton, arrays: list):
-    """`skeleton` (a model or its eval_shape) with its array leaves replaced, in order, by `arrays`."""
-    params, static = eqx.partition(skeleton, _is_tensor)
-    treedef = jax.tree_util.tree_structure(params)
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, arrays), static)

@@ -161,7 +161,7 @@ def load_keras_h5(path: str | os.PathLike, expected_sha256: str | None = None, *
     """
     import jax.numpy as jnp
 
-    from ..bundle.io import fill_parameters, template
+    from ..models.params import fill_parameters, template
     from ..models.synthmorph_deform.model import SynthMorphDeform
     from .releases import verify_release
 

@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from .._atomic import atomic_directory
 from ..bundle.config import make_config
-from ..bundle.io import WEIGHTS_NAME, parameter_names, template, write_config
+from ..bundle.io import WEIGHTS_NAME, write_config
 from ..bundle.safetensors_stream import SafetensorsWriter
 from ..errors import OptionError, WeightsFileError
+from ..models.params import parameter_names, template
 from ..models.synthmorph_deform.model import SynthMorphDeform
 from ..models.synthmorph_deform.unet import SynthMorphUNet
 from .keras_h5 import KerasWeight, infer_synthmorph_kwargs, open_keras_weights, read_array

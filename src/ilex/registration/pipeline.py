@@ -19,7 +19,8 @@ from ..image.io import Image, load_image
 from ..models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
 from ..progress import Stages
 from ..transforms.compose import apply_matrix, compose_native, upsample_half_field
-from ..transforms.integrate import scaling_and_squaring, voxel_grid
+from ..transforms.grid import voxel_grid
+from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap

@@ -7,7 +7,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._sequencing import after
-from .integrate import voxel_grid
+from .grid import voxel_grid
 from .interpolate import interpolate_clamped
 
 
