@@ -120,7 +120,7 @@ class SynthMorphDeform(eqx.Module):
         )
         self.convs = tuple(
             HyperConv3d(nb_hyp_units, cin, cout, key=k)
-            for k, (cin, cout) in zip(keys[nb_hyp_layers:], pairs)
+            for k, (cin, cout) in zip(keys[nb_hyp_layers:], pairs, strict=True)
         )
 
     @property
@@ -164,7 +164,7 @@ class SynthMorphDeform(eqx.Module):
 
         def one(lam: Array, pair: Array) -> Array:
             kernels, biases = self.generate(lam)
-            return unet_forward(list(zip(kernels, biases)), n_levels, pair[None])[0]
+            return unet_forward(list(zip(kernels, biases, strict=True)), n_levels, pair[None])[0]
 
         if x.ndim == 4:
             return one(jnp.asarray(hyper, jnp.float32), x)

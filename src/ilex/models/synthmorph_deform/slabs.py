@@ -57,6 +57,11 @@ def fill_slabs(
     that slab i's 3x3x3 window reaches back to is kept aside before slab i - 1 is overwritten.
     The result is the same either way; where `reuse` is still needed elsewhere, XLA copies it.
     """
+    if planes < 1 or shape[1] % planes:
+        raise ValueError(
+            f"planes={planes} must be a positive divisor of the output's x size {shape[1]} (shape {tuple(shape)}); "
+            "otherwise the last planes would be left unwritten"
+        )
     count = shape[1] // planes
 
     def put(out: Array, slab: Array, i: Array) -> Array:
