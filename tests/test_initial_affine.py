@@ -40,6 +40,7 @@ def images():
     return colin, Image(colin.data, moved_header, "shifted"), load_image(data_path("mni2009a_t1.nii.gz"))
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("kind", ["lta", "itk"])
 def test_initial_affine_undoes_a_shift(images, tmp_path, kind):
     colin, shifted, mni = images
@@ -56,6 +57,7 @@ def test_initial_affine_undoes_a_shift(images, tmp_path, kind):
     assert np.abs(without.inputs[0] - plain.inputs[0]).max() > 0.1
 
 
+@pytest.mark.realdata
 def test_bad_initial_affine(images, tmp_path):
     colin, _, mni = images
     bad = tmp_path / "bad.lta"

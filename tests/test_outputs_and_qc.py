@@ -162,6 +162,7 @@ def _files(directory):
     return sorted(os.path.relpath(os.path.join(r, f), directory) for r, _, fs in os.walk(directory) for f in fs)
 
 
+@pytest.mark.realdata
 def test_reruns_are_bit_identical(two_runs):
     first, second = two_runs
     names = _files(first)
@@ -172,6 +173,7 @@ def test_reruns_are_bit_identical(two_runs):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
+@pytest.mark.realdata
 def test_itk_warp_rerun_is_bit_identical(tmp_path):
     cmd = [sys.executable, "-m", "ilex", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-w", E32,
            "-e", "32", "--warp-format", "itk", "-q"]
@@ -180,6 +182,7 @@ def test_itk_warp_rerun_is_bit_identical(tmp_path):
     assert (tmp_path / "itk0.nii.gz").read_bytes() == (tmp_path / "itk1.nii.gz").read_bytes()
 
 
+@pytest.mark.realdata
 def test_qc_report_is_consistent(two_runs):
     out = two_runs[0]
     record = json.loads((out / "qc" / "qc.json").read_text())
@@ -197,12 +200,14 @@ def test_qc_report_is_consistent(two_runs):
     assert png.mode == "L" and png.size == (233 + 197 + 197 + 8, 233)
 
 
+@pytest.mark.realdata
 def test_summary_line_reports_folding(tmp_path, capsys):
     assert _register(tmp_path) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "peak memory" in last and "% of voxels (det J ≤ 0)" in last
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("conv", ["direct", "winograd"])
 def test_convolution_algorithms_agree(two_runs, tmp_path, conv):
     # The default (Winograd F(4,3) on CPU) against XLA's direct convolution and F(2,3); the

@@ -19,6 +19,7 @@ import ilex
 from ilex.image.warp_io import load_warp
 from ilex.registration.pipeline import register
 
+pytestmark = pytest.mark.realdata
 
 @pytest.fixture(scope="module")
 def ref():
