@@ -1,4 +1,4 @@
-"""Spatial transforms on voxel grids: interpolation, integration, composition, Jacobians."""
+"""Spatial transforms on voxel grids: the grid itself, interpolation, integration, composition, Jacobians."""
 
 from .compose import affine_displacement as affine_displacement
 from .compose import compose_native as compose_native

@@ -56,6 +56,7 @@ def fill_slabs(
     input's `padded_rows` for slab i as they were before any writing: the one plane of slab i - 1
     that slab i's 3x3x3 window reaches back to is kept aside before slab i - 1 is overwritten.
     The result is the same either way; where `reuse` is still needed elsewhere, XLA copies it.
+    Raises `ValueError` if `planes` does not divide the x size (trailing planes would stay unwritten).
     """
     if planes < 1 or shape[1] % planes:
         raise ValueError(

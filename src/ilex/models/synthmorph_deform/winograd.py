@@ -102,7 +102,8 @@ def winograd_conv3d(
     sizes must be multiples of `m` (output tile side, 2 or 4) and the first one of `m * slab`. Equals
     `activation(conv_general_dilated(concatenate(...), kernel, 'SAME') + bias)` up to float32
     rounding. Bias and activation are applied per slab, so that the only full-size buffer a
-    layer writes is its output.
+    layer writes is its output. Raises `ValueError` (at trace time) for parts on different grids,
+    sizes that the tiles do not divide, or kernel and bias shapes that do not fit the parts.
     """
     if not parts:
         raise ValueError("parts must hold at least one (array, upsample) pair")
