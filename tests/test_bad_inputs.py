@@ -206,6 +206,18 @@ def test_initial_affine_rescues_a_displaced_pair(work, capsys):
     assert min(check_overlap(moving, fixed, undo)) > 0.95
 
 
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("only_fixed.txt", "#Insight Transform File V1.0\nTransform: AffineTransform_double_3_3\nFixedParameters: 0 0 0\n",
+     "'Parameters:'"),
+    ("no_matrix.lta", "type = 1 # LINEAR_RAS_TO_RAS\nnxforms = 1\n", "no '1 4 4' matrix"),
+    ("no_geometry.lta", "type = 0\nnxforms = 1\n1 4 4\n1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "volume info"),
+])
+def test_bad_initial_affine_is_one_line_exit_1(work, capsys, name, text, problem):
+    # These ended in 'internal error' (exit 3) with a traceback-worthy exception before.
+    pathlib.Path(name).write_text(text)
+    _fails(capsys, work, _register() + ["-i", name], name, problem)
+
+
 # --- options ------------------------------------------------------------------------------
 
 
