@@ -20,12 +20,12 @@ import time
 
 import numpy as np
 
-from ilex.bundle.io import parameter_names, template
 from ilex.convert.keras_h5 import write_keras_weights
+from ilex.models.params import parameter_names, template
 from ilex.models.synthmorph_deform.model import SynthMorphDeform
 
-FULL = dict(enc_nf=[256] * 4, dec_nf=[256] * 4, add_nf=[256] * 4, flow_nf=3, nb_hyp_layers=4,
-            nb_hyp_params=1, nb_hyp_units=32, src_feats=1, trg_feats=1)
+FULL = {"enc_nf": [256] * 4, "dec_nf": [256] * 4, "add_nf": [256] * 4, "flow_nf": 3, "nb_hyp_layers": 4,
+        "nb_hyp_params": 1, "nb_hyp_units": 32, "src_feats": 1, "trg_feats": 1}
 
 
 def write_full_width(path: str) -> None:

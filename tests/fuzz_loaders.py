@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import shutil
 import signal
 import sys
@@ -107,7 +108,7 @@ def _outcome(load, reference) -> tuple[str, str]:
         return "clean error", str(e).splitlines()[0] if str(e) else ""
     except _Hang:
         return "hang", f"no answer within {CASE_SECONDS} s"
-    except Exception as e:  # anything but a clean error is a finding
+    except Exception as e:  # noqa: BLE001 - a fuzzer must catch everything: anything but a clean error is a finding
         return "other exception", f"{e.__class__.__name__}: {e}"
     finally:
         signal.alarm(0)
@@ -132,7 +133,7 @@ def run(cases: int, seed: int, verbose: bool = False) -> dict:
         failures = []
         start = time.perf_counter()
         for kind, (path, data_ranges) in targets.items():
-            raw = open(path, "rb").read()
+            raw = pathlib.Path(path).read_bytes()
             meta = _metadata_positions(len(raw), data_ranges)
             for case in range(cases):
                 damaged, how = _damage(raw, rng, meta)
@@ -140,12 +141,12 @@ def run(cases: int, seed: int, verbose: bool = False) -> dict:
                 if kind == "h5":
                     os.makedirs(case_dir)
                     target = os.path.join(case_dir, "weights.h5")
-                    open(target, "wb").write(damaged)
+                    pathlib.Path(target).write_bytes(damaged)
                     loads = {"h5 (unknown file)": lambda t=target: ilex.load(t),
                              "h5 (expected_sha256)": lambda t=target: ilex.load(t, expected_sha256=h5_digest)}
                 else:
                     shutil.copytree(bundle, case_dir)
-                    open(os.path.join(case_dir, kind), "wb").write(damaged)
+                    pathlib.Path(case_dir, kind).write_bytes(damaged)
                     loads = {f"bundle {kind}": lambda d=case_dir: ilex.load(d)}
                 for label, load in loads.items():
                     if verbose:

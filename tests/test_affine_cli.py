@@ -87,7 +87,7 @@ def test_dense_warp_of_a_matrix_and_apply_refusals(tmp_path, capsys):
 @pytest.mark.parametrize("name, rigid", [("affine_e64.h5", False), ("rigid_e64.h5", True)])
 def test_convert_affine_and_rigid(tmp_path, name, rigid):
     subprocess.run([sys.executable, "-m", "ilex", "convert", fixture_path(name), str(tmp_path / "b"), "-q"], check=True)
-    config = json.load(open(tmp_path / "b" / "config.json"))
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["_ilex"]["architecture"] == "ilex.models.synthmorph_affine.model.SynthMorphAffine"
     assert config["_ilex"]["constructor_kwargs"]["rigid"] is rigid
     assert "FreeSurfer Software License" in config["copyright"] and len(config["_ilex"]["source_sha256"]) == 64
@@ -96,7 +96,7 @@ def test_convert_affine_and_rigid(tmp_path, name, rigid):
     for a, b in zip(bundle.convs, h5.convs, strict=True):
         assert np.array_equal(a.kernel, b.kernel) and np.array_equal(a.bias, b.bias)
     proc = subprocess.run([sys.executable, "-m", "ilex", "convert", fixture_path(name), str(tmp_path / "c"), "-r", "0.5"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "has no λ" in proc.stderr and not (tmp_path / "c").exists()
 
 

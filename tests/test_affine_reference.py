@@ -10,9 +10,9 @@ joint network fields within 1.5e-4 voxel, native warps within 1.1e-4 mm (mean 2.
 Tolerances below are about 3x these.
 """
 
-import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import nibabel as nib
@@ -139,7 +139,7 @@ def _lta_matrix(path):
 
 @pytest.mark.parametrize("kind", ["affine", "rigid"])
 def test_cli_writes_ltas_that_readers_load_back(case, kind, tmp_path):
-    name, z, moving, fixed = case
+    name, _z, moving, fixed = case
     if name != "colin_to_mni":
         path = tmp_path / "colinrot.nii.gz"
         nib.save(nib.Nifti1Image(moving.data, moving.affine), path)
@@ -154,7 +154,7 @@ def test_cli_writes_ltas_that_readers_load_back(case, kind, tmp_path):
     assert rel(_lta_matrix(bw), _lta_matrix(fixture_path(f"affine_lta/{name}_{kind}_bw.lta"))) < MATRIX_REL
     # The geometry blocks say which images the matrix joins, as FreeSurfer's own file does.
     ours = [ln for ln in fw.read_text().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]
-    theirs = [ln for ln in open(reference).read().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]
+    theirs = [ln for ln in Path(reference).read_text().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]
     assert len(ours) == len(theirs) == 12
     for a, b in zip(ours, theirs):
         assert a.split("=")[0] == b.split("=")[0]

@@ -7,6 +7,7 @@ the directory must be exactly as it was: no new file, no temporary left over, no
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -65,7 +66,7 @@ def _snapshot(directory):
 def _fails(capsys, directory, argv, *expected):
     before = _snapshot(directory)
     rc = main(argv)
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert rc == 1, (rc, err)
     assert len(lines) == 1, err
@@ -123,7 +124,7 @@ def test_not_an_image(work, capsys):
 
 
 def test_truncated_nifti(work, capsys):
-    data = open("moving.nii.gz", "rb").read()
+    data = pathlib.Path("moving.nii.gz").read_bytes()
     with open("cut.nii.gz", "wb") as f:
         f.write(data[: len(data) // 2])
     _fails(capsys, work, _register("cut.nii.gz"), "cut.nii.gz", "truncated or corrupt")
@@ -167,9 +168,9 @@ def _with_srow_x(path, row):
     img = nib.Nifti1Image(_head()[0], _head()[1])
     img.header.set_qform(None, code=0)
     nib.save(img, path)
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(pathlib.Path(path).read_bytes())
     raw[280:296] = np.asarray(row, "<f4").tobytes()
-    open(path, "wb").write(bytes(raw))
+    pathlib.Path(path).write_bytes(bytes(raw))
 
 
 def test_singular_affine(work, capsys):
@@ -212,6 +213,18 @@ def test_initial_affine_rescues_a_displaced_pair(work, capsys):
     assert min(check_overlap(moving, fixed, undo)) > 0.95
 
 
+@pytest.mark.parametrize(("name", "text", "problem"), [
+    ("only_fixed.txt", "#Insight Transform File V1.0\nTransform: AffineTransform_double_3_3\nFixedParameters: 0 0 0\n",
+     "'Parameters:'"),
+    ("no_matrix.lta", "type = 1 # LINEAR_RAS_TO_RAS\nnxforms = 1\n", "no '1 4 4' matrix"),
+    ("no_geometry.lta", "type = 0\nnxforms = 1\n1 4 4\n1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "volume info"),
+])
+def test_bad_initial_affine_is_one_line_exit_1(work, capsys, name, text, problem):
+    # These ended in 'internal error' (exit 3) with a traceback-worthy exception before.
+    pathlib.Path(name).write_text(text)
+    _fails(capsys, work, _register() + ["-i", name], name, problem)
+
+
 # --- options ------------------------------------------------------------------------------
 
 
@@ -239,7 +252,7 @@ def test_bad_options(work, capsys, option, expected):
 
 
 def test_truncated_weights(work, capsys):
-    data = open(E32, "rb").read()
+    data = pathlib.Path(E32).read_bytes()
     with open("cut.h5", "wb") as f:
         f.write(data[: len(data) // 3])
     _fails(capsys, work, _register_with_weights("cut.h5"), "cut.h5", "truncated or corrupt")
@@ -276,17 +289,17 @@ def test_weights_for_the_wrong_model(work, capsys, model, weights, expected):
 
 def test_bundle_with_mismatched_shapes(work, capsys):
     ilex.save(ilex.load(E32), "bundle")
-    config = json.load(open("bundle/config.json"))
+    config = json.loads(pathlib.Path("bundle/config.json").read_text())
     config["_ilex"]["constructor_kwargs"]["enc_nf"] = [16, 16, 16, 16]
-    json.dump(config, open("bundle/config.json", "w"))
+    pathlib.Path("bundle/config.json").write_text(json.dumps(config))
     _fails(capsys, work, _register_with_weights("bundle"), "bundle", "expected")
 
 
 def test_bundle_naming_unknown_architecture(work, capsys):
     ilex.save(ilex.load(E32), "bundle")
-    config = json.load(open("bundle/config.json"))
+    config = json.loads(pathlib.Path("bundle/config.json").read_text())
     config["_ilex"]["architecture"] = "subprocess.Popen"
-    json.dump(config, open("bundle/config.json", "w"))
+    pathlib.Path("bundle/config.json").write_text(json.dumps(config))
     _fails(capsys, work, _register_with_weights("bundle"), "subprocess.Popen", "refused")
 
 
@@ -319,7 +332,7 @@ def test_two_outputs_same_path(work, capsys):
 
 
 def test_qc_path_is_a_file(work, capsys):
-    open("report", "w").write("mine")
+    pathlib.Path("report").write_text("mine")
     argv = _register()
     argv[argv.index("qc")] = "report"
     _fails(capsys, work, argv, "--qc report", "not a directory")
@@ -334,7 +347,7 @@ def test_d_directory_that_cannot_be_created(work, capsys, monkeypatch):
 
 
 def test_d_path_is_a_file(work, capsys):
-    open("inputs", "w").write("mine")
+    pathlib.Path("inputs").write_text("mine")
     _fails(capsys, work, _register() + ["-d", "inputs"], "-d inputs", "not a directory")
 
 
@@ -358,7 +371,7 @@ def test_apply_bad_second_image_writes_nothing(work, capsys):
     img = nib.Nifti1Image(disp, _head()[1])
     img.header.set_intent(1006)
     nib.save(img, "w.nii.gz")
-    open("junk.nii", "w").write("junk")
+    pathlib.Path("junk.nii").write_text("junk")
     _fails(capsys, work, ["apply", "w.nii.gz", "moving.nii.gz", "a.nii.gz", "junk.nii", "b.nii.gz"], "junk.nii")
 
 
@@ -367,9 +380,9 @@ def test_apply_bad_second_image_writes_nothing(work, capsys):
 
 def test_process_exit_status_and_debug(work):
     cmd = [sys.executable, "-m", "ilex", "moving.nii.gz", "missing.mgz", "-m", "deform", "-o", "out.nii.gz"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "missing.mgz" in proc.stderr
-    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, check=False)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert not os.path.exists("out.nii.gz")
 
@@ -378,7 +391,7 @@ def test_process_exit_status_and_debug(work):
 
 
 def test_not_enough_memory_says_so_before_running(work, capsys, monkeypatch):
-    import ilex.registration.memory as memory
+    from ilex.registration import memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
     _fails(capsys, work, _register(), "-e 32", "needs about", "--no-memory-check")

@@ -9,9 +9,11 @@ import ilex
 from ilex.models.synthmorph_deform.velocity import half_resolution
 
 FIXTURES = ["net_e32_uniform", "net_e64_mixed"]
-# SPEC §7.11: summation order (XLA vs oneDNN) alone gives ~1e-5 relative; the bound.
-RAW_RTOL = 1e-5
-SVF_ATOL = 1e-3  # voxels (reference README: an independent float64 port agrees to 2e-4)
+# Summation order (XLA vs oneDNN) alone gives float32 rounding. Measured (jax 0.10.2, CPU):
+# raw passes 3.2e-7 of their maximum, velocities 6.9e-5 voxels (e32) and 1.5e-5 (e64) with
+# magnitudes up to 2 voxels; the bounds are about 6x and 4x that.
+RAW_RTOL = 2e-6
+SVF_ATOL = 3e-4  # voxels
 
 
 @pytest.fixture(scope="module", params=FIXTURES)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import stat
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ from conftest import fixture_path
 from data import data_path
 from PIL import Image as PILImage
 
-from ilex._atomic import atomic_file, output_batch
+from ilex._atomic import atomic_directory, atomic_file, output_batch
 from ilex.cli.main import main
 from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
 
@@ -62,9 +64,67 @@ def test_atomic_file_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "result.nii.gz"
     target.write_bytes(b"good")
     with pytest.raises(RuntimeError), atomic_file(target) as tmp:
-        open(tmp, "wb").write(b"half")
+        pathlib.Path(tmp).write_bytes(b"half")
         raise RuntimeError("killed while writing")
     assert target.read_bytes() == b"good" and os.listdir(tmp_path) == ["result.nii.gz"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, and restore it."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o077, 0o022, 0o002])
+def test_outputs_respect_the_umask(tmp_path, umask, mask):
+    # On a shared cluster with umask 077 an image must not become world-readable.
+    umask(mask)
+    target = tmp_path / "image.nii.gz"
+    with atomic_file(target) as tmp:
+        pathlib.Path(tmp).write_bytes(b"new")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    with atomic_directory(tmp_path / "bundle") as tmp:
+        pathlib.Path(tmp, "config.json").write_text("{}")
+    assert stat.S_IMODE((tmp_path / "bundle").stat().st_mode) == 0o777 & ~mask
+
+
+def test_replaced_output_keeps_its_permissions(tmp_path, umask):
+    # As open() does: overwriting an existing file keeps its mode.
+    umask(0o022)
+    target = tmp_path / "image.nii.gz"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+    with atomic_file(target) as tmp:
+        pathlib.Path(tmp).write_bytes(b"new")
+    assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3, 4])
+def test_output_batch_rename_failure_restores_earlier_files(tmp_path, monkeypatch, failing):
+    """The k-th final rename fails: every target is as it was, and no temporary is left."""
+    paths = [tmp_path / name for name in ("a.nii.gz", "b.nii.gz", "new.nii.gz", "c.nii.gz")]
+    for path in paths:
+        if path.name != "new.nii.gz":
+            path.write_bytes(b"old " + path.name.encode())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real, renames = os.replace, []
+
+    def replace(src, dst):
+        if os.path.basename(os.fspath(src)).startswith(".ilex-") and not os.path.basename(os.fspath(src)).startswith(".ilex-old-"):
+            renames.append(dst)
+            if len(renames) == failing:
+                raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space"), output_batch():
+        for path in paths:
+            with atomic_file(path) as tmp:
+                pathlib.Path(tmp).write_bytes(b"new")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def test_output_batch_is_all_or_nothing(tmp_path):
@@ -72,14 +132,14 @@ def test_output_batch_is_all_or_nothing(tmp_path):
     a.write_bytes(b"old a")
     with pytest.raises(OSError), output_batch():
         with atomic_file(a) as tmp:
-            open(tmp, "wb").write(b"new a")
+            pathlib.Path(tmp).write_bytes(b"new a")
         assert a.read_bytes() == b"old a"  # not yet: the batch has not finished
         raise OSError("disk full while writing b")
     assert a.read_bytes() == b"old a" and sorted(os.listdir(tmp_path)) == ["a.txt"]
     with output_batch():
         for path in (a, b):
             with atomic_file(path) as tmp:
-                open(tmp, "wb").write(b"new")
+                pathlib.Path(tmp).write_bytes(b"new")
     assert a.read_bytes() == b.read_bytes() == b"new"
 
 
@@ -102,6 +162,7 @@ def _files(directory):
     return sorted(os.path.relpath(os.path.join(r, f), directory) for r, _, fs in os.walk(directory) for f in fs)
 
 
+@pytest.mark.realdata
 def test_reruns_are_bit_identical(two_runs):
     first, second = two_runs
     names = _files(first)
@@ -112,6 +173,7 @@ def test_reruns_are_bit_identical(two_runs):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
+@pytest.mark.realdata
 def test_itk_warp_rerun_is_bit_identical(tmp_path):
     cmd = [sys.executable, "-m", "ilex", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-m", "deform", "-w", E32,
            "-e", "32", "--warp-format", "itk", "-q"]
@@ -120,6 +182,7 @@ def test_itk_warp_rerun_is_bit_identical(tmp_path):
     assert (tmp_path / "itk0.nii.gz").read_bytes() == (tmp_path / "itk1.nii.gz").read_bytes()
 
 
+@pytest.mark.realdata
 def test_qc_report_is_consistent(two_runs):
     out = two_runs[0]
     record = json.loads((out / "qc" / "qc.json").read_text())
@@ -137,12 +200,14 @@ def test_qc_report_is_consistent(two_runs):
     assert png.mode == "L" and png.size == (233 + 197 + 197 + 8, 233)
 
 
+@pytest.mark.realdata
 def test_summary_line_reports_folding(tmp_path, capsys):
     assert _register(tmp_path) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert "peak memory" in last and "% of voxels (det J ≤ 0)" in last
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("conv", ["direct", "winograd"])
 def test_convolution_algorithms_agree(two_runs, tmp_path, conv):
     # The default (Winograd F(4,3) on CPU) against XLA's direct convolution and F(2,3); the

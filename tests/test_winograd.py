@@ -101,3 +101,35 @@ def test_narrow_layers_as_one_product_match_direct(getkey, cin, cout, x):
     conv = patch_conv3d if cin < cout else shift_conv3d
     out = conv(inp, kernel, bias, activation=lambda y: jnp.maximum(0.2 * y, y))
     assert jnp.abs(out - jnp.maximum(0.2 * ref, ref)).max() <= TOL * jnp.abs(ref).max()
+
+
+def test_parts_on_different_grids_are_refused(getkey):
+    # A skip of the wrong size was silently cropped; it must be named instead.
+    kernel, bias = jax.random.normal(getkey(), (3, 3, 3, 16, 8)), jnp.zeros(8)
+    low = jax.random.normal(getkey(), (1, 4, 4, 4, 8))
+    wrong_skip = jax.random.normal(getkey(), (1, 8, 8, 12, 8))
+    with pytest.raises(ValueError, match="one output grid"):
+        winograd_conv3d([(low, True), (wrong_skip, False)], kernel, bias)
+    with pytest.raises(ValueError, match="bias"):
+        winograd_conv3d([(low, True), (wrong_skip[..., :8, :], False)], kernel, jnp.zeros(7))
+
+
+def test_slabs_must_tile_the_axis():
+    from ilex.models.synthmorph_deform.slabs import fill_slabs
+
+    x = jnp.ones((1, 10, 2, 2, 1))
+    with pytest.raises(ValueError, match="planes=4 must be a positive divisor of the output's x size 10"):
+        fill_slabs(lambda i, _: jnp.ones((1, 4, 2, 2, 1)), x, x.shape, 4)
+
+
+def test_unet_refuses_kernels_of_the_wrong_count_or_shape(getkey):
+    widths = {"enc_nf": [4, 4], "dec_nf": [4, 4], "add_nf": [4], "flow_nf": 3}
+    unet = ilex.SynthMorphUNet(**widths, key=getkey())
+    kernels = [c.kernel for c in unet.convs]
+    biases = [c.bias for c in unet.convs]
+    with pytest.raises(ValueError, match="has 6 convolutions, got 5 kernels"):
+        ilex.SynthMorphUNet(**widths, key=getkey(), kernels=kernels[:-1], biases=biases[:-1])
+    with pytest.raises(ValueError, match=r"convolution 1: expected kernel \(3, 3, 3, 4, 4\)"):
+        ilex.SynthMorphUNet(**widths, key=getkey(), kernels=[kernels[0], kernels[0], *kernels[2:]], biases=biases)
+    with pytest.raises(ValueError, match="together"):
+        ilex.SynthMorphUNet(**widths, key=getkey(), kernels=kernels)

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 
 import numpy as np
 
@@ -29,9 +28,9 @@ E = 64  # network extent
 HYPER = 0.3  # joint regularisation weight
 STEPS = 5  # joint integration steps
 SEED = 2  # detector weights
-DET = dict(enc_nf=[8, 12, 16, 16], add_nf=[16, 8, 8, 8], num_feat=6)  # dec_nf stays []
+DET = {"enc_nf": [8, 12, 16, 16], "add_nf": [16, 8, 8, 8], "num_feat": 6}  # dec_nf stays []
 # Deformable part of joint: the widths of tests/fixtures/net_e64_mixed.h5, whose weights it reuses.
-DEF = dict(hyp_units=[16] * 3, enc_nf=[8, 12, 16, 16], dec_nf=[16, 16, 12, 8], add_nf=[8, 8, 8, 8])
+DEF = {"hyp_units": [16] * 3, "enc_nf": [8, 12, 16, 16], "dec_nf": [16, 16, 12, 8], "add_nf": [8, 8, 8, 8]}
 # Feature head: random part scale, corner-tap gain, bias relative to mean |input activation|.
 HEAD_RANDOM, HEAD_TAP, HEAD_BIAS = 1.0, 1.0, 0.05
 # One feature channel per cube corner of the 2x2x2 output grid (general position).
@@ -82,11 +81,11 @@ def main():
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import h5py
+    import neurite as ne
     import nibabel as nib
     import surfa as sf
     import tensorflow as tf
     import voxelmorph as vxm
-    import neurite as ne
 
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -94,14 +93,13 @@ def main():
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(os.path.join(args.out, "affine_lta"), exist_ok=True)
 
-    versions = dict(
-        python=platform.python_version(), tensorflow=tf.__version__, keras=__import__("keras").__version__,
-        numpy=np.__version__, surfa=sf.__version__, h5py=h5py.__version__, nibabel=nib.__version__,
-        voxelmorph="git ca28315 (package version %s)" % getattr(vxm, "__version__", "?"),
-        neurite="git 95b2b56",
-        registration_py="freesurfer/freesurfer @2015394 mri_synthmorph/synthmorph/registration.py, sha256 %s (docstrings stripped)"
-        % sha256(args.registration),
-    )
+    versions = {
+        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": __import__("keras").__version__,
+        "numpy": np.__version__, "surfa": sf.__version__, "h5py": h5py.__version__, "nibabel": nib.__version__,
+        "voxelmorph": "git ca28315 (package version {})".format(getattr(vxm, "__version__", "?")),
+        "neurite": "git 95b2b56",
+        "registration_py": f"freesurfer/freesurfer @2015394 mri_synthmorph/synthmorph/registration.py, sha256 {sha256(args.registration)} (docstrings stripped)",
+    }
     print(json.dumps(versions, indent=1))
 
     # ---------------------------------------------------------------- model factories (reduced widths)
@@ -252,18 +250,18 @@ def main():
     for pair, (mov_path, fix_path) in pairs.items():
         print(f"=== {pair}")
         mov, fix, (n2m, m2n, n2f, f2n), x1, x2 = net_inputs(mov_path, fix_path)
-        res = dict(
-            mov=x1.numpy(), fix=x2.numpy(), net_to_mov=n2m, mov_to_net=m2n, net_to_fix=n2f, fix_to_net=f2n,
-            mov_vox2ras=mov.geom.vox2world.matrix, fix_vox2ras=fix.geom.vox2world.matrix,
-            mov_shape=np.array(mov.baseshape), fix_shape=np.array(fix.baseshape),
-            versions=np.array(json.dumps(versions)),
-        )
+        res = {
+            "mov": x1.numpy(), "fix": x2.numpy(), "net_to_mov": n2m, "mov_to_net": m2n, "net_to_fix": n2f, "fix_to_net": f2n,
+            "mov_vox2ras": mov.geom.vox2world.matrix, "fix_vox2ras": fix.geom.vox2world.matrix,
+            "mov_shape": np.array(mov.baseshape), "fix_shape": np.array(fix.baseshape),
+            "versions": np.array(json.dumps(versions)),
+        }
         if pair == "colinrot_to_colin":
             res["header_edit"] = edit
         # sampled native voxels (corners and edges included)
         srng = np.random.default_rng(1)
 
-        def samples(shape):
+        def samples(shape, srng=srng):
             s = np.asarray(shape)
             pts = srng.integers(0, s, size=(N_SAMPLES - 8, 3))
             corners = np.array([[i, j, k] for i in (0, s[0] - 1) for j in (0, s[1] - 1) for k in (0, s[2] - 1)])
@@ -281,9 +279,9 @@ def main():
         # -------- detector intermediates (identical for affine and rigid up to the rigid step)
         probe = det_factory(in_shape=(E,) * 3, bidir=True, make_dense=False, rigid=False, return_feat=True)
         det_of(probe).set_weights(det_weights)
-        fw_p, bw_p, f1, f2 = probe((x1, x2))
+        fw_p, _bw_p, f1, f2 = probe((x1, x2))
         shape_full = np.asarray((E,) * 3)
-        prop = dict(axes=range(1, 4), normalize=True, shift_center=True, dtype=tf.float32)
+        prop = {"axes": range(1, 4), "normalize": True, "shift_center": True, "dtype": tf.float32}
         cen_1 = ne.utils.barycenter(f1, **prop) * shape_full
         cen_2 = ne.utils.barycenter(f2, **prop) * shape_full
         p1 = tf.reduce_sum(f1, axis=range(1, 4))
@@ -310,8 +308,8 @@ def main():
         lin = A[:3, :3]
         u, s, vt = np.linalg.svd(lin)
         rot = np.degrees(np.arccos(np.clip((np.trace(u @ vt) - 1) / 2, -1, 1)))
-        diag = dict(singular_values=s.tolist(), cond=float(s[0] / s[-1]), rotation_deg=float(rot),
-                    translation_centre=A[:3, 3].tolist(), channel_weights=wts.numpy()[0].tolist())
+        diag = {"singular_values": s.tolist(), "cond": float(s[0] / s[-1]), "rotation_deg": float(rot),
+                    "translation_centre": A[:3, 3].tolist(), "channel_weights": wts.numpy()[0].tolist()}
         print("fit:", json.dumps(diag))
         report["pairs"][pair] = {"affine_fit": diag}
 
@@ -352,7 +350,7 @@ def main():
         (model_aff,) = [l for l in submodels(jm) if isinstance(l, orig_det)]
         (model_def,) = [l for l in submodels(jm) if l.weights and not isinstance(l, orig_det)]
         s2 = tf.constant(np.diag([2.0, 2.0, 2.0, 1.0])[None, :3].astype("f4"))
-        st = dict(fill_value=0, shape=(E // 2,) * 3, shift_center=False)
+        st = {"fill_value": 0, "shape": (E // 2,) * 3, "shift_center": False}
         ima_1 = vxm.layers.SpatialTransformer(**st)((cap[0], s2))
         ima_2 = vxm.layers.SpatialTransformer(**st)((cap[1], s2))
         assert np.array_equal(ima_1.numpy(), cap[0].numpy()[:, ::2, ::2, ::2])

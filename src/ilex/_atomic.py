@@ -6,13 +6,40 @@ import contextlib
 import contextvars
 import os
 import shutil
+import stat
 import tempfile
+import threading
+import uuid
 from collections.abc import Iterator
 
 from .errors import FileProblem
 
 # Inside `output_batch()`, finished temporaries wait here for the batch to succeed.
 _pending: contextvars.ContextVar[list[tuple[str, str]] | None] = contextvars.ContextVar("_pending", default=None)
+
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; the lock keeps other threads of this
+    # process from creating files in the instant it is 0.
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def _mode_of_new(path: str, base: int) -> int:
+    """The permissions `open()`/`mkdir()` would give `path`: an existing file's own, or `base & ~umask`.
+
+    Temporaries are created private (0o600/0o700); the result gets these before it is renamed
+    into place, so that on a shared machine an output is never more readable than the user asked.
+    """
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return base & ~_umask()
 
 
 def _check_parent(path: str) -> str:
@@ -36,7 +63,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _mode_of_new(path, 0o666))
         pending = _pending.get()
         if pending is None:
             os.replace(tmp, path)
@@ -66,8 +93,49 @@ def output_batch() -> Iterator[None]:
         raise
     finally:
         _pending.reset(token)
-    for tmp, path in pending:
-        os.replace(tmp, path)
+    _commit(pending)
+
+
+def _commit(pending: list[tuple[str, str]]) -> None:
+    """Rename every temporary onto its target; if one rename fails, undo the earlier ones.
+
+    Each existing target first gets a second name (a hard link) beside it, so that a failure
+    midway can put the earlier targets back as they were. Every temporary and backup is gone
+    afterwards, whichever way it ends.
+    """
+    backups: dict[str, str] = {}
+    created: list[str] = []
+    try:
+        for tmp, path in pending:
+            if os.path.lexists(path):
+                backups[path] = _backup(path)
+            else:
+                created.append(path)
+            os.replace(tmp, path)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        for path, backup in backups.items():
+            with contextlib.suppress(OSError):
+                os.replace(backup, path)
+        raise
+    finally:
+        for leftover in [tmp for tmp, _ in pending] + list(backups.values()):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+
+
+def _backup(path: str) -> str:
+    """A second name for the existing file `path`, in its directory."""
+    backup = os.path.join(os.path.dirname(os.path.abspath(path)), f".ilex-old-{uuid.uuid4().hex}")
+    try:
+        os.link(path, backup)
+    except OSError:
+        # No hard links on this file system: move the target aside instead (it is then missing
+        # for the instant before its rename, and put back if that rename fails).
+        os.replace(path, backup)
+    return backup
 
 
 @contextlib.contextmanager
@@ -87,7 +155,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.ilex-", dir=parent)
     try:
         yield tmp
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, _mode_of_new(path, 0o777))
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
             os.replace(path, os.path.join(old, "x"))

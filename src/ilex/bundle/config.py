@@ -19,12 +19,18 @@ WEIGHTS_LICENCE = (
 )
 
 REFERENCES = [
-    "Hoffmann M., Billot B., Greve D. N., Iglesias J. E., Fischl B., Dalca A. V. (2022). SynthMorph: learning "
-    "contrast-invariant registration without acquired images. IEEE Transactions on Medical Imaging, 41(3):543-558.",
-    "Hoffmann M., Hoopes A., Greve D. N., Fischl B., Dalca A. V. (2024). Anatomy-aware and acquisition-agnostic "
-    "joint registration with SynthMorph. Imaging Neuroscience, 2:1-33.",
-    "Hoopes A., Hoffmann M., Greve D. N., Fischl B., Guttag J., Dalca A. V. (2022). Learning the effect of "
-    "registration hyperparameters with HyperMorph. Journal of Machine Learning for Biomedical Imaging, 1:1-30.",
+    (
+        "Hoffmann M., Billot B., Greve D. N., Iglesias J. E., Fischl B., Dalca A. V. (2022). SynthMorph: learning "
+        "contrast-invariant registration without acquired images. IEEE Transactions on Medical Imaging, 41(3):543-558."
+    ),
+    (
+        "Hoffmann M., Hoopes A., Greve D. N., Fischl B., Dalca A. V. (2024). Anatomy-aware and acquisition-agnostic "
+        "joint registration with SynthMorph. Imaging Neuroscience, 2:1-33."
+    ),
+    (
+        "Hoopes A., Hoffmann M., Greve D. N., Fischl B., Guttag J., Dalca A. V. (2022). Learning the effect of "
+        "registration hyperparameters with HyperMorph. Journal of Machine Learning for Biomedical Imaging, 1:1-30."
+    ),
 ]
 
 

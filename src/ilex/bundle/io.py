@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 
 import equinox as eqx
 import jax
@@ -13,6 +14,7 @@ import numpy as np
 
 from .._atomic import atomic_directory
 from ..errors import BundleError, FileProblem
+from ..models.params import fill_parameters, parameter_names, template
 from .config import make_config, read_config
 from .matching import match_tensors
 from .safetensors_stream import SafetensorsWriter, data_checksum, recorded_checksum
@@ -23,35 +25,15 @@ DEFAULT_REPO_ID = "ilex-hub/synthmorph.deform.3"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _is_tensor(x) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
-
-
-def parameter_names(model) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of every array leaf, in pytree order, named by attribute path (`convs.3.bias`)."""
-    leaves = jax.tree_util.tree_flatten_with_path(eqx.filter(model, _is_tensor))[0]
-    out = []
-    for path, leaf in leaves:
-        parts = [str(getattr(k, "name", getattr(k, "idx", getattr(k, "key", k)))) for k in path]
-        out.append((".".join(parts), tuple(leaf.shape)))
-    return out
-
-
-def template(cls: type, kwargs: dict):
-    """The model's structure (shapes only, nothing allocated)."""
-    return eqx.filter_eval_shape(cls, **kwargs, key=jax.random.key(0))
-
-
 def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwrite: bool = False, extra_config: dict | None = None) -> None:
     """Write `model` as a bundle directory at `path` (created whole, or not at all)."""
     config = make_config(model, origin=origin, extra=extra_config)
     names = parameter_names(model)
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
     with atomic_directory(path, overwrite=overwrite) as tmp:
-        writer = SafetensorsWriter(os.path.join(tmp, WEIGHTS_NAME), names)
-        for leaf in leaves:
-            writer.write(np.asarray(leaf, np.float32))
-        writer.close()
+        with SafetensorsWriter(os.path.join(tmp, WEIGHTS_NAME), names) as writer:
+            for leaf in leaves:
+                writer.write(np.asarray(leaf, np.float32))
         write_config(config, tmp)
 
 
@@ -105,7 +87,7 @@ def _looks_like_hdf5(path: str) -> bool:
 
 def load_bundle_dir(directory: str, *, verify: bool = True):
     """Load the bundle in `directory`; tensors are paired by name, else by structure."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     cls, kwargs, config = read_config(os.path.join(directory, CONFIG_NAME))
     config_path = os.path.join(directory, CONFIG_NAME)
@@ -120,7 +102,7 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
     try:
         with safe_open(weights, framework="numpy") as f:
             found = {}
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a dict; it has keys(), no __iter__
                 sl = f.get_slice(name)
                 if sl.get_dtype() not in ("F32", "F16", "BF16", "F64"):
                     raise BundleError(weights, f"tensor '{name}' has dtype {sl.get_dtype()}, expected floating point")
@@ -129,11 +111,11 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
                 mapping = match_tensors(expected, found)
             except ValueError as e:
                 raise BundleError(weights, f"does not fit {cls.__name__} of config.json: {e}") from None
-            if verify:
-                in_header, actual = data_checksum(weights)
-                in_config = config["_ilex"].get("weights_sha256")
-                if any(digest not in (None, actual) for digest in (in_header, in_config)):
-                    raise BundleError(weights, "data checksum mismatch: the file is damaged; download or convert it again")
+            # Hashing reads the whole file (3.5 GB for the hypernetwork), so it is done only when
+            # there is a recorded digest to compare with.
+            recorded = {d for d in (recorded_checksum(weights), config["_ilex"].get("weights_sha256")) if d is not None}
+            if verify and recorded and recorded != {data_checksum(weights)[1]}:
+                raise BundleError(weights, "data checksum mismatch: the file is damaged; download or convert it again")
             arrays = []
             for name, _ in expected:
                 array = np.asarray(f.get_tensor(mapping[name]), dtype=np.float32)
@@ -142,13 +124,8 @@ def load_bundle_dir(directory: str, *, verify: bool = True):
                 arrays.append(jnp.asarray(array))
     except BundleError:
         raise
-    except Exception as e:  # safetensors raises its own error types for malformed headers
+    # A damaged header or data section surfaces as safetensors' own error, or as what reading it
+    # raises (a short read, a header that is not JSON, an absurd length).
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, OverflowError, MemoryError, struct.error) as e:
         raise BundleError(weights, f"not a readable safetensors file ({e.__class__.__name__}: {e})") from None
     return fill_parameters(skeleton, arrays)
-
-
-def fill_parameters(skeleton, arrays: list):
-    """`skeleton` (a model or its eval_shape) with its array leaves replaced, in order, by `arrays`."""
-    params, static = eqx.partition(skeleton, _is_tensor)
-    treedef = jax.tree_util.tree_structure(params)
-    return eqx.combine(jax.tree_util.tree_unflatten(treedef, arrays), static)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import struct
+from typing import Self
 
 import numpy as np
 
@@ -21,7 +22,11 @@ CHECKSUM_KEY = "ilex_data_sha256"
 
 
 class SafetensorsWriter:
-    """Write float32 tensors, declared up front, in order, in as many chunks as the caller likes."""
+    """Write float32 tensors, declared up front, in order, in as many chunks as the caller likes.
+
+    Use it as a context manager: leaving the block normally calls `close()`; leaving it by an
+    exception closes the file without recording a checksum (the caller discards it).
+    """
 
     def __init__(self, path: str | os.PathLike, tensors: list[tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None = None):
         self._names = [n for n, _ in tensors]
@@ -38,10 +43,20 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data section 8-byte aligned, as the spec recommends
         self._header = raw
-        self._file = open(path, "wb")
+        # The writer owns the file across write() calls; close() and __exit__ close it.
+        self._file = open(path, "wb")  # noqa: SIM115 - held by the object, not by one block
         self._file.write(struct.pack("<Q", len(raw)) + raw)
         self._hash = hashlib.sha256()
         self._index, self._written = 0, 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._file.close()
 
     def write(self, chunk: np.ndarray) -> None:
         """Append the next chunk (any shape, C order) of the current tensor."""
@@ -79,7 +94,10 @@ def recorded_checksum(path: str | os.PathLike) -> str | None:
     """The data SHA-256 recorded in a safetensors header by `SafetensorsWriter` (None if absent)."""
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n)).get("__metadata__", {}).get(CHECKSUM_KEY)
+        header = json.loads(f.read(n))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    digest = meta.get(CHECKSUM_KEY) if isinstance(meta, dict) else None
+    return digest if isinstance(digest, str) else None
 
 
 def data_checksum(path: str | os.PathLike, block: int = 1 << 24) -> tuple[str | None, str]:

@@ -40,8 +40,8 @@ def infer_affine_kwargs(path: str, shapes: Sequence[tuple[int, ...]], rigid: boo
             widths.append(kernel[3])
         widths.append(kernel[4])
     levels = min(ENCODER_LEVELS, len(widths) - 2)  # the last convolution is the feature head
-    return dict(enc_nf=widths[1 : 1 + levels], add_nf=widths[1 + levels : -1], num_feat=widths[-1],
-                num_chan=widths[0], rigid=rigid)
+    return {"enc_nf": widths[1 : 1 + levels], "add_nf": widths[1 + levels : -1], "num_feat": widths[-1],
+                "num_chan": widths[0], "rigid": rigid}
 
 
 def is_rigid_file(path: str | os.PathLike, release_name: str | None = None) -> bool:

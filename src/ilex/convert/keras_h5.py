@@ -132,10 +132,11 @@ def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
     for n in range(1, (len(pairs) - 1) // 2 + 1):
         enc, dec, add = outs[:n], outs[n : 2 * n], outs[2 * n : -1]
         if conv_channels(enc, dec, add, outs[-1], pairs[0][0]) == pairs and pairs[0][0] % 2 == 0:
-            return dict(
-                enc_nf=enc, dec_nf=dec, add_nf=add, flow_nf=outs[-1], nb_hyp_layers=nd, nb_hyp_params=params,
-                nb_hyp_units=units, src_feats=pairs[0][0] // 2, trg_feats=pairs[0][0] // 2,
-            )
+            return {
+                "enc_nf": enc, "dec_nf": dec, "add_nf": add, "flow_nf": outs[-1], "nb_hyp_layers": nd,
+                "nb_hyp_params": params, "nb_hyp_units": units, "src_feats": pairs[0][0] // 2,
+                "trg_feats": pairs[0][0] // 2,
+            }
     raise ValueError(f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, add-convs and flow")
 
 
@@ -162,7 +163,7 @@ def load_keras_h5(path: str | os.PathLike, expected_sha256: str | None = None, *
     """
     import jax.numpy as jnp
 
-    from ..bundle.io import fill_parameters, template
+    from ..models.params import fill_parameters, template
     from .releases import verify_release
 
     path = os.fspath(path)

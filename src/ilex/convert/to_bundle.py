@@ -16,9 +16,10 @@ from tqdm.auto import tqdm
 
 from .._atomic import atomic_directory
 from ..bundle.config import make_config
-from ..bundle.io import WEIGHTS_NAME, parameter_names, template, write_config
+from ..bundle.io import WEIGHTS_NAME, write_config
 from ..bundle.safetensors_stream import SafetensorsWriter
 from ..errors import OptionError, WeightsFileError
+from ..models.params import parameter_names, template
 from ..models.synthmorph_deform.model import SynthMorphDeform
 from ..models.synthmorph_deform.unet import SynthMorphUNet
 from .keras_h5 import KerasWeight, infer_architecture, open_keras_weights, read_array
@@ -71,17 +72,16 @@ def convert(
 
 
 def _stream_copy(path: str, weights: list[KerasWeight], out: str, names, bar) -> None:
-    writer = SafetensorsWriter(out, names)
-    for w in weights:
-        row_bytes = 4 * math.prod(w.shape[1:]) if len(w.shape) > 1 else 4 * math.prod(w.shape)
-        step = max(1, _BLOCK_BYTES // max(row_bytes, 1)) if len(w.shape) > 1 else None
-        if step is None:
-            writer.write(read_array(path, w))
-        else:
-            for start in range(0, w.shape[0], step):
-                writer.write(read_array(path, w, slice(start, start + step)))
-        bar.update(4 * math.prod(w.shape))
-    writer.close()
+    with SafetensorsWriter(out, names) as writer:
+        for w in weights:
+            row_bytes = 4 * math.prod(w.shape[1:]) if len(w.shape) > 1 else 4 * math.prod(w.shape)
+            step = max(1, _BLOCK_BYTES // max(row_bytes, 1)) if len(w.shape) > 1 else None
+            if step is None:
+                writer.write(read_array(path, w))
+            else:
+                for start in range(0, w.shape[0], step):
+                    writer.write(read_array(path, w, slice(start, start + step)))
+            bar.update(4 * math.prod(w.shape))
 
 
 def _stream_fixed(path: str, weights: list[KerasWeight], kwargs: dict, hyper: float, out: str, bar) -> SynthMorphUNet:
@@ -97,26 +97,25 @@ def _stream_fixed(path: str, weights: list[KerasWeight], kwargs: dict, hyper: fl
     bar.update(sum(4 * a.size for a in dense))
     unet_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("nb_hyp")}
     skeleton = template(SynthMorphUNet, {**unet_kwargs, "hyper": hyper})
-    writer = SafetensorsWriter(out, parameter_names(skeleton))
-    convs = weights[2 * nd :]
-    for j in range(0, len(convs), 4):
-        hk, hkb, hb, hbb = convs[j : j + 4]
-        cols = max(1, _BLOCK_BYTES // (4 * hk.shape[0]))
-        for start in range(0, hk.shape[1], cols):
-            block = slice(start, start + cols)
-            try:
-                wk = hk.dataset[:, block]
-                bk = hkb.dataset[block]
-            except (OSError, RuntimeError, ValueError) as e:
-                raise WeightsFileError(path, f"cannot read '{hk.name}': truncated or corrupt ({e})") from None
-            part = jnp.dot(h, jnp.asarray(wk, jnp.float32), precision=lax.Precision.HIGHEST) + jnp.asarray(bk, jnp.float32)
-            part = np.asarray(part)
-            if not np.isfinite(part).all():
-                raise WeightsFileError(path, f"'{hk.name}' holds NaN or Inf values")
-            writer.write(part)
-            bar.update(4 * (wk.size + bk.size))
-        bias = np.asarray(jnp.dot(h, read_array(path, hb), precision=lax.Precision.HIGHEST) + read_array(path, hbb))
-        writer.write(bias)
-        bar.update(4 * (math.prod(hb.shape) + math.prod(hbb.shape)))
-    writer.close()
+    with SafetensorsWriter(out, parameter_names(skeleton)) as writer:
+        convs = weights[2 * nd :]
+        for j in range(0, len(convs), 4):
+            hk, hkb, hb, hbb = convs[j : j + 4]
+            cols = max(1, _BLOCK_BYTES // (4 * hk.shape[0]))
+            for start in range(0, hk.shape[1], cols):
+                block = slice(start, start + cols)
+                try:
+                    wk = hk.dataset[:, block]
+                    bk = hkb.dataset[block]
+                except (OSError, RuntimeError, ValueError) as e:
+                    raise WeightsFileError(path, f"cannot read '{hk.name}': truncated or corrupt ({e})") from None
+                part = jnp.dot(h, jnp.asarray(wk, jnp.float32), precision=lax.Precision.HIGHEST) + jnp.asarray(bk, jnp.float32)
+                part = np.asarray(part)
+                if not np.isfinite(part).all():
+                    raise WeightsFileError(path, f"'{hk.name}' holds NaN or Inf values")
+                writer.write(part)
+                bar.update(4 * (wk.size + bk.size))
+            bias = np.asarray(jnp.dot(h, read_array(path, hb), precision=lax.Precision.HIGHEST) + read_array(path, hbb))
+            writer.write(bias)
+            bar.update(4 * (math.prod(hb.shape) + math.prod(hbb.shape)))
     return skeleton  # shapes only: config.json needs the architecture and its arguments

@@ -35,12 +35,12 @@ def _volume_info(affine: np.ndarray, shape, filename: str) -> str:
     rows = [
         "valid = 1  # volume info valid",
         f"filename = {filename or 'none'}",
-        "volume = %d %d %d" % tuple(int(n) for n in shape[:3]),
-        "voxelsize = %.15e %.15e %.15e" % tuple(voxsize),
-        "xras   = %.15e %.15e %.15e" % tuple(rotation[:, 0]),
-        "yras   = %.15e %.15e %.15e" % tuple(rotation[:, 1]),
-        "zras   = %.15e %.15e %.15e" % tuple(rotation[:, 2]),
-        "cras   = %.15e %.15e %.15e" % tuple(centre),
+        "volume = {} {} {}".format(*(int(n) for n in shape[:3])),
+        "voxelsize = {:.15e} {:.15e} {:.15e}".format(*tuple(voxsize)),
+        "xras   = {:.15e} {:.15e} {:.15e}".format(*tuple(rotation[:, 0])),
+        "yras   = {:.15e} {:.15e} {:.15e}".format(*tuple(rotation[:, 1])),
+        "zras   = {:.15e} {:.15e} {:.15e}".format(*tuple(rotation[:, 2])),
+        "cras   = {:.15e} {:.15e} {:.15e}".format(*tuple(centre)),
     ]
     return "\n".join(rows) + "\n"
 
@@ -56,7 +56,7 @@ def lta_text(ras_matrix: np.ndarray, src_affine: np.ndarray, src_shape, dst_affi
         "mean      = 0.0000 0.0000 0.0000",
         "sigma     = 1.0000",
         "1 4 4",
-        *("%.15e %.15e %.15e %.15e" % tuple(row) for row in m),
+        *("{:.15e} {:.15e} {:.15e} {:.15e}".format(*tuple(row)) for row in m),
     ]
     return ("\n".join(lines) + "\nsrc volume info\n" + _volume_info(src_affine, src_shape, src_name)
             + "dst volume info\n" + _volume_info(dst_affine, dst_shape, dst_name))

@@ -3,23 +3,40 @@
 The deformable model assumes the images are already affinely aligned; `-i` supplies that
 alignment. Conventions: an LTA (src = moving, dst = fixed) maps source to destination
 coordinates; an ITK/ANTs transform maps fixed LPS points to moving LPS points (it pulls back).
+Every problem with the file is a `FileProblem` naming it (one line from the CLI, exit 1).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import struct
 
 import numpy as np
 
 from ..errors import FileProblem
-from ..image.geometry import fs_affine
+from ..image.lta import GEOMETRY_TOLERANCE, VOX_TO_VOX, parse_lta
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# The 3-D affine kinds ITK and ANTs write; parameters are the 3x3 matrix, row major, then the translation.
+_ITK_AFFINE = re.compile(r"(AffineTransform|MatrixOffsetTransformBase)_(double|float)_3_3")
 
 
-def read_initial_affine(path: str | os.PathLike, moving_affine: np.ndarray, fixed_affine: np.ndarray) -> np.ndarray:
-    """The 4x4 map from moving voxels to fixed voxels that the file `path` describes."""
+def read_initial_affine(
+    path: str | os.PathLike,
+    moving_affine: np.ndarray,
+    fixed_affine: np.ndarray,
+    *,
+    moving_shape=None,
+    fixed_shape=None,
+) -> np.ndarray:
+    """The 4x4 map from moving voxels to fixed voxels that the file `path` describes.
+
+    `path` is a FreeSurfer LTA (RAS to RAS, or voxel to voxel with the volume info of the
+    images it was made for), an ITK/ANTs text transform (.txt/.tfm) or an ANTs binary .mat.
+    A voxel-to-voxel LTA is refused unless its src/dst volume info matches the moving/fixed
+    vox2ras (and shapes, when given) within FreeSurfer's tolerance, 1e-3. Raises `FileProblem`.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileProblem(path, "no such initial-affine file")
@@ -29,42 +46,47 @@ def read_initial_affine(path: str | os.PathLike, moving_affine: np.ndarray, fixe
         else:
             with open(path, encoding="utf-8", errors="replace") as f:
                 text = f.read()
-            if "Transform:" in text and "Parameters:" in text:
+            if re.search(r"^\s*Transform:", text, re.MULTILINE):
                 ras_mov_to_fix = np.linalg.inv(_itk_text(text))
-            elif re.search(r"^\s*type\s*=", text, re.MULTILINE) and "nxforms" in text:
-                ras_mov_to_fix = _lta(text)
+            elif re.search(r"^\s*type\s*=", text, re.MULTILINE):
+                ras_mov_to_fix = _lta(text, moving_affine, fixed_affine, moving_shape, fixed_shape)
             else:
                 raise ValueError("neither a FreeSurfer LTA nor an ITK/ANTs transform")
-    except (ValueError, IndexError, np.linalg.LinAlgError) as e:
+    except (ValueError, np.linalg.LinAlgError, OSError) as e:
         raise FileProblem(path, f"cannot read the initial affine: {e}") from None
     if not np.isfinite(ras_mov_to_fix).all() or abs(np.linalg.det(ras_mov_to_fix[:3, :3])) < 1e-6:
         raise FileProblem(path, "the initial affine is singular or not finite")
     return np.linalg.inv(fixed_affine) @ ras_mov_to_fix @ moving_affine
 
 
-def _numbers(line: str) -> list[float]:
-    return [float(x) for x in line.split("=", 1)[-1].split("#")[0].split()]
+def _lta(text: str, moving_affine, fixed_affine, moving_shape, fixed_shape) -> np.ndarray:
+    lta = parse_lta(text)
+    if lta.kind == VOX_TO_VOX:
+        # Voxel indices mean nothing without their grids: FreeSurfer refuses an LTA whose stored
+        # geometry is not that of the images it is applied to, and so does ilex.
+        for which, geometry, affine, shape, image in (
+            ("src", lta.src, moving_affine, moving_shape, "moving"),
+            ("dst", lta.dst, fixed_affine, fixed_shape, "fixed"),
+        ):
+            if geometry is None:
+                raise ValueError(f"a voxel-to-voxel LTA needs valid {which} volume info (the {image} image's geometry)")
+            differs = geometry.differences(affine, shape)
+            if differs:
+                raise ValueError(
+                    f"voxel-to-voxel LTA made for another {image} image: its {which} volume info differs "
+                    f"beyond {GEOMETRY_TOLERANCE:g} ({'; '.join(differs)})"
+                )
+    return lta.ras_to_ras()
 
 
-def _lta(text: str) -> np.ndarray:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    kind = int(_numbers(next(ln for ln in lines if ln.startswith("type")))[0])
-    start = next(i for i, ln in enumerate(lines) if re.fullmatch(r"1\s+4\s+4", ln))
-    matrix = np.array([[float(x) for x in lines[start + 1 + r].split()[:4]] for r in range(4)])
-    if kind == 1:  # LINEAR_RAS_TO_RAS
-        return matrix
-    if kind == 0:  # LINEAR_VOX_TO_VOX, in the voxel grids the file records
-        geoms = []
-        for which in ("src", "dst"):
-            i = next(j for j, ln in enumerate(lines) if ln.startswith(f"{which} volume info"))
-            fields = {}
-            for ln in lines[i + 1 : i + 9]:
-                key = ln.split("=")[0].strip()
-                fields[key] = _numbers(ln) if key != "filename" else None
-            rot = np.array([fields["xras"], fields["yras"], fields["zras"]]).T
-            geoms.append(fs_affine(np.array(fields["voxelsize"]), rot, np.array(fields["cras"]), fields["volume"]))
-        return geoms[1] @ matrix @ np.linalg.inv(geoms[0])
-    raise ValueError(f"LTA type {kind} is not supported (0 = voxel to voxel, 1 = RAS to RAS)")
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        values = [float(w) for w in text.split()]
+    except ValueError:
+        raise ValueError(f"{what}: not a number in {text.strip()[:60]!r}") from None
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what}: not finite")
+    return values
 
 
 def _itk_matrix(params: list[float], centre: list[float]) -> np.ndarray:
@@ -79,21 +101,79 @@ def _itk_matrix(params: list[float], centre: list[float]) -> np.ndarray:
 
 
 def _itk_text(text: str) -> np.ndarray:
-    kinds = re.findall(r"^Transform:\s*(\S+)", text, re.MULTILINE)
-    if len(kinds) != 1 or not re.match(r"(Affine|MatrixOffsetTransformBase)Transform?_double_3_3|AffineTransform_(double|float)_3_3", kinds[0]):
-        raise ValueError(f"expected one 3-D affine transform, found {kinds}")
-    params = _numbers(re.search(r"^Parameters:(.*)$", text, re.MULTILINE).group(1))
-    fixed = re.search(r"^FixedParameters:(.*)$", text, re.MULTILINE)
-    return _itk_matrix(params, _numbers(fixed.group(1)) if fixed else [0.0, 0.0, 0.0])
+    fields: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or key not in ("Transform", "Parameters", "FixedParameters"):
+            raise ValueError(f"unexpected line {line[:60]!r} in an ITK transform")
+        fields.setdefault(key, []).append(value.strip())
+    kinds = fields.get("Transform", [])
+    if len(kinds) != 1 or not _ITK_AFFINE.fullmatch(kinds[0]):
+        raise ValueError(f"expected one 3-D affine transform (AffineTransform_double_3_3 or similar), found {kinds}")
+    for key in ("Parameters", "FixedParameters"):
+        if len(fields.get(key, [])) != 1:
+            raise ValueError(f"expected one '{key}:' line, found {len(fields.get(key, []))}")
+    return _itk_matrix(_numbers(fields["Parameters"][0], "Parameters"), _numbers(fields["FixedParameters"][0], "FixedParameters"))
 
 
 def _itk_mat(path: str) -> np.ndarray:
-    try:
-        from scipy.io import loadmat
-    except ImportError:  # pragma: no cover - scipy is optional
-        raise ValueError("reading binary ANTs .mat files needs scipy; or convert it to text with ConvertTransformFile") from None
-    data = loadmat(path)
-    key = next((k for k in data if k.startswith("AffineTransform") or k.startswith("MatrixOffset")), None)
-    if key is None:
-        raise ValueError("no affine transform in this .mat file")
-    return _itk_matrix(list(np.ravel(data[key])), list(np.ravel(data.get("fixed", np.zeros(3)))))
+    data = _read_matlab_v4(path)
+    keys = [k for k in data if _ITK_AFFINE.fullmatch(k)]
+    if len(keys) != 1:
+        raise ValueError(f"expected one 3-D affine transform in this .mat file, found {keys}")
+    if "fixed" not in data:
+        raise ValueError("no 'fixed' (centre of rotation) entry in this .mat file")
+    params, fixed = data[keys[0]], data["fixed"]
+    if not (np.isfinite(params).all() and np.isfinite(fixed).all()):
+        raise ValueError("the transform's parameters are not finite")
+    return _itk_matrix(list(params), list(fixed))
+
+
+# MATLAB level-4 element types (the P digit of the MOPT code).
+_V4_TYPES = {0: "f8", 1: "f4", 2: "i4", 3: "i2", 4: "u2", 5: "u1"}
+_V4_MAX_ELEMENTS = 1 << 16  # a transform holds a few numbers; anything larger is damage
+
+
+def _read_matlab_v4(path: str) -> dict[str, np.ndarray]:
+    """The real matrices of a MATLAB level-4 file (what ITK and ANTs write), flattened.
+
+    Read here rather than with scipy.io.loadmat, whose compiled level-5 reader crashes the
+    interpreter on some damaged files; this reader checks every size against the file first.
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:6] == b"MATLAB":
+        raise ValueError("a MATLAB level-5 file; ITK and ANTs write level 4 (convert it with ConvertTransformFile)")
+    out: dict[str, np.ndarray] = {}
+    pos = 0
+    while pos < len(raw):
+        if len(raw) - pos < 20:
+            raise ValueError(f"truncated .mat file (a variable header at byte {pos} is cut short)")
+        for order in ("<", ">"):
+            mopt, rows, cols, imag, namlen = struct.unpack(order + "5i", raw[pos : pos + 20])
+            if 0 <= mopt < 2000 and mopt // 1000 == (order == ">") and mopt % 1000 // 10 in _V4_TYPES:
+                break
+        else:
+            raise ValueError(f"not a MATLAB level-4 .mat file (bad variable header at byte {pos})")
+        if mopt % 10 != 0 or mopt % 1000 // 100 != 0 or imag not in (0, 1):
+            raise ValueError(f"variable at byte {pos} is not a real numeric matrix")
+        if not (0 < namlen <= 256 and 0 <= rows and 0 <= cols and rows * cols <= _V4_MAX_ELEMENTS):
+            raise ValueError(f"implausible sizes in the variable header at byte {pos}")
+        dtype = np.dtype(_V4_TYPES[mopt % 1000 // 10]).newbyteorder(order)
+        size = rows * cols * dtype.itemsize * (2 if imag else 1)
+        start = pos + 20 + namlen
+        if start + size > len(raw):
+            raise ValueError(f"truncated .mat file (variable at byte {pos} is cut short)")
+        name = raw[pos + 20 : start].rstrip(b"\0")
+        if not name or not name.isascii() or b"\0" in name:
+            raise ValueError(f"bad variable name at byte {pos}")
+        if imag:
+            raise ValueError(f"variable {name.decode()!r} is complex")
+        if name.decode() in out:
+            raise ValueError(f"variable {name.decode()!r} appears twice")
+        out[name.decode()] = np.frombuffer(raw, dtype, rows * cols, start).astype(np.float64)
+        pos = start + size
+    return out

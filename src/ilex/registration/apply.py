@@ -9,7 +9,7 @@ import numpy as np
 from ..image.io import Image
 from ..image.warp_io import Warp
 from ..transforms.compose import apply_matrix
-from ..transforms.integrate import voxel_grid
+from ..transforms.grid import voxel_grid
 from ..transforms.interpolate import sample_image
 
 DTYPES = ("uint8", "uint16", "int16", "int32", "float32")

@@ -11,7 +11,7 @@ import numpy as np
 from ..image.geometry import network_affine, world_centre
 from ..image.io import Image
 from ..transforms.compose import affine_displacement
-from ..transforms.integrate import voxel_grid
+from ..transforms.grid import voxel_grid
 from ..transforms.interpolate import interpolate_clamped
 
 

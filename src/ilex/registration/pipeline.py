@@ -27,11 +27,12 @@ from ..transforms.compose import (
     to_full_resolution,
     upsample_half_field,
 )
-from ..transforms.integrate import scaling_and_squaring, voxel_grid
+from ..transforms.grid import voxel_grid
+from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
 from .methods import as_method
 from .methods.base import Method, NetworkTransform
-from .methods.synthmorph import default_algorithm as default_algorithm  # noqa: F401  (public since 0.1)
+from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
 
@@ -156,7 +157,7 @@ def network_fields(transform: NetworkTransform, steps: int) -> tuple[jax.Array, 
     bw_pre, bw_post = transform.inverse_sides()
     identity_pre = fw_pre is None and bw_pre is None and transform.post is None
     eye = np.eye(4)
-    as32 = lambda m: np.asarray(eye if m is None else m, np.float32)  # noqa: E731  the reference casts matrices
+    as32 = lambda m: np.asarray(eye if m is None else m, np.float32)
     fw, bw = _network_fields(transform.velocity, as32(fw_pre), as32(fw_post), as32(bw_pre), as32(bw_post),
                              steps, transform.scale, identity_pre)
     return fw, bw

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .integrate import voxel_grid
+from .._sequencing import after
+from .grid import voxel_grid
 from .interpolate import interpolate_clamped
 
 
@@ -33,9 +34,10 @@ def upsample_half_field(half: Float[Array, "hx hy hz 3"]) -> Float[Array, "x y z
     """
     grid = voxel_grid(half.shape[:3])
     t = 2.0 * (grid + half) - grid
-    # The full-resolution grid is tied to the data (0 times one value) so that XLA computes it
-    # here, not up front where its 200 MB (at extent 256) would sit beside the U-Net's peak.
-    full = voxel_grid(tuple(2 * s for s in half.shape[:3])) + 0.0 * half[0, 0, 0, 0]
+    # The full-resolution grid is built from a zero that exists only once `half` does, so that
+    # XLA computes it here, not up front where its 200 MB (at extent 256) would sit beside the
+    # U-Net's peak.
+    full = voxel_grid(tuple(2 * s for s in half.shape[:3])) + after(jnp.zeros((), jnp.float32), half)
     down = 0.5 * full - full
     return down + interpolate_clamped(t, full + down)
 

@@ -6,12 +6,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .grid import voxel_grid
 from .interpolate import interpolate_clamped
-
-
-def voxel_grid(shape) -> Float[Array, "x y z 3"]:
-    """Voxel indices of a grid ('ij' order), float32."""
-    return jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=jnp.float32) for s in shape], indexing="ij"), axis=-1)
 
 
 def scaling_and_squaring(velocity: Float[Array, "x y z 3"], steps: int) -> Float[Array, "x y z 3"]:

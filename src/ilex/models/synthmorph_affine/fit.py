@@ -86,7 +86,7 @@ def rotation_from_angles(angles_deg) -> np.ndarray:
 
 def angles_from_rotation(r: np.ndarray) -> np.ndarray:
     """Inverse of `rotation_from_angles` (degrees); at gimbal lock (|b| = 90°) the first angle is 0."""
-    clip = lambda t: np.clip(t, -1.0, 1.0)  # noqa: E731
+    clip = lambda t: np.clip(t, -1.0, 1.0)
     b = np.arcsin(clip(r[0, 2]))
     if abs(abs(b) - 0.5 * np.pi) < 1e-6:
         a, c = 0.0, np.arctan2(clip(r[1, 0]), clip(r[1, 1]))

@@ -96,8 +96,8 @@ class SynthMorphAffine(eqx.Module):
 
     @property
     def constructor_kwargs(self) -> dict:
-        return dict(enc_nf=list(self.enc_nf), add_nf=list(self.add_nf), num_feat=self.num_feat,
-                    num_chan=self.num_chan, rigid=self.rigid)
+        return {"enc_nf": list(self.enc_nf), "add_nf": list(self.add_nf), "num_feat": self.num_feat,
+                    "num_chan": self.num_chan, "rigid": self.rigid}
 
     @property
     def card(self) -> dict:

@@ -120,22 +120,22 @@ class SynthMorphDeform(eqx.Module):
         )
         self.convs = tuple(
             HyperConv3d(nb_hyp_units, cin, cout, key=k)
-            for k, (cin, cout) in zip(keys[nb_hyp_layers:], pairs)
+            for k, (cin, cout) in zip(keys[nb_hyp_layers:], pairs, strict=True)
         )
 
     @property
     def constructor_kwargs(self) -> dict:
-        return dict(
-            enc_nf=list(self.enc_nf),
-            dec_nf=list(self.dec_nf),
-            add_nf=list(self.add_nf),
-            flow_nf=self.flow_nf,
-            nb_hyp_layers=len(self.hyper_layers),
-            nb_hyp_params=self.nb_hyp_params,
-            nb_hyp_units=int(self.hyper_layers[-1].kernel.shape[1]),
-            src_feats=self.src_feats,
-            trg_feats=self.trg_feats,
-        )
+        return {
+            "enc_nf": list(self.enc_nf),
+            "dec_nf": list(self.dec_nf),
+            "add_nf": list(self.add_nf),
+            "flow_nf": self.flow_nf,
+            "nb_hyp_layers": len(self.hyper_layers),
+            "nb_hyp_params": self.nb_hyp_params,
+            "nb_hyp_units": int(self.hyper_layers[-1].kernel.shape[1]),
+            "src_feats": self.src_feats,
+            "trg_feats": self.trg_feats,
+        }
 
     def embed(self, hyper: Float[Array, ""] | float) -> Float[Array, " units"]:
         """The hypernetwork embedding h of λ (used raw, no normalisation)."""
@@ -164,7 +164,7 @@ class SynthMorphDeform(eqx.Module):
 
         def one(lam: Array, pair: Array) -> Array:
             kernels, biases = self.generate(lam)
-            return unet_forward(list(zip(kernels, biases)), n_levels, pair[None])[0]
+            return unet_forward(list(zip(kernels, biases, strict=True)), n_levels, pair[None])[0]
 
         if x.ndim == 4:
             return one(jnp.asarray(hyper, jnp.float32), x)

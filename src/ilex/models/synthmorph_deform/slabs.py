@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
+from ..._sequencing import after
+
 
 def padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
     """Planes [start, start + count) along x of `part` as a 'same' 3x3x3 convolution sees it: at
@@ -43,25 +45,31 @@ def fill_slabs(
     """The array of `shape` (n, x, y, z, c) whose planes [i * planes, (i + 1) * planes) along x
     are `one_slab(i, block)`, built one slab after the other.
 
-    Without `reuse`, the output is a new buffer, and `block` is `None`. Its initial value is
-    derived from `like`, the layer's input (one element times 0), rather than from a constant:
-    with a constant, XLA shares one zero buffer between all layers and allocates every layer's
-    output up front, so all of them would be alive at once; tied to the input, each output
-    exists only from its layer on.
+    Without `reuse`, the output is a new buffer, and `block` is `None`. Its initial value is a
+    zero that exists only once `like`, the layer's input, does (`_sequencing.after`), rather than
+    a plain constant: with a constant, XLA shares one zero buffer between all layers and
+    allocates every layer's output up front, so all of them would be alive at once; ordered
+    after the input, each output exists only from its layer on.
 
     With `reuse`, an input of the output's shape that dies with this layer, the output is
     written over it, so that the layer needs no second full-size buffer. `block` is then that
     input's `padded_rows` for slab i as they were before any writing: the one plane of slab i - 1
     that slab i's 3x3x3 window reaches back to is kept aside before slab i - 1 is overwritten.
     The result is the same either way; where `reuse` is still needed elsewhere, XLA copies it.
+    Raises `ValueError` if `planes` does not divide the x size (trailing planes would stay unwritten).
     """
+    if planes < 1 or shape[1] % planes:
+        raise ValueError(
+            f"planes={planes} must be a positive divisor of the output's x size {shape[1]} (shape {tuple(shape)}); "
+            "otherwise the last planes would be left unwritten"
+        )
     count = shape[1] // planes
 
     def put(out: Array, slab: Array, i: Array) -> Array:
         return lax.dynamic_update_slice_in_dim(out, slab, i * planes, axis=1)
 
     if reuse is None:
-        init = jnp.broadcast_to(like[(0,) * like.ndim] * 0.0, shape)
+        init = jnp.broadcast_to(after(jnp.zeros((), like.dtype), like), shape)
         return lax.fori_loop(0, count, lambda i, out: put(out, one_slab(i, None), i), init)
     if reuse.shape != tuple(shape):
         raise ValueError(f"cannot write a {tuple(shape)} output over an array of shape {reuse.shape}")

@@ -137,6 +137,10 @@ def unet_forward(
         raise ValueError(
             f"U-Net input size {size} must be divisible by 2**{n_levels} = {2**n_levels}"
         )
+    if len(kernels) < 2 * n_levels + 1:
+        raise ValueError(
+            f"a U-Net of {n_levels} levels needs at least {2 * n_levels + 1} (kernel, bias) pairs, got {len(kernels)}"
+        )
     layers = iter(kernels)
     skips = []
     parts = [(x, False)]
@@ -213,28 +217,47 @@ class SynthMorphUNet(eqx.Module):
         self.flow_nf, self.src_feats, self.trg_feats = int(flow_nf), int(src_feats), int(trg_feats)
         self.hyper = float(hyper)
         pairs = conv_channels(enc_nf, dec_nf, add_nf, flow_nf, self.src_feats + self.trg_feats)
+        if (kernels is None) != (biases is None):
+            raise ValueError("kernels and biases must be given together (or neither, for random weights)")
         if kernels is None:
             keys = jax.random.split(key, len(pairs))
             kernels = [
                 jax.random.normal(k, (3, 3, 3, cin, cout)) / jnp.sqrt(27.0 * cin)
-                for k, (cin, cout) in zip(keys, pairs)
+                for k, (cin, cout) in zip(keys, pairs, strict=True)
             ]
             biases = [jnp.zeros((cout,)) for _, cout in pairs]
+        if len(kernels) != len(pairs) or len(biases) != len(pairs):
+            raise ValueError(
+                f"this U-Net has {len(pairs)} convolutions, got {len(kernels)} kernels and {len(biases)} biases"
+            )
         self.convs = tuple(
-            Conv3d(jnp.asarray(k, jnp.float32), jnp.asarray(b, jnp.float32)) for k, b in zip(kernels, biases)
+            Conv3d(jnp.asarray(k, jnp.float32), jnp.asarray(b, jnp.float32))
+            for k, b in zip(kernels, biases, strict=True)
         )
+
+    def __check_init__(self):
+        # Also reached by eqx.tree_at and eval_shape templates, not only by __init__.
+        pairs = conv_channels(self.enc_nf, self.dec_nf, self.add_nf, self.flow_nf, self.src_feats + self.trg_feats)
+        if len(self.convs) != len(pairs):
+            raise ValueError(f"this U-Net has {len(pairs)} convolutions, got {len(self.convs)}")
+        for i, (conv, (cin, cout)) in enumerate(zip(self.convs, pairs, strict=True)):
+            if tuple(conv.kernel.shape) != (3, 3, 3, cin, cout) or tuple(conv.bias.shape) != (cout,):
+                raise ValueError(
+                    f"convolution {i}: expected kernel (3, 3, 3, {cin}, {cout}) and bias ({cout},), "
+                    f"got {tuple(conv.kernel.shape)} and {tuple(conv.bias.shape)}"
+                )
 
     @property
     def constructor_kwargs(self) -> dict:
-        return dict(
-            enc_nf=list(self.enc_nf),
-            dec_nf=list(self.dec_nf),
-            add_nf=list(self.add_nf),
-            flow_nf=self.flow_nf,
-            src_feats=self.src_feats,
-            trg_feats=self.trg_feats,
-            hyper=self.hyper,
-        )
+        return {
+            "enc_nf": list(self.enc_nf),
+            "dec_nf": list(self.dec_nf),
+            "add_nf": list(self.add_nf),
+            "flow_nf": self.flow_nf,
+            "src_feats": self.src_feats,
+            "trg_feats": self.trg_feats,
+            "hyper": self.hyper,
+        }
 
     def __call__(self, source: Array, target: Array, *, algorithm: str = "direct") -> Array:
         """Raw velocity for (source, target); `algorithm` as in `unet_forward`."""

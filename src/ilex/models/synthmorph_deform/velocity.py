@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..._sequencing import after
 from .unet import SynthMorphUNet
 
 
@@ -32,8 +33,8 @@ def symmetric_velocity(
         pair = unet(jnp.stack([moving, fixed]), jnp.stack([fixed, moving]), algorithm=algorithm)
     else:
         first = unet(moving, fixed, algorithm=algorithm)
-        # The second pass reads one element of the first (times 0), so that XLA cannot run the
-        # two independent passes side by side; one pass's activations are alive at a time.
-        second = unet(fixed + first[0, 0, 0, 0] * 0.0, moving, algorithm=algorithm)
+        # The second pass waits for the first, so that XLA cannot run the two independent passes
+        # side by side; one pass's activations are alive at a time.
+        second = unet(after(fixed, first), moving, algorithm=algorithm)
         pair = (first, second)
     return 0.5 * (pair[0] - pair[1])

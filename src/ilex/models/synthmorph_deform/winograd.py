@@ -52,7 +52,7 @@ def _combine(rows: np.ndarray, terms: list[Array], axis: int) -> Array:
     out = []
     for row in rows:
         acc = None
-        for coef, term in zip(row, terms):
+        for coef, term in zip(row, terms, strict=True):
             if coef:
                 piece = term if coef == 1 else -term if coef == -1 else float(coef) * term
                 acc = piece if acc is None else acc + piece
@@ -102,11 +102,22 @@ def winograd_conv3d(
     sizes must be multiples of `m` (output tile side, 2 or 4) and the first one of `m * slab`. Equals
     `activation(conv_general_dilated(concatenate(...), kernel, 'SAME') + bias)` up to float32
     rounding. Bias and activation are applied per slab, so that the only full-size buffer a
-    layer writes is its output.
+    layer writes is its output. Raises `ValueError` (at trace time) for parts on different grids,
+    sizes that the tiles do not divide, or kernel and bias shapes that do not fit the parts.
     """
+    if not parts:
+        raise ValueError("parts must hold at least one (array, upsample) pair")
     first, up = parts[0]
     n = first.shape[0]
     shape = tuple(s * 2 for s in first.shape[1:4]) if up else tuple(first.shape[1:4])
+    # Every part must cover the same output grid: a part of another size would be silently
+    # cropped or read past its end by the slab gathers.
+    grids = [(a.shape[0], *(s * (2 if u else 1) for s in a.shape[1:4])) for a, u in parts]
+    if any(a.ndim != 5 for a, _ in parts) or len(set(grids)) != 1:
+        sizes = [f"{tuple(a.shape)}{' upsampled' if u else ''}" for a, u in parts]
+        raise ValueError(f"parts must be (n, x, y, z, c) arrays on one output grid (after upsampling), got {sizes}")
+    if kernel.shape[:3] != (3, 3, 3) or kernel.ndim != 5 or bias.shape != (kernel.shape[-1],):
+        raise ValueError(f"expected a (3, 3, 3, cin, cout) kernel and a (cout,) bias, got {kernel.shape} and {bias.shape}")
     if m not in _MATRICES:
         raise ValueError(f"Winograd tiles of side {m} are not provided; use one of {sorted(_MATRICES)}")
     if any(s % m for s in shape) or shape[0] % (m * slab):

@@ -1,0 +1,11 @@
+"""The voxel grid that displacement fields are added to (fields hold offsets, not positions)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+def voxel_grid(shape) -> Float[Array, "x y z 3"]:
+    """Voxel indices of a grid of `shape` (x, y, z), 'ij' order, float32: `grid[i, j, k] = (i, j, k)`."""
+    return jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=jnp.float32) for s in shape], indexing="ij"), axis=-1)
