@@ -3,8 +3,10 @@
 Fixtures (tests/fixtures/README-affine.md): reduced-width random weights at extent 64 on two real
 pairs, (a) Colin27 onto MNI152 2009a and (b) Colin27 with a rotated and shifted header onto Colin27;
 made by bench/reference/make_affine_fixtures.py. Measured agreement (this port, CPU, float32):
-detector features, barycentres, weights and fits within 1e-6 of their maximum; the affine and
-rigid matrices within 6e-6; joint's mid-space roots within 1.1e-5 (TensorFlow takes the square
+detector features, barycentres and weights within 7e-7 of their maximum, the least-squares fits
+within 3.2e-6; the affine matrices within 4.6e-6, the rigid ones within 1.5e-5 (the rigid
+projection amplifies the fits' float32 rounding: from TensorFlow's own fit, ilex's rigid step
+reproduces its rigid matrix to 3e-7, and a float64 fit is no closer); joint's mid-space roots within 1.1e-5 (TensorFlow takes the square
 root in float32: the float64 root of its own fit already differs from its output by 7.8e-6);
 joint network fields within 1.5e-4 voxel, native warps within 1.1e-4 mm (mean 2.4e-5 mm).
 Tolerances below are about 3x these.
@@ -33,7 +35,9 @@ from ilex.registration.pipeline import network_fields, register
 
 pytestmark = pytest.mark.realdata
 PAIRS = ("colin_to_mni", "colinrot_to_colin")
-MATRIX_REL = 2e-5  # measured <= 6e-6
+FIT_REL = 1e-5  # measured <= 3.2e-6
+MATRIX_REL = 2e-5  # affine: measured <= 4.6e-6
+RIGID_REL = 5e-5  # measured <= 1.5e-5, see above
 ROOT_REL = 3e-5  # measured 1.1e-5 (TensorFlow's float32 sqrtm)
 
 
@@ -68,32 +72,37 @@ def test_detector_and_fits(nets, case):
     _, z, _, _ = case
     mov, fix = (half_resolution(jnp.asarray(z[k][0])) for k in ("mov", "fix"))
     f1, f2 = nets["affine"].features(mov), nets["affine"].features(fix)
-    assert rel(f1, z["feat_1"][0]) < 3e-6 and rel(f2, z["feat_2"][0]) < 3e-6
+    assert rel(f1, z["feat_1"][0]) < 3e-6 and rel(f2, z["feat_2"][0]) < 3e-6  # measured <= 6.5e-7
     c1, c2 = barycenter(f1, 64), barycenter(f2, 64)
     assert rel(c1, z["cen_1"][0]) < 3e-6 and rel(c2, z["cen_2"][0]) < 3e-6
     w = channel_weights(f1, f2)
     assert rel(w, z["weights"][0]) < 3e-6
-    assert rel(fit_affine(c1, c2, w)[:3], z["fit_12"][0]) < 3e-6
-    assert rel(fit_affine(c2, c1, w)[:3], z["fit_21"][0]) < 3e-6
-    assert rel(nets["affine"].centred_fit(mov, fix, 64)[:3], z["aff_avg"][0]) < MATRIX_REL
-    assert rel(nets["rigid"].centred_fit(mov, fix, 64)[:3], z["rigid_cen"][0]) < MATRIX_REL
-    for kind in ("affine", "rigid"):
+    assert rel(fit_affine(c1, c2, w)[:3], z["fit_12"][0]) < FIT_REL
+    assert rel(fit_affine(c2, c1, w)[:3], z["fit_21"][0]) < FIT_REL
+    assert rel(nets["affine"].centred_fit(mov, fix, 64)[:3], z["aff_avg"][0]) < FIT_REL
+    assert rel(nets["rigid"].centred_fit(mov, fix, 64)[:3], z["rigid_cen"][0]) < FIT_REL
+    corners = np.array([[x, y, w, 1] for x in (0, 63) for y in (0, 63) for w in (0, 63)], float).T
+    for kind, bound in (("affine", MATRIX_REL), ("rigid", RIGID_REL)):
         fw = nets[kind].fit(mov, fix, 64)
-        assert rel(fw[:3], z[f"{kind}_fw"][0]) < MATRIX_REL
-        assert rel(np.linalg.inv(fw)[:3], z[f"{kind}_bw"][0]) < MATRIX_REL
+        assert rel(fw[:3], z[f"{kind}_fw"][0]) < bound
+        assert rel(np.linalg.inv(fw)[:3], z[f"{kind}_bw"][0]) < bound
+        # As displacements over the network cube: far inside the deform bound of 1e-3 voxel.
+        assert np.abs((fw[:3] - z[f"{kind}_fw"][0]) @ corners).max() < 1e-3
 
 
 @pytest.mark.parametrize("kind", ["affine", "rigid"])
 def test_matrix_pipeline(nets, case, kind):
     _, z, moving, fixed = case
     result = register(moving, fixed, nets[kind], method=kind, extent=64)
-    assert np.abs(result.inputs[0] - z["mov"][0, ..., 0]).max() < 1e-6
-    assert np.abs(result.inputs[1] - z["fix"][0, ..., 0]).max() < 1e-6
-    assert rel(result.matrix_vox[:3], z[f"{kind}_vox_fw"]) < MATRIX_REL
-    assert rel(result.affine, z[f"{kind}_lta_fw"]) < MATRIX_REL
-    assert rel(np.linalg.inv(result.affine), z[f"{kind}_lta_bw"]) < MATRIX_REL
-    assert rel(result.moved_header(), z[f"{kind}_H_moved_vox2ras"]) < MATRIX_REL
-    assert rel(result.fixed_header(), z[f"{kind}_H_fixed_moved_vox2ras"]) < MATRIX_REL
+    # Inputs in [0, 1]: measured 6e-8 (a), 6.1e-6 (b: trilinear weights of a rotated grid in float32).
+    assert np.abs(result.inputs[0] - z["mov"][0, ..., 0]).max() < 3e-5
+    assert np.abs(result.inputs[1] - z["fix"][0, ..., 0]).max() < 3e-5
+    bound = RIGID_REL if kind == "rigid" else MATRIX_REL
+    assert rel(result.matrix_vox[:3], z[f"{kind}_vox_fw"]) < bound
+    assert rel(result.affine, z[f"{kind}_lta_fw"]) < bound
+    assert rel(np.linalg.inv(result.affine), z[f"{kind}_lta_bw"]) < bound
+    assert rel(result.moved_header(), z[f"{kind}_H_moved_vox2ras"]) < bound
+    assert rel(result.fixed_header(), z[f"{kind}_H_fixed_moved_vox2ras"]) < bound
     # Moved images: surfa's rule in float32 coordinates; intensities up to 255, measured <= 7.2e-3.
     assert np.abs(result.moved()[tuple(z["fixed_idx"].T)] - z[f"{kind}_moved"]).max() < 2e-2
     assert np.abs(result.fixed_moved()[tuple(z["moving_idx"].T)] - z[f"{kind}_fixed_moved"]).max() < 2e-2
@@ -150,8 +159,9 @@ def test_cli_writes_ltas_that_readers_load_back(case, kind, tmp_path):
            "-t", str(fw), "-T", str(bw), "-q"]
     subprocess.run(cmd, check=True)
     reference = fixture_path(f"affine_lta/{name}_{kind}_fw.lta")
-    assert rel(_lta_matrix(fw), _lta_matrix(reference)) < MATRIX_REL
-    assert rel(_lta_matrix(bw), _lta_matrix(fixture_path(f"affine_lta/{name}_{kind}_bw.lta"))) < MATRIX_REL
+    bound = RIGID_REL if kind == "rigid" else MATRIX_REL
+    assert rel(_lta_matrix(fw), _lta_matrix(reference)) < bound
+    assert rel(_lta_matrix(bw), _lta_matrix(fixture_path(f"affine_lta/{name}_{kind}_bw.lta"))) < bound
     # The geometry blocks say which images the matrix joins, as FreeSurfer's own file does.
     ours = [ln for ln in fw.read_text().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]
     theirs = [ln for ln in Path(reference).read_text().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]

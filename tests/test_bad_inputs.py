@@ -409,3 +409,26 @@ def test_memory_hint_names_an_extent_that_fits():
     suggested = int(re.search(r"try -e (\d+)", str(info.value)).group(1))
     assert suggested == 192 and estimate_peak_bytes(suggested) <= available < estimate_peak_bytes(suggested + 32)
     assert check_memory(192, 256, available=available) == estimate_peak_bytes(192)
+
+
+def test_memory_is_checked_before_the_weights_are_loaded(work, capsys, monkeypatch):
+    # The 3.5 GB hypernetwork must not be read for a run that cannot fit: the weights here would
+    # fail to load, so only a check made first can answer with the memory message.
+    from ilex.bundle import io as bundle_io
+    from ilex.registration import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("weights were loaded before the memory check")
+
+    monkeypatch.setattr(bundle_io, "load", no_loading)
+    _fails(capsys, work, _register(), "-e 32", "needs about")
+
+
+def test_missing_hub_weights_are_their_own_error_type():
+    # The CLI tells "not here" apart from "damaged" by type, not by another module's wording.
+    from ilex.errors import WeightsNotFound
+
+    with pytest.raises(WeightsNotFound):
+        ilex.load("ilex-hub/not-downloaded-here")
