@@ -206,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from ..image.io import load_image
     from ..progress import Stages
+    from ..qc import quality_report
     from ..registration.affine_init import read_initial_affine
     from ..registration.memory import check_memory
     from ..registration.overlap import check_overlap
@@ -214,8 +216,8 @@ def run(args: argparse.Namespace) -> int:
 
     stages = Stages(verbose=not args.quiet, stream=sys.stdout)
     with stages("load", "images and weights"):
-        moving = load_image_checked(args.moving, "moving image")
-        fixed = load_image_checked(args.fixed, "fixed image")
+        moving = load_image(args.moving, what="moving image")
+        fixed = load_image(args.fixed, what="fixed image")
         init = read_initial_affine(args.init, moving.affine, fixed.affine) if args.init else None
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
         check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
@@ -236,18 +238,6 @@ def run(args: argparse.Namespace) -> int:
         steps = f", {args.steps} steps" if model in ("joint", "deform") else ""
         print(stages.summary(f"{report.summary()}; -m {model}, {what}extent {args.extent}{steps}"))
     return 0
-
-
-def load_image_checked(path: str, what: str):
-    from ..image.io import load_image
-
-    return load_image(path, what=what)
-
-
-def quality_report(result):
-    from ..qc import quality_report as report
-
-    return report(result)
 
 
 def write_outputs(args, result, report) -> None:
