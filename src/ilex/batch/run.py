@@ -59,7 +59,8 @@ class PairRecord:
     """One line of the summary. `seconds` is the pair's wall time (registration, QC and writing);
     `peak_memory_gib` the highest resident memory of the process while it ran (sampled every
     0.1 s; with several pairs in one process at once, theirs together); `folding_percent` the
-    share of fixed voxels where the forward warp's Jacobian determinant is ≤ 0."""
+    share of fixed voxels where the forward warp's Jacobian determinant is ≤ 0; `worker` the
+    host (or Dask worker address) that ran it; `started`/`finished` Unix times."""
 
     pair: str
     index: int
@@ -71,6 +72,8 @@ class PairRecord:
     folding_percent: float | None = None
     error: str = ""
     worker: str = ""
+    started: float | None = None
+    finished: float | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -123,10 +126,10 @@ def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -
     its record. Never raises for a problem of this pair: it is recorded as failed."""
     from ..qc import quality_report
 
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     worker = worker or socket.gethostname()
     if pair.problem:
-        return _record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker)
+        return _record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started)
     method, hyper = settings.combination(pair)
     try:
         with PeakMemory() as memory:
@@ -137,9 +140,9 @@ def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -
                           settings={"hyper": hyper, "steps": settings.steps, "extent": settings.extent})
     except Exception as e:  # one bad pair must not stop the batch; its error goes to the summary
         return _record(pair, "failed", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
-                       error=error_text(e), worker=worker)
+                       error=error_text(e), worker=worker, started=started, finished=time.time())
     return _record(pair, "done", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
-                   folding_percent=100.0 * report.folding_fraction, worker=worker)
+                   folding_percent=100.0 * report.folding_fraction, worker=worker, started=started, finished=time.time())
 
 
 def skipped(pair: Pair) -> PairRecord:
@@ -214,7 +217,7 @@ def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings
     """Write PREFIX.csv and PREFIX.json (atomically); returns both paths.
 
     CSV columns: pair, index, moving, fixed, status, seconds, peak_memory_gib, folding_percent,
-    error, worker. The JSON holds the same records (with their outputs), the totals per status
+    error, worker, started, finished. The JSON holds the same records (with their outputs), the totals per status
     and the settings.
     """
     import csv

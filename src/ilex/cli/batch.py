@@ -92,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache
 
-    enable_compilation_cache(enable=False if args.no_compilation_cache else None)
-    if args.no_compilation_cache:
-        os.environ["ILEX_NO_COMPILATION_CACHE"] = "1"  # and for Dask workers started from here
+    enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # Dask workers: BatchSettings
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
     from ..registration.outputs import outputs_complete
