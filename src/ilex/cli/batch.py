@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.scheduler or args.local_workers:
             client, cluster = _dask_client(args)
-        elif todo:
+        elif any(p.problem is None for p in todo):
             registrar = settings.registrar(todo)
             if not args.gpu and not args.no_memory_check:
                 from ..registration.memory import check_memory
