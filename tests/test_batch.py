@@ -242,3 +242,46 @@ def test_dask_two_processes_with_a_killed_worker(images, sequential, tmp_path_fa
     for spans in by_worker.values():
         spans.sort()
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), "a worker ran two pairs at once"
+
+
+def test_compilation_cache_location_and_switch(tmp_path, monkeypatch):
+    from ilex import _cache
+
+    monkeypatch.delenv("ILEX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _cache.cache_dir() == str(tmp_path / "xdg" / "ilex" / "jax")
+    monkeypatch.setenv("ILEX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+    assert _cache.cache_dir() == str(tmp_path / "mine")
+    assert _cache.cache_disabled() and _cache.enable_compilation_cache() is None  # the autouse fixture's switch
+    monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "0")
+    assert not _cache.cache_disabled()
+    assert _cache.enable_compilation_cache(enable=False) is None
+    (tmp_path / "file").write_text("")
+    with pytest.warns(UserWarning, match="compilation cache disabled"):
+        assert _cache.enable_compilation_cache(tmp_path / "file" / "jax") is None
+
+
+_CHILD = """
+import sys, time
+from ilex._cache import enable_compilation_cache
+assert enable_compilation_cache() is not None
+from ilex.registration.session import CompileCounter, Registrar
+with CompileCounter() as c:
+    t = time.perf_counter()
+    Registrar.from_weights(sys.argv[1], extent=32).register(sys.argv[2], sys.argv[3])
+print(c.cache_hits, time.perf_counter() - t)
+"""
+
+
+def test_second_process_reads_the_compiled_network_from_the_cache(images, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("ILEX_NO_COMPILATION_CACHE")
+    monkeypatch.setenv("ILEX_COMPILATION_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    cmd = [sys.executable, "-c", _CHILD, E32, str(images / "colin.nii.gz"), str(images / "mni.nii.gz")]
+    runs = [subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split() for _ in range(2)]
+    (hits_first, _), (hits_second, _) = runs
+    assert int(hits_first) == 0 and int(hits_second) >= 1  # at least the network, the one slow compilation
+    assert os.listdir(tmp_path / "cache")
