@@ -116,6 +116,7 @@ def child_network(bundle: str, extent: int, pairs_json: str) -> dict:
     """In this process: a warm pair against the network alone, both after a first (compiling) pair."""
     import jax
 
+    from ilex.progress import Stages
     from ilex.qc import quality_report
     from ilex.registration.outputs import write_outputs
     from ilex.registration.pipeline import network_fields
@@ -128,12 +129,22 @@ def child_network(bundle: str, extent: int, pairs_json: str) -> dict:
     method = reg.method_for()
     out = tempfile.mkdtemp()
 
+    breakdown = []
+
     def whole(m, fx):
+        stages = Stages()
         t0 = time.perf_counter()
-        result = reg.register(m, fx)
-        report = quality_report(result)
-        write_outputs(result, {"out_moving": os.path.join(out, "moved.nii.gz"), "trans": os.path.join(out, "fw.nii.gz")},
-                      report=report, settings={"hyper": 0.5, "steps": 7, "extent": extent})
+        result = reg.register(m, fx, stages=stages)
+        with stages("ras", "forward warp in RAS mm"):
+            result.forward
+        with stages("moved", "moving image on the fixed grid"):
+            result.moved()
+        with stages("qc", "Jacobian determinant, folding"):
+            report = quality_report(result)
+        with stages("write", "-o and -t (gzip)"):
+            write_outputs(result, {"out_moving": os.path.join(out, "moved.nii.gz"), "trans": os.path.join(out, "fw.nii.gz")},
+                          report=report, settings={"hyper": 0.5, "steps": 7, "extent": extent})
+        breakdown.append(stages.times)
         return time.perf_counter() - t0
 
     first = whole(*pairs[0])
@@ -148,7 +159,7 @@ def child_network(bundle: str, extent: int, pairs_json: str) -> dict:
         fw, bw = network_fields(method.estimate(mov, fix), 7)
         jax.block_until_ready((fw, bw))
         network.append(time.perf_counter() - t0)
-    return {"first_pair_s": first, "warm_pair_s": warm, "network_s": network,
+    return {"first_pair_s": first, "warm_pair_s": warm, "network_s": network, "stages_s": breakdown,
             "warm_over_network": (sum(warm) / len(warm)) / (sum(network) / len(network)) if warm else None}
 
 
