@@ -9,3 +9,5 @@ from .convert import convert as convert
 from .models.synthmorph_deform import SynthMorphDeform as SynthMorphDeform
 from .models.synthmorph_deform import SynthMorphUNet as SynthMorphUNet
 from .models.synthmorph_deform import symmetric_velocity as symmetric_velocity
+from .registration.outputs import write_outputs as write_outputs
+from .registration.session import Registrar as Registrar

@@ -10,6 +10,7 @@ from ..errors import IlexError
 _EPILOG = """\
 Typical use:
   ilex register moving.nii.gz fixed.nii.gz -o moved.nii.gz -t warp.nii.gz
+  ilex batch pairs.csv -e 192
   ilex apply warp.nii.gz labels.nii.gz labels_moved.nii.gz -m nearest
   ilex convert $FREESURFER_HOME/models/synthmorph.deform.3.h5 synthmorph-bundle/
 
@@ -19,6 +20,7 @@ Add --debug to any command to see a full traceback on error.
 
 def build_parser() -> argparse.ArgumentParser:
     from . import apply as apply_cmd
+    from . import batch as batch_cmd
     from . import convert as convert_cmd
     from . import register as register_cmd
 
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (register_cmd, apply_cmd, convert_cmd):
+    for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd):
         module.add_parser(sub)
     return parser
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     # Like mri_synthmorph, `register` is implied when the first argument is not a command.
-    commands = {"register", "apply", "convert"}
+    commands = {"register", "batch", "apply", "convert"}
     if argv and argv[0] not in commands and not argv[0].startswith("-"):
         argv.insert(0, "register")
     args = parser.parse_args(argv)

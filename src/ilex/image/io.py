@@ -55,6 +55,21 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
         kind = "truncated or corrupt" if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(e) else "not a readable NIfTI or MGZ image"
         raise ImageFileError(path, f"{kind} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return Image(*_checked(data, img.affine, path, what, check_values), path)
+
+
+def from_nibabel(img, *, what: str = "image", check_values: bool = True) -> Image:
+    """An ilex `Image` from an in-memory nibabel image (NIfTI, MGH, anything with `dataobj` and `affine`).
+
+    The same checks as `load_image`, and the same errors (`ImageFileError`, naming the image's
+    file when it has one, else `what`).
+    """
+    path = img.get_filename() if hasattr(img, "get_filename") else None
+    return Image(*_checked(np.asanyarray(img.dataobj), img.affine, path or what, what, check_values), path)
+
+
+def _checked(data, affine, path: str, what: str, check_values: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 data (x, y, z), float64 affine) after the checks `load_image` lists; `path` names the image in errors."""
     shape = data.shape
     if data.ndim == 4 and shape[3] == 1:
         data = data[..., 0]
@@ -65,7 +80,7 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
         raise ImageFileError(path, f"expected a single-frame 3-D {what}, found {data.ndim}-D data with {detail}")
     if min(data.shape) < 2:
         raise ImageFileError(path, f"expected a 3-D {what}, found shape {shape} (a 2-D slice?)")
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine = np.asarray(affine, dtype=np.float64)
     if not np.isfinite(affine).all():
         raise ImageFileError(path, "the header's voxel-to-world affine has NaN or Inf entries")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-6:
@@ -77,7 +92,7 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
             raise ImageFileError(path, f"{bad} voxel{'' if bad == 1 else 's'} {'is' if bad == 1 else 'are'} NaN or Inf")
         if data.min() == data.max():
             raise ImageFileError(path, f"the image is constant ({data.flat[0]:g}); nothing to register")
-    return Image(data, affine, path)
+    return data, affine
 
 
 def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *, intent: int | None = None) -> None:

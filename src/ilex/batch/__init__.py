@@ -1,0 +1,8 @@
+"""Many pairs: the pairs file, a warm sequential run, and scale-out on Dask (`ilex batch`)."""
+
+from .pairs import Pair as Pair
+from .pairs import read_pairs as read_pairs
+from .run import BatchSettings as BatchSettings
+from .run import PairRecord as PairRecord
+from .run import run_batch as run_batch
+from .run import write_summary as write_summary

@@ -1,0 +1,125 @@
+"""The pairs file of `ilex batch`: one registration per CSV row.
+
+Columns (header row required; order free; empty cells mean "not set"):
+
+| column       | alias | meaning                                                        |
+|--------------|-------|----------------------------------------------------------------|
+| `moving`     |       | moving image (required)                                         |
+| `fixed`      |       | fixed image (required)                                          |
+| `out_moving` | `o`   | `-o`: moving image resampled onto the fixed grid                |
+| `out_fixed`  | `O`   | `-O`: fixed image resampled onto the moving grid                |
+| `trans`      | `t`   | `-t`: forward warp                                              |
+| `inverse`    | `T`   | `-T`: inverse warp                                              |
+| `qc`         |       | `--qc`: QC directory                                            |
+| `out_dir`    | `d`   | `-d`: directory for the network inputs                          |
+| `init`       | `i`   | `-i`: initial affine, moving to fixed                           |
+| `hyper`      | `r`   | `-r`: λ for this row (default: the command's `-r`)              |
+| `method`     | `m`   | `-m`: method for this row (default: the command's `-m`)         |
+| `id`         |       | a label for the summary (default: the row number)               |
+
+Aliases are case-sensitive, as the flags are (`o` is `-o`, `O` is `-O`). Relative paths are
+relative to the directory of the CSV file. Every row needs at least one output.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+
+from ..errors import FileProblem, OptionError
+from ..registration.outputs import OUTPUT_KINDS, output_files
+
+COLUMNS = ("moving", "fixed", *OUTPUT_KINDS, "init", "hyper", "method", "id")
+ALIASES = {"o": "out_moving", "O": "out_fixed", "t": "trans", "T": "inverse", "d": "out_dir", "i": "init",
+           "r": "hyper", "m": "method"}
+_PATH_COLUMNS = ("moving", "fixed", "init", *OUTPUT_KINDS)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One row: what to register and where the outputs go (absolute paths).
+
+    `outputs` maps output kind (`ilex.registration.outputs.OUTPUT_KINDS`) to path. `hyper` and
+    `method` are None where the row leaves the command's default. `problem` is set for a row
+    that cannot run (e.g. a λ that is not a number); it fails alone.
+    """
+
+    index: int
+    moving: str
+    fixed: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    hyper: float | None = None
+    method: str | None = None
+    init: str | None = None
+    id: str | None = None
+    problem: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.id or f"row {self.index}"
+
+
+def read_pairs(path: str | os.PathLike) -> list[Pair]:
+    """Read the pairs file at `path` (see the module docstring). Rows are numbered from 1.
+
+    Raises `FileProblem` for an unreadable file, and `OptionError` for a missing or unknown
+    column, or two rows writing the same file. Problems of one row (an empty `moving`, a λ
+    that is not a number, no output) are kept in `Pair.problem` so that the row fails alone.
+    """
+    path = os.fspath(path)
+    base = os.path.dirname(os.path.abspath(path))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
+    except OSError as e:
+        raise FileProblem(path, f"cannot read the pairs file ({e.strerror})") from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise FileProblem(path, f"not a readable CSV file ({e})") from None
+    names = {}
+    for name in header:
+        column = ALIASES.get(name.strip(), name.strip())
+        if column not in COLUMNS:
+            raise OptionError(f"{path}: unknown column {name!r}; columns are {', '.join(COLUMNS)} "
+                              f"(aliases {', '.join(f'{a}={c}' for a, c in ALIASES.items())})")
+        if column in names.values():
+            raise OptionError(f"{path}: column {column!r} is given twice")
+        names[name] = column
+    missing = [c for c in ("moving", "fixed") if c not in names.values()]
+    if missing:
+        raise OptionError(f"{path}: the header has no {' or '.join(missing)} column (found: {', '.join(header) or 'nothing'})")
+    pairs = [_pair(k, {names[n]: (v or "").strip() for n, v in row.items() if n in names}, base)
+             for k, row in enumerate(rows, 1)]
+    _check_no_shared_outputs(path, pairs)
+    return pairs
+
+
+def _pair(index: int, row: dict[str, str], base: str) -> Pair:
+    values = {c: (os.path.normpath(os.path.join(base, v)) if c in _PATH_COLUMNS and v else v) for c, v in row.items()}
+    outputs = {kind: values[kind] for kind in OUTPUT_KINDS if values.get(kind)}
+    problem = None
+    hyper = None
+    if values.get("hyper"):
+        try:
+            hyper = float(values["hyper"])
+        except ValueError:
+            problem = f"hyper {values['hyper']!r} is not a number"
+    for column in ("moving", "fixed"):
+        if not values.get(column):
+            problem = problem or f"no {column} image"
+    if not outputs:
+        problem = problem or f"no output: set at least one of {', '.join(OUTPUT_KINDS)}"
+    return Pair(index, values.get("moving", ""), values.get("fixed", ""), outputs, hyper, values.get("method") or None,
+                values.get("init") or None, values.get("id") or None, problem)
+
+
+def _check_no_shared_outputs(path: str, pairs: list[Pair]) -> None:
+    writers: dict[str, str] = {}
+    for pair in pairs:
+        for _, file in output_files(pair.outputs):
+            real = os.path.realpath(file)
+            if real in writers and writers[real] != pair.label:
+                raise OptionError(f"{path}: {pair.label} and {writers[real]} both write {file}")
+            writers[real] = pair.label

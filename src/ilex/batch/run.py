@@ -1,0 +1,242 @@
+"""Running a batch of pairs: one warm `Registrar`, one record per pair, a failed pair never stops the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from ..errors import IlexError
+from ..registration.outputs import check_outputs, outputs_complete, write_outputs
+from .pairs import Pair
+
+STATUSES = ("done", "skipped", "failed")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every pair of a batch shares: the model and the command's defaults.
+
+    `weights`: what `-w` names (a path or hub id, or a tuple of them; None for the default).
+    `method`/`hyper`: defaults for rows that leave them empty. The others are `ilex register`'s.
+    """
+
+    weights: str | tuple[str, ...] | None = None
+    method: str | None = None
+    hyper: float = 0.5
+    steps: int = 7
+    extent: int = 256
+    algorithm: str | None = None
+    clip_percentile: float | None = None
+    warp_format: str = "freesurfer"
+    gpu: bool = False
+    compilation_cache: bool = True
+
+    def combination(self, pair: Pair) -> tuple[str | None, float]:
+        """(method, λ) that `pair` runs with."""
+        return (pair.method or self.method, self.hyper if pair.hyper is None else pair.hyper)
+
+    def registrar(self, pairs: Iterable[Pair] = ()):
+        """A `Registrar` with the model loaded and the methods `pairs` need made; the loaded
+        model is then let go (the hypernetwork is 3.5 GB; each λ's U-Net 1/33 of that)."""
+        from ..registration.session import Registrar, load_weights
+
+        registrar = Registrar(load_weights(self.weights), method=self.method, hyper=self.hyper, steps=self.steps,
+                              extent=self.extent, algorithm=self.algorithm, clip_percentile=self.clip_percentile)
+        combinations = {self.combination(p) for p in pairs if p.problem is None}
+        if combinations:
+            registrar.prepare(sorted(combinations, key=lambda c: (c[0] or "", c[1])))
+            registrar.model = None
+        return registrar
+
+
+@dataclass
+class PairRecord:
+    """One line of the summary. `seconds` is the pair's wall time (registration, QC and writing);
+    `peak_memory_gib` the highest resident memory of the process while it ran (sampled every
+    0.1 s; with several pairs in one process at once, theirs together); `folding_percent` the
+    share of fixed voxels where the forward warp's Jacobian determinant is ≤ 0; `worker` the
+    host (or Dask worker address) that ran it; `started`/`finished` Unix times."""
+
+    pair: str
+    index: int
+    moving: str
+    fixed: str
+    status: str
+    seconds: float | None = None
+    peak_memory_gib: float | None = None
+    folding_percent: float | None = None
+    error: str = ""
+    worker: str = ""
+    started: float | None = None
+    finished: float | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PeakMemory:
+    """The highest resident memory (GiB) of this process while the `with` block runs."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.peak = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        import psutil
+
+        process = psutil.Process()
+        while True:
+            self.peak = max(self.peak, process.memory_info().rss / 2**30)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034  final class in practice
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def error_text(error: BaseException) -> str:
+    """One line for the summary: the message of an ilex error, else the exception's class and message."""
+    if isinstance(error, IlexError):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "out of memory; try a smaller extent, e.g. -e 192"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _record(pair: Pair, status: str, **kwargs) -> PairRecord:
+    return PairRecord(pair.label, pair.index, pair.moving, pair.fixed, status, outputs=dict(pair.outputs), **kwargs)
+
+
+def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -> PairRecord:
+    """Register `pair` with `registrar`, write its outputs (atomically, all together) and return
+    its record. Never raises for a problem of this pair: it is recorded as failed."""
+    from ..qc import quality_report
+
+    start, started = time.perf_counter(), time.time()
+    worker = worker or socket.gethostname()
+    if pair.problem:
+        return _record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started)
+    method, hyper = settings.combination(pair)
+    try:
+        with PeakMemory() as memory:
+            check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
+            result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init)
+            report = quality_report(result)
+            write_outputs(result, pair.outputs, warp_format=settings.warp_format, report=report,
+                          settings={"hyper": hyper, "steps": settings.steps, "extent": settings.extent})
+    except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary
+        return _record(pair, "failed", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
+                       error=error_text(e), worker=worker, started=started, finished=time.time())
+    return _record(pair, "done", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
+                   folding_percent=100.0 * report.folding_fraction, worker=worker, started=started, finished=time.time())
+
+
+def skipped(pair: Pair) -> PairRecord:
+    return _record(pair, "skipped", error="all outputs exist (pass --overwrite to redo)")
+
+
+def iter_local(pairs: list[Pair], settings: BatchSettings, registrar=None) -> Iterator[PairRecord]:
+    """Run `pairs` one after another in this process (pairs already done are not passed here).
+    `registrar` defaults to `settings.registrar(pairs)`, made before the first pair."""
+    if not pairs:
+        return
+    registrar = registrar or settings.registrar(pairs)
+    for pair in pairs:
+        yield run_pair(registrar, pair, settings)
+
+
+def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwrite: bool = False,
+              progress: bool = False, on_record: Callable[[PairRecord], None] | None = None,
+              registrar=None, memory_resource: str = "MEMORY", memory_bytes: float | None = None) -> list[PairRecord]:
+    """Run every pair of `pairs` and return their records in the pairs' order.
+
+    A pair whose outputs all exist is skipped unless `overwrite` (so a rerun after a crash does
+    only what is left). Locally, pairs run one after another with one warm model (`registrar`,
+    or one made from `settings`); with a `distributed.Client`, on its workers (`ilex.batch.dask`).
+    `progress` shows one bar on stderr; `on_record` is called as each pair finishes.
+    Raises only for problems of the whole batch (weights that cannot be loaded, a cluster where
+    no worker has room for one registration); a pair's problem is in its record.
+    """
+    records: dict[int, PairRecord] = {}
+    todo = []
+    for pair in pairs:
+        if not overwrite and pair.problem is None and outputs_complete(pair.outputs):
+            records[pair.index] = skipped(pair)
+        else:
+            todo.append(pair)
+    bar = _progress_bar(len(pairs), len(records), progress)
+    with bar:
+        if client is None:
+            results = iter_local(todo, settings, registrar)
+        else:
+            from .dask import iter_cluster
+
+            results = iter_cluster(client, todo, settings, memory_resource=memory_resource, memory_bytes=memory_bytes)
+        for record in results:
+            records[record.index] = record
+            if on_record is not None:
+                on_record(record)
+            bar.update(1)
+            failed = sum(r.status == "failed" for r in records.values())
+            if failed:
+                bar.set_postfix_str(f"{failed} failed", refresh=False)
+    return [records[p.index] for p in pairs]
+
+
+def _progress_bar(total: int, done: int, show: bool):
+    from tqdm import tqdm
+
+    if not show:
+        return _NoBar()
+    return tqdm(total=total, initial=done, unit="pair", desc="ilex batch", dynamic_ncols=True)
+
+
+class _NoBar(contextlib.nullcontext):
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+
+def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings: BatchSettings | None = None) -> tuple[str, str]:
+    """Write PREFIX.csv and PREFIX.json (atomically); returns both paths.
+
+    CSV columns: pair, index, moving, fixed, status, seconds, peak_memory_gib, folding_percent,
+    error, worker, started, finished. The JSON holds the same records (with their outputs), the totals per status
+    and the settings.
+    """
+    import csv
+    import json
+
+    from .._atomic import atomic_file
+
+    prefix = os.fspath(prefix)
+    columns = [c for c in PairRecord.__dataclass_fields__ if c != "outputs"]
+    csv_path, json_path = f"{prefix}.csv", f"{prefix}.json"
+    with atomic_file(csv_path, suffix=".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({k: ("" if v is None else round(v, 4) if isinstance(v, float) else v)
+                             for k, v in record.to_dict().items()})
+    totals = {status: sum(r.status == status for r in records) for status in STATUSES}
+    document = {"totals": totals, "settings": asdict(settings) if settings else None, "pairs": [r.to_dict() for r in records]}
+    with atomic_file(json_path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+    return csv_path, json_path

@@ -1,0 +1,154 @@
+"""`ilex batch PAIRS.csv`: many registrations with one model load, on this machine or a Dask cluster."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from ..errors import OptionError
+
+_DESCRIPTION = """\
+Register every pair listed in PAIRS.csv with one model load: the weights are read and the network
+compiled once, then the pairs run one after another (or on a Dask cluster's workers with
+--scheduler). A pair that fails is reported and skipped; the others go on. Outputs are written as
+`ilex register` writes them, all of a pair's files together. A rerun skips pairs whose outputs all
+exist, so a batch that crashed resumes where it stopped. At the end a summary (PREFIX.csv and
+PREFIX.json: pair, status, seconds, peak memory, folding %, error) is written; the exit status
+is 1 if any pair failed.
+
+PAIRS.csv has a header row. Columns (empty cell = not set; relative paths are relative to the
+CSV file's directory):
+  moving, fixed          the images (required)
+  out_moving or o        -o: moving image on the fixed grid
+  out_fixed or O         -O: fixed image on the moving grid
+  trans or t             -t: forward warp
+  inverse or T           -T: inverse warp
+  qc                     --qc: QC directory
+  out_dir or d           -d: directory for the network inputs
+  init or i              -i: initial affine, moving to fixed
+  hyper or r             -r: λ for this row
+  method or m            -m: method for this row
+  id                     a label for the summary (default: the row number)
+Every row needs at least one output.
+"""
+
+_EPILOG = """\
+Examples:
+  ilex batch pairs.csv -e 192
+  ilex batch pairs.csv --local-workers 2              # two worker processes on this machine (Dask)
+  ilex batch pairs.csv --scheduler tcp://head:8786    # an existing Dask cluster (see docs/batch.md)
+
+pairs.csv:
+  moving,fixed,o,t,qc
+  sub-01_T1w.nii.gz,mni.nii.gz,out/sub-01_moved.nii.gz,out/sub-01_warp.nii.gz,out/sub-01_qc
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("batch", help="register many pairs listed in a CSV file, with one model load",
+                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pairs", help="CSV file, one pair per row (see above)")
+    p.add_argument("-w", "--weights", metavar="PATH", action="append",
+                   help="bundle directory, Hugging Face repo id, or synthmorph.deform.3.h5 (as ilex register; "
+                   "repeat for methods that take several models)")
+    p.add_argument("-m", "--model", default="deform", help="method for rows without a method column (default deform)")
+    p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="λ for rows without a hyper column (default 0.5)")
+    p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
+    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)")
+    p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
+    p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA)")
+    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="warp file convention (default freesurfer)")
+    p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P (as ilex register)")
+    p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto", help="convolution algorithm (as ilex register)")
+    p.add_argument("--summary", metavar="PREFIX", help="write the summary to PREFIX.csv and PREFIX.json "
+                   "(default: beside PAIRS.csv, named PAIRS.summary.csv/.json)")
+    p.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs all exist (default: skip them)")
+    p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache "
+                   "(default: on, in $XDG_CACHE_HOME/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)")
+    p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
+    cluster = p.add_argument_group("Dask (pip install 'ilex[dask]')")
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run the pairs on this Dask scheduler's workers (e.g. tcp://head:8786)")
+    cluster.add_argument("--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine")
+    cluster.add_argument("--memory-resource", default="MEMORY", metavar="NAME",
+                         help="worker resource that limits concurrent pairs by memory (default MEMORY: start workers "
+                         "with --resources MEMORY=<bytes>)")
+    cluster.add_argument("--memory", type=float, metavar="BYTES", help="memory one registration needs (default: ilex's estimate)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or closing summary, only errors")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..registration.pipeline import check_options
+
+    check_options(args.hyper, args.steps, args.extent)
+    if args.scheduler and args.local_workers:
+        raise OptionError("--scheduler and --local-workers: give one or the other")
+    if args.local_workers is not None and args.local_workers < 1:
+        raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
+    from .register import configure_devices
+
+    configure_devices(args.threads, args.gpu)
+    from .._cache import enable_compilation_cache
+
+    enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # Dask workers: BatchSettings
+
+    from ..batch import BatchSettings, read_pairs, run_batch, write_summary
+    from ..registration.outputs import outputs_complete
+
+    pairs = read_pairs(args.pairs)
+    settings = BatchSettings(
+        weights=tuple(args.weights) if args.weights and len(args.weights) > 1 else (args.weights[0] if args.weights else None),
+        method=args.model, hyper=args.hyper, steps=args.steps, extent=args.extent,
+        algorithm=None if args.conv == "auto" else args.conv, clip_percentile=args.clip_percentile,
+        warp_format=args.warp_format, gpu=args.gpu, compilation_cache=not args.no_compilation_cache)
+    prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
+    todo = [p for p in pairs if args.overwrite or p.problem is not None or not outputs_complete(p.outputs)]
+    start = time.perf_counter()
+    client = cluster = registrar = None
+    try:
+        if args.scheduler or args.local_workers:
+            client, cluster = _dask_client(args)
+        elif any(p.problem is None for p in todo):
+            registrar = settings.registrar(todo)
+            if not args.gpu and not args.no_memory_check:
+                from ..registration.memory import check_memory
+
+                check_memory(args.extent, registrar.network_width())
+        records = run_batch(pairs, settings, client=client, overwrite=args.overwrite, progress=not args.quiet,
+                            registrar=registrar, memory_resource=args.memory_resource, memory_bytes=args.memory)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    csv_path, json_path = write_summary(records, prefix, settings)
+    elapsed = time.perf_counter() - start
+    failed = [r for r in records if r.status == "failed"]
+    for record in failed:
+        print(f"ilex batch: {record.pair} ({record.moving} -> {record.fixed}) failed: {record.error}", file=sys.stderr)
+    if not args.quiet:
+        done = sum(r.status == "done" for r in records)
+        skipped = sum(r.status == "skipped" for r in records)
+        rate = f", {3600 * done / elapsed:.1f} pairs/hour" if done and elapsed > 0 else ""
+        print(f"ilex batch: {done} done, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
+              f"summary in {csv_path} and {json_path}")
+    return 1 if failed else 0
+
+
+def _dask_client(args):
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise OptionError("--scheduler/--local-workers: Dask is not installed; pip install 'ilex[dask]'") from None
+    if args.scheduler:
+        return Client(args.scheduler), None
+    from ..registration.memory import available_bytes
+
+    # Memory is shared by the workers and limited by the MEMORY resource, not by Dask's own
+    # per-worker limit (which would restart a worker in the middle of a large registration).
+    per_worker = available_bytes() / args.local_workers
+    cluster = LocalCluster(n_workers=args.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
+                           resources={args.memory_resource: per_worker}, dashboard_address=None)
+    return Client(cluster), cluster
