@@ -80,7 +80,7 @@ def sequential(images, tmp_path_factory):
     """Each good pair registered by its own `ilex register` call: the reference outputs."""
     out = tmp_path_factory.mktemp("sequential")
     for k, (m, f) in enumerate(GOOD, 1):
-        argv = ["register", str(images / m), str(images / f), "-w", E32, "-e", "32", "-q",
+        argv = ["register", str(images / m), str(images / f), "-m", "deform", "-w", E32, "-e", "32", "-q",
                 "-o", str(out / f"p{k}_moved.nii.gz"), "-t", str(out / f"p{k}_fw.nii.gz"),
                 "-T", str(out / f"p{k}_bw.mgz"), "--qc", str(out / f"p{k}_qc")]
         assert main(argv) == 0
@@ -156,7 +156,7 @@ def local_batch(images, sequential, tmp_path_factory):
     work = tmp_path_factory.mktemp("local")
     _write_csv(work / "pairs.csv", _rows(images, work / "out"))
     (work / "out").mkdir()
-    status = main(["batch", str(work / "pairs.csv"), "-w", E32, "-e", "32", "-q", "--no-compilation-cache"])
+    status = main(["batch", str(work / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q", "--no-compilation-cache"])
     return work, status
 
 
@@ -189,7 +189,7 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys):
     out = work / "out"
     before = {name: os.stat(out / name).st_mtime_ns for name in _files(out)}
     os.remove(out / "p2_bw.mgz")  # pair 2 lost one output: only it runs again
-    status = main(["batch", str(work / "pairs.csv"), "-w", E32, "-e", "32", "--summary", str(work / "rerun")])
+    status = main(["batch", str(work / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "--summary", str(work / "rerun")])
     assert status == 1
     with open(work / "rerun.csv", newline="") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["skipped", "done", "failed", "skipped", "skipped"]
@@ -200,7 +200,7 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys):
     assert "1 done, 3 skipped, 1 failed" in capsys.readouterr().out
     # Without the bad row everything is there already: nothing runs, the exit status is 0.
     _write_csv(work / "good.csv", [r for r in _rows(images, out) if "broken" not in r[0]])
-    assert main(["batch", str(work / "good.csv"), "-w", "/nonexistent/weights.h5", "-q"]) == 0
+    assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", "/nonexistent/weights.h5", "-q"]) == 0
 
 
 def test_dask_two_processes_with_a_killed_worker(images, sequential, tmp_path_factory, monkeypatch):

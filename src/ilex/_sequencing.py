@@ -8,16 +8,22 @@ output) must not be allocated up front, where it would sit beside the network's 
 
 from __future__ import annotations
 
-import jax
+import jax.numpy as jnp
 from jaxtyping import Array
 
 
 def after(value: Array, dependency: Array) -> Array:
-    """`value` itself, usable only once `dependency` has been computed.
+    """`value` itself, computed only once `dependency` has been.
 
-    `lax.optimization_barrier` makes all of its outputs wait for all of its inputs, and XLA
-    moves no operation across it. Unlike arithmetic ties (`value + 0 * dependency[0]`), the
-    values are untouched: a NaN or Inf in `dependency` cannot reach `value`.
+    The tie is a data dependence: `value` plus a zero derived from one element of `dependency`,
+    so XLA can neither compute `value` earlier nor drop the tie (it does not fold `x * 0` for
+    floats). The element goes through `nan_to_num` first, so the zero is exactly 0 whatever it
+    holds: a NaN or Inf in `dependency` cannot reach `value` (with `value + 0 * x` it did).
+
+    `lax.optimization_barrier((value, dependency))` would order the two without arithmetic, but
+    it changed XLA's schedule: the peak RSS of the extent-128 network pass rose from 2.32 GB (the
+    old `value + 0 * x` ties) to 2.60 GB; this tie gives 2.35 GB.
     """
-    value, _ = jax.lax.optimization_barrier((value, dependency))
-    return value
+    element = dependency[(0,) * dependency.ndim]
+    zero = jnp.nan_to_num(element, nan=0.0, posinf=0.0, neginf=0.0) * 0.0
+    return value + zero.astype(value.dtype)

@@ -137,7 +137,7 @@ def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -
             result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init)
             report = quality_report(result)
             write_outputs(result, pair.outputs, warp_format=settings.warp_format, report=report,
-                          settings={"hyper": hyper, "steps": settings.steps, "extent": settings.extent})
+                          settings={"model": result.method, "hyper": hyper, "steps": settings.steps, "extent": settings.extent})
     except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary
         return _record(pair, "failed", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
                        error=error_text(e), worker=worker, started=started, finished=time.time())

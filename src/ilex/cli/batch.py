@@ -53,7 +53,8 @@ def add_parser(sub) -> None:
     p.add_argument("-w", "--weights", metavar="PATH", action="append",
                    help="bundle directory, Hugging Face repo id, or synthmorph.deform.3.h5 (as ilex register; "
                    "repeat for methods that take several models)")
-    p.add_argument("-m", "--model", default="deform", help="method for rows without a method column (default deform)")
+    p.add_argument("-m", "--model", default="joint", help="method for rows without a method column: joint (default, as "
+                   "ilex register), deform, affine, rigid")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="λ for rows without a hyper column (default 0.5)")
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
     p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)")
@@ -96,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
     from ..registration.outputs import outputs_complete
+    from .register import resolve_model, weights_for
 
+    model = resolve_model(args.model)
+    weights = weights_for(model, args.weights)  # the defaults, or -w checked against what the model takes
     pairs = read_pairs(args.pairs)
     settings = BatchSettings(
-        weights=tuple(args.weights) if args.weights and len(args.weights) > 1 else (args.weights[0] if args.weights else None),
-        method=args.model, hyper=args.hyper, steps=args.steps, extent=args.extent,
+        weights=tuple(weights) if len(weights) > 1 else weights[0],
+        method=model, hyper=args.hyper, steps=args.steps, extent=args.extent,
         algorithm=None if args.conv == "auto" else args.conv, clip_percentile=args.clip_percentile,
         warp_format=args.warp_format, gpu=args.gpu, compilation_cache=not args.no_compilation_cache)
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"

@@ -86,6 +86,8 @@ def add_parser(sub) -> None:
                    help="deformable U-Net convolution: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
                    "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)")
     p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
+    p.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs in the user cache "
+                   "directory ($ILEX_COMPILATION_CACHE_DIR, else ~/.cache/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -143,56 +145,19 @@ def configure_devices(threads: int | None, gpu: bool) -> None:
         raise OptionError("-g: JAX sees no GPU; install jax with CUDA (pip install 'jax[cuda12]') or drop -g")
 
 
-def _check_creatable(option: str, directory: str) -> None:
-    """A directory that exists, or whose nearest existing ancestor is a writable directory."""
-    from .._atomic import _check_parent
-
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise OptionError(f"{option} {directory}: exists and is not a directory")
-    if not os.path.isdir(directory):
-        ancestor = os.path.abspath(directory)
-        while not os.path.exists(ancestor):
-            ancestor = os.path.dirname(ancestor)
-        if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
-            raise OptionError(f"{option} {directory}: cannot create it ({ancestor} is not a writable directory)")
-        return
-    _check_parent(os.path.join(directory, "x"))
+def _outputs(args) -> dict:
+    return {"out_moving": args.out_moving, "out_fixed": args.out_fixed, "trans": args.trans, "inverse": args.inverse,
+            "qc": args.qc, "out_dir": args.out_dir}
 
 
-def check_outputs(args, model: str = "deform") -> list[tuple[str, str]]:
-    """(option, path) of every output; refuses clashes with inputs or each other before any work."""
-    from .._atomic import _check_parent
-    from ..image.matrix_io import matrix_format
+def check_outputs(args, model: str = "deform") -> None:
+    """Refuse, before any work, outputs that clash with the inputs or each other, that cannot be
+    written, or that -m `model` cannot produce."""
+    from ..registration.outputs import check_outputs as check
+    from ..registration.outputs import check_transform_outputs
 
-    is_matrix = model in ("affine", "rigid")
-    if args.header_only and not is_matrix:
-        raise OptionError(f"-H: header-only output is for -m affine and -m rigid, not -m {model}")
-    for opt, path in (("-t", args.trans), ("-T", args.inverse)):
-        if path and matrix_format(path) and not is_matrix:
-            raise OptionError(f"{opt} {path}: -m {model} gives a warp, not a matrix; name it .nii.gz or .mgz")
-        if path and is_matrix and matrix_format(path) == "lta" and args.warp_format == "itk":
-            raise OptionError(f"{opt} {path}: --warp-format itk writes ITK text transforms; name it .txt or .tfm")
-    outs = [(opt, path) for opt, path in (("-o", args.out_moving), ("-O", args.out_fixed), ("-t", args.trans), ("-T", args.inverse)) if path]
-    if args.out_dir:
-        _check_creatable("-d", args.out_dir)
-        outs += [("-d", os.path.join(args.out_dir, f"inp_{k}.mgz")) for k in (1, 2)]
-    if args.qc:
-        from ..qc.report import QC_FILES
-
-        _check_creatable("--qc", args.qc)
-        outs += [("--qc", os.path.join(args.qc, name)) for name in QC_FILES]
-    inputs = {os.path.realpath(p): name for p, name in ((args.moving, "moving"), (args.fixed, "fixed")) if p}
-    seen = {}
-    for opt, path in outs:
-        real = os.path.realpath(path)
-        if real in inputs:
-            raise OptionError(f"{opt} {path}: the output would overwrite the {inputs[real]} image")
-        if real in seen:
-            raise OptionError(f"{opt} {path}: the same file is also given to {seen[real]}")
-        seen[real] = opt
-        if opt not in ("-d", "--qc"):
-            _check_parent(path)
-    return outs
+    check_transform_outputs(_outputs(args), model, args.header_only, args.warp_format)
+    check(_outputs(args), {"moving": args.moving, "fixed": args.fixed})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_for(model, args.weights)
     check_outputs(args, model)
     configure_devices(args.threads, args.gpu)
+    from .._cache import enable_compilation_cache
+
+    enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # a second run reads it from disk
 
     import numpy as np
 
@@ -211,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     from ..qc import quality_report
     from ..registration.affine_init import read_initial_affine
     from ..registration.memory import check_memory
+    from ..registration.outputs import write_outputs
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
 
@@ -232,58 +201,14 @@ def run(args: argparse.Namespace) -> int:
         with stages("qc", "Jacobian determinant of the forward warp"):
             report = quality_report(result)
     with stages("write", "outputs"):
-        write_outputs(args, result, report)
+        settings = {"model": result.method, "hyper": args.hyper, "steps": args.steps, "extent": args.extent}
+        write_outputs(result, _outputs(args), warp_format=args.warp_format, report=report, settings=settings,
+                      header_only=args.header_only)
     if not args.quiet:
         what = f"λ={args.hyper:g}, " if model in ("joint", "deform") else ""
         steps = f", {args.steps} steps" if model in ("joint", "deform") else ""
         print(stages.summary(f"{report.summary()}; -m {model}, {what}extent {args.extent}{steps}"))
     return 0
-
-
-def write_outputs(args, result, report) -> None:
-    """Every output of `register`, landing together at the end or not at all."""
-    import numpy as np
-
-    from .._atomic import output_batch
-    from ..image.io import save_image
-    from ..image.matrix_io import matrix_format, save_matrix
-    from ..image.warp_io import Warp, save_warp
-    from ..qc import write_qc
-
-    moving, fixed = result.moving, result.fixed
-    if args.out_dir:
-        os.makedirs(args.out_dir, exist_ok=True)  # as mri_synthmorph; the files themselves land with the rest
-    with output_batch():
-        moved = None
-        if args.out_moving or args.qc:
-            moved = moving.data if args.header_only else result.moved()
-        if args.qc:
-            settings = {"model": result.method, "hyper": args.hyper, "steps": args.steps, "extent": args.extent}
-            write_qc(args.qc, result, report, settings, result.moved() if args.header_only else moved)
-        if args.out_moving:
-            save_image(args.out_moving, moved, result.moved_header() if args.header_only else fixed.affine)
-        if args.out_fixed:
-            if args.header_only:
-                save_image(args.out_fixed, fixed.data, result.fixed_header())
-            else:
-                save_image(args.out_fixed, result.fixed_moved(), moving.affine)
-        for path, forward in ((args.trans, True), (args.inverse, False)):
-            if not path:
-                continue
-            if result.is_matrix and matrix_format(path):
-                fmt = "itk" if args.warp_format == "itk" else matrix_format(path)
-                ras = result.affine if forward else np.linalg.inv(result.affine)
-                src, dst = (moving, fixed) if forward else (fixed, moving)
-                save_matrix(path, ras, src, dst, fmt)
-            elif forward:
-                save_warp(path, Warp(result.forward, fixed.affine, moving.affine, moving.shape), args.warp_format)
-            else:
-                save_warp(path, Warp(result.inverse, moving.affine, fixed.affine, fixed.shape), args.warp_format)
-        if args.out_dir:
-            # Each input with its own network geometry, as mri_synthmorph writes them.
-            geometries = (moving.affine @ result.space.net_to_mov, fixed.affine @ result.space.net_to_fix)
-            for k, (data, geometry) in enumerate(zip(result.inputs, geometries), 1):
-                save_image(os.path.join(args.out_dir, f"inp_{k}.mgz"), np.asarray(data), geometry)
 
 
 def peek_width(weights: str) -> int:

@@ -9,9 +9,12 @@ Outputs are named by kind, after `ilex register`'s long options:
 | `trans`     | `-t`   | forward warp, on the fixed grid (RAS displacements, mm)            |
 | `inverse`   | `-T`   | inverse warp, on the moving grid                                   |
 | `qc`        | `--qc` | a directory: jacobian.nii.gz, checkerboard.png, qc.json            |
-| `out_dir`   | `-d`   | a directory: the network inputs inp_1.mgz (moving), inp_2.mgz      |
+| `out_dir`   | `-d`   | a directory (created): the network inputs inp_1.mgz, inp_2.mgz     |
 
-Every file of one call lands together when all are written, or none does (`output_batch`).
+For matrix results (`-m affine`, `-m rigid`), `trans`/`inverse` named `.lta` are FreeSurfer LTAs
+and `.txt`/`.tfm` ITK text transforms (`warp_format="itk"` makes every matrix ITK text); any other
+name gets the matrix as a dense warp. Every file of one call lands together when all are written,
+or none does (`output_batch`).
 """
 
 from __future__ import annotations
@@ -64,20 +67,13 @@ def outputs_complete(outputs: Mapping[str, str | os.PathLike | None]) -> bool:
 def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str | os.PathLike] = {}) -> None:
     """Refuse, before any work, outputs that would overwrite an input (`inputs`: name -> path) or
     each other, or whose directory is missing or not writable (`OptionError`/`FileProblem`).
-    `qc` may name a directory that does not exist yet (its parent must); `out_dir` must exist.
+    `qc` and `out_dir` may name directories that do not exist yet: they are created (as
+    mri_synthmorph creates `-d`), so their nearest existing ancestor must be writable.
     """
     real_inputs = {os.path.realpath(p): name for name, p in inputs.items() if p}
     for kind in _DIRECTORY_KINDS:
-        path = outputs.get(kind)
-        if not path:
-            continue
-        path = os.fspath(path)
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise OptionError(f"{OUTPUT_KINDS[kind]} {path}: exists and is not a directory")
-        if kind == "out_dir" and not os.path.isdir(path):
-            raise OptionError(f"-d {path}: no such directory")
-        if not os.path.isdir(path):
-            _check_parent(path)
+        if outputs.get(kind):
+            check_creatable(OUTPUT_KINDS[kind], os.fspath(outputs[kind]))
     seen: dict[str, str] = {}
     for kind, path in output_files(outputs):
         flag = OUTPUT_KINDS[kind]
@@ -87,25 +83,63 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Mappi
         if real in seen:
             raise OptionError(f"{flag} {path}: the same file is also given to {seen[real]}")
         seen[real] = flag
-        if os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        if kind not in _DIRECTORY_KINDS:  # those directories are created; files elsewhere need theirs
             _check_parent(path)
 
 
+def check_creatable(option: str, directory: str) -> None:
+    """A directory that exists and is writable, or whose nearest existing ancestor is a writable directory."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise OptionError(f"{option} {directory}: exists and is not a directory")
+    if os.path.isdir(directory):
+        _check_parent(os.path.join(directory, "x"))
+        return
+    ancestor = os.path.abspath(directory)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+        raise OptionError(f"{option} {directory}: cannot create it ({ancestor} is not a writable directory)")
+
+
+def check_transform_outputs(outputs: Mapping[str, str | os.PathLike | None], method: str, header_only: bool = False,
+                            warp_format: str = "freesurfer") -> None:
+    """Refuse transform names and `-H` that `method` cannot produce (a warp method has no matrix)."""
+    from ..image.matrix_io import matrix_format
+
+    is_matrix = method in ("affine", "rigid")
+    if header_only and not is_matrix:
+        raise OptionError(f"-H: header-only output is for -m affine and -m rigid, not -m {method}")
+    for kind in ("trans", "inverse"):
+        path = outputs.get(kind)
+        if not path:
+            continue
+        flag, fmt = OUTPUT_KINDS[kind], matrix_format(path)
+        if fmt and not is_matrix:
+            raise OptionError(f"{flag} {path}: -m {method} gives a warp, not a matrix; name it .nii.gz or .mgz")
+        if fmt == "lta" and warp_format == "itk":
+            raise OptionError(f"{flag} {path}: --warp-format itk writes ITK text transforms; name it .txt or .tfm")
+
+
 def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, warp_format: str = "freesurfer",
-                  report=None, settings: Mapping | None = None) -> list[str]:
+                  report=None, settings: Mapping | None = None, header_only: bool = False) -> list[str]:
     """Write `result`'s (a `Registration`) outputs named in `outputs` (kind -> path, see the module
     docstring; None or '' skips a kind); returns the files written.
 
     `report` is the `QualityReport` when the caller already computed it (else computed for `qc`);
     `settings` (e.g. hyper, steps, extent) go into qc.json. `warp_format` is "freesurfer" or "itk".
-    All files land together at the end, or none does. Raises `OptionError` for an unknown kind.
+    `header_only` (`-H`, matrix results): `out_moving`/`out_fixed` keep their voxels and get the
+    moved voxel-to-RAS matrix. All files land together at the end, or none does. Raises
+    `OptionError` for an unknown kind.
     """
     from ..image.io import save_image
+    from ..image.matrix_io import matrix_format, save_matrix
     from ..image.warp_io import Warp, save_warp
 
     files = output_files(outputs)  # validates the kinds
     path = {kind: os.fspath(p) for kind, p in outputs.items() if p}
     moving, fixed = result.moving, result.fixed
+    if "out_dir" in path:
+        os.makedirs(path["out_dir"], exist_ok=True)  # as mri_synthmorph; its files land with the rest
     with output_batch():
         moved = result.moved() if "out_moving" in path or "qc" in path else None
         if "qc" in path:
@@ -113,13 +147,26 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
 
             write_qc(path["qc"], result, report if report is not None else quality_report(result), dict(settings or {}), moved)
         if "out_moving" in path:
-            save_image(path["out_moving"], moved, fixed.affine)
+            if header_only:
+                save_image(path["out_moving"], moving.data, result.moved_header())
+            else:
+                save_image(path["out_moving"], moved, fixed.affine)
         if "out_fixed" in path:
-            save_image(path["out_fixed"], result.fixed_moved(), moving.affine)
-        if "trans" in path:
-            save_warp(path["trans"], Warp(result.forward, fixed.affine, moving.affine, moving.shape), warp_format)
-        if "inverse" in path:
-            save_warp(path["inverse"], Warp(result.inverse, moving.affine, fixed.affine, fixed.shape), warp_format)
+            if header_only:
+                save_image(path["out_fixed"], fixed.data, result.fixed_header())
+            else:
+                save_image(path["out_fixed"], result.fixed_moved(), moving.affine)
+        for kind, forward in (("trans", True), ("inverse", False)):
+            if kind not in path:
+                continue
+            if result.is_matrix and matrix_format(path[kind]):
+                ras = result.affine if forward else np.linalg.inv(result.affine)
+                src, dst = (moving, fixed) if forward else (fixed, moving)
+                save_matrix(path[kind], ras, src, dst, "itk" if warp_format == "itk" else None)
+            elif forward:
+                save_warp(path[kind], Warp(result.forward, fixed.affine, moving.affine, moving.shape), warp_format)
+            else:
+                save_warp(path[kind], Warp(result.inverse, moving.affine, fixed.affine, fixed.shape), warp_format)
         if "out_dir" in path:
             # Each input with its own network geometry, as mri_synthmorph writes them.
             geometries = (moving.affine @ result.space.net_to_mov, fixed.affine @ result.space.net_to_fix)
