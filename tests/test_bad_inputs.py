@@ -432,3 +432,15 @@ def test_missing_hub_weights_are_their_own_error_type():
 
     with pytest.raises(WeightsNotFound):
         ilex.load("ilex-hub/not-downloaded-here")
+
+
+def test_voxel_lta_for_images_of_another_shape(work, capsys):
+    # A voxel-to-voxel LTA is only meaningful on the grids it was made for: the CLI passes the shapes too.
+    from ilex.image.lta import LinearTransform, VolumeGeometry, format_lta
+
+    moving, fixed = nib.load("moving.nii.gz"), nib.load("fixed.nii.gz")
+    wrong = tuple(n + 2 for n in moving.shape)
+    lta = LinearTransform(0, np.eye(4), VolumeGeometry.from_affine(moving.affine, wrong),
+                          VolumeGeometry.from_affine(fixed.affine, fixed.shape))
+    pathlib.Path("v.lta").write_text(format_lta(lta))
+    _fails(capsys, work, _register() + ["-i", "v.lta"], "v.lta", "shape")

@@ -187,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     with stages("load", "images and weights"):
         moving = load_image(args.moving, what="moving image")
         fixed = load_image(args.fixed, what="fixed image")
-        init = read_initial_affine(args.init, moving.affine, fixed.affine) if args.init else None
+        init = (read_initial_affine(args.init, moving.affine, fixed.affine, moving_shape=moving.shape, fixed_shape=fixed.shape)
+                if args.init else None)
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
         check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
         if not args.gpu and not args.no_memory_check:

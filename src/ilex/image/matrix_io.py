@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from .._atomic import atomic_file
-from .geometry import shearless_components
+from .lta import RAS_TO_RAS, LinearTransform, VolumeGeometry, format_lta, parse_lta
 
 MATRIX_SUFFIXES = (".lta", ".txt", ".tfm")
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -28,38 +28,6 @@ def matrix_format(path: str | os.PathLike) -> str | None:
     if name.endswith((".txt", ".tfm")):
         return "itk"
     return None
-
-
-def _volume_info(affine: np.ndarray, shape, filename: str) -> str:
-    voxsize, rotation, centre = shearless_components(affine, shape)
-    rows = [
-        "valid = 1  # volume info valid",
-        f"filename = {filename or 'none'}",
-        "volume = {} {} {}".format(*(int(n) for n in shape[:3])),
-        "voxelsize = {:.15e} {:.15e} {:.15e}".format(*tuple(voxsize)),
-        "xras   = {:.15e} {:.15e} {:.15e}".format(*tuple(rotation[:, 0])),
-        "yras   = {:.15e} {:.15e} {:.15e}".format(*tuple(rotation[:, 1])),
-        "zras   = {:.15e} {:.15e} {:.15e}".format(*tuple(rotation[:, 2])),
-        "cras   = {:.15e} {:.15e} {:.15e}".format(*tuple(centre)),
-    ]
-    return "\n".join(rows) + "\n"
-
-
-def lta_text(ras_matrix: np.ndarray, src_affine: np.ndarray, src_shape, dst_affine: np.ndarray, dst_shape,
-             src_name: str = "", dst_name: str = "") -> str:
-    """An LTA (`LINEAR_RAS_TO_RAS`) holding `ras_matrix`, which maps src RAS points to dst RAS points."""
-    m = np.asarray(ras_matrix, np.float64)
-    lines = [
-        "# transform file written by ilex",
-        "type      = 1 # LINEAR_RAS_TO_RAS",
-        "nxforms   = 1",
-        "mean      = 0.0000 0.0000 0.0000",
-        "sigma     = 1.0000",
-        "1 4 4",
-        *("{:.15e} {:.15e} {:.15e} {:.15e}".format(*tuple(row)) for row in m),
-    ]
-    return ("\n".join(lines) + "\nsrc volume info\n" + _volume_info(src_affine, src_shape, src_name)
-            + "dst volume info\n" + _volume_info(dst_affine, dst_shape, dst_name))
 
 
 def itk_text(ras_matrix: np.ndarray) -> str:
@@ -80,8 +48,9 @@ def save_matrix(path: str | os.PathLike, ras_matrix: np.ndarray, moving, fixed, 
     """
     fmt = fmt or matrix_format(path) or "lta"
     if fmt == "lta":
-        text = lta_text(ras_matrix, moving.affine, moving.shape, fixed.affine, fixed.shape,
-                        os.path.basename(moving.path or ""), os.path.basename(fixed.path or ""))
+        src = VolumeGeometry.from_affine(moving.affine, moving.shape, os.path.basename(moving.path or "") or "none")
+        dst = VolumeGeometry.from_affine(fixed.affine, fixed.shape, os.path.basename(fixed.path or "") or "none")
+        text = format_lta(LinearTransform(RAS_TO_RAS, np.asarray(ras_matrix, np.float64), src, dst))
     elif fmt == "itk":
         text = itk_text(ras_matrix)
     else:
@@ -92,29 +61,13 @@ def save_matrix(path: str | os.PathLike, ras_matrix: np.ndarray, moving, fixed, 
 
 def lta_geometry(path: str | os.PathLike, which: str = "dst") -> tuple[np.ndarray, tuple[int, int, int]] | None:
     """The voxel-to-RAS matrix and shape an LTA records for its `which` ("src" or "dst") image,
-    or None when the block is missing or marked invalid. Raises `FileProblem` when it is damaged."""
+    or None when that volume info is marked invalid. Raises `FileProblem` for a damaged file."""
     from ..errors import FileProblem
-    from .geometry import fs_affine
 
     path = os.fspath(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = [ln.strip() for ln in f]
     try:
-        start = lines.index(f"{which} volume info")
-    except ValueError:
-        return None
-    fields = {}
-    for line in lines[start + 1 : start + 9]:
-        key, _, value = line.partition("=")
-        fields[key.strip()] = value.split("#")[0].split()
-    if fields.get("valid", ["0"])[0] != "1":
-        return None
-    try:
-        shape = tuple(int(v) for v in fields["volume"])
-        voxsize, centre = (np.array(fields[k], float) for k in ("voxelsize", "cras"))
-        rotation = np.array([fields[k] for k in ("xras", "yras", "zras")], float).T
-        if len(shape) != 3 or voxsize.shape != (3,) or centre.shape != (3,) or rotation.shape != (3, 3):
-            raise ValueError("wrong number of values")
-    except (KeyError, ValueError) as e:
-        raise FileProblem(path, f"the {which} volume info is damaged ({e})") from None
-    return fs_affine(voxsize, rotation, centre, shape), shape
+        with open(path, encoding="utf-8", errors="replace") as f:
+            geometry = getattr(parse_lta(f.read()), which)
+    except ValueError as e:
+        raise FileProblem(path, f"not a readable LTA ({e})") from None
+    return None if geometry is None else (geometry.affine(), geometry.shape)

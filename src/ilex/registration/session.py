@@ -139,7 +139,8 @@ class Registrar:
         moving = as_image(moving, "moving image")
         fixed = as_image(fixed, "fixed image")
         if init is not None and not isinstance(init, np.ndarray):
-            init = read_initial_affine(os.fspath(init), moving.affine, fixed.affine)
+            init = read_initial_affine(os.fspath(init), moving.affine, fixed.affine, moving_shape=moving.shape,
+                                       fixed_shape=fixed.shape)
         return register(moving, fixed, None, method=self.method_for(method, hyper), hyper=self.hyper if hyper is None else hyper,
                         steps=self.steps, extent=self.extent, init_vox=init, clip_percentile=self.clip_percentile,
                         stages=stages)
