@@ -30,6 +30,11 @@ FILES = {
     "fsl_mni152_t1_2mm.nii.gz": ("wheel:nimare", "nimare/resources/templates/tpl-MNI152NLin6Asym_res-02_T1w.nii.gz"),
     "spm_avg152t1.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T1.nii"),
     "spm_avg152t2.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T2.nii"),
+    # Tissue probability maps on the avg152 grid (SPM's old segmentation priors) and on MNI 2009a.
+    "spm_grey.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/grey.nii"),
+    "spm_white.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/white.nii"),
+    "mni2009a_gm.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz"),
+    "mni2009a_wm.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"),
 }
 
 
