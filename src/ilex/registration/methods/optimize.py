@@ -91,7 +91,7 @@ class OptimizeMethod:
     hyper: float = 0.5
     similarity: str = "auto"
     levels: tuple[int, ...] = (4, 2)
-    iterations: tuple[int, ...] = (100, 40)
+    iterations: tuple[int, ...] = (50, 20)
     velocity_scale: int = 4
     affine: bool = True
     progress: bool = False
@@ -136,11 +136,11 @@ class OptimizeMethod:
 class RefineMethod(OptimizeMethod):
     """`--refine`: `first`'s answer (a SynthMorph model's velocity, or a matrix) is the start of
     the deformable stage, at `first`'s velocity grid; its levels are those of `levels` no
-    coarser than that grid (by default the 2 mm level only, 40 iterations)."""
+    coarser than that grid (by default the 2 mm level only, 20 iterations)."""
 
     first: Method | None = None
     levels: tuple[int, ...] = (2,)
-    iterations: tuple[int, ...] = (40,)
+    iterations: tuple[int, ...] = (20,)
     name: str = "refine"
 
     def __post_init__(self):
