@@ -58,7 +58,7 @@ def level_matrix(matrix, scale: int):
     return inv @ matrix @ s
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optimizer(learning_rate: float, iterations: int):
     return optax.adam(optax.cosine_decay_schedule(learning_rate, iterations, alpha=0.1))
 

@@ -96,7 +96,7 @@ def _interior(shape, margin: int):
     return axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _optimizer(momentum: float):
     return optax.sgd(1.0, momentum=momentum or None)
 

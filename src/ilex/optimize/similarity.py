@@ -69,7 +69,7 @@ def lncc_and_gradient(fixed, moved, radius: int = 2):
     return value, grad / fixed.size
 
 
-def _soft_bins(x: Float[Array, "n"], bins: int):
+def _soft_bins(x: Float[Array, " n"], bins: int):
     # Linear (first-order B-spline) Parzen window: each intensity splits between two bins.
     p = jnp.clip(x, 0.0, 1.0) * (bins - 1)
     lo = jnp.clip(jnp.floor(p), 0, bins - 2)
@@ -88,7 +88,7 @@ def mutual_information(fixed: Float[Array, "x y z"], moved: Float[Array, "x y z"
             hist = hist.at[(fl + df) * bins + ml + dm].add(wf * wm)
     p = hist.reshape(bins, bins) / fixed.size
     pf, pm = p.sum(axis=1), p.sum(axis=0)
-    plogp = lambda q: jnp.sum(q * jnp.log(q + 1e-12))  # noqa: E731
+    plogp = lambda q: jnp.sum(q * jnp.log(q + 1e-12))
     return plogp(p) - plogp(pf) - plogp(pm)
 
 
