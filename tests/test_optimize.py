@@ -146,7 +146,7 @@ def test_refine_improves_on_the_network():
         mov, fix = (jnp.asarray(a) for a in result.inputs)
         return float(lncc(fix, interpolate_clamped(mov, voxel_grid(fw.shape[:3]) + fw, fill=0.0)))
 
-    # Measured: LNCC 0.29 after the random-weight network, 0.41 after refining.
+    # Measured: LNCC 0.268 after the random-weight network, 0.416 after refining.
     assert similarity(refined) > similarity(start) + 0.05
 
 
