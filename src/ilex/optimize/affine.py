@@ -1,9 +1,9 @@
 """The affine stage: centres of mass, then 12 parameters optimised on coarse copies of the images.
 
 Matrices map fixed-network voxels (1 mm) to moving-network voxels, as `NetworkTransform.matrix`.
-The parameters are `p` (12,): linear part `I + p[:9]` acting about the fixed cube's centre and a
-translation of `20 p[9:]` mm on top of the centres-of-mass shift, so that Adam's step of about
-`lr` per parameter moves the linear part by `lr` and the origin by `20 lr` mm.
+The parameters are `p` (12,): linear part `I + 0.2 p[:9]` acting about the fixed cube's centre
+and a translation of `20 p[9:]` mm on top of the centres-of-mass shift, so that Adam's step of
+about `lr` per parameter moves the linear part by `0.2 lr` and the origin by `20 lr` mm.
 """
 
 from __future__ import annotations
