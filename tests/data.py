@@ -47,6 +47,15 @@ FILES = {
                          "213557a43d4387243c51bf208b3a672ae2eb68091f7ffe47c28a9f69d9e3d9fd"),
     "spm_avg152t2.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T2.nii",
                          "6466e5f99fbfd73ee0da5a34bf6c6ade22eea4399bcb9bb002ab5831d925e877"),
+    # Tissue probability maps on the avg152 grid (SPM's old segmentation priors) and on MNI 2009a.
+    "spm_grey.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/grey.nii",
+                     "c4889206b4ffae9366926d9a631cb635e94151a8d2c7a105002ee0e8ceb91d06"),
+    "spm_white.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/white.nii",
+                      "6b3208332f51c78c57137e7721c2596972feb7ce43affe4a4c3404cbd9c54481"),
+    "mni2009a_gm.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                           "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed"),
+    "mni2009a_wm.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+                           "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db"),
 }
 
 

@@ -14,7 +14,10 @@ MRI contrast, size, voxel size and orientation; single-frame 3-D NIfTI or MGZ.
 
 Models (-m): joint (the default, as in mri_synthmorph) runs the affine network, then the deformable
 one in the affine mid-space; deform assumes the images are already affinely aligned (pass -i
-otherwise); affine and rigid fit a matrix only. Each image is resampled into a 1 mm LIA cube (centred
+otherwise); affine and rigid fit a matrix only. optimize is ilex's own method and needs no trained
+weights: an affine, then a diffeomorphic stationary velocity, both found by optimising the images'
+similarity (LNCC for one contrast, mutual information across contrasts); --refine starts that
+optimisation from a SynthMorph model's answer instead. Each image is resampled into a 1 mm LIA cube (centred
 on the fixed image for deform, on each image otherwise); the deformable network predicts a stationary
 velocity from two symmetric passes, and scaling and squaring gives a diffeomorphic warp and its inverse.
 
@@ -50,8 +53,10 @@ WEIGHT_FILES = {
     "deform": ("synthmorph.deform.3.h5",),
     "affine": ("synthmorph.affine.2.h5",),
     "rigid": ("synthmorph.rigid.1.h5",),
+    "optimize": (),  # ilex's own method: no trained weights
 }
 MODELS = tuple(WEIGHT_FILES)
+NETWORK_MODELS = ("joint", "deform", "affine", "rigid")
 
 
 def add_parser(sub) -> None:
@@ -88,6 +93,16 @@ def add_parser(sub) -> None:
     p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
     p.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs in the user cache "
                    "directory ($ILEX_COMPILATION_CACHE_DIR, else ~/.cache/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)")
+    g = p.add_argument_group("-m optimize and --refine (ilex's own optimiser, no weights)")
+    g.add_argument("--refine", action="store_true", help="optimise the SynthMorph model's result further (-m deform, "
+                   "affine or rigid; -r then also sets the optimiser's smoothness)")
+    g.add_argument("--similarity", choices=["auto", "lncc", "mi"], default="auto",
+                   help="lncc for images of one contrast, mi (mutual information) for any contrasts; auto (default) "
+                   "decides from the affinely aligned images")
+    g.add_argument("--levels", type=int, nargs="+", metavar="MM",
+                   help="deformable levels, coarse to fine, in mm of the network grid (default 4 2; --refine: 2)")
+    g.add_argument("--iterations", type=int, nargs="+", metavar="N", help="most iterations per level (default 50 20; "
+                   "--refine: 20); a level stops earlier when the similarity stops improving")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -115,6 +130,8 @@ def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
 def weights_for(model: str, given: list[str] | None) -> list[str]:
     """The weight paths for `model`: the -w list (checked against what the model needs) or the defaults."""
     files = WEIGHT_FILES[model]
+    if not files and given:
+        raise OptionError(f"-w: -m {model} needs no weights; drop -w (or pick a SynthMorph model and --refine)")
     if not given:
         return [default_weights(f) for f in files]
     if len(given) != len(files):
@@ -166,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_options(args.hyper, args.steps, args.extent)
     weights = weights_for(model, args.weights)
-    check_outputs(args, model)
+    check_outputs(args, "optimize" if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache
 
@@ -191,10 +208,11 @@ def run(args: argparse.Namespace) -> int:
                 if args.init else None)
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
         check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
-        if not args.gpu and not args.no_memory_check:
+        if weights and not args.gpu and not args.no_memory_check:
             check_memory(args.extent, max(peek_width(w) for w in weights))
-        networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper)
-    result = register(moving, fixed, networks, method=model, hyper=args.hyper, steps=args.steps, extent=args.extent,
+        networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
+        method = _method(args, model, networks)
+    result = register(moving, fixed, networks, method=method, hyper=args.hyper, steps=args.steps, extent=args.extent,
                       init_vox=init, clip_percentile=args.clip_percentile, stages=stages,
                       algorithm=None if args.conv == "auto" else args.conv)
     report = None
@@ -206,10 +224,33 @@ def run(args: argparse.Namespace) -> int:
         write_outputs(result, _outputs(args), warp_format=args.warp_format, report=report, settings=settings,
                       header_only=args.header_only)
     if not args.quiet:
-        what = f"λ={args.hyper:g}, " if model in ("joint", "deform") else ""
-        steps = f", {args.steps} steps" if model in ("joint", "deform") else ""
+        deformable = model in ("joint", "deform", "optimize") or args.refine
+        what = f"λ={args.hyper:g}, " if deformable else ""
+        steps = f", {args.steps} steps" if deformable else ""
         print(stages.summary(f"{report.summary()}; -m {model}, {what}extent {args.extent}{steps}"))
     return 0
+
+
+def _method(args, model: str, networks):
+    """The registration method -m, --refine and the optimiser's options ask for."""
+    optimiser = model == "optimize" or args.refine
+    if not optimiser:
+        if args.levels or args.iterations or args.similarity != "auto":
+            raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine")
+        return model
+    from ..registration.methods import as_method
+    from ..registration.methods.optimize import method_from_options
+
+    first = None
+    if args.refine:
+        if model == "optimize":
+            raise OptionError("--refine refines a SynthMorph model's result; -m optimize already optimises")
+        if model == "joint":
+            raise OptionError("--refine: refining -m joint (a velocity in the affine mid-space) is not supported; "
+                              "use -m deform (after -i) or -m affine with --refine")
+        first = as_method(networks, model, hyper=args.hyper, algorithm=None if args.conv == "auto" else args.conv)
+    return method_from_options(hyper=args.hyper, similarity=args.similarity, refine=first, quiet=args.quiet,
+                               levels=args.levels, iterations=args.iterations)
 
 
 def peek_width(weights: str) -> int:
@@ -282,6 +323,7 @@ def _load_weights(weights: str, explicit: bool):
             f"the SynthMorph weights are not available here. Get {name} with FreeSurfer 7.4+ "
             "(it is in $FREESURFER_HOME/models) and pass it with -w, or convert it once with "
             f"`ilex convert {name} DIR` and pass -w DIR, or download the hub bundle "
-            f"where there is a network (`hf download {weights}`)"
+            f"where there is a network (`hf download {weights}`); or register without trained weights: "
+            "`ilex register -m optimize MOVING FIXED ...`"
             + ("" if isinstance(e, WeightsNotFound) else f". Detail: {e.problem}"),
         ) from None

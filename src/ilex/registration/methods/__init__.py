@@ -1,17 +1,21 @@
 """Registration methods: each estimates a `NetworkTransform`; `registration.pipeline` does the rest.
 
-| method  | module          | yields                                                              |
-|---------|-----------------|---------------------------------------------------------------------|
-| deform  | `synthmorph.py` | a half-resolution velocity (SynthMorph's hyper-U-Net)                |
-| affine  | `synthmorph.py` | a matrix (SynthMorph's feature detector, weighted least squares)     |
-| rigid   | `synthmorph.py` | a matrix (the same, rotation and translation only)                   |
-| joint   | `synthmorph.py` | a velocity in the affine's mid-space, with the matrix roots around it |
+| method   | module          | yields                                                               |
+|----------|-----------------|----------------------------------------------------------------------|
+| deform   | `synthmorph.py` | a half-resolution velocity (SynthMorph's hyper-U-Net)                 |
+| affine   | `synthmorph.py` | a matrix (SynthMorph's feature detector, weighted least squares)      |
+| rigid    | `synthmorph.py` | a matrix (the same, rotation and translation only)                    |
+| joint    | `synthmorph.py` | a velocity in the affine's mid-space, with the matrix roots around it  |
+| optimize | `optimize.py`   | an affine and a 4 mm velocity, optimised (no weights)                 |
+| (refine) | `optimize.py`   | a model's velocity, optimised further (`--refine`)                    |
 """
 
 from __future__ import annotations
 
 from .base import Method as Method
 from .base import NetworkTransform as NetworkTransform
+from .optimize import OptimizeMethod as OptimizeMethod
+from .optimize import RefineMethod as RefineMethod
 from .synthmorph import SynthMorphAffineMethod as SynthMorphAffineMethod
 from .synthmorph import SynthMorphDeformMethod as SynthMorphDeformMethod
 from .synthmorph import SynthMorphJointMethod as SynthMorphJointMethod
@@ -53,10 +57,15 @@ def as_method(model=None, method=None, *, hyper: float = 0.5, algorithm: str | N
 
     `method` may already be a `Method`; otherwise it names what to do with `model` (inferred
     from it when None): a deformable model gives `deform`, an affine/rigid detector `affine` or
-    `rigid`, a pair (detector, deformable model) `joint`.
+    `rigid`, a pair (detector, deformable model) `joint`. "optimize" needs no model; with a
+    SynthMorph deformable model it refines that model's answer (`--refine`).
     """
     if isinstance(method, Method):
         return method
+    if method == "optimize":
+        if model is None:
+            return OptimizeMethod(hyper=hyper)
+        return RefineMethod(first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper)
     name = method or infer_method_name(model)
     if name == "deform":
         return SynthMorphDeformMethod(_unet(model, hyper, "-m deform"), algorithm)

@@ -1,0 +1,193 @@
+"""`-m optimize`: registration by direct optimisation, no trained weights (`ilex.optimize`).
+
+`OptimizeMethod` runs the affine stage and the deformable stage on both network images, each
+cube centred on its own image, and answers with the velocity and the affine around it:
+`forward(x) = A (x + exp(v)(x))`, i.e. `NetworkTransform(velocity=v, scale=s, post=A @ scale(s))`.
+`RefineMethod` starts the deformable stage from another method's answer (`--refine`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ...errors import OptionError
+from ...optimize.affine import level_matrix, moments_matrix, optimise_affine
+from ...optimize.deformable import Level, moved_image, optimise_velocity
+from ...optimize.similarity import SIMILARITIES, same_contrast
+from ...optimize.smoothing import pyramid
+from ...transforms.integrate import voxel_grid
+from .base import Method, NetworkTransform, scale_matrix
+
+SIMILARITY_CHOICES = ("auto", *SIMILARITIES)
+
+
+def regularisation(hyper: float) -> tuple[float, float]:
+    """`-r` λ in [0, 1] as (sigma_update in level voxels, sigma_field in velocity voxels).
+
+    The update's Gaussian ("fluid") grows from 1 to 5 voxels and the field's ("diffusion") from
+    0 to 1.5 velocity voxels; λ = 0.5 gives 3 voxels, ANTs SyN's default update smoothing.
+    Higher λ: smoother, less local warps, as for SynthMorph's hypernetwork.
+    """
+    return 1.0 + 4.0 * hyper, 1.5 * hyper
+
+
+def _check(hyper: float, similarity: str, levels, iterations, velocity_scale: int) -> None:
+    if not 0.0 <= hyper <= 1.0:
+        raise OptionError(f"-r {hyper:g}: the regularisation weight λ must lie in [0, 1]")
+    if similarity not in SIMILARITY_CHOICES:
+        raise OptionError(f"--similarity {similarity}: choose one of {', '.join(SIMILARITY_CHOICES)}")
+    if velocity_scale not in (1, 2, 4, 8):
+        raise OptionError(f"velocity scale {velocity_scale}: choose 1, 2, 4 or 8 (voxels of the network grid)")
+    if not levels or len(levels) != len(iterations):
+        raise OptionError(f"levels {levels} and iterations {iterations}: give one iteration count per level")
+    for s, n in zip(levels, iterations, strict=True):
+        if s not in (1, 2, 4, 8) or velocity_scale % s:
+            raise OptionError(f"level {s} mm: levels must be 1, 2, 4 or 8 mm and divide the velocity grid's {velocity_scale} mm")
+        if n < 0:
+            raise OptionError(f"level {s} mm: {n} iterations; the count must be >= 0")
+
+
+def _affine_scales(extent: int) -> tuple[int, ...]:
+    # The coarse copies the affine stage runs on: between 16^3 and 64^3 voxels, coarse to fine.
+    return tuple(s for s in (8, 4, 2) if 16 <= extent // s <= 64)
+
+
+def _choose_similarity(choice: str, pyr_mov, pyr_fix, matrix: np.ndarray, scale: int) -> str:
+    if choice != "auto":
+        return choice
+    fix = pyr_fix[scale]
+    moved = moved_image(pyr_mov[scale], level_matrix(jnp.asarray(matrix, jnp.float32), scale), voxel_grid(fix.shape),
+                        jnp.zeros((*fix.shape, 3), jnp.float32))
+    return "lncc" if same_contrast(fix, moved) else "mi"
+
+
+def _check_images(mov_net, fix_net) -> None:
+    for net, what in ((mov_net, "moving"), (fix_net, "fixed")):
+        a = np.asarray(net)
+        if not np.isfinite(a).all() or a.max() - a.min() <= 0:
+            raise OptionError(f"-m optimize: the {what} image is flat in network space, so there is nothing to register")
+
+
+@dataclass
+class OptimizeMethod:
+    """Affine, then a diffeomorphic stationary velocity, by optimisation (no weights needed).
+
+    `hyper` (`-r`, λ in [0, 1]): smoothness, see `regularisation`. `similarity`: "lncc" (local
+    normalised cross-correlation, 5^3-voxel windows at each level: same contrast), "mi" (mutual
+    information, 32-bin Parzen histogram: any contrasts) or "auto" (LNCC when the affinely
+    aligned images' intensities correlate positively inside both heads, else MI).
+    `levels` are the deformable levels' image voxel sizes (mm, coarse to fine) with at most
+    `iterations` each; the velocity lives on a grid of `velocity_scale` mm. `affine=False`
+    skips the affine stage (centres of mass only). `progress` shows a bar per level.
+    After `estimate`, `profile` holds each stage's seconds and iterations, and
+    `chosen_similarity` what "auto" chose.
+    """
+
+    hyper: float = 0.5
+    similarity: str = "auto"
+    levels: tuple[int, ...] = (4, 2)
+    iterations: tuple[int, ...] = (50, 20)
+    velocity_scale: int = 4
+    affine: bool = True
+    progress: bool = False
+    name: str = "optimize"
+    centre_on_fixed: bool = False
+    profile: dict = field(default_factory=dict, compare=False, repr=False)
+    chosen_similarity: str | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        self.levels, self.iterations = tuple(self.levels), tuple(self.iterations)
+        _check(self.hyper, self.similarity, self.levels, self.iterations, self.velocity_scale)
+
+    def describe(self, extent: int, steps: int) -> str:
+        levels = " -> ".join(f"{s} mm" for s in self.levels)
+        return f"affine, then a {self.velocity_scale} mm velocity over {levels}, λ {self.hyper:g}"
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+        _check_images(mov_net, fix_net)
+        extent = fix_net.shape[0]
+        self.profile.clear()
+        start = time.perf_counter()
+        scales = {*_affine_scales(extent), *self.levels, 4}
+        pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
+        matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
+        self.profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
+        if self.affine:
+            matrix = optimise_affine(pyr_mov, pyr_fix, matrix, extent, scales=_affine_scales(extent),
+                                     progress=self.progress, profile=self.profile)
+        return self._deformable(pyr_mov, pyr_fix, matrix, None, self.velocity_scale)
+
+    def _deformable(self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale) -> NetworkTransform:
+        self.chosen_similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(self.levels))
+        sigma_update, sigma_field = regularisation(self.hyper)
+        levels = tuple(Level(s, n) for s, n in zip(self.levels, self.iterations, strict=True) if n > 0 and s <= velocity_scale)
+        v = optimise_velocity(pyr_mov, pyr_fix, matrix, similarity=self.chosen_similarity, levels=levels,
+                              velocity_scale=velocity_scale, sigma_update=sigma_update, sigma_field=sigma_field,
+                              velocity=velocity, progress=self.progress, profile=self.profile)
+        return NetworkTransform(velocity=v, scale=velocity_scale, post=matrix @ scale_matrix(velocity_scale))
+
+
+@dataclass
+class RefineMethod(OptimizeMethod):
+    """`--refine`: `first`'s answer (a SynthMorph model's velocity, or a matrix) is the start of
+    the deformable stage, at `first`'s velocity grid; its levels are those of `levels` no
+    coarser than that grid (by default the 2 mm level only, 20 iterations)."""
+
+    first: Method | None = None
+    levels: tuple[int, ...] = (2,)
+    iterations: tuple[int, ...] = (20,)
+    name: str = "refine"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.first, Method):
+            raise OptionError("--refine needs a first method to refine (a SynthMorph model, -m deform)")
+        self.centre_on_fixed = self.first.centre_on_fixed
+        self.name = f"{self.first.name}+refine"
+
+    def describe(self, extent: int, steps: int) -> str:
+        first = self.first.describe(extent, steps) if hasattr(self.first, "describe") else self.first.name
+        return f"{first}; refined over {' -> '.join(f'{s} mm' for s in self.levels)}"
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+        _check_images(mov_net, fix_net)
+        self.profile.clear()
+        start = time.perf_counter()
+        first = self.first.estimate(mov_net, fix_net)
+        self.profile[self.first.name] = {"seconds": time.perf_counter() - start}
+        if first.is_matrix:
+            matrix, velocity, velocity_scale = np.asarray(first.matrix, np.float64), None, self.velocity_scale
+        else:
+            pre, post = first.forward_sides()
+            if pre is not None and not np.allclose(pre, np.eye(4)):
+                raise OptionError(f"--refine: -m {self.first.name} gives a mid-space velocity, which cannot be refined; use -m deform")
+            matrix = np.asarray(post, np.float64) @ np.linalg.inv(scale_matrix(first.scale))
+            velocity, velocity_scale = first.velocity, first.scale
+        scales = {*self.levels, velocity_scale}
+        pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
+        out = self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale)
+        if first.post is None and np.allclose(matrix, np.eye(4)):
+            out = NetworkTransform(velocity=out.velocity, scale=out.scale)  # keep deform's exact upsampling path
+        return out
+
+
+def method_from_options(*, hyper: float = 0.5, similarity: str = "auto", refine: Method | None = None,
+                        quiet: bool = False, levels=None, iterations=None) -> OptimizeMethod:
+    """The Method the CLI builds from `-m optimize`/`--refine` and its options.
+
+    `refine` is the first method (e.g. the SynthMorph `deform` method) to refine, or None for
+    `-m optimize` alone. `levels`/`iterations` override the defaults.
+    """
+    kwargs = {"hyper": hyper, "similarity": similarity, "progress": not quiet}
+    if levels is not None:
+        kwargs["levels"] = tuple(levels)
+    if iterations is not None:
+        kwargs["iterations"] = tuple(iterations)
+    if refine is not None:
+        return RefineMethod(first=refine, **kwargs)
+    return OptimizeMethod(**kwargs)
