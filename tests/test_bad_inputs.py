@@ -242,6 +242,9 @@ def test_bad_initial_affine_is_one_line_exit_1(work, capsys, name, text, problem
         (["-m", "joint"], "-m joint takes 2 weight files"),
         (["-H"], "-H: header-only output is for -m affine and -m rigid"),
         (["-T", "inverse.lta"], "-m deform gives a warp, not a matrix"),
+        (["-m", "optimize"], "-m optimize needs no weights"),
+        (["-m", "joint", "--refine"], "refining -m joint"),
+        (["--similarity", "mi"], "use them with -m optimize or --refine"),
     ],
 )
 def test_bad_options(work, capsys, option, expected):

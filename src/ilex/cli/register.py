@@ -182,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.pipeline import check_options
 
     check_options(args.hyper, args.steps, args.extent)
+    check_optimiser_options(args, model)
     weights = weights_for(model, args.weights)
     check_outputs(args, "optimize" if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
@@ -231,23 +232,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_optimiser_options(args, model: str) -> None:
+    """-m optimize, --refine and the optimiser's options fit together (checked before any work)."""
+    optimiser_options = args.levels or args.iterations or args.similarity != "auto"
+    if optimiser_options and not (model == "optimize" or args.refine):
+        raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine")
+    if args.refine and model == "optimize":
+        raise OptionError("--refine refines a SynthMorph model's result; -m optimize already optimises")
+    if args.refine and model == "joint":
+        raise OptionError("--refine: refining -m joint (a velocity in the affine mid-space) is not supported; "
+                          "use -m deform (after -i) or -m affine with --refine")
+
+
 def _method(args, model: str, networks):
     """The registration method -m, --refine and the optimiser's options ask for."""
-    optimiser = model == "optimize" or args.refine
-    if not optimiser:
-        if args.levels or args.iterations or args.similarity != "auto":
-            raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine")
+    if not (model == "optimize" or args.refine):
         return model
     from ..registration.methods import as_method
     from ..registration.methods.optimize import method_from_options
 
     first = None
     if args.refine:
-        if model == "optimize":
-            raise OptionError("--refine refines a SynthMorph model's result; -m optimize already optimises")
-        if model == "joint":
-            raise OptionError("--refine: refining -m joint (a velocity in the affine mid-space) is not supported; "
-                              "use -m deform (after -i) or -m affine with --refine")
         first = as_method(networks, model, hyper=args.hyper, algorithm=None if args.conv == "auto" else args.conv)
     return method_from_options(hyper=args.hyper, similarity=args.similarity, refine=first, quiet=args.quiet,
                                levels=args.levels, iterations=args.iterations)
