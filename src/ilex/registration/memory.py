@@ -20,9 +20,19 @@ _BASE_BYTES = 2.0e9
 _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth alive at the peak
 
 
-def estimate_peak_bytes(extent: int, width: int = 256) -> float:
-    """Estimated peak resident memory (bytes) of one registration at `extent` on CPU."""
-    return _BASE_BYTES + _BYTES_PER_HALF_VOXEL_CHANNEL * (extent // 2) ** 3 * width
+# The affine/rigid detector (joint, affine, rigid) runs XLA's own convolution on the half-resolution
+# image; its first layer's full-width output dominates. Fitted to one measurement, 8.2 GB peak RSS
+# at extent 256 with FreeSurfer's widths (bench/results/cpu_joint_256.json), with a margin.
+_DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 12.0
+
+
+def estimate_peak_bytes(extent: int, width: int = 256, detector: bool = False) -> float:
+    """Estimated peak resident memory (bytes) of one registration at `extent` on CPU; with
+    `detector`, of one that also runs the affine feature detector (the larger of the two peaks)."""
+    need = _BASE_BYTES + _BYTES_PER_HALF_VOXEL_CHANNEL * (extent // 2) ** 3 * width
+    if detector:
+        need = max(need, _BASE_BYTES + _DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL * (extent // 2) ** 3 * width)
+    return need
 
 
 def available_bytes() -> float:
@@ -46,16 +56,17 @@ def available_bytes() -> float:
     return available
 
 
-def check_memory(extent: int, width: int = 256, available: float | None = None) -> float:
+def check_memory(extent: int, width: int = 256, available: float | None = None, detector: bool = False) -> float:
     """The estimate in bytes; raises `OptionError` naming a smaller extent to try when it exceeds
     what is available. For CPU runs: GPU memory is managed by JAX's own allocator.
     """
-    need = estimate_peak_bytes(extent, width)
+    need = estimate_peak_bytes(extent, width, detector)
     available = available_bytes() if available is None else available
     if need <= available:
         return need
-    smaller = [e for e in range(extent - 32, 31, -32) if estimate_peak_bytes(e, width) <= available]
-    hint = f"try -e {smaller[0]} (about {estimate_peak_bytes(smaller[0], width) / 1e9:.1f} GB)" if smaller else "free some memory"
+    smaller = [e for e in range(extent - 32, 31, -32) if estimate_peak_bytes(e, width, detector) <= available]
+    hint = (f"try -e {smaller[0]} (about {estimate_peak_bytes(smaller[0], width, detector) / 1e9:.1f} GB)" if smaller
+            else "free some memory")
     raise OptionError(
         f"-e {extent}: this registration needs about {need / 1e9:.1f} GB of memory but only {available / 1e9:.1f} GB "
         f"is available; {hint}, or pass --no-memory-check to try anyway"
