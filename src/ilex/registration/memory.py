@@ -21,9 +21,9 @@ _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth aliv
 
 
 # The affine/rigid detector (joint, affine, rigid) runs XLA's own convolution on the half-resolution
-# image; its first layer's full-width output dominates. Fitted to one measurement, 8.2 GB peak RSS
-# at extent 256 with FreeSurfer's widths (bench/results/cpu_joint_256.json), with a margin.
-_DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 12.0
+# image; its first layer's full-width output dominates. Fitted to one measurement, 9.5 GB peak RSS
+# of `register -m joint` at extent 256 (detector alone: 8.2 GB; bench/results/cpu_joint_256.json), with a margin.
+_DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0
 
 
 def estimate_peak_bytes(extent: int, width: int = 256, detector: bool = False) -> float:
