@@ -9,7 +9,9 @@ from ..errors import IlexError
 
 _EPILOG = """\
 Typical use:
-  ilex register moving.nii.gz fixed.nii.gz -o moved.nii.gz -t warp.nii.gz
+  ilex register moving.nii.gz fixed.nii.gz -o moved.nii.gz -t warp.nii.gz          # SynthMorph joint
+  ilex register -m optimize moving.nii.gz fixed.nii.gz -o moved.nii.gz --qc qc     # no weights needed
+  ilex register -m affine moving.nii.gz fixed.nii.gz -t affine.lta
   ilex batch pairs.csv -e 192
   ilex apply warp.nii.gz labels.nii.gz labels_moved.nii.gz -m nearest
   ilex convert $FREESURFER_HOME/models/synthmorph.deform.3.h5 synthmorph-bundle/
@@ -26,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="ilex",
-        description="SynthMorph deformable registration of brain MRI of any contrast (FreeSurfer's "
-        "mri_synthmorph -m deform), in JAX.",
+        description="Registration of brain MRI of any contrast in JAX: SynthMorph's joint, deformable, affine and "
+        "rigid models (FreeSurfer's mri_synthmorph), and -m optimize, which needs no trained weights.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
