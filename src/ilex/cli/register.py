@@ -60,7 +60,7 @@ NETWORK_MODELS = ("joint", "deform", "affine", "rigid")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("register", help="register a moving image to a fixed image (joint, deform, affine, rigid)",
+    p = sub.add_parser("register", help="register a moving image to a fixed image (joint, deform, affine, rigid, optimize)",
                        description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("moving", help="moving image (NIfTI or MGZ)")
     p.add_argument("fixed", help="fixed image (NIfTI or MGZ)")
