@@ -33,13 +33,7 @@ def upsample_half_field(half: Float[Array, "hx hy hz 3"]) -> Float[Array, "x y z
     -0.5 + 2·d(last) on the last slice of each axis, where y/2 is clamped. Units: full voxels.
     """
     grid = voxel_grid(half.shape[:3])
-    t = 2.0 * (grid + half) - grid
-    # The full-resolution grid is built from a zero that exists only once `half` does, so that
-    # XLA computes it here, not up front where its 200 MB (at extent 256) would sit beside the
-    # U-Net's peak.
-    full = voxel_grid(tuple(2 * s for s in half.shape[:3])) + after(jnp.zeros((), jnp.float32), half)
-    down = 0.5 * full - full
-    return down + interpolate_clamped(t, full + down)
+    return to_full_resolution(2.0 * (grid + half) - grid, 2)
 
 
 def compose_native(
@@ -89,6 +83,9 @@ def to_full_resolution(coarse: Float[Array, "cx cy cz 3"], scale: int) -> Float[
     """
     if scale == 1:
         return coarse
-    full = voxel_grid(tuple(scale * s for s in coarse.shape[:3])) + 0.0 * coarse[0, 0, 0, 0]
+    # The full-resolution grid is built from a zero that exists only once `coarse` does, so that
+    # XLA computes it here, not up front where its 200 MB (at extent 256) would sit beside the
+    # U-Net's peak.
+    full = voxel_grid(tuple(scale * s for s in coarse.shape[:3])) + after(jnp.zeros((), jnp.float32), coarse)
     down = full / jnp.float32(scale) - full
     return down + interpolate_clamped(coarse, full + down)
