@@ -12,10 +12,16 @@ For each extent:
 * `batch`: `ilex batch` over all pairs, one process (first pair loads and compiles);
 * `dask`: `ilex batch --local-workers 2` (two worker processes on this machine);
 * `network`: in one process, the network alone (two U-Net passes and scaling and squaring of
-  ±v, compiled) against a whole warm pair (`Registrar.register`, QC, writing -o -t): the ratio
-  is the warm pair's overhead over the network.
+  ±v, compiled) against warm pairs run as `ilex batch` runs them (`iter_local`: registration,
+  QC, writing -o -t, each pair's files written while the next registers), after a first pair
+  that compiled: the ratio is the warm pair's overhead over the network. `--breakdown` also
+  times one pair step by step, nothing overlapped.
+The cache-filling process of `separate_cached` (`cache_fill_s`) is a fresh process with an
+empty cache: at 256, where `separate` takes long, it stands for it.
 
-    python bench/batch_throughput.py --extents 128 256 --pairs 4 2 --json bench/results/batch_cpu.json
+    python bench/batch_throughput.py --extents 128 --pairs 4 --breakdown --json bench/results/batch_cpu_128.json
+    python bench/batch_throughput.py --extents 256 --pairs 2 --what network separate_cached batch dask \
+        --json bench/results/batch_cpu_256.json
 """
 
 from __future__ import annotations
@@ -82,17 +88,11 @@ def _run(cmd, env) -> float:
     return time.perf_counter() - t0
 
 
-# `ilex register` with the compilation cache switched on first, as its entry point will do
-# (cli/register.py does not call `enable_compilation_cache` yet).
-_REGISTER = ("import sys; from ilex._cache import enable_compilation_cache; enable_compilation_cache(); "
-             "from ilex.cli.main import main; sys.exit(main(['register', *sys.argv[1:]]))")
-
-
 def separate(bundle, pairs, extent, work, cache_dir) -> dict:
     times = []
     for k, (m, fx) in enumerate(pairs):
         out = os.path.join(work, f"sep_{extent}_{k}")
-        cmd = [sys.executable, "-c", _REGISTER, m, fx, "-w", bundle, "-e", str(extent), "-q",
+        cmd = [sys.executable, "-m", "ilex", "register", m, fx, "-m", "deform", "-w", bundle, "-e", str(extent), "-q",
                "-o", out + "_moved.nii.gz", "-t", out + "_fw.nii.gz"]
         times.append(_run(cmd, _env(cache_dir)))
     return {"pair_s": times, "total_s": sum(times), "pairs_per_hour": 3600 * len(times) / sum(times)}
@@ -103,7 +103,7 @@ def batch(bundle, pairs, extent, work, extra=(), name="batch") -> dict:
     os.makedirs(out, exist_ok=True)
     table = os.path.join(work, f"{name}_{extent}.csv")
     _csv(table, pairs, out)
-    cmd = [sys.executable, "-m", "ilex", "batch", table, "-w", bundle, "-e", str(extent), "-q", *extra]
+    cmd = [sys.executable, "-m", "ilex", "batch", table, "-m", "deform", "-w", bundle, "-e", str(extent), "-q", *extra]
     total = _run(cmd, _env(None))
     with open(os.path.join(work, f"{name}_{extent}.summary.json")) as f:
         records = json.load(f)["pairs"]
@@ -111,10 +111,13 @@ def batch(bundle, pairs, extent, work, extra=(), name="batch") -> dict:
             "peak_memory_gib": [r["peak_memory_gib"] for r in records], "status": [r["status"] for r in records]}
 
 
-def child_network(bundle: str, extent: int, pairs_json: str) -> dict:
-    """In this process: a warm pair against the network alone, both after a first (compiling) pair."""
+def child_network(bundle: str, extent: int, pairs_json: str, breakdown: bool) -> dict:
+    """In this process: warm pairs as `ilex batch` runs them, against the network alone."""
     import jax
 
+    from ilex.batch import BatchSettings
+    from ilex.batch.pairs import Pair
+    from ilex.batch.run import iter_local
     from ilex.image.io import load_image
     from ilex.progress import Stages
     from ilex.qc import quality_report
@@ -124,18 +127,44 @@ def child_network(bundle: str, extent: int, pairs_json: str) -> dict:
     from ilex.registration.session import Registrar
 
     pairs = json.loads(pairs_json)
+    out = tempfile.mkdtemp()
+    settings = BatchSettings(weights=bundle, extent=extent)
     reg = Registrar.from_weights(bundle, extent=extent, prepare=[(None, 0.5)])
     method = reg.method_for()
-    out = tempfile.mkdtemp()
 
-    breakdown = []
+    def batch_pairs(chunk, tag):
+        return [Pair(k, m, fx, {"out_moving": os.path.join(out, f"{tag}{k}_moved.nii.gz"),
+                                "trans": os.path.join(out, f"{tag}{k}_fw.nii.gz")}) for k, (m, fx) in enumerate(chunk)]
 
-    def whole(m, fx):
-        stages = Stages()
+    # The first pair compiles everything; then the others run as `ilex batch` runs them (each
+    # pair's outputs written on a second thread while the next registers). The warm time per
+    # pair is the whole run's, the last pair's unoverlapped writing included, over its pairs.
+    t0 = time.perf_counter()
+    first = list(iter_local(batch_pairs(pairs[:1], "first"), settings, reg))
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    records = list(iter_local(batch_pairs(pairs[1:], "warm"), settings, reg))
+    warm_total = time.perf_counter() - t0
+    assert all(r.status == "done" for r in first + records), [r.error for r in first + records]
+
+    moving, fixed = load_image(pairs[0][0]), load_image(pairs[0][1])
+    space = network_space(moving, fixed, extent)
+    mov, fix = to_network(moving, space.net_to_mov, extent), to_network(fixed, space.net_to_fix, extent)
+    jax.block_until_ready((mov, fix))
+    network = []
+    for _ in range(max(1, len(records))):
         t0 = time.perf_counter()
-        result = reg.register(m, fx, stages=stages)
+        fw, bw = network_fields(method.estimate(mov, fix), 7)
+        jax.block_until_ready((fw, bw))
+        network.append(time.perf_counter() - t0)
+    del fw, bw
+
+    stages_s = None
+    if breakdown:  # one more pair, step by step and not overlapped: where a pair's time goes
+        stages = Stages()
+        result = reg.register(*pairs[0], stages=stages)
         with stages("ras", "forward warp in RAS mm"):
-            _ = result.forward  # the lazily computed RAS warp, timed on its own
+            _ = result.forward
         with stages("moved", "moving image on the fixed grid"):
             result.moved()
         with stages("qc", "Jacobian determinant, folding"):
@@ -143,23 +172,11 @@ def child_network(bundle: str, extent: int, pairs_json: str) -> dict:
         with stages("write", "-o and -t (gzip)"):
             write_outputs(result, {"out_moving": os.path.join(out, "moved.nii.gz"), "trans": os.path.join(out, "fw.nii.gz")},
                           report=report, settings={"hyper": 0.5, "steps": 7, "extent": extent})
-        breakdown.append(stages.times)
-        return time.perf_counter() - t0
-
-    first = whole(*pairs[0])
-    warm = [whole(*p) for p in pairs[1:]]
-    moving, fixed = load_image(pairs[0][0]), load_image(pairs[0][1])
-    space = network_space(moving, fixed, extent)
-    mov, fix = to_network(moving, space.net_to_mov, extent), to_network(fixed, space.net_to_fix, extent)
-    jax.block_until_ready((mov, fix))
-    network = []
-    for _ in range(max(1, len(warm))):
-        t0 = time.perf_counter()
-        fw, bw = network_fields(method.estimate(mov, fix), 7)
-        jax.block_until_ready((fw, bw))
-        network.append(time.perf_counter() - t0)
-    return {"first_pair_s": first, "warm_pair_s": warm, "network_s": network, "stages_s": breakdown,
-            "warm_over_network": (sum(warm) / len(warm)) / (sum(network) / len(network)) if warm else None}
+        stages_s = stages.times
+    warm_pair = warm_total / len(records) if records else None
+    return {"first_pair_s": first_s, "warm_pairs": len(records), "warm_total_s": warm_total, "warm_pair_s": warm_pair,
+            "warm_pair_record_s": [r.seconds for r in records], "network_s": network, "stages_s": stages_s,
+            "warm_over_network": warm_pair / (sum(network) / len(network)) if records else None}
 
 
 def main() -> int:
@@ -168,11 +185,12 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, nargs="+", default=[4, 2], help="pairs per extent (one number per extent)")
     parser.add_argument("--what", nargs="+", default=["network", "separate", "separate_cached", "batch", "dask"])
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--breakdown", action="store_true", help="network: also time one pair step by step")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         os.environ["JAX_PLATFORMS"] = "cpu"
-        print(json.dumps(child_network(args.child[0], int(args.child[1]), args.child[2])))
+        print(json.dumps(child_network(args.child[0], int(args.child[1]), args.child[2], args.breakdown)))
         return 0
     from register_speed import machine
 
@@ -191,7 +209,8 @@ def main() -> int:
             try:
                 if what == "network":
                     env = _env(None)
-                    proc = subprocess.run([sys.executable, __file__, "--child", bundle, str(extent), json.dumps(pairs)],
+                    proc = subprocess.run([sys.executable, __file__, "--child", bundle, str(extent), json.dumps(pairs),
+                                           *(["--breakdown"] if args.breakdown else [])],
                                           env=env, capture_output=True, text=True, check=True)
                     row[what] = json.loads(proc.stdout.strip().splitlines()[-1])
                 elif what == "separate":

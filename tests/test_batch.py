@@ -122,6 +122,23 @@ def test_pairs_file_refused_before_any_work(tmp_path, text, message):
         read_pairs(tmp_path / "pairs.csv")
 
 
+def test_memory_estimate_counts_the_detector_where_a_pair_runs_it():
+    from ilex.batch.pairs import Pair
+    from ilex.registration.memory import estimate_peak_bytes
+
+    deform = Pair(0, "m.nii", "f.nii", method="deform")
+    rigid = Pair(1, "m.nii", "f.nii", method="rig")  # an abbreviation, as -m takes it
+    broken = Pair(2, "m.nii", "f.nii", method="affine", problem="λ 'x' is not a number")  # fails alone, never runs
+    settings = BatchSettings(extent=256)
+    assert settings.memory_estimate([deform, broken]) == estimate_peak_bytes(256)
+    assert settings.memory_estimate([deform, rigid]) == estimate_peak_bytes(256, detector=True) > estimate_peak_bytes(256)
+    # Rows without a method run the command's -m, or else what the weights are: joint for two files.
+    assert BatchSettings(method="joint").runs_detector([Pair(0, "m", "f")])
+    assert BatchSettings(weights=("a.h5", "d.h5")).runs_detector([Pair(0, "m", "f")])
+    assert not BatchSettings(weights="d.h5").runs_detector([Pair(0, "m", "f")])
+    assert not BatchSettings(method="joint").runs_detector([Pair(0, "m", "f", method="optimize")])
+
+
 def test_registrar_does_not_recompile(images):
     import jax
 

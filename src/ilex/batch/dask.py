@@ -109,17 +109,16 @@ def iter_cluster(client, pairs: list[Pair], settings: BatchSettings, *, memory_r
                  memory_bytes: float | None = None) -> Iterator[PairRecord]:
     """Run `pairs` on `client`'s workers; yields each pair's record as it finishes.
 
-    `memory_bytes` is what one registration needs (default: the estimate for `settings.extent`
-    and a full-width network, 256 channels, which bounds every SynthMorph model). Raises
+    `memory_bytes` is what one registration needs (default: the estimate for `settings.extent`,
+    a full-width network, 256 channels, which bounds every SynthMorph model, and the affine
+    detector's peak when any pair runs it). Raises
     `OptionError` when workers declare `memory_resource` but none has that much. A pair whose
     task is lost (its worker died more often than the scheduler allows) is reported failed.
     """
     distributed = _require_distributed()
     if not pairs:
         return
-    from ..registration.memory import estimate_peak_bytes
-
-    need = float(memory_bytes if memory_bytes is not None else estimate_peak_bytes(settings.extent))
+    need = float(memory_bytes if memory_bytes is not None else settings.memory_estimate(pairs))
     capacities = memory_capacities(client, memory_resource)
     if capacities and max(capacities) < need:
         raise OptionError(f"no Dask worker has room for one registration at extent {settings.extent}: it needs "

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from ..errors import IlexError
@@ -39,6 +40,21 @@ class BatchSettings:
     def combination(self, pair: Pair) -> tuple[str | None, float]:
         """(method, λ) that `pair` runs with."""
         return (pair.method or self.method, self.hyper if pair.hyper is None else pair.hyper)
+
+    def runs_detector(self, pairs: Iterable[Pair]) -> bool:
+        """Whether any of `pairs` runs the affine detector (joint, affine, rigid), whose peak
+        memory is above the deformable network's. No method anywhere means the weights' own:
+        joint for several weight files, deform for one."""
+        from ..registration.memory import runs_detector
+
+        default = "joint" if isinstance(self.weights, tuple) else "deform"
+        return any(runs_detector(self.combination(p)[0] or default) for p in pairs if p.problem is None)
+
+    def memory_estimate(self, pairs: Iterable[Pair], width: int = 256) -> float:
+        """Peak memory (bytes) of one registration of this batch on CPU, the largest over `pairs`' methods."""
+        from ..registration.memory import estimate_peak_bytes
+
+        return estimate_peak_bytes(self.extent, width, detector=self.runs_detector(pairs))
 
     def registrar(self, pairs: Iterable[Pair] = ()):
         """A `Registrar` with the model loaded and the methods `pairs` need made; the loaded
@@ -81,7 +97,8 @@ class PairRecord:
 
 
 class PeakMemory:
-    """The highest resident memory (GiB) of this process while the `with` block runs."""
+    """The highest resident memory (GiB) of this process while the `with` block runs (or from
+    `start()` to `stop()`, which may be called on another thread)."""
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
@@ -97,14 +114,20 @@ class PeakMemory:
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> PeakMemory:  # noqa: PYI034  final class in practice
+    def start(self) -> PeakMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def __enter__(self) -> PeakMemory:  # noqa: PYI034  final class in practice
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def error_text(error: BaseException) -> str:
@@ -121,28 +144,66 @@ def _record(pair: Pair, status: str, **kwargs) -> PairRecord:
     return PairRecord(pair.label, pair.index, pair.moving, pair.fixed, status, outputs=dict(pair.outputs), **kwargs)
 
 
-def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -> PairRecord:
-    """Register `pair` with `registrar`, write its outputs (atomically, all together) and return
-    its record. Never raises for a problem of this pair: it is recorded as failed."""
-    from ..qc import quality_report
+@dataclass
+class _Registered:
+    """A pair between its registration and its outputs (`register_pair` -> `finish_pair`)."""
 
+    pair: Pair
+    result: object  # Registration
+    hyper: float
+    settings: BatchSettings
+    memory: PeakMemory
+    start: float
+    started: float
+    worker: str
+
+
+def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -> PairRecord | _Registered:
+    """The registration half of `run_pair`: a failed record, or what `finish_pair` writes out."""
     start, started = time.perf_counter(), time.time()
     worker = worker or socket.gethostname()
     if pair.problem:
         return _record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started)
     method, hyper = settings.combination(pair)
+    memory = PeakMemory().start()
     try:
-        with PeakMemory() as memory:
-            check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
-            result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init)
-            report = quality_report(result)
-            write_outputs(result, pair.outputs, warp_format=settings.warp_format, report=report,
-                          settings={"model": result.method, "hyper": hyper, "steps": settings.steps, "extent": settings.extent})
+        check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
+        result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init)
     except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary
+        memory.stop()
         return _record(pair, "failed", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
                        error=error_text(e), worker=worker, started=started, finished=time.time())
-    return _record(pair, "done", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
-                   folding_percent=100.0 * report.folding_fraction, worker=worker, started=started, finished=time.time())
+    return _Registered(pair, result, hyper, settings, memory, start, started, worker)
+
+
+def finish_pair(registered: _Registered) -> PairRecord:
+    """The outputs half of `run_pair`: QC (folding %) and every file, written atomically, all together."""
+    try:
+        return _finish(registered)
+    finally:
+        registered.memory.stop()
+
+
+def _finish(r: _Registered) -> PairRecord:
+    from ..qc import quality_report
+
+    try:
+        report = quality_report(r.result)
+        write_outputs(r.result, r.pair.outputs, warp_format=r.settings.warp_format, report=report,
+                      settings={"model": r.result.method, "hyper": r.hyper, "steps": r.settings.steps,
+                                "extent": r.settings.extent})
+    except Exception as e:  # noqa: BLE001 — as in register_pair
+        return _record(r.pair, "failed", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
+                       error=error_text(e), worker=r.worker, started=r.started, finished=time.time())
+    return _record(r.pair, "done", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
+                   folding_percent=100.0 * report.folding_fraction, worker=r.worker, started=r.started, finished=time.time())
+
+
+def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -> PairRecord:
+    """Register `pair` with `registrar`, write its outputs (atomically, all together) and return
+    its record. Never raises for a problem of this pair: it is recorded as failed."""
+    outcome = register_pair(registrar, pair, settings, worker)
+    return finish_pair(outcome) if isinstance(outcome, _Registered) else outcome
 
 
 def skipped(pair: Pair) -> PairRecord:
@@ -151,12 +212,29 @@ def skipped(pair: Pair) -> PairRecord:
 
 def iter_local(pairs: list[Pair], settings: BatchSettings, registrar=None) -> Iterator[PairRecord]:
     """Run `pairs` one after another in this process (pairs already done are not passed here).
-    `registrar` defaults to `settings.registrar(pairs)`, made before the first pair."""
+    `registrar` defaults to `settings.registrar(pairs)`, made before the first pair.
+
+    Each pair's outputs (QC, moved image, warps: a few seconds of work that leaves cores idle,
+    gzip and disk) are written on a second thread while the next pair registers, so a warm
+    pair costs little more than its network. Records come in the pairs' order, each once its
+    files have landed.
+    """
     if not pairs:
         return
     registrar = registrar or settings.registrar(pairs)
-    for pair in pairs:
-        yield run_pair(registrar, pair, settings)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilex-outputs") as writer:
+        pending: Future | None = None
+        for pair in pairs:
+            outcome = register_pair(registrar, pair, settings)
+            if pending is not None:
+                yield pending.result()
+            if isinstance(outcome, _Registered):
+                pending = writer.submit(finish_pair, outcome)
+            else:
+                pending = Future()
+                pending.set_result(outcome)
+            del outcome  # the writer holds the result now, and lets it go once written
+        yield pending.result()
 
 
 def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwrite: bool = False,

@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.gpu and not args.no_memory_check:
                 from ..registration.memory import check_memory
 
-                check_memory(args.extent, registrar.network_width())
+                check_memory(args.extent, registrar.network_width(), detector=settings.runs_detector(todo))
         records = run_batch(pairs, settings, client=client, overwrite=args.overwrite, progress=not args.quiet,
                             registrar=registrar, memory_resource=args.memory_resource, memory_bytes=args.memory)
     finally:

@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Stages
     from ..qc import quality_report
     from ..registration.affine_init import read_initial_affine
-    from ..registration.memory import check_memory
+    from ..registration.memory import check_memory, runs_detector
     from ..registration.outputs import write_outputs
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
         check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
         if weights and not args.gpu and not args.no_memory_check:
-            check_memory(args.extent, max(peek_width(w) for w in weights), detector=model in ("joint", "affine", "rigid"))
+            check_memory(args.extent, max(peek_width(w) for w in weights), detector=runs_detector(model))
         networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
         method = _method(args, model, networks)
     result = register(moving, fixed, networks, method=method, hyper=args.hyper, steps=args.steps, extent=args.extent,

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._atomic import atomic_file
 from ..errors import ImageFileError
+from .compressed import fortran_order, save_nibabel
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
@@ -102,13 +103,13 @@ def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
     if not suffix:
         raise ImageFileError(path, f"unknown output format; use one of {', '.join(IMAGE_SUFFIXES)}")
     if suffix in (".mgz", ".mgh"):
-        img = nib.MGHImage(np.asarray(data), affine)
+        img = nib.MGHImage(fortran_order(data), affine)
     else:
-        img = nib.Nifti1Image(np.asarray(data), affine)
+        img = nib.Nifti1Image(fortran_order(data), affine)
         img.header.set_xyzt_units("mm", "sec")
         img.header.set_qform(affine, code=1)
         img.header.set_sform(affine, code=1)
         if intent is not None:
             img.header.set_intent(intent)
     with atomic_file(path, suffix=suffix) as tmp:
-        nib.save(img, tmp)
+        save_nibabel(img, tmp)

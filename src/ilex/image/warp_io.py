@@ -23,6 +23,7 @@ import numpy as np
 
 from .._atomic import atomic_file
 from ..errors import ImageFileError
+from .compressed import fortran_order, gzip_writer, save_nibabel
 from .geometry import fs_affine, shearless_components
 
 INTENT_DISPVECT = 1006
@@ -64,13 +65,13 @@ def save_warp(path: str | os.PathLike, warp: Warp, fmt: str = "freesurfer") -> N
         raise ImageFileError(path, "unknown warp file type; use .nii.gz, .nii or .mgz")
     if fmt == "itk":
         disp = disp * _LPS
-    img = nib.Nifti1Image(disp[:, :, :, None, :], warp.affine)
+    img = nib.Nifti1Image(fortran_order(disp[:, :, :, None, :]), warp.affine)
     img.header.set_intent(INTENT_VECTOR if fmt == "itk" else INTENT_DISPVECT)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(warp.affine, code=1)
     img.header.set_sform(warp.affine, code=1)
     with atomic_file(path, suffix=".nii.gz" if lower.endswith(".gz") else ".nii") as tmp:
-        nib.save(img, tmp)
+        save_nibabel(img, tmp)
 
 
 def load_warp(path: str | os.PathLike) -> Warp:
@@ -126,14 +127,10 @@ def _write_mgh_warp(path: str, warp: Warp, compress: bool) -> None:
     tail += struct.pack(">i", _TAG_GCAMORPH_GEOM) + _geom_bytes(*src, False) + _geom_bytes(warp.affine, shape, False)
     tail += struct.pack(">iq", _TAG_GCAMORPH_GEOM_SHEAR, 1200) + _geom_bytes(*src, True) + _geom_bytes(warp.affine, shape, True)
     tail += struct.pack(">iqiif", _TAG_GCAMORPH_META, 12, _FORMAT_DISP_RAS, 1, 0.0)
-    with open(path, "wb") as raw:
-        # No name and mtime 0 in the gzip header, so that reruns are bit-identical.
-        f = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if compress else raw
+    with gzip_writer(path) if compress else open(path, "wb") as f:
         f.write(header)
         f.write(np.transpose(disp, (3, 2, 1, 0)).astype(">f4").tobytes())  # Fortran order: x fastest, frame slowest
         f.write(tail)
-        if compress:
-            f.close()
 
 
 def _read_geom(buf: bytes, pos: int, shear: bool) -> tuple[np.ndarray, tuple, int]:

@@ -56,7 +56,10 @@ class Registration:
     transform: NetworkTransform
     inputs: tuple[np.ndarray, np.ndarray]
     times: dict[str, float] = field(default_factory=dict)
-    fields_vox: tuple[np.ndarray, np.ndarray] | None = None
+    # Deformable results: the forward and backward fields on the network grid, composed onto
+    # the native grids only when `forward_vox`/`inverse_vox` is first asked for (a batch that
+    # writes -o and -t never pays for the inverse). Each is dropped once composed.
+    network_fields: dict[str, jax.Array] = field(default_factory=dict, repr=False)
 
     @property
     def is_matrix(self) -> bool:
@@ -78,15 +81,17 @@ class Registration:
 
     @cached_property
     def forward_vox(self) -> np.ndarray:
-        if self.fields_vox is not None:
-            return self.fields_vox[0]
-        return np.asarray(_matrix_field(self.matrix_vox, tuple(self.fixed.shape)))
+        if self.is_matrix:
+            return np.asarray(_matrix_field(self.matrix_vox, tuple(self.fixed.shape)))
+        fw = self.network_fields.pop("forward")
+        return np.asarray(_native(fw, self.space.fix_to_net, self.space.net_to_mov, tuple(self.fixed.shape)))
 
     @cached_property
     def inverse_vox(self) -> np.ndarray:
-        if self.fields_vox is not None:
-            return self.fields_vox[1]
-        return np.asarray(_matrix_field(np.linalg.inv(self.matrix_vox), tuple(self.moving.shape)))
+        if self.is_matrix:
+            return np.asarray(_matrix_field(np.linalg.inv(self.matrix_vox), tuple(self.moving.shape)))
+        bw = self.network_fields.pop("inverse")
+        return np.asarray(_native(bw, self.space.mov_to_net, self.space.net_to_fix, tuple(self.moving.shape)))
 
     @cached_property
     def forward(self) -> np.ndarray:
@@ -217,14 +222,12 @@ def register(
         if transform.velocity is not None:
             fw, bw = network_fields(transform, steps)
             fw.block_until_ready()
-    fields = None
+    result = Registration(moving, fixed, space, method.name, transform, (np.asarray(mov_net), np.asarray(fix_net)),
+                          stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw})
     if not transform.is_matrix:
-        with stages("compose", "warps in native space"):
-            fw_vox = _native(fw, space.fix_to_net, space.net_to_mov, tuple(fixed.shape))
-            bw_vox = _native(bw, space.mov_to_net, space.net_to_fix, tuple(moving.shape))
-            fields = (np.asarray(fw_vox), np.asarray(bw_vox))
-    return Registration(moving, fixed, space, method.name, transform, (np.asarray(mov_net), np.asarray(fix_net)),
-                        stages.times, fields)
+        with stages("compose", "forward warp in native space"):
+            _ = result.forward_vox  # every output but -T/-O needs it; the inverse waits until asked for
+    return result
 
 
 def _check_contrast(moving: Image, fixed: Image, mov_net, fix_net) -> None:

@@ -152,11 +152,13 @@ class Registrar:
         return max(widths, default=256)
 
     def memory_estimate(self) -> float:
-        """Estimated peak resident memory (bytes) of one registration on CPU
+        """Estimated peak resident memory (bytes) of one registration on CPU with any prepared
+        method, the affine detector's peak included where one runs it
         (`ilex.registration.memory.estimate_peak_bytes`)."""
-        from .memory import estimate_peak_bytes
+        from .memory import estimate_peak_bytes, runs_detector
 
-        return estimate_peak_bytes(self.extent, self.network_width())
+        detector = any(runs_detector(m.name) for m in self._methods.values())
+        return estimate_peak_bytes(self.extent, self.network_width(), detector=detector)
 
 
 def load_weights(weights=None):
