@@ -220,6 +220,31 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys):
     assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", "/nonexistent/weights.h5", "-q"]) == 0
 
 
+def test_every_method_per_row(images, tmp_path):
+    # One batch, joint's two weight files, and each row its own method (some abbreviated) and λ.
+    affine, deform = fixture_path("affine_e64.h5"), fixture_path("net_e64_mixed.h5")
+    rows = [("", ""), ("def", "0.3"), ("affine", ""), ("rig", ""), ("opt", "0.7"), ("fancy", "")]
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["moving", "fixed", "o", "qc", "m", "r", "id"])
+        for k, (method, hyper) in enumerate(rows):
+            writer.writerow([images / "colin_shift.nii.gz", images / "mni.nii.gz", f"out/{k}.nii.gz", f"out/qc{k}",
+                             method, hyper, f"row{k}"])
+    (tmp_path / "out").mkdir()
+    assert main(["batch", str(tmp_path / "pairs.csv"), "-w", affine, "-w", deform, "-e", "64", "-q"]) == 1
+    summary = json.loads((tmp_path / "pairs.summary.json").read_text())["pairs"]
+    assert [r["status"] for r in summary] == ["done"] * 5 + ["failed"]
+    assert summary[5]["error"].startswith("method 'fancy': unknown model; choose one of joint, deform, affine, rigid")
+    for k, (method, hyper) in enumerate(zip(["joint", "deform", "affine", "rigid", "optimize"], [0.5, 0.3, 0.5, 0.5, 0.7])):
+        record = json.loads((tmp_path / "out" / f"qc{k}" / "qc.json").read_text())
+        assert (record["model"], record["hyper"]) == (method, hyper)
+    # The optimiser row is the weightless -m optimize (not a refinement of the loaded network),
+    # exactly as `ilex register -m optimize` runs it.
+    assert main(["register", str(images / "colin_shift.nii.gz"), str(images / "mni.nii.gz"), "-m", "optimize", "-r", "0.7",
+                 "-e", "64", "-q", "-o", str(tmp_path / "optimize.nii.gz")]) == 0
+    assert (tmp_path / "optimize.nii.gz").read_bytes() == (tmp_path / "out" / "4.nii.gz").read_bytes()
+
+
 def test_dask_two_processes_with_a_killed_worker(images, sequential, tmp_path_factory, monkeypatch):
     distributed = pytest.importorskip("distributed")
     from ilex.registration.memory import estimate_peak_bytes

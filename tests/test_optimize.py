@@ -137,8 +137,9 @@ def test_refine_improves_on_the_network():
     model = ilex.load(fixture_path("net_e64_mixed.h5"))
     moving, fixed = data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz")
     start = register(moving, fixed, model, hyper=0.5, extent=EXTENT)
-    refine = as_method(model, "optimize", hyper=0.5)
+    refine = as_method(model, "refine", hyper=0.5)
     assert isinstance(refine, RefineMethod)
+    assert isinstance(as_method(model, "optimize", hyper=0.5), OptimizeMethod)  # -m optimize ignores a loaded model
     refined = register(moving, fixed, model, method=refine, hyper=0.5, extent=EXTENT)
 
     def similarity(result):

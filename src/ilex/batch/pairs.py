@@ -14,7 +14,7 @@ Columns (header row required; order free; empty cells mean "not set"):
 | `out_dir`    | `d`   | `-d`: directory for the network inputs                          |
 | `init`       | `i`   | `-i`: initial affine, moving to fixed                           |
 | `hyper`      | `r`   | `-r`: λ for this row (default: the command's `-r`)              |
-| `method`     | `m`   | `-m`: method for this row (default: the command's `-m`)         |
+| `method`     | `m`   | `-m`: method for this row (default: the command's `-m`); a start of a name will do, as for `-m` |
 | `id`         |       | a label for the summary (default: the row number)               |
 
 Aliases are case-sensitive, as the flags are (`o` is `-o`, `O` is `-O`). Relative paths are
@@ -106,12 +106,20 @@ def _pair(index: int, row: dict[str, str], base: str) -> Pair:
             hyper = float(values["hyper"])
         except ValueError:
             problem = f"hyper {values['hyper']!r} is not a number"
+    method = values.get("method") or None
+    if method is not None:
+        from ..registration.methods import resolve_method_name
+
+        try:
+            method = resolve_method_name(method)
+        except ValueError as e:
+            problem = problem or f"method {method!r}: {e}"
     for column in ("moving", "fixed"):
         if not values.get(column):
             problem = problem or f"no {column} image"
     if not outputs:
         problem = problem or f"no output: set at least one of {', '.join(OUTPUT_KINDS)}"
-    return Pair(index, values.get("moving", ""), values.get("fixed", ""), outputs, hyper, values.get("method") or None,
+    return Pair(index, values.get("moving", ""), values.get("fixed", ""), outputs, hyper, method,
                 values.get("init") or None, values.get("id") or None, problem)
 
 

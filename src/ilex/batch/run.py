@@ -22,7 +22,9 @@ STATUSES = ("done", "skipped", "failed")
 class BatchSettings:
     """What every pair of a batch shares: the model and the command's defaults.
 
-    `weights`: what `-w` names (a path or hub id, or a tuple of them; None for the default).
+    `weights`: what `-w` names (a path or hub id, or a tuple of them; None for the default
+    deformable weights, () for none: `-m optimize`). Rows may pick any method the weights
+    serve: with joint's two files, also deform, affine, rigid; optimize always.
     `method`/`hyper`: defaults for rows that leave them empty. The others are `ilex register`'s.
     """
 

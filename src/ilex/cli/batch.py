@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
                    help="bundle directory, Hugging Face repo id, or synthmorph.deform.3.h5 (as ilex register; "
                    "repeat for methods that take several models)")
     p.add_argument("-m", "--model", default="joint", help="method for rows without a method column: joint (default, as "
-                   "ilex register), deform, affine, rigid")
+                   "ilex register), deform, affine, rigid, optimize")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="λ for rows without a hyper column (default 0.5)")
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
     p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)")
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     weights = weights_for(model, args.weights)  # the defaults, or -w checked against what the model takes
     pairs = read_pairs(args.pairs)
     settings = BatchSettings(
-        weights=tuple(weights) if len(weights) > 1 else weights[0],
+        weights=weights[0] if len(weights) == 1 else tuple(weights),  # () for -m optimize: no model
         method=model, hyper=args.hyper, steps=args.steps, extent=args.extent,
         algorithm=None if args.conv == "auto" else args.conv, clip_percentile=args.clip_percentile,
         warp_format=args.warp_format, gpu=args.gpu, compilation_cache=not args.no_compilation_cache)

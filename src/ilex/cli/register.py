@@ -109,12 +109,12 @@ def add_parser(sub) -> None:
 
 def resolve_model(name: str) -> str:
     """The model an abbreviation names (`def` -> deform), as mri_synthmorph resolves it."""
-    matches = [m for m in MODELS if m.startswith(name)] if name else []
-    if name in MODELS:
-        return name
-    if len(matches) != 1:
-        raise OptionError(f"-m {name}: {'ambiguous' if matches else 'unknown'} model; choose one of {', '.join(MODELS)}")
-    return matches[0]
+    from ..registration.methods import resolve_method_name
+
+    try:
+        return resolve_method_name(name)
+    except ValueError as e:
+        raise OptionError(f"-m {name}: {e}") from None
 
 
 def default_weights(file: str = "synthmorph.deform.3.h5") -> str:

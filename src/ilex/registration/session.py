@@ -162,10 +162,13 @@ class Registrar:
 
 
 def load_weights(weights=None):
-    """The model `weights` names (see `Registrar.from_weights`); a list gives a tuple of models."""
+    """The model `weights` names (see `Registrar.from_weights`); a list gives a tuple of models,
+    an empty one None (no model: `-m optimize`)."""
     from ..cli import register as register_cli
 
     if isinstance(weights, (list, tuple)):
+        if not weights:  # a method that needs no weights (-m optimize)
+            return None
         return tuple(load_weights(w) for w in weights) if len(weights) != 1 else load_weights(weights[0])
     path = os.fspath(weights) if weights is not None else register_cli.default_weights()
     # `ilex register`'s loader explains where to get the default weights when they are missing.

@@ -21,6 +21,18 @@ from .synthmorph import SynthMorphDeformMethod as SynthMorphDeformMethod
 from .synthmorph import SynthMorphJointMethod as SynthMorphJointMethod
 
 SYNTHMORPH_METHODS = ("joint", "deform", "affine", "rigid")
+METHOD_NAMES = (*SYNTHMORPH_METHODS, "optimize")
+
+
+def resolve_method_name(name: str) -> str:
+    """The method that `name`, or an unambiguous start of one, names (`def` -> deform), as
+    mri_synthmorph resolves `-m`. Raises `ValueError` saying what is wrong."""
+    if name in METHOD_NAMES:
+        return name
+    matches = [m for m in METHOD_NAMES if name and m.startswith(name)]
+    if len(matches) != 1:
+        raise ValueError(f"{'ambiguous' if matches else 'unknown'} model; choose one of {', '.join(METHOD_NAMES)}")
+    return matches[0]
 
 
 def _unet(model, hyper: float, what: str):
@@ -57,20 +69,23 @@ def as_method(model=None, method=None, *, hyper: float = 0.5, algorithm: str | N
 
     `method` may already be a `Method`; otherwise it names what to do with `model` (inferred
     from it when None): a deformable model gives `deform`, an affine/rigid detector `affine` or
-    `rigid`, a pair (detector, deformable model) `joint`. "optimize" needs no model; with a
-    SynthMorph deformable model it refines that model's answer (`--refine`).
+    `rigid`, a pair (detector, deformable model) `joint`; from such a pair, `deform` takes the
+    deformable model and `affine`/`rigid` the detector. "optimize" is the optimiser alone,
+    whatever `model` is (as `-m optimize`); "refine" optimises a SynthMorph deformable model's
+    answer further (`--refine`).
     """
     if isinstance(method, Method):
         return method
     if method == "optimize":
-        if model is None:
-            return OptimizeMethod(hyper=hyper)
+        return OptimizeMethod(hyper=hyper)
+    if method == "refine":
         return RefineMethod(first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper)
     name = method or infer_method_name(model)
+    pair = isinstance(model, (tuple, list)) and len(model) == 2
     if name == "deform":
-        return SynthMorphDeformMethod(_unet(model, hyper, "-m deform"), algorithm)
+        return SynthMorphDeformMethod(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
     if name in ("affine", "rigid"):
-        return SynthMorphAffineMethod(_detector(model, f"-m {name}"), rigid=name == "rigid")
+        return SynthMorphAffineMethod(_detector(model[0] if pair else model, f"-m {name}"), rigid=name == "rigid")
     if name == "joint":
         if not isinstance(model, (tuple, list)) or len(model) != 2:
             raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")
