@@ -243,6 +243,12 @@ def test_every_method_per_row(images, tmp_path):
     assert main(["register", str(images / "colin_shift.nii.gz"), str(images / "mni.nii.gz"), "-m", "optimize", "-r", "0.7",
                  "-e", "64", "-q", "-o", str(tmp_path / "optimize.nii.gz")]) == 0
     assert (tmp_path / "optimize.nii.gz").read_bytes() == (tmp_path / "out" / "4.nii.gz").read_bytes()
+    # And a whole batch of -m optimize needs no weights at all.
+    with open(tmp_path / "optimize.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["moving", "fixed", "o", "r"],
+                                 [images / "colin_shift.nii.gz", images / "mni.nii.gz", "batch_optimize.nii.gz", "0.7"]])
+    assert main(["batch", str(tmp_path / "optimize.csv"), "-m", "optimize", "-e", "64", "-q"]) == 0
+    assert (tmp_path / "optimize.nii.gz").read_bytes() == (tmp_path / "batch_optimize.nii.gz").read_bytes()
 
 
 def test_dask_two_processes_with_a_killed_worker(images, sequential, tmp_path_factory, monkeypatch):

@@ -119,7 +119,7 @@ class Registrar:
             raise self._failed[key]
         with self._lock:
             if key not in self._methods:
-                if self.model is None:
+                if self.model is None and method != "optimize":  # the optimiser needs no model
                     ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h in self._methods) or "none"
                     raise OptionError(f"-r {hyper:g}: no model loaded for method {method or 'default'} at this λ "
                                       f"(prepared: {ready})")
