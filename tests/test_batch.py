@@ -20,6 +20,7 @@ from conftest import fixture_path
 from data import data_path
 
 from ilex.batch import BatchSettings, read_pairs, run_batch
+from ilex.batch.pairs import Pair
 from ilex.cli.main import main
 from ilex.errors import OptionError
 
@@ -123,7 +124,6 @@ def test_pairs_file_refused_before_any_work(tmp_path, text, message):
 
 
 def test_memory_estimate_counts_the_detector_where_a_pair_runs_it():
-    from ilex.batch.pairs import Pair
     from ilex.registration.memory import estimate_peak_bytes
 
     deform = Pair(0, "m.nii", "f.nii", method="deform")
@@ -218,6 +218,31 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys):
     # Without the bad row everything is there already: nothing runs, the exit status is 0.
     _write_csv(work / "good.csv", [r for r in _rows(images, out) if "broken" not in r[0]])
     assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", "/nonexistent/weights.h5", "-q"]) == 0
+
+
+def test_a_pair_that_fails_while_its_outputs_are_written_fails_alone(images, tmp_path, monkeypatch):
+    # Outputs are written on a second thread while the next pair registers: a failure there is
+    # that pair's alone, records keep the pairs' order, and no file of the failed pair lands.
+    import ilex.batch.run as batch_run
+
+    write = batch_run.write_outputs
+
+    def failing_write(result, outputs, **kwargs):
+        if "p2_" in str(outputs["out_moving"]):
+            raise OSError("disk full")
+        return write(result, outputs, **kwargs)
+
+    monkeypatch.setattr(batch_run, "write_outputs", failing_write)
+    pairs = [Pair(k, str(images / m), str(images / f), {"out_moving": str(tmp_path / f"p{k}_moved.nii.gz")})
+             for k, (m, f) in enumerate(GOOD, 1)]
+    pairs.append(Pair(5, str(images / "colin.nii.gz"), str(images / "mni.nii.gz"), {"trans": str(tmp_path / "p5.lta")}))
+    records = run_batch(pairs, BatchSettings(weights=E32, extent=32))
+    assert [r.index for r in records] == [1, 2, 3, 4, 5]
+    assert [r.status for r in records] == ["done", "failed", "done", "done", "failed"]
+    assert records[1].error == "OSError: disk full"
+    # A name the method cannot write fails before any registration, with the reason.
+    assert "gives a warp, not a matrix" in records[4].error and records[4].seconds < 1
+    assert sorted(os.listdir(tmp_path)) == ["p1_moved.nii.gz", "p3_moved.nii.gz", "p4_moved.nii.gz"]
 
 
 def test_every_method_per_row(images, tmp_path):

@@ -12,7 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from ..errors import IlexError
-from ..registration.outputs import check_outputs, outputs_complete, write_outputs
+from ..registration.outputs import check_outputs, check_transform_outputs, outputs_complete, write_outputs
 from .pairs import Pair
 
 STATUSES = ("done", "skipped", "failed")
@@ -170,6 +170,8 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
     memory = PeakMemory().start()
     try:
         check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
+        # Names the method cannot write (an LTA from a warp method) fail now, not after the network.
+        check_transform_outputs(pair.outputs, registrar.method_for(method, hyper).name, warp_format=settings.warp_format)
         result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init)
     except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary
         memory.stop()

@@ -83,15 +83,19 @@ class Registration:
     def forward_vox(self) -> np.ndarray:
         if self.is_matrix:
             return np.asarray(_matrix_field(self.matrix_vox, tuple(self.fixed.shape)))
-        fw = self.network_fields.pop("forward")
-        return np.asarray(_native(fw, self.space.fix_to_net, self.space.net_to_mov, tuple(self.fixed.shape)))
+        out = np.asarray(_native(self.network_fields["forward"], self.space.fix_to_net, self.space.net_to_mov,
+                                 tuple(self.fixed.shape)))
+        del self.network_fields["forward"]  # only once composed: a failed attempt can be retried
+        return out
 
     @cached_property
     def inverse_vox(self) -> np.ndarray:
         if self.is_matrix:
             return np.asarray(_matrix_field(np.linalg.inv(self.matrix_vox), tuple(self.moving.shape)))
-        bw = self.network_fields.pop("inverse")
-        return np.asarray(_native(bw, self.space.mov_to_net, self.space.net_to_fix, tuple(self.moving.shape)))
+        out = np.asarray(_native(self.network_fields["inverse"], self.space.mov_to_net, self.space.net_to_fix,
+                                 tuple(self.moving.shape)))
+        del self.network_fields["inverse"]
+        return out
 
     @cached_property
     def forward(self) -> np.ndarray:
