@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from ..errors import IlexError
@@ -180,17 +180,14 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
     return _Registered(pair, result, hyper, settings, memory, start, started, worker)
 
 
-def finish_pair(registered: _Registered) -> PairRecord:
-    """The outputs half of `run_pair`: QC (folding %) and every file, written atomically, all together."""
-    try:
-        return _finish(registered)
-    finally:
-        registered.memory.stop()
-
-
-def _finish(r: _Registered) -> PairRecord:
+def finish_pair(outcome: PairRecord | _Registered) -> PairRecord:
+    """The outputs half of `run_pair`: QC (folding %) and every file, written atomically, all
+    together. A record (the pair already failed) is returned as it is."""
     from ..qc import quality_report
 
+    if isinstance(outcome, PairRecord):
+        return outcome
+    r = outcome
     try:
         report = quality_report(r.result)
         write_outputs(r.result, r.pair.outputs, warp_format=r.settings.warp_format, report=report,
@@ -199,15 +196,18 @@ def _finish(r: _Registered) -> PairRecord:
     except Exception as e:  # noqa: BLE001 — as in register_pair
         return _record(r.pair, "failed", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
                        error=error_text(e), worker=r.worker, started=r.started, finished=time.time())
-    return _record(r.pair, "done", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
-                   folding_percent=100.0 * report.folding_fraction, worker=r.worker, started=r.started, finished=time.time())
+    else:
+        return _record(r.pair, "done", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
+                       folding_percent=100.0 * report.folding_fraction, worker=r.worker, started=r.started,
+                       finished=time.time())
+    finally:
+        r.memory.stop()
 
 
 def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -> PairRecord:
     """Register `pair` with `registrar`, write its outputs (atomically, all together) and return
     its record. Never raises for a problem of this pair: it is recorded as failed."""
-    outcome = register_pair(registrar, pair, settings, worker)
-    return finish_pair(outcome) if isinstance(outcome, _Registered) else outcome
+    return finish_pair(register_pair(registrar, pair, settings, worker))
 
 
 def skipped(pair: Pair) -> PairRecord:
@@ -227,16 +227,12 @@ def iter_local(pairs: list[Pair], settings: BatchSettings, registrar=None) -> It
         return
     registrar = registrar or settings.registrar(pairs)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilex-outputs") as writer:
-        pending: Future | None = None
+        pending = None
         for pair in pairs:
             outcome = register_pair(registrar, pair, settings)
             if pending is not None:
                 yield pending.result()
-            if isinstance(outcome, _Registered):
-                pending = writer.submit(finish_pair, outcome)
-            else:
-                pending = Future()
-                pending.set_result(outcome)
+            pending = writer.submit(finish_pair, outcome)
             del outcome  # the writer holds the result now, and lets it go once written
         yield pending.result()
 

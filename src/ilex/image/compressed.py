@@ -32,7 +32,7 @@ def gzip_writer(path: str) -> Iterator[BinaryIO]:
 def save_nibabel(image, path: str) -> None:
     """`nibabel.save(image, path)` for single-file formats, compressed here when `path` ends in .gz or .mgz.
 
-    Build `image` from `fortran_order(data)`: NIfTI and MGH store voxels in Fortran order, and
+    Build `image` from `np.asfortranarray(data)`: NIfTI and MGH store voxels in Fortran order, and
     nibabel writes a C-ordered array piece by piece (0.8 s for a 104 MB warp, 0.5 s from a copy).
     """
     import nibabel as nib
@@ -43,9 +43,3 @@ def save_nibabel(image, path: str) -> None:
     else:
         nib.save(image, path)
 
-
-def fortran_order(data):
-    """`data` as a Fortran-ordered numpy array (a copy only if it is not one already), the layout files store."""
-    import numpy as np
-
-    return np.asfortranarray(np.asarray(data))

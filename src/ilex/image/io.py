@@ -12,7 +12,7 @@ import numpy as np
 
 from .._atomic import atomic_file
 from ..errors import ImageFileError
-from .compressed import fortran_order, save_nibabel
+from .compressed import save_nibabel
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
@@ -103,9 +103,9 @@ def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
     if not suffix:
         raise ImageFileError(path, f"unknown output format; use one of {', '.join(IMAGE_SUFFIXES)}")
     if suffix in (".mgz", ".mgh"):
-        img = nib.MGHImage(fortran_order(data), affine)
+        img = nib.MGHImage(np.asfortranarray(data), affine)
     else:
-        img = nib.Nifti1Image(fortran_order(data), affine)
+        img = nib.Nifti1Image(np.asfortranarray(data), affine)
         img.header.set_xyzt_units("mm", "sec")
         img.header.set_qform(affine, code=1)
         img.header.set_sform(affine, code=1)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .._atomic import atomic_file
 from ..errors import ImageFileError
-from .compressed import fortran_order, gzip_writer, save_nibabel
+from .compressed import gzip_writer, save_nibabel
 from .geometry import fs_affine, shearless_components
 
 INTENT_DISPVECT = 1006
@@ -65,7 +65,7 @@ def save_warp(path: str | os.PathLike, warp: Warp, fmt: str = "freesurfer") -> N
         raise ImageFileError(path, "unknown warp file type; use .nii.gz, .nii or .mgz")
     if fmt == "itk":
         disp = disp * _LPS
-    img = nib.Nifti1Image(fortran_order(disp[:, :, :, None, :]), warp.affine)
+    img = nib.Nifti1Image(np.asfortranarray(disp[:, :, :, None, :]), warp.affine)
     img.header.set_intent(INTENT_VECTOR if fmt == "itk" else INTENT_DISPVECT)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(warp.affine, code=1)

@@ -29,7 +29,12 @@ DETECTOR_METHODS = ("joint", "affine", "rigid")  # the methods that run the dete
 
 def runs_detector(method: str) -> bool:
     """Whether `method` (a name or an abbreviation of one, as `-m` takes it) runs the affine detector."""
-    return bool(method) and any(m.startswith(method) for m in DETECTOR_METHODS)
+    from .methods import resolve_method_name
+
+    try:
+        return resolve_method_name(method) in DETECTOR_METHODS
+    except ValueError:  # not a method at all: nothing runs
+        return False
 
 
 def estimate_peak_bytes(extent: int, width: int = 256, detector: bool = False) -> float:

@@ -83,18 +83,17 @@ class Registration:
     def forward_vox(self) -> np.ndarray:
         if self.is_matrix:
             return np.asarray(_matrix_field(self.matrix_vox, tuple(self.fixed.shape)))
-        out = np.asarray(_native(self.network_fields["forward"], self.space.fix_to_net, self.space.net_to_mov,
-                                 tuple(self.fixed.shape)))
-        del self.network_fields["forward"]  # only once composed: a failed attempt can be retried
-        return out
+        return self._composed("forward", self.space.fix_to_net, self.space.net_to_mov, self.fixed.shape)
 
     @cached_property
     def inverse_vox(self) -> np.ndarray:
         if self.is_matrix:
             return np.asarray(_matrix_field(np.linalg.inv(self.matrix_vox), tuple(self.moving.shape)))
-        out = np.asarray(_native(self.network_fields["inverse"], self.space.mov_to_net, self.space.net_to_fix,
-                                 tuple(self.moving.shape)))
-        del self.network_fields["inverse"]
+        return self._composed("inverse", self.space.mov_to_net, self.space.net_to_fix, self.moving.shape)
+
+    def _composed(self, which: str, target_to_net: np.ndarray, net_to_source: np.ndarray, shape) -> np.ndarray:
+        out = np.asarray(_native(self.network_fields[which], target_to_net, net_to_source, tuple(shape)))
+        del self.network_fields[which]  # only once composed: a failed attempt can be retried
         return out
 
     @cached_property

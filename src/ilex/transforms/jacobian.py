@@ -7,17 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _difference(u: jax.Array, axis: int) -> jax.Array:
-    # numpy.gradient's rule: central differences inside, one-sided on the two faces.
-    n = u.shape[axis]
-    take = lambda start, stop: jax.lax.slice_in_dim(u, start, stop, axis=axis)
-    return jnp.concatenate([take(1, 2) - take(0, 1), (take(2, n) - take(0, n - 2)) * 0.5, take(n - 1, n) - take(n - 2, n - 1)],
-                           axis=axis)
-
-
 @jax.jit
 def _determinant(disp: jax.Array, vox_per_mm: jax.Array) -> jax.Array:
-    grads = [_difference(disp, axis) for axis in range(3)]  # d u_i / d p_j, one (x, y, z, 3) array per j
+    # d u_i / d p_j, one (x, y, z, 3) array per j: central differences inside, one-sided on the
+    # faces (numpy.gradient's rule, which jnp.gradient follows).
+    grads = jnp.gradient(disp, axis=(0, 1, 2))
     # d u_i / d x_k = sum_j (d u_i / d p_j)(d p_j / d x_k), as element-wise sums: no matmul, so no TF32 on GPUs.
     jac = [[((grads[0][..., i] * vox_per_mm[0, k] + grads[1][..., i] * vox_per_mm[1, k]) + grads[2][..., i] * vox_per_mm[2, k])
              + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
