@@ -191,6 +191,7 @@ def register(
     steps: int = 7,
     extent: int = 256,
     init_vox: np.ndarray | None = None,
+    mid_space: bool = False,
     clip_percentile: float | None = None,
     stages: Stages | None = None,
     algorithm: str | None = None,
@@ -203,7 +204,8 @@ def register(
     "affine", "rigid", "joint") applied to `model`, or any `Method` object
     (`ilex.registration.methods`). `hyper` is λ for the deformable models, `steps` the
     scaling-and-squaring steps, `extent` the network cube side (mm).
-    `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`).
+    `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`);
+    `mid_space` (mri_synthmorph's `-M`) splits it between both images by its matrix square root.
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
     `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the deformable
     U-Net's convolution; by default Winograd F(4,3) on CPU and XLA's own on GPU.
@@ -215,7 +217,11 @@ def register(
     with stages("resample", f"to {extent}^3 network space"):
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
         fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
-        space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed)
+        try:
+            space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed,
+                                  mid_space=mid_space)
+        except ValueError as e:
+            raise OptionError(f"mid-space initialisation (-M): {e}") from None
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
