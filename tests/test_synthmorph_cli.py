@@ -127,7 +127,7 @@ def test_affine_symmetry_is_the_references(ref):
 
     detector = ilex.load(fixture_path("affine_e64.h5"))
     mov, fix = (half_resolution(np.asarray(ref[k][0])) for k in ("mov", "fix"))
-    square = lambda m: np.vstack([np.asarray(m, np.float64).reshape(3, 4), [0, 0, 0, 1]])  # noqa: E731
+    square = lambda m: np.vstack([np.asarray(m, np.float64).reshape(3, 4), [0, 0, 0, 1]])
     expect = 0.5 * (np.linalg.inv(square(ref["fit_12"][0])) + square(ref["fit_21"][0]))
     swapped = np.asarray(detector.centred_fit(fix, mov, 64), np.float64)
     assert np.abs(swapped[:3] - expect[:3]).max() < 1e-5 * np.abs(expect).max()  # measured 1.9e-6 relative
