@@ -44,8 +44,8 @@ class QualityReport:
 
 def quality_report(result) -> QualityReport:
     """Jacobian determinant and folding fraction of `result.forward` (a `Registration`)."""
-    det = jacobian_determinant(result.forward, result.fixed.affine)
-    return QualityReport(det, folding_fraction(det))
+    det = np.asarray(jacobian_determinant(result.forward, result.fixed.affine))
+    return QualityReport(det, float(folding_fraction(det)))
 
 
 def write_qc(directory: str | os.PathLike, result, report: QualityReport, settings: dict | None = None,
