@@ -43,6 +43,7 @@ img.plot { max-width: 100%; height: auto; }
 .study th[data-sort]::after { content: " \\2195"; color: #999; font-weight: 400; }
 .study tr.failed { background: #fdecea; } .study tr.outlier { background: #fff4e5; }
 .study img.thumb { height: 64px; width: auto; display: block; }
+.study td.legend { min-width: 14em; max-width: 26em; }
 .error { color: #b71c1c; font-family: ui-monospace, monospace; font-size: 12px; word-break: break-word; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
 footer { margin-top: 30px; color: #777; font-size: 12px; }

@@ -45,11 +45,14 @@ def head_threshold(fixed: np.ndarray) -> float:
 
 
 def robust_window(values: np.ndarray) -> tuple[float, float]:
-    """(low, high) intensity window: the 0.5th and 99.5th percentiles of `values`."""
+    """(low, high) intensity window: the 0.5th and 99.5th percentiles of `values` (from 0 when
+    they are equal, so that a flat bright region shows white, not black)."""
     if values.size == 0:
         return 0.0, 1.0
-    lo, hi = np.percentile(values, [0.5, 99.5])
-    return float(lo), float(max(hi, lo + 1e-6))
+    lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    if hi - lo <= 1e-6 * max(abs(hi), 1.0):
+        lo = min(lo, 0.0) if hi > 0 else hi - 1.0
+    return lo, max(hi, lo + 1e-6)
 
 
 def _to_uint8(data: np.ndarray, window: tuple[float, float]) -> np.ndarray:
@@ -160,7 +163,7 @@ def save_slices(path: str | os.PathLike, slices: ReportSlices) -> None:
             np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
             archive.writestr(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), buf.getvalue(), zipfile.ZIP_DEFLATED)
         archive.writestr(zipfile.ZipInfo("meta.json", (1980, 1, 1, 0, 0, 0)),
-                         json.dumps(meta, indent=1, sort_keys=True), zipfile.ZIP_DEFLATED)
+                         json.dumps(meta, indent=1), zipfile.ZIP_DEFLATED)
 
 
 def load_slices(path: str | os.PathLike) -> ReportSlices:

@@ -65,7 +65,7 @@ def outliers(values: list[float | None], worse: str) -> list[bool]:
             return [False] * len(values)
         scale = mean_ad / 0.7979
     sign = 1.0 if worse == "high" else -1.0
-    return [v is not None and np.isfinite(v) and sign * (v - median) / scale > OUTLIER_Z for v in values]
+    return [bool(v is not None and np.isfinite(v) and sign * (v - median) / scale > OUTLIER_Z) for v in values]
 
 
 def read_rounds(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -214,14 +214,18 @@ def render_study(records: list[dict], page_dir: str, *, settings: dict | None = 
             f'<td class="num{" flag" if flags[m.key][k] else ""}" data-value="{"" if f["values"][m.key] is None else f["values"][m.key]}">'
             f"{number(f['values'][m.key])}</td>" for m in METRICS)
         status = escape(r.get("status"))
-        error = f'<div class="error">{escape(r["error"])}</div>' if r.get("status") == "failed" and r.get("error") else ""
+        error = ""
+        if r.get("status") == "failed" and r.get("error"):  # in full under "Failed pairs"
+            short = r["error"] if len(r["error"]) <= 160 else r["error"][:157] + "..."
+            error = f'<div class="error" title="{escape(r["error"])}">{escape(short)}</div>'
+
         cls = "failed" if r.get("status") == "failed" else "outlier" if flagged_by[k] else ""
         body.append(f'<tr class="{cls}" data-pair="{escape(labels[k])}" data-status="{status}">'
-                    f'<td data-value="{escape(labels[k])}">{name}</td><td data-value="{status}">{status}{error}</td>'
+                    f'<td data-value="{escape(labels[k])}">{name}</td><td data-value="{status}">{status}</td>'
                     f"<td>{thumb}</td>{cells}<td data-value=\"{escape(', '.join(flagged_by[k]))}\" class=flag>"
                     f"{escape(', '.join(flagged_by[k]))}</td>"
                     f"<td class=legend><code>{escape(os.path.basename(str(r.get('moving'))))}</code> → "
-                    f"<code>{escape(os.path.basename(str(r.get('fixed'))))}</code></td></tr>")
+                    f"<code>{escape(os.path.basename(str(r.get('fixed'))))}</code>{error}</td></tr>")
     parts.append(f'<h2>All pairs</h2><p class="legend">Click a column title to sort. Each pair links to its report.</p>'
                  f'<table class="study" id="pairs"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>')
     shown = {k: v for k, v in (settings or {}).items() if v not in (None, "", ())}
