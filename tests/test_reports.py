@@ -104,6 +104,30 @@ def test_slices_cut_inside_the_head_and_round_trip(tmp_path):
         np.testing.assert_array_equal(back.head[view], slices.head[view])
 
 
+def test_pair_page_shows_what_qc_json_records():
+    """Keys that other parts of ilex add to qc.json (the similarity -m optimize chose, the version,
+    the options) appear on the page without the page knowing them; the verdict follows the rules."""
+    from ilex.qc.html_report import render
+
+    data = np.zeros((24, 24, 24), np.float32)
+    data[4:20, 5:19, 6:18] = np.linspace(10, 100, 16)[:, None, None]
+    slices = cut_slices(data, data, np.ones_like(data), np.eye(4), cuts=3)
+    record = {"moving": "m.nii.gz", "fixed": "f.nii.gz", "model": "optimize", "hyper": 0.5, "similarity": "mi",
+              "ilex_version": "9.9.9", "options": {"levels": [4, 2]}, "folding_fraction": 0.0,
+              "similarity_nmi_before": 1.2, "similarity_nmi_after": 1.3}
+    page = render(record, slices)
+    assert "<th>similarity</th><td>mi</td>" in page and "<th>ilex version</th><td>9.9.9</td>" in page
+    assert "<th>options</th><td>{&quot;levels&quot;: [4, 2]}</td>" in page
+    assert "Nothing looks wrong." in page
+    worse = render({**record, "similarity_nmi_after": 1.19, "head_folding_fraction": 0.001,
+                    "affine": {"rotation_deg": 50.0, "scales": [1.0, 1.0, 1.6], "translation_mm": [0, 0, 0],
+                               "reflection": False}}, slices)
+    for said in ("agree less after registration", "det J ≤ 0 in 0.1 % of the head", "rotates by 50°", "scales by 1.00–1.60"):
+        assert said in worse, said
+    # A loss within the stated 0.005 is noise, not a failure.
+    assert "Nothing looks wrong." in render({**record, "similarity_nmi_after": 1.196}, slices)
+
+
 def _write_rounds(path, rows):
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -261,6 +285,18 @@ def test_report_command_redraws_the_same_pages(study, tmp_path):
     out = tmp_path / "template.html"
     assert main(["report", str(study / "pairs.summary.json"), "--rounds", str(rounds), "-o", str(out), "-q"]) == 0
     assert 'id="convergence"' in out.read_text()
+
+
+@pytest.mark.realdata
+def test_rerun_reports_skipped_pairs_from_their_files(study):
+    # A second run skips every pair whose outputs exist; the page still shows their figures.
+    code = main(["batch", str(study / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q",
+                 "--summary", str(study / "rerun")])
+    assert code == 1
+    page = (study / "rerun.report.html").read_text()
+    assert "6 pairs: 0 done, 5 skipped (outputs from an earlier run), 1 failed." in page
+    assert "similarity after" in _flags(study / "rerun.report.html")["wrong"]
+    assert page.count('class="thumb"') == 5
 
 
 # ---------------------------------------------------------------------------------------------

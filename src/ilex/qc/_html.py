@@ -38,12 +38,14 @@ th { font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabul
 .swatch { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; vertical-align: -1px; }
 img.plot { max-width: 100%; height: auto; }
 .strips { display: flex; flex-wrap: wrap; gap: 6px; }
-.study td, .study th { border-bottom: 1px solid #eee; padding: 4px 8px; }
-.study th[data-sort] { cursor: pointer; white-space: nowrap; }
+.wide { overflow-x: auto; }
+.study { font-size: 13px; } .study th { font-size: 12px; }
+.study td, .study th { border-bottom: 1px solid #eee; padding: 4px 6px; }
+.study th[data-sort] { cursor: pointer; }
 .study th[data-sort]::after { content: " \\2195"; color: #999; font-weight: 400; }
 .study tr.failed { background: #fdecea; } .study tr.outlier { background: #fff4e5; }
 .study img.thumb { height: 64px; width: auto; display: block; }
-.study td.legend { min-width: 14em; max-width: 26em; }
+.study td.legend { min-width: 10em; max-width: 18em; word-break: break-all; }
 .error { color: #b71c1c; font-family: ui-monospace, monospace; font-size: 12px; word-break: break-word; }
 code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
 footer { margin-top: 30px; color: #777; font-size: 12px; }

@@ -227,7 +227,7 @@ def render_study(records: list[dict], page_dir: str, *, settings: dict | None = 
                     f"<td class=legend><code>{escape(os.path.basename(str(r.get('moving'))))}</code> → "
                     f"<code>{escape(os.path.basename(str(r.get('fixed'))))}</code>{error}</td></tr>")
     parts.append(f'<h2>All pairs</h2><p class="legend">Click a column title to sort. Each pair links to its report.</p>'
-                 f'<table class="study" id="pairs"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>')
+                 f'<div class="wide"><table class="study" id="pairs"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>')
     shown = {k: v for k, v in (settings or {}).items() if v not in (None, "", ())}
     parts.append("<h2>How it was run</h2><table>" + _html.rows(
         [(k, escape(json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)) for k, v in shown.items()]
