@@ -8,6 +8,7 @@ that its report must say it failed.
 """
 
 import csv
+import io
 import json
 import os
 import pathlib
@@ -118,6 +119,7 @@ def test_pair_page_shows_what_qc_json_records():
     page = render(record, slices)
     assert "<th>similarity</th><td>mi</td>" in page and "<th>ilex version</th><td>9.9.9</td>" in page
     assert "<th>options</th><td>{&quot;levels&quot;: [4, 2]}</td>" in page
+    assert "<th>method (-m)</th><td>optimize</td>" in page and "<th>λ (-r)</th><td>0.5</td>" in page
     assert "Nothing looks wrong." in page
     worse = render({**record, "similarity_nmi_after": 1.19, "head_folding_fraction": 0.001,
                     "affine": {"rotation_deg": 50.0, "scales": [1.0, 1.0, 1.6], "translation_mm": [0, 0, 0],
@@ -126,6 +128,38 @@ def test_pair_page_shows_what_qc_json_records():
         assert said in worse, said
     # A loss within the stated 0.005 is noise, not a failure.
     assert "Nothing looks wrong." in render({**record, "similarity_nmi_after": 1.196}, slices)
+
+
+def test_jacobian_layer_marks_folds_in_yellow():
+    from PIL import Image as PILImage
+
+    from ilex.qc import figures
+
+    data = np.zeros((30, 30, 30), np.float32)
+    data[3:27, 3:27, 3:27] = 50.0
+    det = np.ones_like(data)
+    layers = {}
+    for name, folded in (("smooth", False), ("folded", True)):
+        if folded:
+            det[10:20, 10:20, 10:20] = -0.5  # a 10-voxel cube that folds, through every view's middle cuts
+        slices = cut_slices(data, data, det, np.eye(4), cuts=3)
+        layers[name] = np.asarray(PILImage.open(io.BytesIO(figures.slice_layers(slices)["jacobian"])).convert("RGB"))
+
+    def yellow(rgb):
+        return ((rgb[..., 0] > 230) & (rgb[..., 1] > 200) & (rgb[..., 2] < 60)).sum()
+    # The colour bar's legend text is white, the colour map has no yellow: none without folds.
+    assert yellow(layers["smooth"]) == 0 and yellow(layers["folded"]) > 100
+
+
+def test_report_command_needs_the_report_data(tmp_path, capsys):
+    (tmp_path / "qc.json").write_text('{"moving": "m.nii.gz", "fixed": "f.nii.gz"}')
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ilex report: error: {tmp_path / 'report.npz'}: does not exist") and "--qc" in err
+    (tmp_path / "report.npz").write_bytes(b"PK truncated")
+    assert main(["report", str(tmp_path)]) == 1
+    assert "not a readable report data file" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
 
 
 def _write_rounds(path, rows):

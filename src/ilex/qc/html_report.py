@@ -108,7 +108,8 @@ def _figures(record: dict) -> str:
 def _run(record: dict, info: dict) -> str:
     from .. import __version__
 
-    items = [(k, escape(record[k])) for k in ("model", "hyper", "steps", "extent") if k in record]
+    labels = {"model": "method (-m)", "hyper": "λ (-r)", "steps": "integration steps (-n)", "extent": "extent (-e, mm)"}
+    items = [(labels[k], escape(record[k])) for k in labels if k in record]
     items += [(k.replace("_", " "), escape(json.dumps(v) if isinstance(v, (dict, list)) else v))
               for k, v in record.items() if k not in _SHOWN and not k.startswith("similarity_")
               and not ("similarity" in k and isinstance(v, str))]
@@ -117,10 +118,12 @@ def _run(record: dict, info: dict) -> str:
     stages = "".join(f"<tr><td>{escape(name)}</td><td class=num>{seconds:.2f} s</td>"
                      f"<td class=num>{number(memory.get(name))}{' GiB' if name in memory else ''}</td></tr>"
                      for name, seconds in times.items())
-    table = (f"<table><tr><th>stage</th><th>time</th><th>peak memory so far</th></tr>{stages}</table>"
+    total = f"<tr><th>total</th><th class=num>{sum(times.values()):.2f} s</th><th></th></tr>" if times else ""
+    table = (f"<table><tr><th>stage</th><th>time</th><th>peak memory so far</th></tr>{stages}{total}</table>"
              if stages else "<p>No stage times were recorded.</p>")
     return ("<h2>How it was run</h2><table>" + _html.rows(items) + "</table>" + table +
-            '<p class="legend">Peak memory is the process’s resident peak at the end of each stage.</p>')
+            '<p class="legend">Stages up to the moment the page was drawn (writing the outputs, under way then, is '
+            "not in it). Peak memory is the process’s resident peak at the end of each stage.</p>")
 
 
 def render(record: dict, slices) -> str:
