@@ -11,7 +11,8 @@ registration to look at). Then, `--repeats` times each, on the same result:
 * `render`:  the three matplotlib layers, PNG encoding and the page (`html_report.render`)
 * `write`:   report.npz and report.html onto disk
 
-`report` is their sum (what --qc adds for the page), against the 2 s. The Jacobian itself
+`report` is their sum (what --qc adds for the page), against the 2 s. `--study N` times, once,
+the study page of N pairs that all point at this pair's QC directory (N thumbnails drawn). The Jacobian itself
 (`quality_report`) and the older QC files (jacobian.nii.gz, checkerboard.png) are timed too but
 were there before. matplotlib's import, paid once per process, is timed in a fresh process.
 
@@ -63,6 +64,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--study", type=int, default=500, metavar="N",
+                        help="also time the study page of N pairs (each pointing at this pair's QC directory)")
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from data import data_path
@@ -103,6 +106,20 @@ def main() -> int:
         write_s, write_all, _ = timed(lambda: write_pair_report(out, record, slices), args.repeats)
         html_bytes = os.path.getsize(os.path.join(out, "report.html"))
         npz_bytes = os.path.getsize(os.path.join(out, "report.npz"))
+        study_s = study_bytes = None
+        if args.study:
+            from ilex.qc.study_report import write_study_report
+
+            with open(os.path.join(out, "qc.json"), "w", encoding="utf-8") as f:
+                json.dump(record, f)
+            rng = __import__("random").Random(0)
+            records = [{"pair": f"sub-{k:03d}", "index": k, "moving": moving, "fixed": fixed, "status": "done",
+                        "seconds": 30 + rng.random() * 5, "peak_memory_gib": 2.3 + rng.random() * 0.1,
+                        "folding_percent": 0.0, "error": "", "outputs": {"qc": out}} for k in range(1, args.study + 1)]
+            start = time.perf_counter()
+            write_study_report(records, os.path.join(tmp, "study.report.html"))
+            study_s = time.perf_counter() - start
+            study_bytes = os.path.getsize(os.path.join(tmp, "study.report.html"))
         checker_s, _, _ = timed(lambda: checkerboard_png(result.fixed.data, moved, result.fixed.affine), args.repeats)
         from ilex.image.io import save_image
 
@@ -122,12 +139,15 @@ def main() -> int:
                            "jacobian.nii.gz (existed before)": nifti_s,
                            "matplotlib import, once per process": import_seconds},
         "all_seconds": {"metrics": metrics_all, "slices": slices_all, "render": render_all, "write": write_all},
-        "bytes": {"report.html": html_bytes, "report.npz": npz_bytes},
+        "bytes": {"report.html": html_bytes, "report.npz": npz_bytes, f"study of {args.study} pairs": study_bytes},
+        "study_seconds": {f"{args.study} pairs, once": study_s},
         "page_chars": len(page),
     }
     for name, value in figures["median_seconds"].items():
         print(f"{name:<45} {value:6.3f} s")
     print(f"report.html {html_bytes / 1e6:.2f} MB, report.npz {npz_bytes / 1e6:.2f} MB")
+    if study_s is not None:
+        print(f"study page of {args.study} pairs: {study_s:.1f} s, {study_bytes / 1e6:.2f} MB")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=2)

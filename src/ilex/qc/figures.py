@@ -33,13 +33,14 @@ def _figure(width_px: int, height_px: int, facecolor: str = "black"):
     return fig
 
 
-def _png(fig, mode: str = "P") -> bytes:
-    """PNG bytes of `fig`; mode "L" (grey), "P" (256-colour palette: a third of RGB's size for
-    these pictures) or "RGB"."""
+def _png(fig, mode: str = "P", crop_bottom: int = 0) -> bytes:
+    """PNG bytes of `fig` (less its bottom `crop_bottom` pixel rows); mode "L" (grey), "P"
+    (256-colour palette: a third of RGB's size for these pictures) or "RGB"."""
     from PIL import Image as PILImage
 
     fig.canvas.draw()
-    image = PILImage.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3])
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    image = PILImage.fromarray(pixels[: pixels.shape[0] - crop_bottom] if crop_bottom else pixels)
     if mode == "L":
         image = image.convert("L")
     elif mode == "P":
@@ -105,30 +106,40 @@ def edge_strength(image: np.ndarray, head: np.ndarray) -> tuple[np.ndarray, floa
 
 def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, bytes]:
     """PNG bytes of the three layers: "fixed", "moved" (with the fixed image's edges), both with
-    the same geometry, and "jacobian" (log2 det J over the fixed image, folds marked, colour bar)."""
+    the same geometry, and "jacobian" (log2 det J over the fixed image, folds marked, colour bar).
+
+    One figure is drawn three times (making matplotlib axes costs more than drawing them): the
+    fixed and moved layers are its top, above the Jacobian's colour bar.
+    """
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     rects, height = _layout(slices, width_px)
-    out = {}
-    for layer in ("fixed", "moved"):
-        fig = _figure(width_px, height)
-        for view in VIEWS:
-            ax = _axes(fig, rects[view], width_px, height, _row_labels(slices, view))
-            ax.imshow(_row(getattr(slices, layer)[view]), cmap="gray", vmin=0, vmax=255, aspect="auto",
-                      interpolation="antialiased")
-            if layer == "moved":
-                magnitude, level = edge_strength(_row(slices.fixed[view]), _row(slices.head[view], False))
-                ax.contour(magnitude, levels=[level], colors=EDGE_COLOUR, linewidths=0.6)
-            ax.set_xlim(-0.5, _row(slices.fixed[view]).shape[1] - 0.5)
-            ax.set_ylim(slices.fixed[view].shape[1] - 0.5, -0.5)
-        out[layer] = _png(fig, "L" if layer == "fixed" else "P")
     bar_px = 56
-    fig = _figure(width_px, height + bar_px)
-    cmap = colormaps["RdBu_r"]
+    total = height + bar_px
+    fig = _figure(width_px, total)
+    axes, images = {}, {}
     for view in VIEWS:
         left, bottom, wide, tall = rects[view]
-        ax = _axes(fig, (left, bottom + bar_px, wide, tall), width_px, height + bar_px, _row_labels(slices, view))
-        ax.imshow(_row(slices.fixed[view]), cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="antialiased")
+        ax = _axes(fig, (left, bottom + bar_px, wide, tall), width_px, total, _row_labels(slices, view))
+        images[view] = ax.imshow(_row(slices.fixed[view]), cmap="gray", vmin=0, vmax=255, aspect="auto",
+                                 interpolation="antialiased")
+        ax.set_xlim(-0.5, _row(slices.fixed[view]).shape[1] - 0.5)
+        ax.set_ylim(slices.fixed[view].shape[1] - 0.5, -0.5)
+        axes[view] = ax
+    out = {"fixed": _png(fig, "L", crop_bottom=bar_px)}
+    edges = []
+    for view in VIEWS:
+        images[view].set_data(_row(slices.moved[view]))
+        magnitude, level = edge_strength(_row(slices.fixed[view]), _row(slices.head[view], False))
+        edges.append(axes[view].contour(magnitude, levels=[level], colors=EDGE_COLOUR, linewidths=0.6))
+    out["moved"] = _png(fig, "P", crop_bottom=bar_px)
+    for contour in edges:
+        contour.remove()
+    cmap = colormaps["RdBu_r"]
+    for view in VIEWS:
+        images[view].set_data(_row(slices.fixed[view]))
         det = _row(slices.jacobian[view].astype(np.float32), np.nan)
         head = _row(slices.head[view], False)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -136,18 +147,15 @@ def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, by
         rgba = cmap((level + 1) / 2)
         rgba[..., 3] = np.where(head, 0.65, 0.0)
         rgba[det <= 0] = FOLD_COLOUR
-        ax.imshow(rgba, aspect="auto", interpolation="nearest")
-    cax = fig.add_axes((0.3, 24 / (height + bar_px), 0.4, 10 / (height + bar_px)))
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-
+        axes[view].imshow(rgba, aspect="auto", interpolation="nearest")
+    cax = fig.add_axes((0.3, 24 / total, 0.4, 10 / total))
     bar = fig.colorbar(ScalarMappable(Normalize(-JACOBIAN_RANGE, JACOBIAN_RANGE), cmap), cax=cax, orientation="horizontal")
     ticks = np.linspace(-JACOBIAN_RANGE, JACOBIAN_RANGE, 5)
     bar.set_ticks(ticks, labels=[f"{2**t:.2g}" for t in ticks])
     bar.ax.tick_params(colors="white", labelsize=7)
     bar.outline.set_edgecolor("white")
-    fig.text(0.29, 29 / (height + bar_px), "det J: compression", color="white", fontsize=8, ha="right", va="center")
-    fig.text(0.71, 29 / (height + bar_px), "expansion;  folded (det J ≤ 0): yellow", color="white", fontsize=8,
+    fig.text(0.29, 29 / total, "det J: compression", color="white", fontsize=8, ha="right", va="center")
+    fig.text(0.71, 29 / total, "expansion;  folded (det J ≤ 0): yellow", color="white", fontsize=8,
              ha="left", va="center")
     out["jacobian"] = _png(fig, "P")
     return out

@@ -166,8 +166,10 @@ def save_slices(path: str | os.PathLike, slices: ReportSlices) -> None:
                          json.dumps(meta, indent=1), zipfile.ZIP_DEFLATED)
 
 
-def load_slices(path: str | os.PathLike) -> ReportSlices:
-    """Read what `save_slices` wrote. Raises `FileProblem` for a missing or damaged file."""
+def load_slices(path: str | os.PathLike, layers=("fixed", "moved", "jacobian", "head"), views=VIEWS) -> ReportSlices:
+    """Read what `save_slices` wrote (only `layers` of `views`: a study's thumbnails need three
+    axial arrays of each pair, not its 1 MB of Jacobian). Raises `FileProblem` for a missing or
+    damaged file."""
     from ..errors import FileProblem
 
     path = os.fspath(path)
@@ -176,8 +178,8 @@ def load_slices(path: str | os.PathLike) -> ReportSlices:
             meta = json.loads(archive.read("meta.json"))
             out = ReportSlices({}, {}, {}, {}, {k: tuple(v) for k, v in meta["pixel_mm"].items()},
                                meta["positions_mm"], meta.get("info", {}))
-            for name in ("fixed", "moved", "jacobian", "head"):
-                for view in VIEWS:
+            for name in layers:
+                for view in views:
                     with archive.open(f"{name}.{view}.npy") as f:
                         getattr(out, name)[view] = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
     except FileNotFoundError:

@@ -112,7 +112,7 @@ def _pair_facts(record: dict) -> dict:
             from .slices import load_slices
 
             try:
-                facts["slices"] = load_slices(os.path.join(qc_dir, "report.npz"))
+                facts["slices"] = load_slices(os.path.join(qc_dir, "report.npz"), ("fixed", "moved", "head"), ("axial",))
             except FileProblem:
                 facts["slices"] = None
     qc = facts["qc"] or {}
