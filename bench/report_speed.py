@@ -51,12 +51,20 @@ def conform_256(source: str, target: str) -> None:
     nib.save(nib.Nifti1Image(out, affine), target)
 
 
+CPU: dict[int, list[float]] = {}  # id(times list) -> this process's CPU seconds of each call
+
+
 def timed(fn, repeats: int):
-    times, value = [], None
+    """(median wall seconds, every call's wall seconds, the last value); each call's CPU time
+    (this process, all threads) goes to CPU, keyed by the list: on a shared machine the wall
+    time grows with the load, the CPU time much less."""
+    times, cpu, value = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         value = fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    CPU[id(times)] = cpu
     return statistics.median(times), times, value
 
 
@@ -139,12 +147,18 @@ def main() -> int:
                            "jacobian.nii.gz (existed before)": nifti_s,
                            "matplotlib import, once per process": import_seconds},
         "all_seconds": {"metrics": metrics_all, "slices": slices_all, "render": render_all, "write": write_all},
+        "median_cpu_seconds": {name: statistics.median(CPU[id(values)]) for name, values in
+                               (("metrics", metrics_all), ("slices", slices_all), ("render", render_all),
+                                ("write (render + files)", write_all))},
         "bytes": {"report.html": html_bytes, "report.npz": npz_bytes, f"study of {args.study} pairs": study_bytes},
         "study_seconds": {f"{args.study} pairs, once": study_s},
         "page_chars": len(page),
     }
+    cpu = figures["median_cpu_seconds"]
+    cpu["report = metrics + slices + write"] = cpu["metrics"] + cpu["slices"] + cpu["write (render + files)"]
     for name, value in figures["median_seconds"].items():
-        print(f"{name:<45} {value:6.3f} s")
+        print(f"{name:<45} {value:6.3f} s" + (f"   (CPU {cpu[name]:.3f} s)" if name in cpu else ""))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"report.html {html_bytes / 1e6:.2f} MB, report.npz {npz_bytes / 1e6:.2f} MB")
     if study_s is not None:
         print(f"study page of {args.study} pairs: {study_s:.1f} s, {study_bytes / 1e6:.2f} MB")
