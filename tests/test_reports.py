@@ -394,6 +394,15 @@ def test_pair_report_in_the_browser(study, browser):
     page.mouse(5, 5)
     page.settle(0.8)
     assert np.array_equal(page.screenshot(rect), rest)  # back to rest
+    # Without hover: "show moved" pins the moved layer; "both, one above the other" is the static view.
+    page.evaluate("document.querySelector('label[for=pin]').click()")
+    page.settle(0.8)
+    assert page.evaluate(opacity) == "1"
+    page.evaluate("document.querySelector('label[for=pin]').click()")
+    page.evaluate("document.querySelector('label[for=sidebyside]').click()")
+    page.settle(0.8)
+    stacked = page.rect(".fade")
+    assert page.evaluate(opacity) == "1" and stacked["height"] > 1.9 * rect["height"]
     _assert_clean(page)
 
 
