@@ -333,6 +333,24 @@ def test_rerun_reports_skipped_pairs_from_their_files(study):
     assert page.count('class="thumb"') == 5
 
 
+@pytest.mark.realdata
+def test_matrix_method_report_shows_its_matrix(study, tmp_path):
+    """-m affine: the affine part on the page is the matrix written with -t (the LTA's)."""
+    from ilex.image.lta import parse_lta
+
+    argv = ["register", str(study / "colin.nii.gz"), str(study / "mni.nii.gz"), "-m", "affine",
+            "-w", fixture_path("affine_e64.h5"), "-e", "64", "-t", str(tmp_path / "a.lta"), "--qc", str(tmp_path / "qc"), "-q"]
+    assert main(argv) == 0
+    record = json.loads((tmp_path / "qc" / "qc.json").read_text())
+    matrix = parse_lta((tmp_path / "a.lta").read_text()).ras_to_ras()
+    parts = affine_parts(matrix)
+    assert record["affine"]["rotation_deg"] == pytest.approx(parts["rotation_deg"], abs=1e-6)
+    assert record["affine"]["scales"] == pytest.approx(parts["scales"], rel=1e-6)
+    assert record["affine"]["translation_mm"] == pytest.approx(parts["translation_mm"], abs=1e-4)
+    page = (tmp_path / "qc" / "report.html").read_text()
+    assert f"rotation {parts['rotation_deg']:.2f}°" in page
+
+
 # ---------------------------------------------------------------------------------------------
 # In the browser
 
