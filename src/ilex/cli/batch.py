@@ -15,8 +15,9 @@ compiled once, then the pairs run one after another (or on a Dask cluster's work
 --scheduler). A pair that fails is reported and skipped; the others go on. Outputs are written as
 `ilex register` writes them, all of a pair's files together. A rerun skips pairs whose outputs all
 exist, so a batch that crashed resumes where it stopped. At the end a summary (PREFIX.csv and
-PREFIX.json: pair, status, seconds, peak memory, folding %, error) is written; the exit status
-is 1 if any pair failed.
+PREFIX.json: pair, status, seconds, peak memory, folding %, error) and a page to look at
+(PREFIX.report.html: failed pairs first, one strip plot per metric with outliers flagged, every
+pair linked to its QC report) are written; the exit status is 1 if any pair failed.
 
 PAIRS.csv has a header row. Columns (empty cell = not set; relative paths are relative to the
 CSV file's directory):
@@ -128,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.close()
     csv_path, json_path = write_summary(records, prefix, settings)
+    from dataclasses import asdict
+
+    from ..qc.study_report import write_study_report
+
+    report_path = write_study_report(records, f"{prefix}.report.html", settings=asdict(settings))
     elapsed = time.perf_counter() - start
     failed = [r for r in records if r.status == "failed"]
     for record in failed:
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         skipped = sum(r.status == "skipped" for r in records)
         rate = f", {3600 * done / elapsed:.1f} pairs/hour" if done and elapsed > 0 else ""
         print(f"ilex batch: {done} done, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
-              f"summary in {csv_path} and {json_path}")
+              f"summary in {csv_path} and {json_path}; report {report_path}")
     return 1 if failed else 0
 
 

@@ -15,6 +15,7 @@ Typical use:
   ilex register -m affine moving.nii.gz fixed.nii.gz -t affine.lta
   ilex batch pairs.csv -e 192
   ilex apply warp.nii.gz labels.nii.gz labels_moved.nii.gz -m nearest
+  ilex report qc/                                                                   # redraw qc/report.html
   ilex convert $FREESURFER_HOME/models/synthmorph.deform.3.h5 synthmorph-bundle/
 
 Add --debug to any command to see a full traceback on error.
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import batch as batch_cmd
     from . import convert as convert_cmd
     from . import register as register_cmd
+    from . import report as report_cmd
 
     parser = _Parser(
         prog="ilex",
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ilex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd):
+    for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd, report_cmd):
         module.add_parser(sub)
     return parser
 

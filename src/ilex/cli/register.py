@@ -84,7 +84,8 @@ def add_parser(sub) -> None:
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
     p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created")
-    p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): Jacobian determinant "
+    p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): report.html (a "
+                   "page to look at: before/after, Jacobian map, similarity, folding, timings), Jacobian determinant "
                    "of the forward warp, folding statistics (qc.json) and a checkerboard PNG of fixed and moved")
     p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer",
                    help="transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk (default freesurfer)")

@@ -60,6 +60,8 @@ class Registration:
     # the native grids only when `forward_vox`/`inverse_vox` is first asked for (a batch that
     # writes -o and -t never pays for the inverse). Each is dropped once composed.
     network_fields: dict[str, jax.Array] = field(default_factory=dict, repr=False)
+    # Stage -> peak resident memory (GiB) at its end, filled as `times` is (`Stages.memory`).
+    memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_matrix(self) -> bool:
@@ -232,7 +234,8 @@ def register(
             fw, bw = network_fields(transform, steps)
             fw.block_until_ready()
     result = Registration(moving, fixed, space, method.name, transform, (np.asarray(mov_net), np.asarray(fix_net)),
-                          stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw})
+                          stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw},
+                          memory=stages.memory)
     if not transform.is_matrix:
         with stages("compose", "forward warp in native space"):
             _ = result.forward_vox  # every output but -T/-O needs it; the inverse waits until asked for
