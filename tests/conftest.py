@@ -25,3 +25,14 @@ def _no_hub_network(monkeypatch, tmp_path_factory):
 
 def fixture_path(name: str) -> str:
     return os.fspath(FIXTURES / name)
+
+
+@pytest.fixture
+def without_annotation_checks():
+    """Turn off the run-time annotation checks (pyproject's jaxtyping-packages) inside a test that
+    checks the library's own refusal of bad shapes, which the annotation check would pre-empt."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", False)

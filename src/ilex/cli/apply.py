@@ -45,10 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.pairs) % 2:
         raise OptionError(f"expected IMAGE OUT pairs, got {len(args.pairs)} paths; the last image has no output")
-    if not os.path.isfile(args.warp):
-        from ..errors import FileProblem
-
-        raise FileProblem(args.warp, "no such transform file")
     pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
     protected = {os.path.realpath(args.warp): "the warp"} | {os.path.realpath(i): f"input {i}" for i, _ in pairs}
     seen = set()
@@ -74,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     is_matrix = matrix_format(args.warp) is not None
     if args.header_only and not is_matrix:
         raise OptionError(f"-H: {args.warp} is a warp; header-only output needs a matrix (.lta or .txt)")
+    if not os.path.isfile(args.warp):
+        from ..errors import FileProblem
+
+        raise FileProblem(args.warp, "no such transform file")
     if is_matrix:
         transform = _load_matrix(args.warp, args.reference, args.header_only)
     else:

@@ -26,7 +26,7 @@ def _gather(volume: AnyArray, idx: list[Array]) -> Array:
 def interpolate_clamped(
     volume: Float[AnyArray, "x y z *c"],
     coords: Float[AnyArray, "*s 3"],
-    fill: float | None = None,
+    fill: float | Float[AnyArray, ""] | None = None,
 ) -> Float[AnyArray, ...]:
     """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, SPEC §2.9).
 
@@ -66,7 +66,7 @@ def sample_image(
     volume: Float[AnyArray, "x y z"],
     coords: Float[AnyArray, "*s 3"],
     method: str = "linear",
-    fill: float = 0.0,
+    fill: float | Float[AnyArray, ""] = 0.0,
 ) -> Float[AnyArray, "*s"]:
     """`volume` at `coords` as surfa samples images: trilinear or nearest, `fill` outside.
 
