@@ -23,6 +23,12 @@ def _no_hub_network(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("FREESURFER_HOME", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_user_compilation_cache(monkeypatch):
+    """Tests, and the processes they start, never write to the user's compilation cache (~/.cache/ilex)."""
+    monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "1")
+
+
 def fixture_path(name: str) -> str:
     return os.fspath(FIXTURES / name)
 

@@ -32,11 +32,6 @@ GOOD = [("colin.nii.gz", "mni.nii.gz"), ("mni.nii.gz", "colin_shift.nii.gz"), ("
 OUTPUTS = {"o": "moved.nii.gz", "t": "fw.nii.gz", "T": "bw.mgz", "qc": "qc"}
 
 
-@pytest.fixture(autouse=True)
-def _no_user_compilation_cache(monkeypatch):
-    monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "1")  # tests never write to ~/.cache
-
-
 def _small(name, out, step=3, crop=0, shift=(0.0, 0.0, 0.0)):
     img = nib.load(data_path(name))
     data = np.asarray(img.dataobj, np.float32)[crop::step, crop::step, crop::step]
