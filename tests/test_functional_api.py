@@ -209,7 +209,7 @@ def test_api_doc_examples_run():
     import re
 
     text = (pathlib.Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/api.md", "exec"), {})
