@@ -38,7 +38,7 @@ def test_moved_images_do_not_recompile(result, caplog):
 
 def test_fields_are_computed_once(result, caplog):
     # The first access composes (and compiles); a second one must neither trace nor compute again.
-    result.forward, result.inverse_vox
+    _ = (result.forward, result.inverse_vox)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
         caplog.clear()
         again = (result.forward, result.inverse_vox)
