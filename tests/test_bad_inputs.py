@@ -315,8 +315,10 @@ def test_missing_default_weights_say_how_to_get_them(work, capsys, monkeypatch):
 # --- outputs ------------------------------------------------------------------------------
 
 
-def test_output_directory_missing(work, capsys):
-    _fails(capsys, work, _register() + ["-T", "no/such/dir/inverse.nii.gz"], "no/such/dir", "does not exist")
+def test_output_directory_under_a_file(work, capsys):
+    # A missing directory is created (test_first_use); one that cannot be is refused first.
+    pathlib.Path("no").write_text("mine")
+    _fails(capsys, work, _register() + ["-T", "no/such/dir/inverse.nii.gz"], "no/such/dir", "cannot create it")
 
 
 def test_output_directory_not_writable(work, capsys, monkeypatch):

@@ -173,6 +173,8 @@ def check_outputs(args, model: str = "deform") -> None:
     from ..registration.outputs import check_outputs as check
     from ..registration.outputs import check_transform_outputs
 
+    if not any(_outputs(args).values()):
+        raise OptionError("no output: give at least one of -o, -O, -t, -T, --qc or -d (otherwise nothing is written)")
     check_transform_outputs(_outputs(args), model, args.header_only, args.warp_format)
     check(_outputs(args), {"moving": args.moving, "fixed": args.fixed})
 
@@ -190,13 +192,13 @@ def run(args: argparse.Namespace) -> int:
 
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # a second run reads it from disk
 
-    import numpy as np
-
     from ..image.io import load_image
     from ..progress import Stages
     from ..qc import quality_report
     from ..registration.affine_init import read_initial_affine
     from ..registration.memory import check_memory, runs_detector
+    from ..registration.methods import centres_on_fixed
+    from ..registration.network_space import network_space
     from ..registration.outputs import write_outputs
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
@@ -207,8 +209,11 @@ def run(args: argparse.Namespace) -> int:
         fixed = load_image(args.fixed, what="fixed image")
         init = (read_initial_affine(args.init, moving.affine, fixed.affine, moving_shape=moving.shape, fixed_shape=fixed.shape)
                 if args.init else None)
-        # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
-        check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
+        # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB. Where
+        # the method centres each image on itself, the pair starts from the centres laid on each other.
+        centred = not centres_on_fixed(model)
+        space = network_space(moving, fixed, args.extent, init, centre_on_fixed=not centred)
+        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=centred and init is None)
         if weights and not args.gpu and not args.no_memory_check:
             check_memory(args.extent, max(peek_width(w) for w in weights), detector=runs_detector(model))
         networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None

@@ -216,7 +216,7 @@ def register(
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
         fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
         space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed)
-        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net)
+        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
         _check_contrast(moving, fixed, mov_net, fix_net)

@@ -100,7 +100,8 @@ class Registrar:
             try:
                 self.method_for(method, hyper)
             except (ValueError, TypeError) as e:
-                failed[(method, hyper)] = self._failed[(method, float(hyper))] = e
+                # Kept under the key `method_for` looks up: None means the default method.
+                failed[(method, hyper)] = self._failed[(self.method if method is None else method, float(hyper))] = e
         return failed
 
     def method_for(self, method=None, hyper: float | None = None):

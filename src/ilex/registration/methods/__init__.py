@@ -35,6 +35,14 @@ def resolve_method_name(name: str) -> str:
     return matches[0]
 
 
+def centres_on_fixed(name: str) -> bool:
+    """Whether the method `name` (`--refine` included: it keeps its first method's cubes) centres
+    both network cubes on the fixed image, so that the images must already overlap in world
+    space, rather than each cube on its own image. Known before any model is loaded."""
+    return {"deform": SynthMorphDeformMethod, "affine": SynthMorphAffineMethod, "rigid": SynthMorphAffineMethod,
+            "joint": SynthMorphJointMethod, "optimize": OptimizeMethod}[resolve_method_name(name)].centre_on_fixed
+
+
 def _unet(model, hyper: float, what: str):
     from ...models.synthmorph_deform import SynthMorphDeform, SynthMorphUNet
 

@@ -1,0 +1,135 @@
+"""What a new user hit (issue 20): each test here failed before its fix.
+
+Synthetic heads (as in test_bad_inputs) and the small fixture networks keep every run at extent
+32 or 64: these tests check what ilex does with options, outputs and defaults, not registration
+quality.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from conftest import fixture_path
+from test_bad_inputs import E32, SHAPE, _fails, _head, _register, _save
+
+from ilex.cli.main import main
+
+AFFINE64 = fixture_path("affine_e64.h5")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_compilation_cache(monkeypatch):
+    monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "1")  # tests never write to ~/.cache
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """A directory with a moving and a fixed head (as test_bad_inputs' `work`), the current one."""
+    monkeypatch.chdir(tmp_path)
+    data, affine = _head()
+    _save("moving.nii.gz", data, affine)
+    _save("fixed.nii.gz", _head(seed=1)[0], affine)
+    return tmp_path
+
+
+def _corner_origin(name="corner.nii.gz"):
+    """The moving head with its world origin at a voxel corner instead of its centre: in world
+    space it lies a whole field of view away from the fixed head (no overlap at all)."""
+    data, affine = _head()
+    affine[:3, 3] = 0.0
+    affine[:3, 3] += 4.0 * np.asarray(SHAPE)  # one field of view further on every axis
+    return _save(name, data, affine)
+
+
+# --- the early overlap check knows which methods centre each image on itself ----------------
+
+
+def test_corner_origin_pair_runs_with_methods_that_centre_each_image(work, capsys):
+    # -m affine centres each cube on its own image, so the pair overlaps in network space; before
+    # the fix the CLI's early check refused it in world space (and advised running -m affine).
+    argv = ["register", "-m", "affine", _corner_origin(), "fixed.nii.gz", "-w", AFFINE64, "-e", "64",
+            "-t", "a.lta", "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert os.path.isfile("a.lta")
+
+
+def test_corner_origin_pair_is_still_refused_for_deform(work, capsys):
+    # deform centres both cubes on the fixed image: there the pair really does not overlap.
+    line = _fails(capsys, work, _register(_corner_origin()), "corner.nii.gz", "do not overlap", "-i")
+    assert "-m affine" in line
+
+
+def test_overlap_advice_is_something_the_method_can_do():
+    from ilex.errors import ImageFileError
+    from ilex.image.io import Image
+    from ilex.registration.overlap import check_overlap
+
+    data, affine = _head()
+    small = Image(data[:10], affine, "slab.nii.gz")  # a slab: most of the head lies outside its field of view
+    far = affine.copy()
+    far[:3, 3] += 1000.0
+    with pytest.raises(ImageFileError) as info:
+        check_overlap(Image(data, far, "far.nii.gz"), small, np.linalg.inv(small.affine) @ far, centred=True)
+    assert "-m affine" not in str(info.value) and "-i" in str(info.value)
+
+
+# --- Registrar.prepare remembers a failure where method_for looks ---------------------------
+
+
+def test_prepared_failure_is_raised_again_for_the_default_method():
+    import ilex
+    from ilex.registration.session import Registrar
+
+    registrar = Registrar(ilex.load(E32), method="affine")  # a deformable model cannot run -m affine
+    failed = registrar.prepare([(None, 0.5)])
+    assert len(failed) == 1
+    registrar.model = None  # as a batch does after preparing
+    with pytest.raises(TypeError, match="affine"):  # the real reason, not "no model loaded"
+        registrar.method_for(None, 0.5)
+
+
+# --- outputs: at least one, every format and directory checked before any work --------------
+
+
+def test_register_without_any_output_is_refused(work, capsys):
+    _fails(capsys, work, ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32"],
+           "no output", "-o", "-t", "--qc")
+
+
+@pytest.mark.parametrize(("option", "name", "problem"), [
+    ("-o", "out/o.txt", "-o out/o.txt"),
+    ("-O", "o.png", "-O o.png"),
+    ("-t", "warp.png", "-t warp.png"),
+])
+def test_unknown_output_format_is_refused_before_any_work(work, capsys, monkeypatch, option, name, problem):
+    from ilex.registration import pipeline
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the registration ran before the output names were checked")
+
+    monkeypatch.setattr(pipeline, "register", no_work)
+    _fails(capsys, work, ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32",
+                          option, name], problem, "format")
+
+
+def test_itk_warp_named_mgz_is_refused_before_any_work(work, capsys, monkeypatch):
+    from ilex.registration import pipeline
+
+    monkeypatch.setattr(pipeline, "register", lambda *a, **k: pytest.fail("registered first"))
+    _fails(capsys, work, ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32",
+                          "-t", "warp.mgz", "--warp-format", "itk"], "-t warp.mgz", ".nii.gz")
+
+
+def test_every_output_creates_its_directory(work, capsys):
+    # -o/-t refused a missing directory while --qc/-d created theirs; now every output does, as -d.
+    argv = ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32", "-q",
+            "-o", "a/b/moved.nii.gz", "-t", "c/warp.nii.gz", "-T", "c/inverse.mgz", "--qc", "d/qc", "-d", "e/inputs"]
+    assert main(argv) == 0, capsys.readouterr().err
+    for path in ("a/b/moved.nii.gz", "c/warp.nii.gz", "c/inverse.mgz", "d/qc/qc.json", "e/inputs/inp_1.mgz"):
+        assert os.path.isfile(path), path
+
+
+def test_output_under_a_file_is_refused(work, capsys):
+    with open("plain", "w") as f:
+        f.write("mine")
+    _fails(capsys, work, _register() + ["-T", "plain/inverse.nii.gz"], "plain", "not a directory")
