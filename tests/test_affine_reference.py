@@ -93,7 +93,7 @@ def test_detector_and_fits(nets, case):
 @pytest.mark.parametrize("kind", ["affine", "rigid"])
 def test_matrix_pipeline(nets, case, kind):
     _, z, moving, fixed = case
-    result = register(moving, fixed, nets[kind], method=kind, extent=64)
+    result = register(moving, fixed, nets[kind], method=kind, extent=64, keep_inputs=True)
     # Inputs in [0, 1]: measured 6e-8 (a), 6.1e-6 (b: trilinear weights of a rotated grid in float32).
     assert np.abs(result.inputs[0] - z["mov"][0, ..., 0]).max() < 3e-5
     assert np.abs(result.inputs[1] - z["fix"][0, ..., 0]).max() < 3e-5

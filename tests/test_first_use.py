@@ -5,6 +5,7 @@ Synthetic heads (as in test_bad_inputs) and the small fixture networks keep ever
 quality.
 """
 
+import json
 import os
 
 import numpy as np
@@ -133,3 +134,125 @@ def test_output_under_a_file_is_refused(work, capsys):
     with open("plain", "w") as f:
         f.write("mine")
     _fails(capsys, work, _register() + ["-T", "plain/inverse.nii.gz"], "plain", "not a directory")
+
+
+# --- -m optimize: the warp written is the one optimised; what it chose is the result's ------
+
+
+FAST = {"levels": (4,), "iterations": (2,)}
+
+
+def _heads():
+    from ilex.image.io import Image
+
+    data, affine = _head()
+    return Image(data, affine, "moving.nii.gz"), Image(_head(seed=1)[0], affine, "fixed.nii.gz")
+
+
+def test_optimiser_integrates_with_the_pipelines_steps(work, capsys, monkeypatch):
+    # It optimised exp(v) with 5 squaring steps while the written warp used -n (7).
+    from ilex.registration.methods import optimize
+
+    seen = []
+    real = optimize.optimise_velocity
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("steps", 5))  # 5: optimise_velocity's own default, used before the fix
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optimize, "optimise_velocity", spy)
+    argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "-n", "3", "-q",
+            "--levels", "4", "--iterations", "2", "-t", "warp.nii.gz"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert seen == [3]
+
+
+def test_chosen_similarity_travels_with_the_result_not_the_method():
+    from ilex.registration.methods import OptimizeMethod
+    from ilex.registration.pipeline import register
+
+    moving, fixed = _heads()
+    method = OptimizeMethod(**FAST)
+    result = register(moving, fixed, method=method, extent=32)
+    assert result.transform.details["similarity"] in ("lncc", "mi")
+    assert set(result.transform.details["profile"]) >= {"pyramid and moments", "deformable 4 mm"}
+    # A method shared by threads holds nothing of one pair's.
+    assert not hasattr(method, "chosen_similarity") and not hasattr(method, "profile")
+
+
+def test_qc_json_records_the_similarity_version_and_options(work, capsys):
+    import ilex
+
+    argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "-q", "--similarity", "mi",
+            "--levels", "4", "--iterations", "2", "--qc", "qc", "--warp-format", "itk", "-t", "w.nii.gz"]
+    assert main(argv) == 0, capsys.readouterr().err
+    with open("qc/qc.json", encoding="utf-8") as f:
+        record = json.load(f)
+    assert record["similarity"] == "mi" and record["ilex_version"] == ilex.__version__
+    assert record["levels"] == [4] and record["iterations"] == [2] and record["warp_format"] == "itk"
+    # The keys it had before stay.
+    assert {"model", "hyper", "steps", "extent", "folding_fraction", "jacobian_min"} <= set(record)
+
+
+# --- one way to give a method's options, none silently ignored ------------------------------
+
+
+def test_a_method_object_and_a_different_hyper_are_refused():
+    from ilex.errors import OptionError
+    from ilex.registration.methods import OptimizeMethod
+    from ilex.registration.pipeline import register
+
+    moving, fixed = _heads()
+    with pytest.raises(OptionError, match="hyper=0.9"):
+        register(moving, fixed, method=OptimizeMethod(**FAST), hyper=0.9, extent=32)
+    with pytest.raises(TypeError, match="similarity"):
+        register(moving, fixed, method=OptimizeMethod(**FAST), similarity="mi", extent=32)
+
+
+def test_optimiser_options_by_name():
+    from ilex.registration.pipeline import register
+
+    moving, fixed = _heads()
+    result = register(moving, fixed, method="optimize", similarity="mi", hyper=0.9, extent=32, **FAST)
+    assert result.transform.details["similarity"] == "mi"
+    assert "deformable 4 mm" in result.transform.details["profile"]
+
+
+def test_a_network_method_takes_no_optimiser_options():
+    import ilex
+    from ilex.registration.pipeline import register
+
+    moving, fixed = _heads()
+    with pytest.raises(TypeError, match="similarity"):
+        register(moving, fixed, ilex.load(E32), method="deform", similarity="mi", extent=32)
+
+
+# --- the Python defaults are the command line's --------------------------------------------
+
+
+def test_python_default_weights_are_joints(monkeypatch):
+    from ilex.batch import BatchSettings
+    from ilex.batch.pairs import Pair
+    from ilex.cli import register as register_cli
+    from ilex.registration.session import load_weights
+
+    loaded = []
+    monkeypatch.setattr(register_cli, "_load_weights", lambda path, explicit: loaded.append(path) or path)
+    assert load_weights(None) == ("ilex-hub/synthmorph.affine.2", "ilex-hub/synthmorph.deform.3")
+    assert loaded == ["ilex-hub/synthmorph.affine.2", "ilex-hub/synthmorph.deform.3"]
+    # ... so a batch without weights or method runs joint's affine detector (and sizes memory for it).
+    assert BatchSettings().runs_detector([Pair(1, "m.nii.gz", "f.nii.gz", {"trans": "w.nii.gz"})])
+
+
+# --- a Registration keeps the network inputs only for -d ------------------------------------
+
+
+def test_network_inputs_are_kept_only_when_asked():
+    import ilex
+    from ilex.registration.pipeline import register
+
+    moving, fixed = _heads()
+    model = ilex.load(E32)
+    assert register(moving, fixed, model, extent=32).inputs is None
+    kept = register(moving, fixed, model, extent=32, keep_inputs=True).inputs
+    assert [a.shape for a in kept] == [(32, 32, 32)] * 2

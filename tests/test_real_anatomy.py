@@ -75,7 +75,7 @@ def test_anisotropic_moving_network_input_matches_scipy(model):
     affine = full.affine.copy()
     affine[:3, 2] *= 2.5  # 1 x 1 x 2.5 mm voxels
     aniso = Image(np.ascontiguousarray(full.data[:, :, ::2][..., ::1])[:, :, : (full.shape[2] + 1) // 2], affine, "aniso")
-    result = register(aniso, data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64)
+    result = register(aniso, data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64, keep_inputs=True)
     grid = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float64)
     coords = grid @ result.space.net_to_mov[:3, :3].T + result.space.net_to_mov[:3, 3]
     expected = map_coordinates(aniso.data.astype(np.float64), coords.T, order=1, mode="constant", cval=0.0)

@@ -23,8 +23,9 @@ class BatchSettings:
     """What every pair of a batch shares: the model and the command's defaults.
 
     `weights`: what `-w` names (a path or hub id, or a tuple of them; None for the default
-    deformable weights, () for none: `-m optimize`). Rows may pick any method the weights
-    serve: with joint's two files, also deform, affine, rigid; optimize always.
+    weights of the default method, joint's two, as `ilex batch`; () for none: `-m optimize`).
+    Rows may pick any method the weights serve: with joint's two files, also deform, affine,
+    rigid; optimize always.
     `method`/`hyper`: defaults for rows that leave them empty. The others are `ilex register`'s.
     """
 
@@ -46,10 +47,10 @@ class BatchSettings:
     def runs_detector(self, pairs: Iterable[Pair]) -> bool:
         """Whether any of `pairs` runs the affine detector (joint, affine, rigid), whose peak
         memory is above the deformable network's. No method anywhere means the weights' own:
-        joint for several weight files, deform for one."""
+        joint for several weight files or the defaults, deform for one."""
         from ..registration.memory import runs_detector
 
-        default = "joint" if isinstance(self.weights, tuple) else "deform"
+        default = "joint" if self.weights is None or isinstance(self.weights, tuple) else "deform"
         return any(runs_detector(self.combination(p)[0] or default) for p in pairs if p.problem is None)
 
     def memory_estimate(self, pairs: Iterable[Pair], width: int = 256) -> float:

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         method = _method(args, model, networks)
     result = register(moving, fixed, networks, method=method, hyper=args.hyper, steps=args.steps, extent=args.extent,
                       init_vox=init, clip_percentile=args.clip_percentile, stages=stages,
-                      algorithm=None if args.conv == "auto" else args.conv)
+                      algorithm=None if args.conv == "auto" else args.conv, keep_inputs=bool(args.out_dir))
     report = None
     if args.qc or not args.quiet:
         with stages("qc", "Jacobian determinant of the forward warp"):
@@ -259,8 +259,8 @@ def _method(args, model: str, networks):
     first = None
     if args.refine:
         first = as_method(networks, model, hyper=args.hyper, algorithm=None if args.conv == "auto" else args.conv)
-    return method_from_options(hyper=args.hyper, similarity=args.similarity, refine=first, quiet=args.quiet,
-                               levels=args.levels, iterations=args.iterations)
+    return method_from_options(hyper=args.hyper, steps=args.steps, similarity=args.similarity, refine=first,
+                               quiet=args.quiet, levels=args.levels, iterations=args.iterations)
 
 
 def peek_width(weights: str) -> int:

@@ -60,10 +60,17 @@ def write_qc(directory: str | os.PathLike, result, report: QualityReport, settin
     save_image(paths[0], report.jacobian, result.fixed.affine)
     with atomic_file(paths[1], suffix=".png") as tmp, open(tmp, "wb") as f:
         f.write(checkerboard_png(result.fixed.data, result.moved() if moved is None else moved, result.fixed.affine))
+    from .. import __version__
+
+    # What made the result, then what the method found (e.g. the similarity -m optimize chose;
+    # its stage times are left out, so that a rerun writes the same file).
+    found = {k: v for k, v in getattr(result.transform, "details", {}).items() if k != "profile"}
     record = {
         "moving": result.moving.path,
         "fixed": result.fixed.path,
+        "ilex_version": __version__,
         **(settings or {}),
+        **found,
         **report.statistics(),
     }
     with atomic_file(paths[2], suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -148,6 +148,8 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
     files = output_files(outputs)  # validates the kinds
     path = {kind: os.fspath(p) for kind, p in outputs.items() if p}
     moving, fixed = result.moving, result.fixed
+    if "out_dir" in path and result.inputs is None:
+        raise OptionError(f"-d {path['out_dir']}: the network inputs were not kept; register with keep_inputs=True")
     if "out_dir" in path:
         os.makedirs(path["out_dir"], exist_ok=True)  # as mri_synthmorph; its files land with the rest
     for _, file in files:  # every output's directory, as -d's (its files land with the rest)
@@ -157,7 +159,8 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
         if "qc" in path:
             from ..qc import quality_report, write_qc
 
-            write_qc(path["qc"], result, report if report is not None else quality_report(result), dict(settings or {}), moved)
+            write_qc(path["qc"], result, report if report is not None else quality_report(result),
+                     {**(settings or {}), "warp_format": warp_format}, moved)
         if "out_moving" in path:
             if header_only:
                 save_image(path["out_moving"], moving.data, result.moved_header())

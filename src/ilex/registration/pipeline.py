@@ -31,7 +31,7 @@ from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
 from .methods import as_method
-from .methods.base import Method, NetworkTransform
+from .methods.base import Method, NetworkTransform, check_hyper, check_steps
 from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
@@ -54,7 +54,7 @@ class Registration:
     space: NetworkSpace
     method: str
     transform: NetworkTransform
-    inputs: tuple[np.ndarray, np.ndarray]
+    inputs: tuple[np.ndarray, np.ndarray] | None  # the network inputs, kept only when asked (`-d`)
     times: dict[str, float] = field(default_factory=dict)
     # Deformable results: the forward and backward fields on the network grid, composed onto
     # the native grids only when `forward_vox`/`inverse_vox` is first asked for (a batch that
@@ -138,10 +138,8 @@ def _matrix_field(matrix, shape):
 
 
 def check_options(hyper: float, steps: int, extent: int) -> None:
-    if not 0.0 <= hyper <= 1.0:
-        raise OptionError(f"-r {hyper:g}: the regularisation weight λ must lie in [0, 1]")
-    if steps < 1:
-        raise OptionError(f"-n {steps}: integration needs at least 1 step (mri_synthmorph uses 7)")
+    check_hyper(hyper)
+    check_steps(steps)
     if extent < 32 or extent % 32:
         raise OptionError(f"-e {extent}: the extent must be a positive multiple of 32 (256 default, 192 to save memory)")
 
@@ -187,13 +185,15 @@ def register(
     model=None,
     *,
     method: Method | str | None = None,
-    hyper: float = 0.5,
-    steps: int = 7,
+    hyper: float | None = None,
+    steps: int | None = None,
     extent: int = 256,
     init_vox: np.ndarray | None = None,
     clip_percentile: float | None = None,
     stages: Stages | None = None,
     algorithm: str | None = None,
+    keep_inputs: bool = False,
+    **options,
 ) -> Registration:
     """Register `moving` to `fixed`; nothing is written.
 
@@ -201,16 +201,24 @@ def register(
     U-Net (`-m deform`), the affine/rigid feature detector (`-m affine`/`rigid`), or a pair
     (affine, deformable) for `-m joint`. `method` overrides the choice: a name ("deform",
     "affine", "rigid", "joint") applied to `model`, or any `Method` object
-    (`ilex.registration.methods`). `hyper` is λ for the deformable models, `steps` the
-    scaling-and-squaring steps, `extent` the network cube side (mm).
+    (`ilex.registration.methods`). `hyper` is λ for the deformable models and the optimiser
+    (default 0.5), `steps` the scaling-and-squaring steps (default 7; the optimiser optimises
+    with the same count), `extent` the network cube side (mm). `options` are the optimiser's,
+    for method "optimize" or "refine" (`similarity`, `levels`, `iterations`, ...: see
+    `OptimizeMethod`). A `Method` object carries its own λ, steps and options: `hyper` or
+    `steps` that differ from its own, or any `options`, are refused rather than ignored.
     `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`).
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
     `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the deformable
     U-Net's convolution; by default Winograd F(4,3) on CPU and XLA's own on GPU.
-    Raises `ImageFileError` for unusable images and `OptionError` for out-of-range options.
+    `keep_inputs` keeps both network inputs on the result (`Registration.inputs`, what `-d`
+    writes: 128 MB at extent 256); otherwise they are let go.
+    Raises `ImageFileError` for unusable images, `OptionError` for out-of-range or conflicting
+    options and `TypeError` for options the method does not take.
     """
-    check_options(hyper, steps, extent)
-    method = as_method(model, method, hyper=hyper, algorithm=algorithm)
+    check_options(0.5 if hyper is None else hyper, 7 if steps is None else steps, extent)
+    method = as_method(model, method, hyper=hyper, steps=steps, algorithm=algorithm, **options)
+    steps = getattr(method, "steps", None) or (7 if steps is None else steps)  # the method's own, when it has one
     stages = stages or Stages()
     with stages("resample", f"to {extent}^3 network space"):
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
@@ -225,7 +233,9 @@ def register(
         if transform.velocity is not None:
             fw, bw = network_fields(transform, steps)
             fw.block_until_ready()
-    result = Registration(moving, fixed, space, method.name, transform, (np.asarray(mov_net), np.asarray(fix_net)),
+    inputs = (np.asarray(mov_net), np.asarray(fix_net)) if keep_inputs else None
+    del mov_net, fix_net
+    result = Registration(moving, fixed, space, method.name, transform, inputs,
                           stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw})
     if not transform.is_matrix:
         with stages("compose", "forward warp in native space"):
