@@ -256,3 +256,111 @@ def test_network_inputs_are_kept_only_when_asked():
     assert register(moving, fixed, model, extent=32).inputs is None
     kept = register(moving, fixed, model, extent=32, keep_inputs=True).inputs
     assert [a.shape for a in kept] == [(32, 32, 32)] * 2
+
+
+# --- ilex batch -----------------------------------------------------------------------------
+
+
+def _batch_csv(path="pairs.csv", extra_columns=(), rows=None):
+    """Two pairs of synthetic heads, each with -o, -t and --qc in out/ (which does not exist)."""
+    rows = rows or [["moving.nii.gz", "fixed.nii.gz", f"out/p{k}_moved.nii.gz", f"out/p{k}_warp.nii.gz", f"out/p{k}_qc"]
+                    for k in (1, 2)]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(",".join(["moving", "fixed", "o", "t", "qc", *extra_columns]) + "\n")
+        f.writelines(",".join(row) + "\n" for row in rows)
+    return path
+
+
+DEFORM = ["-m", "deform", "-w", E32, "-e", "32"]
+
+
+def _qc(k):
+    with open(f"out/p{k}_qc/qc.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_batch_rerun_with_another_lambda_redoes_the_pairs(work, capsys):
+    # Before: "0 done, 2 skipped", exit 0, and a summary with λ 0.9 beside outputs made with λ 0.5.
+    assert main(["batch", _batch_csv(), *DEFORM, "-r", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["batch", "pairs.csv", *DEFORM, "-r", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert "2 done (2 redone" in out, out
+    assert _qc(1)["hyper"] == 0.9 and _qc(2)["hyper"] == 0.9
+    with open("pairs.summary.json", encoding="utf-8") as f:
+        notes = [p["note"] for p in json.load(f)["pairs"]]
+    assert all("hyper 0.5 -> 0.9" in note for note in notes), notes
+    # The same settings again: nothing to do.
+    assert main(["batch", "pairs.csv", *DEFORM, "-r", "0.9"]) == 0
+    assert "0 done, 2 skipped" in capsys.readouterr().out
+
+
+def test_batch_does_not_take_unrelated_files_for_a_finished_pair(work, capsys):
+    _batch_csv()
+    os.makedirs("out/p1_qc")
+    for name in ("p1_moved.nii.gz", "p1_warp.nii.gz", "p1_qc/jacobian.nii.gz", "p1_qc/checkerboard.png", "p1_qc/qc.json"):
+        with open(os.path.join("out", name), "w") as f:
+            f.write("not ilex's")
+    assert main(["batch", "pairs.csv", *DEFORM]) == 0
+    assert "2 done (1 redone" in capsys.readouterr().out
+    assert _qc(1)["model"] == "deform"
+
+
+def test_batch_csv_example_of_the_docs_runs(work, capsys):
+    # docs/batch.md's example failed on every row: out/ did not exist, and -o/-t refused it.
+    docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "batch.md")
+    with open(docs, encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("`pairs.csv` has a header row and one pair per row:\n\n```\n", 1)[1].split("```", 1)[0]
+    with open("pairs.csv", "w", encoding="utf-8") as f:
+        f.write(block)
+    for k, name in enumerate(["sub-01_T1w.nii.gz", "sub-02_T1w.nii.gz", "mni.nii.gz"]):
+        _save(name, _head(seed=k)[0], _head()[1])
+    assert main(["batch", "pairs.csv", *DEFORM, "-q"]) == 0, capsys.readouterr().err
+    for sub in ("sub-01", "sub-02"):
+        assert os.path.isfile(f"out/{sub}_moved.nii.gz") and os.path.isfile(f"out/{sub}_qc/qc.json")
+
+
+def test_batch_sets_the_optimisers_options_and_rows_override_them(work, capsys):
+    rows = [["moving.nii.gz", "fixed.nii.gz", "out/p1_moved.nii.gz", "out/p1_warp.nii.gz", "out/p1_qc", ""],
+            ["moving.nii.gz", "fixed.nii.gz", "out/p2_moved.nii.gz", "out/p2_warp.nii.gz", "out/p2_qc", "lncc"]]
+    _batch_csv(extra_columns=["similarity"], rows=rows)
+    argv = ["batch", "pairs.csv", "-m", "optimize", "-e", "32", "--similarity", "mi", "--levels", "4", "--iterations", "2", "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (_qc(1)["similarity"], _qc(2)["similarity"]) == ("mi", "lncc")
+    assert _qc(1)["levels"] == [4] and _qc(1)["iterations"] == [2]
+
+
+def test_batch_errors_name_ilex_batch(work, capsys):
+    with pytest.raises(SystemExit):
+        main(["batch", "pairs.csv", "--no-such-option"])
+    assert "ilex batch: error: unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_batch_memory_is_checked_before_the_weights_are_loaded(work, capsys, monkeypatch):
+    from ilex.cli import register as register_cli
+    from ilex.errors import BundleError
+    from ilex.registration import memory
+
+    def no_loading(path, explicit):
+        raise BundleError(path, "loaded before the memory check")
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
+    monkeypatch.setattr(register_cli, "_load_weights", no_loading)
+    _fails(capsys, work, ["batch", _batch_csv(), *DEFORM], "ilex batch", "needs about")
+
+
+def test_batch_summary_times_are_readable(work, capsys):
+    import datetime
+
+    assert main(["batch", _batch_csv(), *DEFORM, "-q"]) == 0
+    with open("pairs.summary.json", encoding="utf-8") as f:
+        pair = json.load(f)["pairs"][0]
+    started, finished = (datetime.datetime.fromisoformat(pair[k]) for k in ("started", "finished"))
+    assert started.tzinfo is not None and started <= finished
+
+
+def test_batch_writes_the_network_inputs_of_a_d_column(work, capsys):
+    rows = [["moving.nii.gz", "fixed.nii.gz", "out/p1_moved.nii.gz", "", "", "out/inputs"]]
+    assert main(["batch", _batch_csv(extra_columns=["d"], rows=rows), *DEFORM, "-q"]) == 0, capsys.readouterr().err
+    assert os.path.isfile("out/inputs/inp_1.mgz") and os.path.isfile("out/inputs/inp_2.mgz")

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd):
         module.add_parser(sub)
+    for command in sub.choices.values():  # so that a command's errors carry its own name ("ilex batch")
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -48,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"register", "batch", "apply", "convert"}
     if argv and argv[0] not in commands and not argv[0].startswith("-"):
         argv.insert(0, "register")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command is not None:  # named by the command's own parser: "ilex batch: error: ..."
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
