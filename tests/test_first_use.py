@@ -364,3 +364,24 @@ def test_batch_writes_the_network_inputs_of_a_d_column(work, capsys):
     rows = [["moving.nii.gz", "fixed.nii.gz", "out/p1_moved.nii.gz", "", "", "out/inputs"]]
     assert main(["batch", _batch_csv(extra_columns=["d"], rows=rows), *DEFORM, "-q"]) == 0, capsys.readouterr().err
     assert os.path.isfile("out/inputs/inp_1.mgz") and os.path.isfile("out/inputs/inp_2.mgz")
+
+
+# --- progress: on stderr, and no bar frames when it is not a terminal -----------------------
+
+
+def test_progress_goes_to_stderr_one_line_per_stage_off_a_terminal(work, capsys):
+    argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "--levels", "4",
+            "--iterations", "2", "-t", "warp.nii.gz"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().startswith("done in") and len(captured.out.strip().splitlines()) == 1
+    assert "\r" not in captured.err and "\r" not in captured.out  # no progress-bar frames in a log
+    stages = [line.split()[0] for line in captured.err.strip().splitlines()]
+    assert stages == ["load", "resample", "network", "compose", "qc", "write"]
+
+
+def test_batch_progress_off_a_terminal_is_one_line_per_pair(work, capsys):
+    assert main(["batch", _batch_csv(), *DEFORM]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.strip().splitlines() == ["ilex batch: 1/2 pairs", "ilex batch: 2/2 pairs"]

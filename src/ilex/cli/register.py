@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from ..errors import OptionError
 
@@ -203,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
 
-    stages = Stages(verbose=not args.quiet, stream=sys.stdout)
+    stages = Stages(verbose=not args.quiet)  # progress on stderr; stdout keeps the closing summary
     with stages("load", "images and weights"):
         moving = load_image(args.moving, what="moving image")
         fixed = load_image(args.fixed, what="fixed image")

@@ -165,7 +165,7 @@ def optimise_velocity(
         opt_state = _optimizer(momentum).init(v)
         stop = Convergence(tolerance)
         reference = jnp.float32(0.0)
-        with tqdm(total=level.iterations, desc=f"deformable {level.scale} mm", disable=not progress, leave=False) as bar, \
+        with tqdm(total=level.iterations, desc=f"deformable {level.scale} mm", disable=None if progress else True, leave=False) as bar, \
                 LevelTimer(profile, f"deformable {level.scale} mm") as count:
             for i in range(level.iterations):
                 v, opt_state, value, longest = _deformable_step(
