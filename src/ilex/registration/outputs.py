@@ -155,7 +155,7 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
     for _, file in files:  # every output's directory, as -d's (its files land with the rest)
         os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     with output_batch():
-        moved = result.moved() if "out_moving" in path or "qc" in path else None
+        moved = np.asarray(result.moved().dataobj) if "out_moving" in path or "qc" in path else None
         if "qc" in path:
             from ..qc import quality_report, write_qc
 
@@ -170,7 +170,7 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
             if header_only:
                 save_image(path["out_fixed"], fixed.data, result.fixed_header())
             else:
-                save_image(path["out_fixed"], result.fixed_moved(), moving.affine)
+                save_image(path["out_fixed"], np.asarray(result.fixed_moved().dataobj), moving.affine)
         for kind, forward in (("trans", True), ("inverse", False)):
             if kind not in path:
                 continue

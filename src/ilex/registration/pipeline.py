@@ -15,6 +15,7 @@ from functools import cached_property
 
 import jax
 import jax.numpy as jnp
+import nibabel as nib
 import numpy as np
 
 from ..errors import ImageFileError, OptionError
@@ -31,7 +32,7 @@ from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
 from .methods import as_method
-from .methods.base import Method, NetworkTransform, check_hyper, check_steps
+from .methods.base import Method, NetworkTransform, check_hyper, check_steps, scale_matrix
 from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
@@ -44,9 +45,13 @@ class Registration:
     `forward` is the warp on the fixed grid: RAS displacement (mm), fixed voxel p samples the
     moving image at world `A_fix p + forward[p]`. `inverse` is the same on the moving grid.
     `forward_vox`/`inverse_vox` are the same warps as voxel displacements (`disp_crs`).
-    Matrix methods (affine, rigid) also have `matrix_vox` (fixed voxel -> moving voxel) and
-    `affine` (moving RAS -> fixed RAS, what an LTA stores); their dense warps are computed
-    from the matrix only when asked for.
+    `matrix_vox` (fixed voxel -> moving voxel) and `affine` (moving RAS -> fixed RAS, what an
+    LTA stores) are the affine the method found: for matrix methods (affine, rigid) the whole
+    answer, whose dense warps are computed from it only when asked for; for deformable ones the
+    map with the velocity left out (joint's and -m optimize's affine stage; for deform, the
+    initial affine `-i`, else the identity). `moved()`/`fixed_moved()` are nibabel images on
+    their target grids; `transform.details` holds what the method found besides the map
+    (-m optimize: the similarity it chose).
     """
 
     moving: Image
@@ -66,17 +71,18 @@ class Registration:
         return self.transform.is_matrix
 
     @cached_property
-    def matrix_vox(self) -> np.ndarray | None:
-        """Fixed voxel -> moving voxel (4x4, float64), or None for a deformable result."""
-        if not self.is_matrix:
-            return None
-        return self.space.net_to_mov @ self.transform.matrix @ self.space.fix_to_net
+    def matrix_vox(self) -> np.ndarray:
+        """Fixed voxel -> moving voxel (4x4, float64) of the affine found (see the class docstring)."""
+        if self.is_matrix:
+            matrix = self.transform.matrix
+        else:  # x -> post @ exp(v)(pre @ x / scale) with v = 0
+            pre, post = self.transform.forward_sides()
+            matrix = post @ (np.eye(4) if pre is None else pre) @ np.linalg.inv(scale_matrix(self.transform.scale))
+        return self.space.net_to_mov @ matrix @ self.space.fix_to_net
 
     @cached_property
-    def affine(self) -> np.ndarray | None:
-        """Moving RAS -> fixed RAS (4x4): the world-space matrix an LTA stores (`-t`)."""
-        if not self.is_matrix:
-            return None
+    def affine(self) -> np.ndarray:
+        """Moving RAS -> fixed RAS (4x4) of the affine found: the world-space matrix an LTA stores (`-t`)."""
         return self.fixed.affine @ np.linalg.inv(self.matrix_vox) @ np.linalg.inv(self.moving.affine)
 
     @cached_property
@@ -104,13 +110,17 @@ class Registration:
     def inverse(self) -> np.ndarray:
         return np.asarray(_to_ras(self.inverse_vox, self.fixed.affine.astype(np.float32), self.moving.affine.astype(np.float32)))
 
-    def moved(self, method: str = "linear", fill: float = 0.0) -> np.ndarray:
-        """The moving image on the fixed grid (`-o`)."""
-        return np.asarray(_resample(jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method, jnp.float32(fill)))
+    def moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
+        """The moving image on the fixed grid (`-o`): a float32 NIfTI image with the fixed
+        image's voxel-to-RAS matrix, ready for `nib.save` (`np.asarray(img.dataobj)`: the voxels).
+        `method`: "linear" or "nearest" (labels); `fill`: the value outside the moving image."""
+        return _image(_resample(jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method,
+                                jnp.float32(fill)), self.fixed.affine)
 
-    def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> np.ndarray:
-        """The fixed image on the moving grid (`-O`)."""
-        return np.asarray(_resample(jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method, jnp.float32(fill)))
+    def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
+        """The fixed image on the moving grid (`-O`), with the moving image's matrix (as `moved`)."""
+        return _image(_resample(jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method,
+                                jnp.float32(fill)), self.moving.affine)
 
     def moved_header(self) -> np.ndarray:
         """`-H` for matrix methods: the moving image's new voxel-to-RAS matrix (voxels unchanged)."""
@@ -123,6 +133,15 @@ class Registration:
         if not self.is_matrix:
             raise OptionError("-H: header-only output needs an affine or rigid result (-m affine or -m rigid)")
         return np.linalg.inv(self.affine) @ self.fixed.affine
+
+
+def _image(data, affine: np.ndarray) -> nib.Nifti1Image:
+    # The grid travels with the voxels, as `save_image` writes it (scanner-based qform and sform).
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    return img
 
 
 # Module-level jits: one compilation per shape and method, reused across calls and results.
