@@ -369,15 +369,16 @@ def test_batch_writes_the_network_inputs_of_a_d_column(work, capsys):
 # --- progress: on stderr, and no bar frames when it is not a terminal -----------------------
 
 
-def test_progress_goes_to_stderr_one_line_per_stage_off_a_terminal(work, capsys):
+def test_progress_off_a_terminal_is_one_line_per_stage(work, capsys):
+    # The optimiser's bars wrote their frames into a log; now only a terminal gets bars (on
+    # stderr), and stdout keeps one line per stage and the summary, as for the other methods.
     argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "--levels", "4",
             "--iterations", "2", "-t", "warp.nii.gz"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert captured.out.strip().startswith("done in") and len(captured.out.strip().splitlines()) == 1
-    assert "\r" not in captured.err and "\r" not in captured.out  # no progress-bar frames in a log
-    stages = [line.split()[0] for line in captured.err.strip().splitlines()]
-    assert stages == ["load", "resample", "network", "compose", "qc", "write"]
+    assert "\r" not in captured.err and "\r" not in captured.out and captured.err == ""
+    lines = captured.out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["load", "resample", "network", "compose", "qc", "write", "done"]
 
 
 def test_batch_progress_off_a_terminal_is_one_line_per_pair(work, capsys):
@@ -421,3 +422,24 @@ def test_optimize_result_shows_the_affine_it_found():
     # Identical network inputs (each cube centred on its own image): the largest entry's error
     # measured 0.02 (mm for the translation); 0.1 is 5 times that.
     np.testing.assert_allclose(result.affine, expected, atol=0.1)
+
+
+# --- NaN background (SPM) -------------------------------------------------------------------
+
+
+def test_nan_background_is_taken_as_background_and_said_once(work, capsys):
+    data, affine = _head()
+    data[data < 50] = np.nan  # outside the head, as SPM writes it
+    _save("spm.nii.gz", data, affine)
+    argv = ["register", "spm.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32", "-q", "-o", "moved.nii.gz"]
+    assert main(argv) == 0, capsys.readouterr().err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ilex register: warning: spm.nii.gz:") and "NaN" in lines[0], lines
+    assert "taken as background" in lines[0]
+    assert np.isfinite(nib_load("moved.nii.gz")).all()
+
+
+def nib_load(path):
+    import nibabel as nib
+
+    return np.asarray(nib.load(path).dataobj)

@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    _warnings_as_lines(args.command)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -74,3 +75,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ilex {args.command}: internal error: {e.__class__.__name__}: {e} (run with --debug for a traceback)", file=sys.stderr)
         return 3
+
+
+def _warnings_as_lines(command: str) -> None:
+    """ilex's warnings as one line on stderr each ("ilex register: warning: ..."), others as Python prints them."""
+    import warnings
+
+    from ..errors import IlexWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, IlexWarning):
+            print(f"ilex {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..errors import OptionError
 
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
 
-    stages = Stages(verbose=not args.quiet)  # progress on stderr; stdout keeps the closing summary
+    stages = Stages(verbose=not args.quiet, stream=sys.stdout)
     with stages("load", "images and weights"):
         moving = load_image(args.moving, what="moving image")
         fixed = load_image(args.fixed, what="fixed image")
