@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
                    help="weights: bundle directory, Hugging Face repo id or FreeSurfer .h5; repeat for joint (affine first)")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)")
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256; 192 halves the memory)")
+    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory)")
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
     p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created")
