@@ -474,3 +474,19 @@ def test_extent_help_agrees_with_the_readme(capsys):
 
     for detector in (False, True):
         assert 0.35 < 1 - estimate_peak_bytes(192, detector=detector) / estimate_peak_bytes(256, detector=detector) < 0.5
+
+
+def test_two_pairs_on_threads_keep_their_own_similarity():
+    # A Registrar shares one method per (method, λ) across threads (a Dask worker's); what
+    # "auto" chose for one pair must not show up on the other.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ilex.image.io import Image
+    from ilex.registration.session import Registrar
+
+    moving, fixed = _heads()
+    inverted = Image(moving.data.max() - moving.data, moving.affine, "inverted")  # another contrast: MI
+    registrar = Registrar(method="optimize", extent=32, **FAST)
+    with ThreadPoolExecutor(2) as pool:
+        same, other = pool.map(lambda m: registrar.register(m, fixed), [moving, inverted])
+    assert (same.transform.details["similarity"], other.transform.details["similarity"]) == ("lncc", "mi")
