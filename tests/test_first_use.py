@@ -490,3 +490,11 @@ def test_two_pairs_on_threads_keep_their_own_similarity():
     with ThreadPoolExecutor(2) as pool:
         same, other = pool.map(lambda m: registrar.register(m, fixed), [moving, inverted])
     assert (same.transform.details["similarity"], other.transform.details["similarity"]) == ("lncc", "mi")
+
+
+def test_apply_creates_its_output_directory_too(work, capsys):
+    argv = ["register", "moving.nii.gz", "fixed.nii.gz", *DEFORM, "-q", "-t", "warp.nii.gz"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert main(["apply", "warp.nii.gz", "moving.nii.gz", "labels/on_fixed.nii.gz", "-q"]) == 0, capsys.readouterr().err
+    assert os.path.isfile("labels/on_fixed.nii.gz")
+    _fails(capsys, work, ["apply", "warp.nii.gz", "moving.nii.gz", "labels/on_fixed.txt"], "labels/on_fixed.txt", "format")
