@@ -103,7 +103,9 @@ class Method(Protocol):
     `centre_on_fixed`: whether both network spaces are centred on the fixed image (a method
     that assumes prior affine alignment, like SynthMorph's `deform`) or each on its own image.
     `estimate(mov_net, fix_net)` gets both images in network space, (E, E, E) float32 in
-    [0, 1], and returns a `NetworkTransform`. `name` labels the result.
+    [0, 1], and returns a `NetworkTransform`. `name` labels the result. A method keeps nothing
+    of one pair (a `Registrar` shares it between threads): what an estimate found besides the
+    map goes in the answer's `details`.
     """
 
     name: str
