@@ -11,8 +11,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._custom_types import AnyArray
 
-def after(value: Array, dependency: Array) -> Array:
+
+def after(value: AnyArray, dependency: AnyArray) -> Array:
     """`value` itself, computed only once `dependency` has been.
 
     The tie is a data dependence: `value` plus a zero derived from one element of `dependency`,

@@ -20,6 +20,7 @@ class Stages:
         self.verbose = verbose
         self.stream = stream or sys.stderr
         self.times: dict[str, float] = {}
+        self.memory: dict[str, float] = {}  # stage -> the process's peak resident memory (GiB) at its end
 
     @contextlib.contextmanager
     def __call__(self, name: str, detail: str = ""):
@@ -31,6 +32,7 @@ class Stages:
         finally:
             elapsed = time.perf_counter() - start
             self.times[name] = self.times.get(name, 0.0) + elapsed
+            self.memory[name] = peak_rss_gib()
             if self.verbose:
                 print(f" {elapsed:.1f} s", file=self.stream, flush=True)
 

@@ -16,7 +16,7 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _families(names: list[str], shapes: dict[str, tuple]) -> dict[tuple, list[list[str]]]:
+def _families(names: list[str], shapes: dict[str, tuple]) -> dict[tuple, list[list[list[str]]]]:
     """Layers (name minus last part) grouped into families (layer name minus its index).
 
     Returns {signature: [family, ...]}, each family a list of layers in natural order; the
@@ -28,7 +28,7 @@ def _families(names: list[str], shapes: dict[str, tuple]) -> dict[tuple, list[li
     families: dict[str, list[str]] = defaultdict(list)
     for prefix in sorted(layers, key=_natural_key):
         families[re.sub(r"[._-]?\d+$", "", prefix)].append(prefix)
-    out: dict[tuple, list[list[str]]] = defaultdict(list)
+    out: dict[tuple, list[list[list[str]]]] = defaultdict(list)
     for prefixes in families.values():
         members = [layers[p] for p in prefixes]
         signature = tuple(tuple(sorted(tuple(shapes[n]) for n in layer)) for layer in members)

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import struct
-from typing import Self
 
 import numpy as np
 
@@ -49,7 +48,7 @@ class SafetensorsWriter:
         self._hash = hashlib.sha256()
         self._index, self._written = 0, 0
 
-    def __enter__(self) -> Self:
+    def __enter__(self):
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument("warp", metavar="TRANS", help="warp or matrix written by `ilex register -t/-T` or mri_synthmorph")
     p.add_argument("pairs", nargs="+", metavar="IMAGE OUT", help="input image and output path, repeated")
-    p.add_argument("-m", "--method", choices=["linear", "nearest"], default="linear", help="interpolation; nearest for label maps (default linear)")
+    p.add_argument("-m", "--method", type=_interpolation, choices=INTERPOLATIONS, default="linear",
+                   help="interpolation: linear, or nearest for label maps (default linear); abbreviations work (l, n, near)")
     p.add_argument("-t", "--type", dest="dtype", choices=["uint8", "uint16", "int16", "int32", "float32"], default="float32",
                    help="output data type (default float32)")
     p.add_argument("-f", "--fill", type=float, default=0.0, help="value outside the image (default 0)")
@@ -30,11 +31,24 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+INTERPOLATIONS = ("linear", "nearest")
+
+
+def _interpolation(word: str) -> str:
+    """`-m`'s value, resolving an unambiguous start (`l`, `nea`) as mri_synthmorph does."""
+    matches = [m for m in INTERPOLATIONS if word and m.startswith(word)]
+    return matches[0] if len(matches) == 1 else word
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
     if len(args.pairs) % 2:
         raise OptionError(f"expected IMAGE OUT pairs, got {len(args.pairs)} paths; the last image has no output")
+    if not os.path.isfile(args.warp):
+        from ..errors import FileProblem
+
+        raise FileProblem(args.warp, "no such transform file")
     pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
     protected = {os.path.realpath(args.warp): "the warp"} | {os.path.realpath(i): f"input {i}" for i, _ in pairs}
     seen = set()

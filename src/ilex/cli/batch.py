@@ -18,8 +18,9 @@ with a record of the settings that made them beside the first (FIRST_OUTPUT.ilex
 rerun skips pairs whose outputs all exist and were made with the same settings, so a batch that
 crashed resumes where it stopped; a pair whose outputs were made otherwise (another -r, say), or
 not by ilex batch, is redone and the summary says so. At the end a summary (PREFIX.csv and
-PREFIX.json: pair, status, seconds, peak memory, folding %, error, note) is written; the exit
-status is 1 if any pair failed.
+PREFIX.json: pair, status, seconds, peak memory, folding %, error, note) and a page to look at
+(PREFIX.report.html: failed pairs first, one strip plot per metric with outliers flagged, every
+pair linked to its QC report) are written; the exit status is 1 if any pair failed.
 
 PAIRS.csv has a header row. Columns (empty cell = not set; relative paths are relative to the
 CSV file's directory):
@@ -144,6 +145,11 @@ def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.close()
     csv_path, json_path = write_summary(records, prefix, settings)
+    from dataclasses import asdict
+
+    from ..qc.study_report import write_study_report
+
+    report_path = write_study_report(records, f"{prefix}.report.html", settings=asdict(settings))
     elapsed = time.perf_counter() - start
     failed = [r for r in records if r.status == "failed"]
     for record in failed:
@@ -155,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         again = f" ({redone} redone: their outputs were made with other settings or not by ilex batch)" if redone else ""
         rate = f", {3600 * done / elapsed:.1f} pairs/hour" if done and elapsed > 0 else ""
         print(f"ilex batch: {done} done{again}, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
-              f"summary in {csv_path} and {json_path}")
+              f"summary in {csv_path} and {json_path}; report {report_path}")
     return 1 if failed else 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from ..errors import IlexError
 
 _EPILOG = """\
@@ -14,10 +15,22 @@ Typical use:
   ilex register -m affine moving.nii.gz fixed.nii.gz -t affine.lta
   ilex batch pairs.csv -e 192
   ilex apply warp.nii.gz labels.nii.gz labels_moved.nii.gz -m nearest
+  ilex report qc/                                                                   # redraw qc/report.html
   ilex convert $FREESURFER_HOME/models/synthmorph.deform.3.h5 synthmorph-bundle/
 
 Add --debug to any command to see a full traceback on error.
 """
+
+
+# mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.
+SYNTHMORPH_COMMANDS = ("register", "apply")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `ilex register: error: ...` on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,20 +38,37 @@ def build_parser() -> argparse.ArgumentParser:
     from . import batch as batch_cmd
     from . import convert as convert_cmd
     from . import register as register_cmd
+    from . import report as report_cmd
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ilex",
         description="Registration of brain MRI of any contrast in JAX: SynthMorph's joint, deformable, affine and "
-        "rigid models (FreeSurfer's mri_synthmorph), and -m optimize, which needs no trained weights.",
+        "rigid models (FreeSurfer's mri_synthmorph), and -m optimize, which needs no trained weights. As in "
+        "mri_synthmorph, the register command is implied when none is given, and commands may be abbreviated "
+        "(r, reg, a, app, ...).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ilex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd):
+    for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd, report_cmd):
         module.add_parser(sub)
     for command in sub.choices.values():  # so that a command's errors carry its own name ("ilex batch")
         command.set_defaults(command_parser=command)
     return parser
+
+
+def resolve_command(word: str, commands) -> str | None:
+    """The command `word` names, as mri_synthmorph resolves it: a whole command name, or an
+    unambiguous start of one, where mri_synthmorph's own commands (register, apply) come first
+    (`r` is register, `a` is apply). None when `word` names no command."""
+    if word in commands:
+        return word
+    for names in (SYNTHMORPH_COMMANDS, tuple(commands)):
+        matches = [c for c in names if word and c.startswith(word)]
+        if len(matches) == 1:
+            return matches[0]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    # Like mri_synthmorph, `register` is implied when the first argument is not a command.
-    commands = {"register", "batch", "apply", "convert"}
-    if argv and argv[0] not in commands and not argv[0].startswith("-"):
-        argv.insert(0, "register")
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    # As mri_synthmorph: no arguments print the usage, a command alone prints its usage (exit 0).
+    if not argv:
+        parser.print_usage()
+        return 0
+    command = resolve_command(argv[0], commands)
+    if command is not None:
+        argv[0] = command
+        if len(argv) == 1:
+            commands[command].print_usage()
+            return 0
+    elif argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "register")  # `register` is implied when no command is given, as there
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command is not None:  # named by the command's own parser: "ilex batch: error: ..."
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")

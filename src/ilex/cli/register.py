@@ -73,6 +73,9 @@ def add_parser(sub) -> None:
     p.add_argument("-t", "--trans", metavar="FILE", help="forward transform: warp (.nii.gz/.mgz) or, for affine/rigid, .lta/.txt")
     p.add_argument("-T", "--inverse", metavar="FILE", help="inverse transform, as -t")
     p.add_argument("-i", "--init", metavar="FILE", help="initial affine, moving to fixed: FreeSurfer LTA, ITK/ANTs .txt/.tfm or .mat")
+    p.add_argument("-M", "--mid-space", action="store_true",
+                   help="split the initial affine of -i between the images by its matrix square root (half to the moving "
+                   "image, the inverse of the other half to the fixed one), for symmetry; needs -i")
     p.add_argument("-w", "--weights", metavar="PATH", action="append",
                    help="weights: bundle directory, Hugging Face repo id or FreeSurfer .h5; repeat for joint (affine first)")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)")
@@ -81,7 +84,8 @@ def add_parser(sub) -> None:
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
     p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created")
-    p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): Jacobian determinant "
+    p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): report.html (a "
+                   "page to look at: before/after, Jacobian map, similarity, folding, timings), Jacobian determinant "
                    "of the forward warp, folding statistics (qc.json) and a checkerboard PNG of fixed and moved")
     p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer",
                    help="transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk (default freesurfer)")
@@ -185,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_options(args.hyper, args.steps, args.extent)
     check_optimiser_options(args, model)
+    if args.mid_space and not args.init:
+        raise OptionError("-M splits the initial affine between the images: it needs -i")
     weights = weights_for(model, args.weights)
     check_outputs(args, "optimize" if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
@@ -219,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
         method = _method(args, model, networks)
     result = register(moving, fixed, networks, method=method, hyper=args.hyper, steps=args.steps, extent=args.extent,
-                      init_vox=init, clip_percentile=args.clip_percentile, stages=stages,
+                      init_vox=init, mid_space=args.mid_space, clip_percentile=args.clip_percentile, stages=stages,
                       algorithm=None if args.conv == "auto" else args.conv, keep_inputs=bool(args.out_dir))
     report = None
     if args.qc or not args.quiet:

@@ -30,6 +30,9 @@ INTENT_DISPVECT = 1006
 INTENT_VECTOR = 1007
 FORMATS = ("freesurfer", "itk")
 _LPS = np.array([-1.0, -1.0, 1.0], np.float32)
+# A 3-frame volume without an intent (what mri_convert makes of a warp) holds RAS displacements in
+# mm: FreeSurfer's transform format as mri_synthmorph documents it, and what its `apply` reads.
+_NO_INTENT = 0
 
 # FreeSurfer MGH constants (mri.h / surfa): warp intent, tags, warp formats.
 _MGH_INTENT_WARP = 3
@@ -75,7 +78,11 @@ def save_warp(path: str | os.PathLike, warp: Warp, fmt: str = "freesurfer") -> N
 
 
 def load_warp(path: str | os.PathLike) -> Warp:
-    """Read any warp `save_warp` writes (and mri_synthmorph's), as RAS displacements in mm."""
+    """Read any warp `save_warp` writes (and mri_synthmorph's), as RAS displacements in mm.
+
+    A plain 3-frame volume without a warp intent (.mgz, or the NIfTI that `mri_convert` makes of a
+    warp) is read as RAS displacements in mm on its own grid, as `mri_synthmorph apply` reads it.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ImageFileError(path, "no such warp file")
@@ -93,7 +100,7 @@ def load_warp(path: str | os.PathLike) -> Warp:
         raise ImageFileError(path, f"not a displacement field: expected shape (X, Y, Z, 1, 3), found {img.shape}")
     if intent == INTENT_VECTOR:
         data = data * _LPS
-    elif intent != INTENT_DISPVECT:
+    elif intent not in (INTENT_DISPVECT, _NO_INTENT):
         raise ImageFileError(path, f"NIfTI intent {intent} is neither a displacement (1006) nor an ITK vector field (1007)")
     if not np.isfinite(data).all():
         raise ImageFileError(path, "the warp holds NaN or Inf values")
@@ -133,6 +140,19 @@ def _write_mgh_warp(path: str, warp: Warp, compress: bool) -> None:
         f.write(tail)
 
 
+def _read_plain_mgh(path: str) -> Warp:
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as e:
+        raise ImageFileError(path, f"not a readable warp file ({e.__class__.__name__})") from None
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise ImageFileError(path, f"not a displacement field: expected 3 frames, found shape {img.shape}")
+    if not np.isfinite(data).all():
+        raise ImageFileError(path, "the warp holds NaN or Inf values")
+    return Warp(data, np.asarray(img.affine, np.float64))
+
+
 def _read_geom(buf: bytes, pos: int, shear: bool) -> tuple[np.ndarray, tuple, int]:
     shape = struct.unpack(">3i", buf[pos + 4 : pos + 16])
     voxsize = np.frombuffer(buf[pos + 16 : pos + 28], ">f4").astype(float)
@@ -151,6 +171,8 @@ def _read_mgh_warp(path: str) -> Warp:
     if len(buf) < 284:
         raise ImageFileError(path, "truncated MGZ file (shorter than its header)")
     version, w, h, d, frames, dtype, _ = struct.unpack(">7i", buf[:28])
+    if version & 0xFF == 1 and (version >> 8) != _MGH_INTENT_WARP and frames == 3:
+        return _read_plain_mgh(path)  # a plain 3-frame volume: RAS displacements, no source geometry
     if version & 0xFF != 1 or (version >> 8) != _MGH_INTENT_WARP or frames != 3 or dtype != 3:
         raise ImageFileError(path, "not an MGZ warp (expected FreeSurfer's warp intent, 3 float frames)")
     voxsize = np.frombuffer(buf[30:42], ">f4").astype(float)

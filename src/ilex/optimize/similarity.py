@@ -15,13 +15,15 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Float
+
+from .._custom_types import AnyArray
 
 SIMILARITIES = ("lncc", "mi")
 LNCC_EPS = 1e-6  # intensities in [0, 1]; brain windows have variances of 1e-3 and more
 
 
-def box_mean(x: Float[Array, "x y z"], radius: int) -> Float[Array, "x y z"]:
+def box_mean(x: Float[AnyArray, "x y z"], radius: int) -> Float[AnyArray, "x y z"]:
     """Mean over the `(2 radius + 1)^3` window around each voxel, edges replicated.
 
     One 1-D `reduce_window` sum per axis: on CPU 3x faster than summing shifted slices and 10x
@@ -45,7 +47,7 @@ def _local_statistics(fixed, moved, radius: int):
     return mf, mm, cov, vf, vm
 
 
-def lncc(fixed: Float[Array, "x y z"], moved: Float[Array, "x y z"], radius: int = 2) -> Float[Array, ""]:
+def lncc(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], radius: int = 2) -> Float[AnyArray, ""]:
     """Local normalised cross-correlation: the mean over voxels of `cov² / (var_f var_m + ε)`
     in the `(2 radius + 1)^3` window around each voxel (squared, as ANTs' CC: in [0, 1])."""
     _, _, cov, vf, vm = _local_statistics(fixed, moved, radius)
@@ -69,7 +71,7 @@ def lncc_and_gradient(fixed, moved, radius: int = 2):
     return value, grad / fixed.size
 
 
-def _soft_bins(x: Float[Array, " n"], bins: int):
+def _soft_bins(x: Float[AnyArray, " n"], bins: int):
     # Linear (first-order B-spline) Parzen window: each intensity splits between two bins.
     p = jnp.clip(x, 0.0, 1.0) * (bins - 1)
     lo = jnp.clip(jnp.floor(p), 0, bins - 2)
@@ -77,7 +79,7 @@ def _soft_bins(x: Float[Array, " n"], bins: int):
     return lo.astype(jnp.int32), 1.0 - w_hi, w_hi
 
 
-def mutual_information(fixed: Float[Array, "x y z"], moved: Float[Array, "x y z"], bins: int = 32) -> Float[Array, ""]:
+def mutual_information(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], bins: int = 32) -> Float[AnyArray, ""]:
     """Mutual information (nats) of the two intensity distributions, from a joint histogram of
     `bins` x `bins` with linear Parzen windows (differentiable in the moved intensities)."""
     fl, fw0, fw1 = _soft_bins(fixed.reshape(-1), bins)
@@ -101,7 +103,7 @@ def similarity_function(name: str, radius: int = 2, bins: int = 32) -> Callable:
     raise ValueError(f"similarity must be one of {SIMILARITIES}, got {name!r}")
 
 
-def same_contrast(fixed: Float[Array, "x y z"], moved: Float[Array, "x y z"], threshold: float = 0.2) -> bool:
+def same_contrast(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], threshold: float = 0.2) -> bool:
     """Whether the two images look like the same contrast: the Pearson correlation of their
     intensities over the voxels where both are above 10 % (the heads' overlap, background
     excluded) exceeds `threshold`. T1 onto T1 of another brain gives 0.6-0.9 after affine

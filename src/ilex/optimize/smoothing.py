@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._custom_types import AnyArray
+
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     """(n, n) float32 matrix `G` with `(G x)_i` the Gaussian-weighted mean of `x` around `i`.
@@ -37,14 +39,14 @@ def gaussian_matrices(shape, sigma: float) -> tuple[np.ndarray, np.ndarray, np.n
     return tuple(gaussian_matrix(int(n), sigma) for n in shape[:3])
 
 
-def smooth(x: Float[Array, "x y z *c"], mats) -> Float[Array, "x y z *c"]:
+def smooth(x: Float[AnyArray, "x y z *c"], mats) -> Float[AnyArray, "x y z *c"]:
     """`x` (an image, or a field with channels last) smoothed by the per-axis matrices `mats`."""
     x = jnp.tensordot(mats[0], x, axes=(1, 0))
     x = jnp.moveaxis(jnp.tensordot(mats[1], x, axes=(1, 1)), 0, 1)
     return jnp.moveaxis(jnp.tensordot(mats[2], x, axes=(1, 2)), 0, 2)
 
 
-def downsample2(x: Float[Array, "x y z *c"]) -> Float[Array, "hx hy hz *c"]:
+def downsample2(x: Float[AnyArray, "x y z *c"]) -> Float[AnyArray, "hx hy hz *c"]:
     """Half-resolution copy: the [1, 2, 1]/4 binomial filter then every second voxel, per axis.
 
     Output voxel `i` is centred on input voxel `2 i` (edges replicated); an odd size `n` gives
@@ -61,7 +63,7 @@ def downsample2(x: Float[Array, "x y z *c"]) -> Float[Array, "hx hy hz *c"]:
     return x
 
 
-def upsample2(x: Float[Array, "x y z *c"]) -> Float[Array, "fx fy fz *c"]:
+def upsample2(x: Float[AnyArray, "x y z *c"]) -> Float[AnyArray, "fx fy fz *c"]:
     """Trilinear values on the grid twice as fine, `(2n, 2n, 2n)`: fine `2i` is coarse `i`, fine
     `2i + 1` the mean of coarse `i` and `i + 1` (the last one clamped), as `interpolate_clamped`
     at `x / 2` gives. Values are not rescaled: multiply displacements by 2 yourself."""
@@ -81,7 +83,7 @@ def jax_slice(x, start: int, stop: int, axis: int):
     return x[tuple(index)]
 
 
-def pyramid(image: Float[Array, "x y z"], scales) -> dict[int, Array]:
+def pyramid(image: Float[AnyArray, "x y z"], scales) -> dict[int, Array]:
     """`{s: image s times coarser}` for each power of two `s` in `scales` (1 is the image)."""
     out, current, s = {1: image}, image, 1
     while s < max(scales):

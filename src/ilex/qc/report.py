@@ -2,7 +2,10 @@
 
 DIR/jacobian.nii.gz  Jacobian determinant of the forward warp on the fixed grid (1 = volume kept)
 DIR/checkerboard.png fixed and moved images, three orthogonal slices, as a checkerboard
-DIR/qc.json          folding fraction and Jacobian statistics, for pipelines to threshold on
+DIR/qc.json          folding fraction, Jacobian statistics, similarity before/after and the affine's
+                     parts (`metrics.py`), for pipelines to threshold on
+DIR/report.html      the page a person reads (`html_report.py`), drawn from qc.json and
+DIR/report.npz       the slices it shows and the run's times (`slices.py`)
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from .._atomic import atomic_file
 from ..image.io import save_image
 from ..transforms.jacobian import folding_fraction, jacobian_determinant
 from .checkerboard import checkerboard_png
+from .html_report import write_pair_report
+from .metrics import pair_metrics
+from .slices import cut_slices
 
-QC_FILES = ("jacobian.nii.gz", "checkerboard.png", "qc.json")
+QC_FILES = ("jacobian.nii.gz", "checkerboard.png", "qc.json", "report.npz", "report.html")
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,8 @@ class QualityReport:
 
 def quality_report(result) -> QualityReport:
     """Jacobian determinant and folding fraction of `result.forward` (a `Registration`)."""
-    det = jacobian_determinant(result.forward, result.fixed.affine)
-    return QualityReport(det, folding_fraction(det))
+    det = np.asarray(jacobian_determinant(result.forward, result.fixed.affine))
+    return QualityReport(det, float(folding_fraction(det)))
 
 
 def write_qc(directory: str | os.PathLike, result, report: QualityReport, settings: dict | None = None,
@@ -57,9 +63,10 @@ def write_qc(directory: str | os.PathLike, result, report: QualityReport, settin
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, name) for name in QC_FILES]
+    moved = np.asarray(result.moved().dataobj) if moved is None else moved  # the voxels
     save_image(paths[0], report.jacobian, result.fixed.affine)
     with atomic_file(paths[1], suffix=".png") as tmp, open(tmp, "wb") as f:
-        f.write(checkerboard_png(result.fixed.data, np.asarray(result.moved().dataobj) if moved is None else moved, result.fixed.affine))
+        f.write(checkerboard_png(result.fixed.data, moved, result.fixed.affine))
     from .. import __version__
 
     # What made the result, then what the method found (e.g. the similarity -m optimize chose;
@@ -72,8 +79,17 @@ def write_qc(directory: str | os.PathLike, result, report: QualityReport, settin
         **(settings or {}),
         **found,
         **report.statistics(),
+        **pair_metrics(result, report.jacobian, moved),
     }
     with atomic_file(paths[2], suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
+    write_pair_report(directory, record, report_slices(result, report, moved))
     return paths
+
+
+def report_slices(result, report: QualityReport, moved: np.ndarray):
+    """The slices report.html shows, with the run's time and memory per stage so far."""
+    slices = cut_slices(result.fixed.data, moved, report.jacobian, result.fixed.affine)
+    slices.info = {"times": dict(result.times), "memory_gib": dict(getattr(result, "memory", {}))}
+    return slices

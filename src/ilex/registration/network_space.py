@@ -28,15 +28,24 @@ class NetworkSpace:
 
 
 def network_space(
-    moving: Image, fixed: Image, extent: int, init_vox: np.ndarray | None = None, *, centre_on_fixed: bool = True
+    moving: Image,
+    fixed: Image,
+    extent: int,
+    init_vox: np.ndarray | None = None,
+    *,
+    centre_on_fixed: bool = True,
+    mid_space: bool = False,
 ) -> NetworkSpace:
-    """Both images' network spaces (SPEC §5.1, §3.5).
+    """Both images' network spaces (docs/mri_synthmorph.md, *Network space*).
 
     With `centre_on_fixed` (`-m deform`, which assumes prior affine alignment) both cubes are
     centred on the fixed image; otherwise each on its own image (`affine`, `rigid`, `joint`).
 
     `init_vox`, an initial affine mapping moving voxels to fixed voxels, is folded into the
-    moving side so that the moving image enters the network already aligned.
+    moving side so that the moving image enters the network already aligned. With `mid_space`
+    (`-M`) it is split instead: its principal matrix square root S (taken between the two
+    network grids) moves the fixed side forward and the moving side back, so that both images
+    meet half way, as mri_synthmorph's `-M` does. Raises `ValueError` when S is not real.
     """
     affine = network_affine(extent, world_centre(fixed.affine, fixed.shape))
     mov_affine = affine if centre_on_fixed else network_affine(extent, world_centre(moving.affine, moving.shape))
@@ -44,8 +53,33 @@ def network_space(
     net_to_fix = np.linalg.inv(fixed.affine) @ affine
     fix_to_net = np.linalg.inv(net_to_fix)
     if init_vox is not None:
-        net_to_mov = net_to_mov @ np.linalg.inv(fix_to_net @ init_vox @ net_to_mov)
+        init_net = fix_to_net @ init_vox @ net_to_mov
+        if mid_space:
+            init_net = matrix_square_root(init_net)
+            net_to_fix = net_to_fix @ init_net
+            fix_to_net = np.linalg.inv(net_to_fix)
+        net_to_mov = net_to_mov @ np.linalg.inv(init_net)
+    elif mid_space:
+        raise ValueError("mid_space splits the initial affine between the images: it needs init_vox")
     return NetworkSpace(extent, affine, net_to_mov, net_to_fix, np.linalg.inv(net_to_mov), fix_to_net)
+
+
+def matrix_square_root(matrix: np.ndarray) -> np.ndarray:
+    """The principal square root S of a 4x4 affine (S @ S = matrix), itself affine.
+
+    Raises `ValueError` when it is not real (a reflection, or a rotation by 180 degrees).
+    """
+    import scipy.linalg
+
+    root = scipy.linalg.sqrtm(np.asarray(matrix, np.float64))
+    if not np.isrealobj(root):
+        if np.abs(root.imag).max() > 1e-9 * max(1.0, np.abs(root.real).max()):
+            raise ValueError("the initial affine has no real matrix square root (a reflection or a half turn)")
+        root = root.real
+    if not np.isfinite(root).all() or not np.allclose(root @ root, matrix, atol=1e-6 * max(1.0, np.abs(matrix).max())):
+        raise ValueError("the initial affine has no real matrix square root (a reflection or a half turn)")
+    root[3] = (0.0, 0.0, 0.0, 1.0)  # exact, against round-off in the last row
+    return root
 
 
 @jax.jit(static_argnames=("extent", "clip_percentile"))

@@ -65,6 +65,8 @@ class Registration:
     # the native grids only when `forward_vox`/`inverse_vox` is first asked for (a batch that
     # writes -o and -t never pays for the inverse). Each is dropped once composed.
     network_fields: dict[str, jax.Array] = field(default_factory=dict, repr=False)
+    # Stage -> peak resident memory (GiB) at its end, filled as `times` is (`Stages.memory`).
+    memory: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_matrix(self) -> bool:
@@ -208,6 +210,7 @@ def register(
     steps: int | None = None,
     extent: int = 256,
     init_vox: np.ndarray | None = None,
+    mid_space: bool = False,
     clip_percentile: float | None = None,
     stages: Stages | None = None,
     algorithm: str | None = None,
@@ -226,7 +229,8 @@ def register(
     for method "optimize" or "refine" (`similarity`, `levels`, `iterations`, ...: see
     `OptimizeMethod`). A `Method` object carries its own λ, steps and options: `hyper` or
     `steps` that differ from its own, or any `options`, are refused rather than ignored.
-    `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`).
+    `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`);
+    `mid_space` (mri_synthmorph's `-M`) splits it between both images by its matrix square root.
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
     `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the deformable
     U-Net's convolution; by default Winograd F(4,3) on CPU and XLA's own on GPU.
@@ -242,7 +246,11 @@ def register(
     with stages("resample", f"to {extent}^3 network space"):
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
         fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
-        space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed)
+        try:
+            space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed,
+                                  mid_space=mid_space)
+        except ValueError as e:
+            raise OptionError(f"mid-space initialisation (-M): {e}") from None
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
@@ -255,7 +263,8 @@ def register(
     inputs = (np.asarray(mov_net), np.asarray(fix_net)) if keep_inputs else None
     del mov_net, fix_net
     result = Registration(moving, fixed, space, method.name, transform, inputs,
-                          stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw})
+                          stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw},
+                          memory=stages.memory)
     if not transform.is_matrix:
         with stages("compose", "forward warp in native space"):
             _ = result.forward_vox  # every output but -T/-O needs it; the inverse waits until asked for

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Float
 
+from .._custom_types import AnyArray
 from .._sequencing import after
 from .grid import voxel_grid
 from .interpolate import interpolate_clamped
 
 
-def apply_matrix(matrix: np.ndarray, points: Float[Array, "*s 3"]) -> Float[Array, "*s 3"]:
+def apply_matrix(matrix: Float[AnyArray, "r 4"], points: Float[AnyArray, "*s 3"]) -> Float[AnyArray, "*s 3"]:
     """`M[:3,:3] @ x + M[:3,3]` for every point, in float32 (the reference casts matrices).
 
     Element-wise sums in matrix-row order, never a matmul, so that GPUs' TF32 cannot round it.
@@ -21,12 +22,12 @@ def apply_matrix(matrix: np.ndarray, points: Float[Array, "*s 3"]) -> Float[Arra
     return jnp.stack(rows, axis=-1)
 
 
-def affine_displacement(matrix: np.ndarray, grid: Float[Array, "*s 3"]) -> Float[Array, "*s 3"]:
+def affine_displacement(matrix: Float[AnyArray, "r 4"], grid: Float[AnyArray, "*s 3"]) -> Float[AnyArray, "*s 3"]:
     """`M x - x` at every point `x` of `grid` (VoxelMorph's `affine_to_dense_shift`)."""
     return apply_matrix(matrix, grid) - grid
 
 
-def upsample_half_field(half: Float[Array, "hx hy hz 3"]) -> Float[Array, "x y z 3"]:
+def upsample_half_field(half: Float[AnyArray, "hx hy hz 3"]) -> Float[AnyArray, "x y z 3"]:
     """Half-resolution displacement to the full grid, by composition (SPEC §2.8).
 
     `F(y) = -y/2 + interp_clamp(T, y/2)` with `T(x) = 2 (x + d(x)) - x`: 2·d(y/2) inside, and
@@ -37,11 +38,11 @@ def upsample_half_field(half: Float[Array, "hx hy hz 3"]) -> Float[Array, "x y z
 
 
 def compose_native(
-    field: Float[Array, "e e e 3"],
+    field: Float[AnyArray, "e e e 3"],
     target_to_net: np.ndarray,
     net_to_source: np.ndarray,
     target_shape,
-) -> Float[Array, "x y z 3"]:
+) -> Float[AnyArray, "x y z 3"]:
     """A network-space displacement as a displacement on the target image's own voxel grid.
 
     For target voxel p: `q = target_to_net p`, `q' = q + field(q)` (clamped outside the network
@@ -55,10 +56,10 @@ def compose_native(
 
 
 def coarse_total_displacement(
-    disp: Float[Array, "cx cy cz 3"],
+    disp: Float[AnyArray, "cx cy cz 3"],
     pre: np.ndarray | None,
     post: np.ndarray,
-) -> Float[Array, "cx cy cz 3"]:
+) -> Float[AnyArray, "cx cy cz 3"]:
     """`post (z + disp(z)) - y` at every coarse voxel y, with `z = pre y` (VoxelMorph's `compose`
     of matrix, dense warp, matrix: the warp is sampled with border clamping, matrices in float32).
 
@@ -75,7 +76,7 @@ def coarse_total_displacement(
     return apply_matrix(post, grid + moved) - grid
 
 
-def to_full_resolution(coarse: Float[Array, "cx cy cz 3"], scale: int) -> Float[Array, "x y z 3"]:
+def to_full_resolution(coarse: Float[AnyArray, "cx cy cz 3"], scale: int) -> Float[AnyArray, "x y z 3"]:
     """A coarse-grid displacement `T` (coarse index -> full index) on the grid `scale` times finer.
 
     `F(x) = x/s - x + interp_clamp(T, x/s)` (SPEC §2.8 for s = 2): composition with the

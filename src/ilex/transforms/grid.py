@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Float
+
+from .._custom_types import AnyArray
 
 
-def voxel_grid(shape) -> Float[Array, "x y z 3"]:
+def voxel_grid(shape) -> Float[AnyArray, "x y z 3"]:
     """Voxel indices of a grid of `shape` (x, y, z), 'ij' order, float32: `grid[i, j, k] = (i, j, k)`."""
     return jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=jnp.float32) for s in shape], indexing="ij"), axis=-1)

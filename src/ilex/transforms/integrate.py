@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Float
 
+from .._custom_types import AnyArray
 from .grid import voxel_grid
 from .interpolate import interpolate_clamped
 
 
-def scaling_and_squaring(velocity: Float[Array, "x y z 3"], steps: int) -> Float[Array, "x y z 3"]:
+def scaling_and_squaring(velocity: Float[AnyArray, "x y z 3"], steps: int) -> Float[AnyArray, "x y z 3"]:
     """Displacement `exp(v)` in voxels: `u = v / 2**steps`, then `steps` times `u += u(x + u)`.
 
     Sampling clamps at the border (SPEC §2.7). `steps == 0` returns `v` itself.

@@ -16,17 +16,22 @@ import itertools
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._custom_types import AnyArray, Scalar
 
-def _gather(volume: Array, idx: list[Array]) -> Array:
+
+def _gather(volume: AnyArray, idx: list[Array]) -> Array:
     return volume[idx[0], idx[1], idx[2]]
 
 
 def interpolate_clamped(
-    volume: Float[Array, "x y z *c"],
-    coords: Float[Array, "*s 3"],
+    volume: Float[AnyArray, "x y z *c"],
+    coords: Float[AnyArray, "*s 3"],
     fill: float | None = None,
-) -> Float[Array, "*s *c"]:
-    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, SPEC §2.9)."""
+) -> Float[AnyArray, ...]:
+    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, SPEC §2.9).
+
+    Returns shape `coords.shape[:-1] + volume.shape[3:]` (one value, or one vector of `c`, per point).
+    """
     size = volume.shape[:3]
     lo, hi, w_lo, w_hi = [], [], [], []
     for d in range(3):
@@ -58,11 +63,11 @@ def interpolate_clamped(
 
 
 def sample_image(
-    volume: Float[Array, "x y z"],
-    coords: Float[Array, "*s 3"],
+    volume: Float[AnyArray, "x y z"],
+    coords: Float[AnyArray, "*s 3"],
     method: str = "linear",
-    fill: float = 0.0,
-) -> Float[Array, "*s"]:
+    fill: float | Scalar = 0.0,  # a traced scalar under jit
+) -> Float[AnyArray, "*s"]:
     """`volume` at `coords` as surfa samples images: trilinear or nearest, `fill` outside.
 
     Linear: valid where floor(s) is in [0, N-1] on every axis (so up to N-1 + almost 1), the

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+from jaxtyping import Float
+
+from ..._custom_types import AnyArray, Scalar
 
 
-def barycenter(features: Float[Array, "x y z c"], extent: float) -> Float[Array, "c 3"]:
+def barycenter(features: Float[AnyArray, "x y z c"], extent: float | Scalar) -> Float[AnyArray, "c 3"]:  # traced under jit
     """The centre of mass of each feature channel, in centred coordinates scaled to `extent`.
 
     For a map of shape (n0, n1, n2), voxel i sits at `(i - (n - 1) / 2) / n` along each axis
@@ -33,14 +35,14 @@ def barycenter(features: Float[Array, "x y z c"], extent: float) -> Float[Array,
     return centre * jnp.asarray(extent, features.dtype)
 
 
-def channel_weights(features_1: Float[Array, "x y z c"], features_2: Float[Array, "x y z c"]) -> Float[Array, " c"]:
+def channel_weights(features_1: Float[AnyArray, "x y z c"], features_2: Float[AnyArray, "x y z c"]) -> Float[AnyArray, " c"]:
     """`p1 * p2`, each `p` a channel's total feature mass over the sum of all channels' masses."""
     p1 = features_1.sum(axis=(0, 1, 2))
     p2 = features_2.sum(axis=(0, 1, 2))
     return (p1 / p1.sum()) * (p2 / p2.sum())
 
 
-def fit_affine(source: Float[Array, "n 3"], target: Float[Array, "n 3"], weights: Float[Array, " n"] | None = None) -> Float[Array, "4 4"]:
+def fit_affine(source: Float[AnyArray, "n 3"], target: Float[AnyArray, "n 3"], weights: Float[AnyArray, " n"] | None = None) -> Float[AnyArray, "4 4"]:
     """The affine `M` minimising `sum_i w_i |M [target_i; 1] - source_i|^2` (weighted least squares).
 
     With `X = [target, 1]` (n x 4) and `W = diag(w)`: `M[:3] = ((X^T W X)^-1 X^T W source)^T`.
@@ -53,15 +55,15 @@ def fit_affine(source: Float[Array, "n 3"], target: Float[Array, "n 3"], weights
     return _square(beta.T)
 
 
-def _square(m: Float[Array, "3 4"]) -> Float[Array, "4 4"]:
+def _square(m: Float[AnyArray, "3 4"]) -> Float[AnyArray, "4 4"]:
     return jnp.concatenate([m, jnp.asarray([[0, 0, 0, 1]], m.dtype)], axis=0)
 
 
-def invert_affine(m: Float[Array, "4 4"]) -> Float[Array, "4 4"]:
+def invert_affine(m: Float[AnyArray, "4 4"]) -> Float[AnyArray, "4 4"]:
     return jnp.linalg.inv(m)
 
 
-def symmetric_fit(centres_moving, centres_fixed, weights=None) -> Float[Array, "4 4"]:
+def symmetric_fit(centres_moving, centres_fixed, weights=None) -> Float[AnyArray, "4 4"]:
     """`½ (fit(moving <- fixed) + fit(fixed <- moving)^-1)`: the least-squares fit is not symmetric
     in its two point sets, so both directions are averaged (fixed -> moving coordinates)."""
     forward = fit_affine(centres_moving, centres_fixed, weights)

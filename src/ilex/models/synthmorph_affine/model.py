@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Float
+from jaxtyping import Float
 
+from ..._custom_types import AnyArray
 from .fit import barycenter, centring, channel_weights, rigid_part, symmetric_fit
 
 __all__ = ["AffineConv3d", "SynthMorphAffine", "fit_features"]
@@ -29,15 +30,15 @@ __all__ = ["AffineConv3d", "SynthMorphAffine", "fit_features"]
 class AffineConv3d(eqx.Module):
     """Keras `Conv3D(cout, 3, padding='same')`: kernel (3, 3, 3, cin, cout), bias (cout,)."""
 
-    kernel: Float[Array, "3 3 3 cin cout"]
-    bias: Float[Array, " cout"]
+    kernel: Float[AnyArray, "3 3 3 cin cout"]
+    bias: Float[AnyArray, " cout"]
 
     def __init__(self, cin: int, cout: int, *, key: jax.Array):
         limit = np.sqrt(6.0 / (27 * (cin + cout)))  # Keras' Glorot uniform
         self.kernel = jax.random.uniform(key, (3, 3, 3, cin, cout), minval=-limit, maxval=limit)
         self.bias = jnp.zeros((cout,))
 
-    def __call__(self, x: Float[Array, "x y z cin"]) -> Float[Array, "x y z cout"]:
+    def __call__(self, x: Float[AnyArray, "x y z cin"]) -> Float[AnyArray, "x y z cout"]:
         out = lax.conv_general_dilated(
             x[None], self.kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
             precision=lax.Precision.HIGHEST,
@@ -45,7 +46,7 @@ class AffineConv3d(eqx.Module):
         return out + self.bias[None, None, None, :]
 
 
-def _max_pool(x: Float[Array, "x y z c"]) -> Float[Array, "hx hy hz c"]:
+def _max_pool(x: Float[AnyArray, "x y z c"]) -> Float[AnyArray, "hx hy hz c"]:
     return lax.reduce_window(x, -jnp.inf, lax.max, (2, 2, 2, 1), (2, 2, 2, 1), "VALID")
 
 
@@ -118,7 +119,7 @@ class SynthMorphAffine(eqx.Module):
     def levels(self) -> int:
         return len(self.enc_nf)
 
-    def features(self, image: Float[Array, "x y z c"]) -> Float[Array, "fx fy fz f"]:
+    def features(self, image: Float[AnyArray, "x y z c"]) -> Float[AnyArray, "fx fy fz f"]:
         if any(n % 2**self.levels for n in image.shape[:3]):
             raise ValueError(f"image shape {image.shape[:3]} must be divisible by 2^{self.levels} (one pooling per level)")
         x = image
@@ -129,7 +130,7 @@ class SynthMorphAffine(eqx.Module):
             x = jax.nn.leaky_relu(next(convs)(x), 0.2)
         return jax.nn.relu(next(convs)(x))
 
-    def fit(self, moving: Float[Array, "x y z c"], fixed: Float[Array, "x y z c"], extent: int,
+    def fit(self, moving: Float[AnyArray, "x y z c"], fixed: Float[AnyArray, "x y z c"], extent: int,
             rigid: bool | None = None) -> np.ndarray:
         """The matrix from fixed to moving index coordinates of a grid of side `extent` (float64 4x4).
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from ..._custom_types import AnyArray
 from .slabs import fill_slabs, padded_rows
 
 _OFFSETS = list(itertools.product(range(3), repeat=3))  # (a, b, c) in the kernel's DHW order
@@ -34,10 +35,10 @@ def _slab_planes(x: int, planes: int) -> int:
 
 
 def _in_slabs(
-    x: Array,
+    x: AnyArray,
     cout: int,
     planes: int,
-    bias: Array,
+    bias: AnyArray,
     activation: Callable[[Array], Array] | None,
     products: Callable[[Array, int], Array],
 ) -> Array:
@@ -46,7 +47,7 @@ def _in_slabs(
     n, sx, sy, sz, _ = x.shape
     planes = _slab_planes(sx, planes)
 
-    def one_slab(i: Array, _: None) -> Array:
+    def one_slab(i: AnyArray, _: None) -> Array:
         y = products(padded_rows(x, False, i * planes, planes + 2), planes)
         y = y + bias[None, None, None, None, :]
         return y if activation is None else activation(y)
@@ -55,18 +56,18 @@ def _in_slabs(
 
 
 def patch_conv3d(
-    x: Float[Array, "n x y z cin"],
-    kernel: Float[Array, "3 3 3 cin cout"],
-    bias: Float[Array, " cout"],
+    x: Float[AnyArray, "n x y z cin"],
+    kernel: Float[AnyArray, "3 3 3 cin cout"],
+    bias: Float[AnyArray, " cout"],
     planes: int = 4,
     activation: Callable[[Array], Array] | None = None,
-) -> Float[Array, "n x y z cout"]:
+) -> Float[AnyArray, "n x y z cout"]:
     """conv_general_dilated(x, kernel, 'SAME') + bias, for small cin (im2col in slabs)."""
     sy, sz, cin = x.shape[2:]
     cout = kernel.shape[-1]
     weights = kernel.reshape(27 * cin, cout)
 
-    def products(block: Array, planes: int) -> Array:
+    def products(block: AnyArray, planes: int) -> Array:
         patches = jnp.concatenate([block[:, a : a + planes, b : b + sy, c : c + sz, :] for a, b, c in _OFFSETS], axis=-1)
         return jnp.einsum("nxyzk,kd->nxyzd", patches, weights, precision=lax.Precision.HIGHEST)
 
@@ -74,18 +75,18 @@ def patch_conv3d(
 
 
 def shift_conv3d(
-    x: Float[Array, "n x y z cin"],
-    kernel: Float[Array, "3 3 3 cin cout"],
-    bias: Float[Array, " cout"],
+    x: Float[AnyArray, "n x y z cin"],
+    kernel: Float[AnyArray, "3 3 3 cin cout"],
+    bias: Float[AnyArray, " cout"],
     planes: int = 16,
     activation: Callable[[Array], Array] | None = None,
-) -> Float[Array, "n x y z cout"]:
+) -> Float[AnyArray, "n x y z cout"]:
     """conv_general_dilated(x, kernel, 'SAME') + bias, for small cout (products, then shifts)."""
     sy, sz, cin = x.shape[2:]
     cout = kernel.shape[-1]
     weights = kernel.transpose(3, 0, 1, 2, 4).reshape(cin, 27 * cout)
 
-    def products(block: Array, planes: int) -> Array:
+    def products(block: AnyArray, planes: int) -> Array:
         taps = jnp.einsum("nxyzc,ck->nxyzk", block, weights, precision=lax.Precision.HIGHEST)
         taps = taps.reshape(*taps.shape[:4], 27, cout)
         return sum(taps[:, a : a + planes, b : b + sy, c : c + sz, t, :] for t, (a, b, c) in enumerate(_OFFSETS))

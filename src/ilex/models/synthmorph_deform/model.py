@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from ..._custom_types import AnyArray
 from .unet import SynthMorphUNet, _prepare_pair, conv_channels, unet_forward
 
 __all__ = ["HyperConv3d", "HyperDense", "SynthMorphDeform", "SynthMorphUNet"]
@@ -30,24 +31,24 @@ def _glorot(key: jax.Array, shape: tuple[int, int]) -> Array:
 class HyperDense(eqx.Module):
     """Keras `Dense(units, activation='relu')`: `relu(x @ kernel + bias)`, kernel (in, out)."""
 
-    kernel: Float[Array, "fin fout"]
-    bias: Float[Array, " fout"]
+    kernel: Float[AnyArray, "fin fout"]
+    bias: Float[AnyArray, " fout"]
 
     def __init__(self, fin: int, fout: int, *, key: jax.Array):
         self.kernel = _glorot(key, (fin, fout))
         self.bias = jnp.zeros((fout,))
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: AnyArray) -> Array:
         return jax.nn.relu(jnp.dot(x, self.kernel, precision=lax.Precision.HIGHEST) + self.bias)
 
 
 class HyperConv3d(eqx.Module):
     """neurite's `HyperConvFromDense` (3-D, 3x3x3): projects h to a conv kernel and bias."""
 
-    hyperkernel_kernel: Float[Array, "units k"]
-    hyperkernel_bias: Float[Array, " k"]
-    hyperbias_kernel: Float[Array, "units cout"]
-    hyperbias_bias: Float[Array, " cout"]
+    hyperkernel_kernel: Float[AnyArray, "units k"]
+    hyperkernel_bias: Float[AnyArray, " k"]
+    hyperbias_kernel: Float[AnyArray, "units cout"]
+    hyperbias_bias: Float[AnyArray, " cout"]
     in_channels: int = eqx.field(static=True)
     out_channels: int = eqx.field(static=True)
 
@@ -61,7 +62,7 @@ class HyperConv3d(eqx.Module):
         self.hyperbias_bias = jnp.zeros((out_channels,))
         self.in_channels, self.out_channels = in_channels, out_channels
 
-    def generate(self, h: Float[Array, " units"]) -> tuple[Array, Array]:
+    def generate(self, h: Float[AnyArray, " units"]) -> tuple[Array, Array]:
         """The (kernel (3,3,3,cin,cout), bias (cout,)) for embedding `h`."""
         hi = lax.Precision.HIGHEST
         flat = jnp.dot(h, self.hyperkernel_kernel, precision=hi) + self.hyperkernel_bias
@@ -137,14 +138,14 @@ class SynthMorphDeform(eqx.Module):
             "trg_feats": self.trg_feats,
         }
 
-    def embed(self, hyper: Float[Array, ""] | float) -> Float[Array, " units"]:
+    def embed(self, hyper: Float[AnyArray, ""] | float) -> Float[AnyArray, " units"]:
         """The hypernetwork embedding h of λ (used raw, no normalisation)."""
         h = jnp.broadcast_to(jnp.asarray(hyper, jnp.float32), (self.nb_hyp_params,))
         for layer in self.hyper_layers:
             h = layer(h)
         return h
 
-    def generate(self, hyper: float | Array) -> tuple[list[Array], list[Array]]:
+    def generate(self, hyper: float | AnyArray) -> tuple[list[Array], list[Array]]:
         """The kernels and biases of all convolutions for one λ."""
         h = self.embed(hyper)
         kernels, biases = zip(*(conv.generate(h) for conv in self.convs))
@@ -158,11 +159,11 @@ class SynthMorphDeform(eqx.Module):
             kw.pop(name)
         return SynthMorphUNet(**kw, hyper=float(hyper), key=jax.random.key(0), kernels=kernels, biases=biases)
 
-    def __call__(self, hyper: float | Array, source: Array, target: Array) -> Array:
+    def __call__(self, hyper: float | AnyArray, source: AnyArray, target: AnyArray) -> Array:
         x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
         n_levels = len(self.enc_nf)
 
-        def one(lam: Array, pair: Array) -> Array:
+        def one(lam: AnyArray, pair: AnyArray) -> Array:
             kernels, biases = self.generate(lam)
             return unet_forward(list(zip(kernels, biases, strict=True)), n_levels, pair[None])[0]
 

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
+from ..._custom_types import AnyArray
 from ..._sequencing import after
 
 
-def padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
+def padded_rows(part: AnyArray, upsample: bool, start: AnyArray, count: int) -> Array:
     """Planes [start, start + count) along x of `part` as a 'same' 3x3x3 convolution sees it: at
     full resolution (repeated x2 if `upsample`) with one zero plane and one zero border on every
     side.
@@ -37,10 +38,10 @@ def padded_rows(part: Array, upsample: bool, start: Array, count: int) -> Array:
 
 def fill_slabs(
     one_slab: Callable[[Array, Array | None], Array],
-    like: Array,
+    like: AnyArray,
     shape: tuple[int, ...],
     planes: int,
-    reuse: Array | None = None,
+    reuse: AnyArray | None = None,
 ) -> Array:
     """The array of `shape` (n, x, y, z, c) whose planes [i * planes, (i + 1) * planes) along x
     are `one_slab(i, block)`, built one slab after the other.
@@ -65,7 +66,7 @@ def fill_slabs(
         )
     count = shape[1] // planes
 
-    def put(out: Array, slab: Array, i: Array) -> Array:
+    def put(out: AnyArray, slab: AnyArray, i: AnyArray) -> Array:
         return lax.dynamic_update_slice_in_dim(out, slab, i * planes, axis=1)
 
     if reuse is None:
@@ -74,7 +75,7 @@ def fill_slabs(
     if reuse.shape != tuple(shape):
         raise ValueError(f"cannot write a {tuple(shape)} output over an array of shape {reuse.shape}")
 
-    def step(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+    def step(i: AnyArray, carry: tuple[Array, Array]) -> tuple[Array, Array]:
         out, kept = carry
         block = padded_rows(out, False, i * planes, planes + 2)
         block = lax.dynamic_update_slice_in_dim(block, kept, 0, axis=1)

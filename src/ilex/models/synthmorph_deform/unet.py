@@ -15,6 +15,8 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Float
 
+from ..._custom_types import AnyArray
+
 _LEAKY_SLOPE = 0.2  # Keras LeakyReLU(0.2) = max(0.2 x, x)
 
 
@@ -53,7 +55,7 @@ def conv_channels(
     return pairs
 
 
-def _conv(x: Array, kernel: Array, bias: Array) -> Array:
+def _conv(x: AnyArray, kernel: AnyArray, bias: AnyArray) -> Array:
     # Cross-correlation, DHWIO kernel straight from the C-order reshape, 'same' zero padding.
     y = lax.conv_general_dilated(
         x,
@@ -66,16 +68,16 @@ def _conv(x: Array, kernel: Array, bias: Array) -> Array:
     return y + bias[None, None, None, None, :]
 
 
-def _leaky_relu(x: Array) -> Array:
+def _leaky_relu(x: AnyArray) -> Array:
     return jnp.maximum(_LEAKY_SLOPE * x, x)
 
 
-def _max_pool(x: Array) -> Array:
+def _max_pool(x: AnyArray) -> Array:
     n, a, b, c, ch = x.shape
     return x.reshape(n, a // 2, 2, b // 2, 2, c // 2, 2, ch).max(axis=(2, 4, 6))
 
 
-def _upsample(x: Array) -> Array:
+def _upsample(x: AnyArray) -> Array:
     for axis in (1, 2, 3):
         x = jnp.repeat(x, 2, axis=axis)
     return x
@@ -90,7 +92,7 @@ def _materialise(parts: list[tuple[Array, bool]]) -> Array:
     return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=-1)
 
 
-def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, algorithm: str, activate: bool) -> Array:
+def _conv_parts(parts: list[tuple[Array, bool]], kernel: AnyArray, bias: AnyArray, algorithm: str, activate: bool) -> Array:
     """Convolution (then LeakyReLU if `activate`) of the concatenation of `parts`, which are
     (array, upsample) pairs as in winograd.py."""
     from .gemm_conv import patch_conv3d, shift_conv3d
@@ -119,9 +121,9 @@ def _conv_parts(parts: list[tuple[Array, bool]], kernel: Array, bias: Array, alg
 def unet_forward(
     kernels: Sequence[tuple[Array, Array]],
     n_levels: int,
-    x: Float[Array, "n x y z c"],
+    x: Float[AnyArray, "n x y z c"],
     algorithm: str = "direct",
-) -> Float[Array, "n x y z f"]:
+) -> Float[AnyArray, "n x y z f"]:
     """Run the U-Net of SPEC §2.5 on a batch `x`, given the (kernel, bias) of every conv.
 
     `algorithm` "direct" is XLA's convolution; "winograd" and "winograd4" compute the wide
@@ -157,7 +159,7 @@ def unet_forward(
     return _conv_parts(parts, *remaining[-1], algorithm, activate=False)
 
 
-def _prepare_pair(source: Array, target: Array, src_feats: int, trg_feats: int) -> Array:
+def _prepare_pair(source: AnyArray, target: AnyArray, src_feats: int, trg_feats: int) -> Array:
     source, target = jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32)
     if source.ndim != target.ndim or source.shape[:-1] != target.shape[:-1]:
         raise ValueError(
@@ -178,8 +180,8 @@ def _prepare_pair(source: Array, target: Array, src_feats: int, trg_feats: int) 
 class Conv3d(eqx.Module):
     """One generated 3x3x3 convolution: kernel (3, 3, 3, cin, cout) in DHWIO order, bias (cout,)."""
 
-    kernel: Float[Array, "3 3 3 cin cout"]
-    bias: Float[Array, " cout"]
+    kernel: Float[AnyArray, "3 3 3 cin cout"]
+    bias: Float[AnyArray, " cout"]
 
 
 class SynthMorphUNet(eqx.Module):
@@ -259,7 +261,7 @@ class SynthMorphUNet(eqx.Module):
             "hyper": self.hyper,
         }
 
-    def __call__(self, source: Array, target: Array, *, algorithm: str = "direct") -> Array:
+    def __call__(self, source: AnyArray, target: AnyArray, *, algorithm: str = "direct") -> Array:
         """Raw velocity for (source, target); `algorithm` as in `unet_forward`."""
         x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
         single = x.ndim == 4

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-from jaxtyping import Array, Float
+from collections.abc import Callable
 
+import jax.numpy as jnp
+from jax import Array
+from jaxtyping import Float
+
+from ..._custom_types import AnyArray
 from ..._sequencing import after
 from .unet import SynthMorphUNet
 
 
-def half_resolution(volume: Float[Array, "*b x y z c"]) -> Float[Array, "*b hx hy hz c"]:
+def half_resolution(volume: Float[AnyArray, "*b x y z c"]) -> Float[AnyArray, "*b hx hy hz c"]:
     """The U-Net input: the even-index subsample `v[::2, ::2, ::2]` (no smoothing, SPEC §2.2)."""
     return volume[..., ::2, ::2, ::2, :]
 
 
 def symmetric_velocity(
-    unet: SynthMorphUNet,
-    moving: Float[Array, "x y z 1"],
-    fixed: Float[Array, "x y z 1"],
+    unet: SynthMorphUNet | Callable[..., Array],
+    moving: Float[AnyArray, "x y z 1"],
+    fixed: Float[AnyArray, "x y z 1"],
     *,
     algorithm: str = "direct",
     batched: bool = False,
-) -> Float[Array, "x y z 3"]:
+) -> Float[AnyArray, "x y z 3"]:
     """`0.5 * (U(moving, fixed) - U(fixed, moving))`.
 
     Inputs are network-space images at the U-Net's resolution (already halved); the velocity is

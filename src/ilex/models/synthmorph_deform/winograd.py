@@ -24,6 +24,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Float
 
+from ..._custom_types import AnyArray
 from .slabs import fill_slabs, padded_rows
 
 # 1-D F(m,3) for cross-correlation: y = A^T [(G g) * (B^T d)], d an (m+2)-tap window, g the 3 taps,
@@ -60,20 +61,20 @@ def _combine(rows: np.ndarray, terms: list[Array], axis: int) -> Array:
     return jnp.stack(out, axis=axis)
 
 
-def transform_kernel(kernel: Float[Array, "3 3 3 cin cout"], m: int = 2) -> Float[Array, "t cin cout"]:
+def transform_kernel(kernel: Float[AnyArray, "3 3 3 cin cout"], m: int = 2) -> Float[AnyArray, "t cin cout"]:
     """G g G^T along each axis, (m+2)^3 tile positions ordered (z, y, x) as in `_transform_input`."""
     g = _MATRICES[m][1]
     u = jnp.einsum("ai,bj,ck,ijkxy->cbaxy", g, g, g, kernel, precision=lax.Precision.HIGHEST)
     return u.reshape((m + 2) ** 3, *kernel.shape[3:])
 
 
-def _input_along(x: Array, axis: int, tiles: int, m: int) -> Array:
+def _input_along(x: AnyArray, axis: int, tiles: int, m: int) -> Array:
     # B^T d for every overlapping (m+2)-window with stride m; results stacked on a new axis 0.
     d = [lax.slice_in_dim(x, j, j + m * (tiles - 1) + 1, stride=m, axis=axis) for j in range(m + 2)]
     return _combine(_MATRICES[m][0], d, axis=0)
 
 
-def _transform_input(padded: Array, tiles: tuple[int, int, int], m: int) -> Array:
+def _transform_input(padded: AnyArray, tiles: tuple[int, int, int], m: int) -> Array:
     """(n, m s + 2, m ty + 2, m tz + 2, c) padded slab -> ((m+2)^3, n*s*ty*tz, c) transformed tiles."""
     c = padded.shape[-1]
     v = _input_along(padded, 1, tiles[0], m)  # (tx, n, s, Y+2, Z+2, c)
@@ -82,19 +83,19 @@ def _transform_input(padded: Array, tiles: tuple[int, int, int], m: int) -> Arra
     return v.reshape((m + 2) ** 3, -1, c)
 
 
-def _output_along(x: Array, axis: int, m: int) -> Array:
+def _output_along(x: AnyArray, axis: int, m: int) -> Array:
     terms = [lax.index_in_dim(x, i, axis, keepdims=False) for i in range(m + 2)]
     return _combine(_MATRICES[m][2], terms, axis=axis)
 
 
 def winograd_conv3d(
     parts: Sequence[tuple[Array, bool]],
-    kernel: Float[Array, "3 3 3 cin cout"],
-    bias: Float[Array, " cout"],
+    kernel: Float[AnyArray, "3 3 3 cin cout"],
+    bias: Float[AnyArray, " cout"],
     slab: int = 2,
     activation: Callable[[Array], Array] | None = None,
     m: int = 2,
-) -> Float[Array, "n x y z cout"]:
+) -> Float[AnyArray, "n x y z cout"]:
     """'same' 3x3x3 cross-correlation of the channel concatenation of `parts`, plus `bias`.
 
     `parts` are `(array, upsample)`: an array (n, x, y, z, c) on the output grid, or with
@@ -134,7 +135,7 @@ def winograd_conv3d(
     reusable = [k for k, (a, up) in enumerate(parts) if not up and a.shape == (n, *shape, cout)]
     reuse = reusable[-1] if reusable else None
 
-    def one_slab(i: Array, reused_block: Array | None) -> Array:
+    def one_slab(i: AnyArray, reused_block: AnyArray | None) -> Array:
         transformed = []
         for k, (array, upsample) in enumerate(parts):
             block = reused_block if k == reuse else padded_rows(array, upsample, i * m * slab, m * slab + 2)
