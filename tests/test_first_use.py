@@ -296,10 +296,13 @@ def test_batch_rerun_with_another_lambda_redoes_the_pairs(work, capsys):
 
 
 def test_batch_does_not_take_unrelated_files_for_a_finished_pair(work, capsys):
+    from ilex.batch import read_pairs
+    from ilex.registration.outputs import output_files
+
     _batch_csv()
-    os.makedirs("out/p1_qc")
-    for name in ("p1_moved.nii.gz", "p1_warp.nii.gz", "p1_qc/jacobian.nii.gz", "p1_qc/checkerboard.png", "p1_qc/qc.json"):
-        with open(os.path.join("out", name), "w") as f:
+    for _, path in output_files(read_pairs("pairs.csv")[0].outputs):  # every file of pair 1, none ilex's
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
             f.write("not ilex's")
     assert main(["batch", "pairs.csv", *DEFORM]) == 0
     assert "2 done (1 redone" in capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Float
 
 from .._custom_types import AnyArray
@@ -39,8 +38,8 @@ def upsample_half_field(half: Float[AnyArray, "hx hy hz 3"]) -> Float[AnyArray, 
 
 def compose_native(
     field: Float[AnyArray, "e e e 3"],
-    target_to_net: np.ndarray,
-    net_to_source: np.ndarray,
+    target_to_net: Float[AnyArray, "4 4"],  # traced under jit: a JAX array there
+    net_to_source: Float[AnyArray, "4 4"],
     target_shape,
 ) -> Float[AnyArray, "x y z 3"]:
     """A network-space displacement as a displacement on the target image's own voxel grid.
@@ -57,8 +56,8 @@ def compose_native(
 
 def coarse_total_displacement(
     disp: Float[AnyArray, "cx cy cz 3"],
-    pre: np.ndarray | None,
-    post: np.ndarray,
+    pre: Float[AnyArray, "4 4"] | None,
+    post: Float[AnyArray, "4 4"],
 ) -> Float[AnyArray, "cx cy cz 3"]:
     """`post (z + disp(z)) - y` at every coarse voxel y, with `z = pre y` (VoxelMorph's `compose`
     of matrix, dense warp, matrix: the warp is sampled with border clamping, matrices in float32).
