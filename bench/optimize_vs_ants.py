@@ -13,7 +13,7 @@ Every registration runs in a fresh child process, which reports its own wall tim
 read, registered, labels warped) and peak RSS at that point. Folding is the share of fixed voxels where the
 full warp's Jacobian determinant is <= 0. ANTs runs `SyN` (its default: affine then SyN with
 MI, 40 x 20 x 0 iterations at 4, 2, 1 mm) and, within `--syncc-timeout` seconds, `SyNCC`.
-The ilex child also reports the per-stage profile of `OptimizeMethod.profile`, and one extra
+The ilex child also reports the per-stage profile (`result.transform.details`), and one extra
 child times each operation of a deformable iteration at the level shapes of extent 256.
 
     python bench/optimize_vs_ants.py --json bench/results/optimize_vs_ants.json
@@ -124,8 +124,8 @@ def run_ilex(spec: dict, out: str, cache: str | None = None) -> dict:
     np.save(out + "_labels.npy", warped.astype(np.int16))
     np.save(out + "_warp.npy", result.forward)
     fold = folding_fraction(jacobian_determinant(result.forward, result.fixed.affine))
-    return {"seconds": seconds, "peak_rss_gb": rss, "stages": result.times, "profile": method.profile,
-            "similarity": method.chosen_similarity, "folding_percent": 100 * fold}
+    return {"seconds": seconds, "peak_rss_gb": rss, "stages": result.times, "profile": result.transform.details["profile"],
+            "similarity": result.transform.details["similarity"], "folding_percent": 100 * fold}
 
 
 def run_ants(spec: dict, out: str, transform: str) -> dict:

@@ -47,7 +47,9 @@ FILES = {
                          "213557a43d4387243c51bf208b3a672ae2eb68091f7ffe47c28a9f69d9e3d9fd"),
     "spm_avg152t2.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T2.nii",
                          "6466e5f99fbfd73ee0da5a34bf6c6ade22eea4399bcb9bb002ab5831d925e877"),
-    # Tissue probability maps on the avg152 grid (SPM's old segmentation priors) and on MNI 2009a.
+    # Tissue maps: SPM's old segmentation priors on the avg152 grid (probabilities in [0, 1], stored
+    # as 0-255 with a 1/255 scale) and MNI 2009a's grey and white matter maps (0-255, no scale:
+    # divide by 255 for a probability).
     "spm_grey.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/grey.nii",
                      "c4889206b4ffae9366926d9a631cb635e94151a8d2c7a105002ee0e8ceb91d06"),
     "spm_white.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/white.nii",

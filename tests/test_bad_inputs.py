@@ -149,12 +149,18 @@ def test_two_dimensional(work, capsys):
     _fails(capsys, work, _register(fixed="slice.nii.gz"), "slice.nii.gz", "2-D")
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_non_finite_voxels(work, capsys, bad):
+def test_infinite_voxels(work, capsys):
+    # NaN voxels are SPM's background and are taken as such (test_first_use); Inf is refused.
     data, affine = _head()
-    data[3, 4, 5] = bad
+    data[3, 4, 5] = np.inf
     _save("holes.nii.gz", data, affine)
-    _fails(capsys, work, _register("holes.nii.gz"), "holes.nii.gz", "1 voxel is NaN or Inf")
+    _fails(capsys, work, _register("holes.nii.gz"), "holes.nii.gz", "1 voxel is Inf")
+
+
+def test_only_nan_voxels(work, capsys):
+    data, affine = _head()
+    _save("void.nii.gz", np.full_like(data, np.nan), affine)
+    _fails(capsys, work, _register("void.nii.gz"), "void.nii.gz", "every voxel is NaN")
 
 
 def test_constant_image(work, capsys):
@@ -315,8 +321,10 @@ def test_missing_default_weights_say_how_to_get_them(work, capsys, monkeypatch):
 # --- outputs ------------------------------------------------------------------------------
 
 
-def test_output_directory_missing(work, capsys):
-    _fails(capsys, work, _register() + ["-T", "no/such/dir/inverse.nii.gz"], "no/such/dir", "does not exist")
+def test_output_directory_under_a_file(work, capsys):
+    # A missing directory is created (test_first_use); one that cannot be is refused first.
+    pathlib.Path("no").write_text("mine")
+    _fails(capsys, work, _register() + ["-T", "no/such/dir/inverse.nii.gz"], "no/such/dir", "cannot create it")
 
 
 def test_output_directory_not_writable(work, capsys, monkeypatch):

@@ -21,6 +21,8 @@ from data import data_path
 
 from ilex.batch import BatchSettings, read_pairs, run_batch
 from ilex.batch.pairs import Pair
+from ilex.batch.run import MANIFEST_SUFFIX
+from ilex.cli import register as register_cli
 from ilex.cli.main import main
 from ilex.errors import OptionError
 
@@ -202,7 +204,7 @@ def test_summary_files(local_batch):
     assert document["settings"]["extent"] == 32 and len(document["pairs"]) == 5
 
 
-def test_rerun_skips_done_pairs(local_batch, images, capsys):
+def test_rerun_skips_done_pairs(local_batch, images, capsys, monkeypatch):
     work, _ = local_batch
     out = work / "out"
     before = {name: os.stat(out / name).st_mtime_ns for name in _files(out)}
@@ -216,9 +218,10 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys):
     assert [n for n in before if after[n] != before[n] and n != "p2_bw.mgz"] == [
         n for n in before if n.startswith("p2_") and n != "p2_bw.mgz"]
     assert "1 done, 3 skipped, 1 failed" in capsys.readouterr().out
-    # Without the bad row everything is there already: nothing runs, the exit status is 0.
+    # Without the bad row everything is there already: nothing runs (no weights are loaded), the exit status is 0.
     _write_csv(work / "good.csv", [r for r in _rows(images, out) if "broken" not in r[0]])
-    assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", "/nonexistent/weights.h5", "-q"]) == 0
+    monkeypatch.setattr(register_cli, "_load_weights", lambda *a, **k: pytest.fail("weights loaded for a finished batch"))
+    assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q"]) == 0
 
 
 def test_a_pair_that_fails_while_its_outputs_are_written_fails_alone(images, tmp_path, monkeypatch):
@@ -243,7 +246,7 @@ def test_a_pair_that_fails_while_its_outputs_are_written_fails_alone(images, tmp
     assert records[1].error == "OSError: disk full"
     # A name the method cannot write fails before any registration, with the reason.
     assert "gives a warp, not a matrix" in records[4].error and records[4].seconds < 1
-    assert sorted(os.listdir(tmp_path)) == ["p1_moved.nii.gz", "p3_moved.nii.gz", "p4_moved.nii.gz"]
+    assert sorted(os.listdir(tmp_path)) == [f"p{k}_moved.nii.gz{suffix}" for k in (1, 3, 4) for suffix in ("", MANIFEST_SUFFIX)]
 
 
 def test_every_method_per_row(images, tmp_path):

@@ -50,10 +50,10 @@ def test_initial_affine_undoes_a_shift(images, tmp_path, kind):
     path.write_text(_lta(mov_to_fix) if kind == "lta" else _itk(np.linalg.inv(mov_to_fix)))
     init = read_initial_affine(path, shifted.affine, mni.affine)
     model = ilex.load(fixture_path("net_e64_mixed.h5"))
-    aligned = register(shifted, mni, model, hyper=0.3, steps=5, extent=64, init_vox=init)
-    plain = register(colin, mni, model, hyper=0.3, steps=5, extent=64)
+    aligned = register(shifted, mni, model, hyper=0.3, steps=5, extent=64, init_vox=init, keep_inputs=True)
+    plain = register(colin, mni, model, hyper=0.3, steps=5, extent=64, keep_inputs=True)
     assert np.abs(aligned.inputs[0] - plain.inputs[0]).max() <= 1e-4
-    without = register(shifted, mni, model, hyper=0.3, steps=5, extent=64)
+    without = register(shifted, mni, model, hyper=0.3, steps=5, extent=64, keep_inputs=True)
     assert np.abs(without.inputs[0] - plain.inputs[0]).max() > 0.1
 
 

@@ -82,7 +82,7 @@ def test_similarities():
 @pytest.mark.realdata
 def test_identical_images_give_near_zero_warp():
     colin = data_path("colin27_t1.nii.gz")
-    result = register(colin, colin, method=OptimizeMethod(**FAST), extent=EXTENT)
+    result = register(colin, colin, method=OptimizeMethod(**FAST), extent=EXTENT, keep_inputs=True)
     # In the network cube, in the head, away from the far faces (where the pipeline clamps the
     # coarse grid's last voxel, as it does for SynthMorph's velocity).
     fw, _ = network_fields(result.transform, 7)
@@ -136,11 +136,11 @@ def test_orientation_of_the_inputs_does_not_matter():
 def test_refine_improves_on_the_network():
     model = ilex.load(fixture_path("net_e64_mixed.h5"))
     moving, fixed = data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz")
-    start = register(moving, fixed, model, hyper=0.5, extent=EXTENT)
+    start = register(moving, fixed, model, hyper=0.5, extent=EXTENT, keep_inputs=True)
     refine = as_method(model, "refine", hyper=0.5)
     assert isinstance(refine, RefineMethod)
     assert isinstance(as_method(model, "optimize", hyper=0.5), OptimizeMethod)  # -m optimize ignores a loaded model
-    refined = register(moving, fixed, model, method=refine, hyper=0.5, extent=EXTENT)
+    refined = register(moving, fixed, model, method=refine, hyper=0.5, extent=EXTENT, keep_inputs=True)
 
     def similarity(result):
         fw, _ = network_fields(result.transform, 7)

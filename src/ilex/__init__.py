@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from .bundle import DEFAULT_REPO_ID as DEFAULT_REPO_ID
 from .bundle import load as load
-from .bundle import save as save
+from .bundle import save as save  # the same as save_bundle, the name that says what it saves
+from .bundle import save_bundle as save_bundle
 from .convert import convert as convert
 from .models.synthmorph_deform import SynthMorphDeform as SynthMorphDeform
 from .models.synthmorph_deform import SynthMorphUNet as SynthMorphUNet

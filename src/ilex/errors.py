@@ -41,3 +41,7 @@ class ImageFileError(FileProblem):
 
 class OptionError(IlexError):
     """A command-line or API option with a value outside its domain."""
+
+
+class IlexWarning(UserWarning):
+    """Something ilex did on its own that the user should know of (the CLI prints one line)."""

@@ -15,6 +15,9 @@ Columns (header row required; order free; empty cells mean "not set"):
 | `init`       | `i`   | `-i`: initial affine, moving to fixed                           |
 | `hyper`      | `r`   | `-r`: λ for this row (default: the command's `-r`)              |
 | `method`     | `m`   | `-m`: method for this row (default: the command's `-m`); a start of a name will do, as for `-m` |
+| `similarity` |       | `--similarity` for this row (method optimize only)               |
+| `levels`     |       | `--levels` for this row, space-separated mm (e.g. `4 2`)        |
+| `iterations` |       | `--iterations` for this row, space-separated (e.g. `50 20`)     |
 | `id`         |       | a label for the summary (default: the row number)               |
 
 Aliases are case-sensitive, as the flags are (`o` is `-o`, `O` is `-O`). Relative paths are
@@ -30,7 +33,8 @@ from dataclasses import dataclass, field
 from ..errors import FileProblem, OptionError
 from ..registration.outputs import OUTPUT_KINDS, output_files
 
-COLUMNS = ("moving", "fixed", *OUTPUT_KINDS, "init", "hyper", "method", "id")
+OPTIMISER_COLUMNS = ("similarity", "levels", "iterations")
+COLUMNS = ("moving", "fixed", *OUTPUT_KINDS, "init", "hyper", "method", *OPTIMISER_COLUMNS, "id")
 ALIASES = {"o": "out_moving", "O": "out_fixed", "t": "trans", "T": "inverse", "d": "out_dir", "i": "init",
            "r": "hyper", "m": "method"}
 _PATH_COLUMNS = ("moving", "fixed", "init", *OUTPUT_KINDS)
@@ -40,9 +44,10 @@ _PATH_COLUMNS = ("moving", "fixed", "init", *OUTPUT_KINDS)
 class Pair:
     """One row: what to register and where the outputs go (absolute paths).
 
-    `outputs` maps output kind (`ilex.registration.outputs.OUTPUT_KINDS`) to path. `hyper` and
-    `method` are None where the row leaves the command's default. `problem` is set for a row
-    that cannot run (e.g. a λ that is not a number); it fails alone.
+    `outputs` maps output kind (`ilex.registration.outputs.OUTPUT_KINDS`) to path. `hyper`,
+    `method` and the optimiser's `options` (similarity, levels, iterations) are None or left
+    out where the row leaves the command's default. `problem` is set for a row that cannot run
+    (e.g. a λ that is not a number); it fails alone.
     """
 
     index: int
@@ -54,6 +59,7 @@ class Pair:
     init: str | None = None
     id: str | None = None
     problem: str | None = None
+    options: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -114,13 +120,22 @@ def _pair(index: int, row: dict[str, str], base: str) -> Pair:
             method = resolve_method_name(method)
         except ValueError as e:
             problem = problem or f"method {method!r}: {e}"
+    options = {}
+    if values.get("similarity"):
+        options["similarity"] = values["similarity"]
+    for column in ("levels", "iterations"):
+        if values.get(column):
+            try:
+                options[column] = tuple(int(v) for v in values[column].replace(",", " ").split())
+            except ValueError:
+                problem = problem or f"{column} {values[column]!r}: give whole numbers separated by spaces"
     for column in ("moving", "fixed"):
         if not values.get(column):
             problem = problem or f"no {column} image"
     if not outputs:
         problem = problem or f"no output: set at least one of {', '.join(OUTPUT_KINDS)}"
     return Pair(index, values.get("moving", ""), values.get("fixed", ""), outputs, hyper, method,
-                values.get("init") or None, values.get("id") or None, problem)
+                values.get("init") or None, values.get("id") or None, problem, options)
 
 
 def _check_no_shared_outputs(path: str, pairs: list[Pair]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
 import socket
 import threading
@@ -11,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from ..errors import IlexError
-from ..registration.outputs import check_outputs, check_transform_outputs, outputs_complete, write_outputs
+from ..errors import IlexError, OptionError
+from ..registration.outputs import check_outputs, check_transform_outputs, output_files, outputs_complete, write_outputs
 from .pairs import Pair
 
 STATUSES = ("done", "skipped", "failed")
@@ -23,9 +25,12 @@ class BatchSettings:
     """What every pair of a batch shares: the model and the command's defaults.
 
     `weights`: what `-w` names (a path or hub id, or a tuple of them; None for the default
-    deformable weights, () for none: `-m optimize`). Rows may pick any method the weights
-    serve: with joint's two files, also deform, affine, rigid; optimize always.
-    `method`/`hyper`: defaults for rows that leave them empty. The others are `ilex register`'s.
+    weights of the default method, joint's two, as `ilex batch`; () for none: `-m optimize`).
+    Rows may pick any method the weights serve: with joint's two files, also deform, affine,
+    rigid; optimize always.
+    `method`/`hyper`: defaults for rows that leave them empty; `similarity`, `levels`,
+    `iterations`: the optimiser's, for rows whose method is optimize (None: its defaults). The
+    others are `ilex register`'s.
     """
 
     weights: str | tuple[str, ...] | None = None
@@ -38,18 +43,27 @@ class BatchSettings:
     warp_format: str = "freesurfer"
     gpu: bool = False
     compilation_cache: bool = True
+    similarity: str | None = None
+    levels: tuple[int, ...] | None = None
+    iterations: tuple[int, ...] | None = None
 
-    def combination(self, pair: Pair) -> tuple[str | None, float]:
-        """(method, λ) that `pair` runs with."""
-        return (pair.method or self.method, self.hyper if pair.hyper is None else pair.hyper)
+    def combination(self, pair: Pair) -> tuple[str | None, float, tuple]:
+        """(method, λ, the optimiser's options as sorted items) that `pair` runs with."""
+        method = pair.method or self.method
+        options = {}
+        if method == "optimize":
+            defaults = {"similarity": self.similarity, "levels": self.levels, "iterations": self.iterations}
+            options = {k: v for k, v in {**defaults, **pair.options}.items() if v is not None}
+        return (method, self.hyper if pair.hyper is None else pair.hyper,
+                tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())))
 
     def runs_detector(self, pairs: Iterable[Pair]) -> bool:
         """Whether any of `pairs` runs the affine detector (joint, affine, rigid), whose peak
         memory is above the deformable network's. No method anywhere means the weights' own:
-        joint for several weight files, deform for one."""
+        joint for several weight files or the defaults, deform for one."""
         from ..registration.memory import runs_detector
 
-        default = "joint" if isinstance(self.weights, tuple) else "deform"
+        default = "joint" if self.weights is None or isinstance(self.weights, tuple) else "deform"
         return any(runs_detector(self.combination(p)[0] or default) for p in pairs if p.problem is None)
 
     def memory_estimate(self, pairs: Iterable[Pair], width: int = 256) -> float:
@@ -67,9 +81,65 @@ class BatchSettings:
                               extent=self.extent, algorithm=self.algorithm, clip_percentile=self.clip_percentile)
         combinations = {self.combination(p) for p in pairs if p.problem is None}
         if combinations:
-            registrar.prepare(sorted(combinations, key=lambda c: (c[0] or "", c[1])))
+            registrar.prepare(sorted(combinations, key=_order))
             registrar.model = None
         return registrar
+
+    def pair_settings(self, pair: Pair) -> dict:
+        """Everything that decides `pair`'s outputs, as JSON values: recorded beside them
+        (`MANIFEST_SUFFIX`) so that a rerun knows what made them."""
+        method, hyper, options = self.combination(pair)
+        weights = self.weights if isinstance(self.weights, tuple) else () if self.weights is None else (self.weights,)
+        record = {"moving": pair.moving, "fixed": pair.fixed, "init": pair.init, "method": method, "hyper": hyper,
+                  "options": dict(options), "steps": self.steps, "extent": self.extent,
+                  "weights": None if self.weights is None else [_absolute(w) for w in weights],
+                  "algorithm": self.algorithm, "clip_percentile": self.clip_percentile, "warp_format": self.warp_format,
+                  "outputs": dict(sorted(pair.outputs.items()))}
+        return json.loads(json.dumps(record))  # tuples as lists, as they read back
+
+
+def _order(combination: tuple) -> tuple:
+    return (combination[0] or "", *combination[1:])
+
+
+def _absolute(path: str) -> str:
+    # A weights path names the same file from any directory; a hub id stays as it is.
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
+# Beside each pair's first output: the settings that made its outputs (`finished`).
+MANIFEST_SUFFIX = ".ilex-batch.json"
+
+
+def manifest_path(outputs) -> str | None:
+    files = output_files(outputs)
+    return files[0][1] + MANIFEST_SUFFIX if files else None
+
+
+def finished(pair: Pair, settings: BatchSettings) -> tuple[bool, str]:
+    """(True, "") when every output of `pair` exists and its manifest says that these settings
+    made them; else (False, why a rerun redoes it: "" when outputs are missing)."""
+    if pair.problem is not None or not outputs_complete(pair.outputs):
+        return False, ""
+    try:
+        with open(manifest_path(pair.outputs), encoding="utf-8") as f:
+            made = json.load(f)["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, "redone: its outputs exist but no record says ilex batch made them"
+    wanted = settings.pair_settings(pair)
+    changed = [f"{k} {made.get(k)!r} -> {v!r}" for k, v in wanted.items() if made.get(k) != v]
+    if changed:
+        return False, f"redone: its outputs were made with other settings ({'; '.join(changed)})"
+    return True, ""
+
+
+def _write_manifest(pair: Pair, settings: BatchSettings) -> None:
+    from .. import __version__
+    from .._atomic import atomic_file
+
+    with atomic_file(manifest_path(pair.outputs), suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"ilex_version": __version__, "settings": settings.pair_settings(pair)}, f, indent=2)
+        f.write("\n")
 
 
 @dataclass
@@ -78,7 +148,8 @@ class PairRecord:
     `peak_memory_gib` the highest resident memory of the process while it ran (sampled every
     0.1 s; with several pairs in one process at once, theirs together); `folding_percent` the
     share of fixed voxels where the forward warp's Jacobian determinant is ≤ 0; `worker` the
-    host (or Dask worker address) that ran it; `started`/`finished` Unix times."""
+    host (or Dask worker address) that ran it; `started`/`finished` UTC times (ISO 8601);
+    `note` why a pair whose outputs existed was redone."""
 
     pair: str
     index: int
@@ -90,8 +161,9 @@ class PairRecord:
     folding_percent: float | None = None
     error: str = ""
     worker: str = ""
-    started: float | None = None
-    finished: float | None = None
+    started: str | None = None
+    finished: str | None = None
+    note: str = ""
     outputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -143,6 +215,9 @@ def error_text(error: BaseException) -> str:
 
 
 def _record(pair: Pair, status: str, **kwargs) -> PairRecord:
+    for key in ("started", "finished"):  # Unix times in, readable UTC times out
+        if isinstance(kwargs.get(key), float):
+            kwargs[key] = datetime.datetime.fromtimestamp(kwargs[key], datetime.UTC).isoformat(timespec="milliseconds")
     return PairRecord(pair.label, pair.index, pair.moving, pair.fixed, status, outputs=dict(pair.outputs), **kwargs)
 
 
@@ -166,13 +241,18 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
     worker = worker or socket.gethostname()
     if pair.problem:
         return _record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started)
-    method, hyper = settings.combination(pair)
+    method, hyper, options = settings.combination(pair)
     memory = PeakMemory().start()
     try:
+        if pair.options and method != "optimize":
+            raise OptionError(f"{', '.join(pair.options)}: the optimiser's options, for method optimize (this row runs "
+                              f"{method or 'the default method'})")
         check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
         # Names the method cannot write (an LTA from a warp method) fail now, not after the network.
-        check_transform_outputs(pair.outputs, registrar.method_for(method, hyper).name, warp_format=settings.warp_format)
-        result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init)
+        chosen = registrar.method_for(method, hyper, **dict(options))
+        check_transform_outputs(pair.outputs, chosen.name, warp_format=settings.warp_format)
+        result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init,
+                                    keep_inputs="out_dir" in pair.outputs, **dict(options))
     except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary
         memory.stop()
         return _record(pair, "failed", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
@@ -190,9 +270,13 @@ def finish_pair(outcome: PairRecord | _Registered) -> PairRecord:
     r = outcome
     try:
         report = quality_report(r.result)
+        # The old record goes first: outputs without one are redone, never taken for these settings'.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(manifest_path(r.pair.outputs))
         write_outputs(r.result, r.pair.outputs, warp_format=r.settings.warp_format, report=report,
                       settings={"model": r.result.method, "hyper": r.hyper, "steps": r.settings.steps,
                                 "extent": r.settings.extent})
+        _write_manifest(r.pair, r.settings)
     except Exception as e:  # noqa: BLE001 — as in register_pair
         return _record(r.pair, "failed", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
                        error=error_text(e), worker=r.worker, started=r.started, finished=time.time())
@@ -211,7 +295,7 @@ def run_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -
 
 
 def skipped(pair: Pair) -> PairRecord:
-    return _record(pair, "skipped", error="all outputs exist (pass --overwrite to redo)")
+    return _record(pair, "skipped", note="all outputs exist, made with these settings (pass --overwrite to redo)")
 
 
 def iter_local(pairs: list[Pair], settings: BatchSettings, registrar=None) -> Iterator[PairRecord]:
@@ -242,8 +326,9 @@ def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwr
               registrar=None, memory_resource: str = "MEMORY", memory_bytes: float | None = None) -> list[PairRecord]:
     """Run every pair of `pairs` and return their records in the pairs' order.
 
-    A pair whose outputs all exist is skipped unless `overwrite` (so a rerun after a crash does
-    only what is left). Locally, pairs run one after another with one warm model (`registrar`,
+    A pair whose outputs all exist, made with these settings (`finished`), is skipped unless
+    `overwrite` (so a rerun after a crash does only what is left); one whose outputs were made
+    otherwise, or not by ilex batch, is redone, and its record's `note` says why. Locally, pairs run one after another with one warm model (`registrar`,
     or one made from `settings`); with a `distributed.Client`, on its workers (`ilex.batch.dask`).
     `progress` shows one bar on stderr; `on_record` is called as each pair finishes.
     Raises only for problems of the whole batch (weights that cannot be loaded, a cluster where
@@ -251,11 +336,15 @@ def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwr
     """
     records: dict[int, PairRecord] = {}
     todo = []
+    notes = {}
     for pair in pairs:
-        if not overwrite and pair.problem is None and outputs_complete(pair.outputs):
+        done, why = finished(pair, settings)
+        if done and not overwrite:
             records[pair.index] = skipped(pair)
         else:
             todo.append(pair)
+            if why and not overwrite:
+                notes[pair.index] = why
     bar = _progress_bar(len(pairs), len(records), progress)
     with bar:
         if client is None:
@@ -265,6 +354,8 @@ def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwr
 
             results = iter_cluster(client, todo, settings, memory_resource=memory_resource, memory_bytes=memory_bytes)
         for record in results:
+            if record.index in notes:
+                record.note = notes[record.index]
             records[record.index] = record
             if on_record is not None:
                 on_record(record)
@@ -276,11 +367,30 @@ def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwr
 
 
 def _progress_bar(total: int, done: int, show: bool):
+    import sys
+
     from tqdm import tqdm
 
     if not show:
         return _NoBar()
+    if not sys.stderr.isatty():  # a log file gets one line per pair, not a bar's frames
+        return _LineBar(total, done)
     return tqdm(total=total, initial=done, unit="pair", desc="ilex batch", dynamic_ncols=True)
+
+
+class _LineBar(contextlib.nullcontext):
+    def __init__(self, total: int, done: int):
+        super().__init__()
+        self.total, self.n, self.postfix = total, done, ""
+
+    def update(self, n: int = 1) -> None:
+        import sys
+
+        self.n += n
+        print(f"ilex batch: {self.n}/{self.total} pairs{self.postfix}", file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.postfix = f" ({text})"
 
 
 class _NoBar(contextlib.nullcontext):
@@ -299,7 +409,6 @@ def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings
     and the settings.
     """
     import csv
-    import json
 
     from .._atomic import atomic_file
 

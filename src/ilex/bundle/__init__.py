@@ -3,3 +3,4 @@
 from .io import DEFAULT_REPO_ID as DEFAULT_REPO_ID
 from .io import load as load
 from .io import save as save
+from .io import save_bundle as save_bundle

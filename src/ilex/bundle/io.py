@@ -26,7 +26,13 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwrite: bool = False, extra_config: dict | None = None) -> None:
-    """Write `model` as a bundle directory at `path` (created whole, or not at all)."""
+    """Write `model` (a SynthMorph network, an Equinox module) as a bundle directory at `path`
+    (config.json + model.safetensors, created whole, or not at all): `ilex.save_bundle`. Raises
+    `TypeError` for anything else, images included (those are saved with nibabel or
+    `ilex.write_outputs`)."""
+    if not isinstance(model, eqx.Module):
+        raise TypeError(f"save_bundle saves a model (an ilex network) as a bundle directory, not a {type(model).__name__}; "
+                        "save an image with nibabel (nib.save(result.moved(), 'moved.nii.gz')) or ilex.write_outputs")
     config = make_config(model, origin=origin, extra=extra_config)
     names = parameter_names(model)
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
@@ -35,6 +41,9 @@ def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwri
             for leaf in leaves:
                 writer.write(np.asarray(leaf, np.float32))
         write_config(config, tmp)
+
+
+save_bundle = save  # the public name (`ilex.save_bundle`): it saves a model, never an image
 
 
 def write_config(config: dict, directory: str) -> None:

@@ -58,13 +58,16 @@ def run(args: argparse.Namespace) -> int:
     from .register import configure_devices
 
     configure_devices(None, False)
-    from .._atomic import _check_parent, output_batch
-    from ..image.io import load_image, save_image
+    from .._atomic import output_batch
+    from ..image.io import IMAGE_SUFFIXES, load_image, save_image
     from ..image.warp_io import load_warp
     from ..registration.apply import apply_affine, apply_warp
+    from ..registration.outputs import check_creatable
 
-    for _, out in pairs:
-        _check_parent(out)
+    for _, out in pairs:  # one rule for every output, as ilex register's: a missing directory is created
+        if not out.lower().endswith(IMAGE_SUFFIXES):
+            raise OptionError(f"{out}: unknown image format; name it {', '.join(IMAGE_SUFFIXES)}")
+        check_creatable(out, os.path.dirname(os.path.abspath(out)))
     from ..image.matrix_io import matrix_format
 
     is_matrix = matrix_format(args.warp) is not None
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if args.reference:
             raise OptionError(f"--reference: a warp already fixes its target grid ({args.warp})")
     images = [load_image(i, check_values=False) for i, _ in pairs]  # all readable before anything is written
+    for _, out in pairs:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with output_batch():  # all outputs land together, or none
         for image, (_, out) in zip(images, pairs):
             if not is_matrix:

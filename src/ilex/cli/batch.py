@@ -13,9 +13,12 @@ _DESCRIPTION = """\
 Register every pair listed in PAIRS.csv with one model load: the weights are read and the network
 compiled once, then the pairs run one after another (or on a Dask cluster's workers with
 --scheduler). A pair that fails is reported and skipped; the others go on. Outputs are written as
-`ilex register` writes them, all of a pair's files together. A rerun skips pairs whose outputs all
-exist, so a batch that crashed resumes where it stopped. At the end a summary (PREFIX.csv and
-PREFIX.json: pair, status, seconds, peak memory, folding %, error) and a page to look at
+`ilex register` writes them, all of a pair's files together (missing directories are created),
+with a record of the settings that made them beside the first (FIRST_OUTPUT.ilex-batch.json). A
+rerun skips pairs whose outputs all exist and were made with the same settings, so a batch that
+crashed resumes where it stopped; a pair whose outputs were made otherwise (another -r, say), or
+not by ilex batch, is redone and the summary says so. At the end a summary (PREFIX.csv and
+PREFIX.json: pair, status, seconds, peak memory, folding %, error, note) and a page to look at
 (PREFIX.report.html: failed pairs first, one strip plot per metric with outliers flagged, every
 pair linked to its QC report) are written; the exit status is 1 if any pair failed.
 
@@ -31,6 +34,8 @@ CSV file's directory):
   init or i              -i: initial affine, moving to fixed
   hyper or r             -r: λ for this row
   method or m            -m: method for this row
+  similarity             --similarity for this row (method optimize)
+  levels, iterations     --levels, --iterations for this row, space-separated (e.g. "4 2")
   id                     a label for the summary (default: the row number)
 Every row needs at least one output.
 """
@@ -77,6 +82,10 @@ def add_parser(sub) -> None:
                          help="worker resource that limits concurrent pairs by memory (default MEMORY: start workers "
                          "with --resources MEMORY=<bytes>)")
     cluster.add_argument("--memory", type=float, metavar="BYTES", help="memory one registration needs (default: ilex's estimate)")
+    g = p.add_argument_group("-m optimize (rows whose method is optimize; as ilex register)")
+    g.add_argument("--similarity", choices=["auto", "lncc", "mi"], help="lncc, mi or auto (default auto)")
+    g.add_argument("--levels", type=int, nargs="+", metavar="MM", help="deformable levels in mm, coarse to fine (default 4 2)")
+    g.add_argument("--iterations", type=int, nargs="+", metavar="N", help="most iterations per level (default 50 20)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or closing summary, only errors")
     p.set_defaults(run=run)
 
@@ -97,30 +106,37 @@ def run(args: argparse.Namespace) -> int:
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # Dask workers: BatchSettings
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
-    from ..registration.outputs import outputs_complete
-    from .register import resolve_model, weights_for
+    from ..batch.run import finished
+    from .register import peek_width, resolve_model, weights_for
 
     model = resolve_model(args.model)
     weights = weights_for(model, args.weights)  # the defaults, or -w checked against what the model takes
     pairs = read_pairs(args.pairs)
+    if (args.similarity or args.levels or args.iterations) and model != "optimize" and not any(
+            p.method == "optimize" for p in pairs):
+        raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize "
+                          "(or rows whose method is optimize)")
     settings = BatchSettings(
         weights=weights[0] if len(weights) == 1 else tuple(weights),  # () for -m optimize: no model
         method=model, hyper=args.hyper, steps=args.steps, extent=args.extent,
         algorithm=None if args.conv == "auto" else args.conv, clip_percentile=args.clip_percentile,
-        warp_format=args.warp_format, gpu=args.gpu, compilation_cache=not args.no_compilation_cache)
+        warp_format=args.warp_format, gpu=args.gpu, compilation_cache=not args.no_compilation_cache,
+        similarity=args.similarity, levels=tuple(args.levels) if args.levels else None,
+        iterations=tuple(args.iterations) if args.iterations else None)
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
-    todo = [p for p in pairs if args.overwrite or p.problem is not None or not outputs_complete(p.outputs)]
+    todo = [p for p in pairs if args.overwrite or not finished(p, settings)[0]]
     start = time.perf_counter()
     client = cluster = registrar = None
     try:
         if args.scheduler or args.local_workers:
             client, cluster = _dask_client(args)
         elif any(p.problem is None for p in todo):
-            registrar = settings.registrar(todo)
-            if not args.gpu and not args.no_memory_check:
+            if weights and not args.gpu and not args.no_memory_check:
+                # Before the weights, as `ilex register`: a run that cannot fit fails in seconds, not after 3.5 GB.
                 from ..registration.memory import check_memory
 
-                check_memory(args.extent, registrar.network_width(), detector=settings.runs_detector(todo))
+                check_memory(args.extent, max(peek_width(w) for w in weights), detector=settings.runs_detector(todo))
+            registrar = settings.registrar(todo)
         records = run_batch(pairs, settings, client=client, overwrite=args.overwrite, progress=not args.quiet,
                             registrar=registrar, memory_resource=args.memory_resource, memory_bytes=args.memory)
     finally:
@@ -141,8 +157,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         done = sum(r.status == "done" for r in records)
         skipped = sum(r.status == "skipped" for r in records)
+        redone = sum(r.status == "done" and r.note.startswith("redone") for r in records)
+        again = f" ({redone} redone: their outputs were made with other settings or not by ilex batch)" if redone else ""
         rate = f", {3600 * done / elapsed:.1f} pairs/hour" if done and elapsed > 0 else ""
-        print(f"ilex batch: {done} done, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
+        print(f"ilex batch: {done} done{again}, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
               f"summary in {csv_path} and {json_path}; report {report_path}")
     return 1 if failed else 0
 

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd, report_cmd):
         module.add_parser(sub)
+    for command in sub.choices.values():  # so that a command's errors carry its own name ("ilex batch")
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -87,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     elif argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "register")  # `register` is implied when no command is given, as there
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command is not None:  # named by the command's own parser: "ilex batch: error: ..."
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
+    _warnings_as_lines(args.command)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -107,3 +114,20 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ilex {args.command}: internal error: {e.__class__.__name__}: {e} (run with --debug for a traceback)", file=sys.stderr)
         return 3
+
+
+def _warnings_as_lines(command: str) -> None:
+    """ilex's warnings as one line on stderr each ("ilex register: warning: ..."), others as Python prints them."""
+    import warnings
+
+    from ..errors import IlexWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, IlexWarning):
+            print(f"ilex {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

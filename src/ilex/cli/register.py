@@ -80,7 +80,7 @@ def add_parser(sub) -> None:
                    help="weights: bundle directory, Hugging Face repo id or FreeSurfer .h5; repeat for joint (affine first)")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)")
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256; 192 halves the memory)")
+    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory)")
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
     p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created")
@@ -177,6 +177,8 @@ def check_outputs(args, model: str = "deform") -> None:
     from ..registration.outputs import check_outputs as check
     from ..registration.outputs import check_transform_outputs
 
+    if not any(_outputs(args).values()):
+        raise OptionError("no output: give at least one of -o, -O, -t, -T, --qc or -d (otherwise nothing is written)")
     check_transform_outputs(_outputs(args), model, args.header_only, args.warp_format)
     check(_outputs(args), {"moving": args.moving, "fixed": args.fixed})
 
@@ -196,13 +198,13 @@ def run(args: argparse.Namespace) -> int:
 
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # a second run reads it from disk
 
-    import numpy as np
-
     from ..image.io import load_image
     from ..progress import Stages
     from ..qc import quality_report
     from ..registration.affine_init import read_initial_affine
     from ..registration.memory import check_memory, runs_detector
+    from ..registration.methods import centres_on_fixed
+    from ..registration.network_space import network_space
     from ..registration.outputs import write_outputs
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
@@ -213,15 +215,18 @@ def run(args: argparse.Namespace) -> int:
         fixed = load_image(args.fixed, what="fixed image")
         init = (read_initial_affine(args.init, moving.affine, fixed.affine, moving_shape=moving.shape, fixed_shape=fixed.shape)
                 if args.init else None)
-        # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB.
-        check_overlap(moving, fixed, init if init is not None else np.linalg.inv(fixed.affine) @ moving.affine)
+        # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB. Where
+        # the method centres each image on itself, the pair starts from the centres laid on each other.
+        centred = not centres_on_fixed(model)
+        space = network_space(moving, fixed, args.extent, init, centre_on_fixed=not centred)
+        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=centred and init is None)
         if weights and not args.gpu and not args.no_memory_check:
             check_memory(args.extent, max(peek_width(w) for w in weights), detector=runs_detector(model))
         networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
         method = _method(args, model, networks)
     result = register(moving, fixed, networks, method=method, hyper=args.hyper, steps=args.steps, extent=args.extent,
                       init_vox=init, mid_space=args.mid_space, clip_percentile=args.clip_percentile, stages=stages,
-                      algorithm=None if args.conv == "auto" else args.conv)
+                      algorithm=None if args.conv == "auto" else args.conv, keep_inputs=bool(args.out_dir))
     report = None
     if args.qc or not args.quiet:
         with stages("qc", "Jacobian determinant of the forward warp"):
@@ -260,8 +265,8 @@ def _method(args, model: str, networks):
     first = None
     if args.refine:
         first = as_method(networks, model, hyper=args.hyper, algorithm=None if args.conv == "auto" else args.conv)
-    return method_from_options(hyper=args.hyper, similarity=args.similarity, refine=first, quiet=args.quiet,
-                               levels=args.levels, iterations=args.iterations)
+    return method_from_options(hyper=args.hyper, steps=args.steps, similarity=args.similarity, refine=first,
+                               quiet=args.quiet, levels=args.levels, iterations=args.iterations)
 
 
 def peek_width(weights: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from .._atomic import atomic_file
-from ..errors import ImageFileError
+from ..errors import IlexWarning, ImageFileError
 from .compressed import save_nibabel
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
@@ -43,7 +44,8 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
 
     Raises `ImageFileError` naming the file for: missing, unreadable, truncated, not an image,
     not 3-D (4-D with one frame is accepted), non-finite or singular affine, and (with
-    `check_values`) NaN/Inf voxels or a constant image.
+    `check_values`) Inf voxels, only NaN voxels or a constant image. NaN voxels (SPM's
+    background) become the lowest finite value, with an `IlexWarning` saying how many.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -88,9 +90,10 @@ def _checked(data, affine, path: str, what: str, check_values: bool) -> tuple[np
         raise ImageFileError(path, "the header's voxel-to-world affine is singular (zero voxel size or collapsed axes)")
     data = np.asarray(data, dtype=np.float32)
     if check_values:
-        if not np.isfinite(data).all():
-            bad = int((~np.isfinite(data)).sum())
-            raise ImageFileError(path, f"{bad} voxel{'' if bad == 1 else 's'} {'is' if bad == 1 else 'are'} NaN or Inf")
+        infinite = int(np.isinf(data).sum())
+        if infinite:
+            raise ImageFileError(path, f"{infinite} voxel{'' if infinite == 1 else 's'} {'is' if infinite == 1 else 'are'} Inf")
+        data = _nan_as_background(data, path)
         if data.min() == data.max():
             raise ImageFileError(path, f"the image is constant ({data.flat[0]:g}); nothing to register")
     return data, affine
@@ -113,3 +116,18 @@ def save_image(path: str | os.PathLike, data: np.ndarray, affine: np.ndarray, *,
             img.header.set_intent(intent)
     with atomic_file(path, suffix=suffix) as tmp:
         save_nibabel(img, tmp)
+
+
+def _nan_as_background(data: np.ndarray, path: str) -> np.ndarray:
+    """NaN voxels (SPM writes NaN outside the brain) become background, the lowest finite value, and
+    a warning (`IlexWarning`: one line from the CLI) says how many; an image of NaN alone is refused."""
+    nan = np.isnan(data)
+    count = int(nan.sum())
+    if not count:
+        return data
+    if count == data.size:
+        raise ImageFileError(path, "every voxel is NaN; nothing to register")
+    background = float(data[~nan].min())
+    warnings.warn(f"{path}: {count} NaN voxel{'' if count == 1 else 's'} taken as background ({background:g}, the "
+                  "lowest value), as SPM writes them", IlexWarning, stacklevel=4)
+    return np.where(nan, np.float32(background), data)

@@ -48,7 +48,7 @@ class Warp:
     displacement: np.ndarray  # (x, y, z, 3) float32, RAS mm
     affine: np.ndarray  # target vox2ras
     source_affine: np.ndarray | None = None
-    source_shape: tuple[int, int, int] | None = None
+    source_shape: tuple[int | np.integer, ...] | None = None  # nibabel's MGH shapes are numpy integers
 
 
 def save_warp(path: str | os.PathLike, warp: Warp, fmt: str = "freesurfer") -> None:

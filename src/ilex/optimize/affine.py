@@ -9,6 +9,7 @@ about `lr` per parameter moves the linear part by `0.2 lr` and the origin by `20
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,7 @@ def optimise_affine(
         grid = voxel_grid(fix.shape)
         opt_state = _optimizer(lr, iterations).init(params)
         stop = Convergence(tolerance)
-        with tqdm(total=iterations, desc=f"affine {scale} mm", disable=not progress, leave=False) as bar, \
+        with tqdm(total=iterations, desc=f"affine {scale} mm", file=sys.stderr, disable=None if progress else True, leave=False) as bar, \
                 LevelTimer(profile, f"affine {scale} mm") as count:
             for _ in range(iterations):
                 params, opt_state, value = _affine_step(params, opt_state, start32, fix, mov, grid, scale=scale,

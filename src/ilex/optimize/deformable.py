@@ -28,6 +28,7 @@ a level needs is an argument of one jitted step, so each level's shape compiles 
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 
 import jax
@@ -165,7 +166,7 @@ def optimise_velocity(
         opt_state = _optimizer(momentum).init(v)
         stop = Convergence(tolerance)
         reference = jnp.float32(0.0)
-        with tqdm(total=level.iterations, desc=f"deformable {level.scale} mm", disable=not progress, leave=False) as bar, \
+        with tqdm(total=level.iterations, desc=f"deformable {level.scale} mm", file=sys.stderr, disable=None if progress else True, leave=False) as bar, \
                 LevelTimer(profile, f"deformable {level.scale} mm") as count:
             for i in range(level.iterations):
                 v, opt_state, value, longest = _deformable_step(

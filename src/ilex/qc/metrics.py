@@ -129,16 +129,8 @@ def world_affine(result) -> np.ndarray:
     """The affine part of a `Registration` as a moving RAS -> fixed RAS matrix: the matrix of an
     affine/rigid result, else the matrices around the velocity (joint's mid-space roots, an
     optimised affine), with any initial affine (-i) included; the header alignment alone gives
-    the identity."""
-    from ..registration.methods.base import scale_matrix
-
-    if result.is_matrix:
-        return result.affine
-    t = result.transform
-    pre, post = t.forward_sides()
-    net = post @ (np.eye(4) if pre is None else pre) @ np.linalg.inv(scale_matrix(t.scale))
-    vox = result.space.net_to_mov @ net @ result.space.fix_to_net
-    return result.fixed.affine @ np.linalg.inv(vox) @ np.linalg.inv(result.moving.affine)
+    the identity. It is `Registration.affine`, which every method now has."""
+    return result.affine
 
 
 def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:

@@ -58,19 +58,26 @@ def write_qc(directory: str | os.PathLike, result, report: QualityReport, settin
              moved: np.ndarray | None = None) -> list[str]:
     """Write the QC files (see module docstring) into `directory`, created if needed; returns their paths.
 
-    `moved` is `result.moved()` when the caller already has it.
+    `moved` is `result.moved()`'s voxels when the caller already has them.
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     paths = [os.path.join(directory, name) for name in QC_FILES]
-    moved = result.moved() if moved is None else moved
+    moved = np.asarray(result.moved().dataobj) if moved is None else moved  # the voxels
     save_image(paths[0], report.jacobian, result.fixed.affine)
     with atomic_file(paths[1], suffix=".png") as tmp, open(tmp, "wb") as f:
         f.write(checkerboard_png(result.fixed.data, moved, result.fixed.affine))
+    from .. import __version__
+
+    # What made the result, then what the method found (e.g. the similarity -m optimize chose;
+    # its stage times are left out, so that a rerun writes the same file).
+    found = {k: v for k, v in getattr(result.transform, "details", {}).items() if k != "profile"}
     record = {
         "moving": result.moving.path,
         "fixed": result.fixed.path,
+        "ilex_version": __version__,
         **(settings or {}),
+        **found,
         **report.statistics(),
         **pair_metrics(result, report.jacobian, moved),
     }

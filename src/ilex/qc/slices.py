@@ -60,7 +60,7 @@ def _to_uint8(data: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.round(np.clip((data - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
-def _plane(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+def _plane(volume: np.ndarray, view: str, index: int | np.integer) -> np.ndarray:
     """One slice, superior (or anterior, axial) up, posterior or the subject's left on the left."""
     if view == "sagittal":
         return volume[index, :, :].T[::-1]  # rows S -> I, columns P -> A

@@ -26,9 +26,11 @@ import numpy as np
 
 from .._atomic import _check_parent, output_batch
 from ..errors import OptionError
+from ..image.io import IMAGE_SUFFIXES
 
 OUTPUT_KINDS = {"out_moving": "-o", "out_fixed": "-O", "trans": "-t", "inverse": "-T", "qc": "--qc", "out_dir": "-d"}
 _DIRECTORY_KINDS = ("qc", "out_dir")
+_IMAGE_KINDS = ("out_moving", "out_fixed")
 
 
 def output_files(outputs: Mapping[str, str | os.PathLike | None]) -> list[tuple[str, str]]:
@@ -66,9 +68,10 @@ def outputs_complete(outputs: Mapping[str, str | os.PathLike | None]) -> bool:
 
 def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str | os.PathLike] = {}) -> None:
     """Refuse, before any work, outputs that would overwrite an input (`inputs`: name -> path) or
-    each other, or whose directory is missing or not writable (`OptionError`/`FileProblem`).
-    `qc` and `out_dir` may name directories that do not exist yet: they are created (as
-    mri_synthmorph creates `-d`), so their nearest existing ancestor must be writable.
+    each other, images (`out_moving`, `out_fixed`) of an unknown format, and outputs whose
+    directory cannot be made or written (`OptionError`/`FileProblem`). Every output's directory
+    may be missing: it is created when the outputs are written (as mri_synthmorph creates `-d`),
+    so its nearest existing ancestor must be a writable directory.
     """
     real_inputs = {os.path.realpath(p): name for name, p in inputs.items() if p}
     for kind in _DIRECTORY_KINDS:
@@ -83,8 +86,10 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Mappi
         if real in seen:
             raise OptionError(f"{flag} {path}: the same file is also given to {seen[real]}")
         seen[real] = flag
-        if kind not in _DIRECTORY_KINDS:  # those directories are created; files elsewhere need theirs
-            _check_parent(path)
+        if kind in _IMAGE_KINDS and not path.lower().endswith(IMAGE_SUFFIXES):
+            raise OptionError(f"{flag} {path}: unknown image format; name it {', '.join(IMAGE_SUFFIXES)}")
+        if kind not in _DIRECTORY_KINDS:  # every output's directory is created, as -d's
+            check_creatable(flag, os.path.dirname(os.path.abspath(path)))
 
 
 def check_creatable(option: str, directory: str) -> None:
@@ -118,6 +123,11 @@ def check_transform_outputs(outputs: Mapping[str, str | os.PathLike | None], met
             raise OptionError(f"{flag} {path}: -m {method} gives a warp, not a matrix; name it .nii.gz or .mgz")
         if fmt == "lta" and warp_format == "itk":
             raise OptionError(f"{flag} {path}: --warp-format itk writes ITK text transforms; name it .txt or .tfm")
+        warps = (".nii.gz", ".nii") if warp_format == "itk" else IMAGE_SUFFIXES
+        if not fmt and not os.fspath(path).lower().endswith(warps):
+            matrices = " (or .lta, .txt, .tfm for a matrix)" if is_matrix else ""
+            raise OptionError(f"{flag} {path}: unknown warp format; name it {', '.join(warps)}{matrices}"
+                              + (" (the ITK warp format is NIfTI only)" if warp_format == "itk" else ""))
 
 
 def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, warp_format: str = "freesurfer",
@@ -138,14 +148,19 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
     files = output_files(outputs)  # validates the kinds
     path = {kind: os.fspath(p) for kind, p in outputs.items() if p}
     moving, fixed = result.moving, result.fixed
+    if "out_dir" in path and result.inputs is None:
+        raise OptionError(f"-d {path['out_dir']}: the network inputs were not kept; register with keep_inputs=True")
     if "out_dir" in path:
         os.makedirs(path["out_dir"], exist_ok=True)  # as mri_synthmorph; its files land with the rest
+    for _, file in files:  # every output's directory, as -d's (its files land with the rest)
+        os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     with output_batch():
-        moved = result.moved() if "out_moving" in path or "qc" in path else None
+        moved = np.asarray(result.moved().dataobj) if "out_moving" in path or "qc" in path else None
         if "qc" in path:
             from ..qc import quality_report, write_qc
 
-            write_qc(path["qc"], result, report if report is not None else quality_report(result), dict(settings or {}), moved)
+            write_qc(path["qc"], result, report if report is not None else quality_report(result),
+                     {**(settings or {}), "warp_format": warp_format}, moved)
         if "out_moving" in path:
             if header_only:
                 save_image(path["out_moving"], moving.data, result.moved_header())
@@ -155,7 +170,7 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
             if header_only:
                 save_image(path["out_fixed"], fixed.data, result.fixed_header())
             else:
-                save_image(path["out_fixed"], result.fixed_moved(), moving.affine)
+                save_image(path["out_fixed"], np.asarray(result.fixed_moved().dataobj), moving.affine)
         for kind, forward in (("trans", True), ("inverse", False)):
             if kind not in path:
                 continue

@@ -43,17 +43,24 @@ def shared_content(image: Image, to_other_vox: np.ndarray, other_shape) -> float
     return float(inside.mean())
 
 
-def check_overlap(moving: Image, fixed: Image, mov_to_fix_vox: np.ndarray) -> tuple[float, float]:
-    """Raise `ImageFileError` when moving and fixed barely share any content; else return both fractions."""
+def check_overlap(moving: Image, fixed: Image, mov_to_fix_vox: np.ndarray, *, centred: bool = False) -> tuple[float, float]:
+    """Raise `ImageFileError` when moving and fixed barely share any content; else return both fractions.
+
+    `mov_to_fix_vox` is where the method starts from: world space, or, for methods that centre
+    each image's cube on that image (`centred`), the centres laid on each other; the advice
+    then names `-i` alone, since an affine method would start from the same place.
+    """
     moving_in_fixed = shared_content(moving, mov_to_fix_vox, fixed.shape)
     fixed_in_moving = shared_content(fixed, np.linalg.inv(mov_to_fix_vox), moving.shape)
     if max(moving_in_fixed, fixed_in_moving) < MIN_SHARED_CONTENT:
         verb = "do not overlap" if max(moving_in_fixed, fixed_in_moving) == 0 else "barely overlap"
         raise ImageFileError(
             moving.path or "moving image",
-            f"the moving and fixed ({fixed.path or 'fixed image'}) images {verb} in world space: "
+            f"the moving and fixed ({fixed.path or 'fixed image'}) images {verb} "
+            f"{'even with each centred on its own field of view' if centred else 'in world space'}: "
             f"{moving_in_fixed:.0%} of the moving image's content lies inside the fixed field of view and "
             f"{fixed_in_moving:.0%} of the fixed image's inside the moving one (at least {MIN_SHARED_CONTENT:.0%} needed); "
-            "align them affinely first (e.g. mri_synthmorph -m affine) and pass the transform with -i",
+            + ("pass an initial affine with -i" if centred else
+               "align them affinely first (e.g. -m affine, which centres each image on itself) and pass the transform with -i"),
         )
     return moving_in_fixed, fixed_in_moving

@@ -15,6 +15,7 @@ from functools import cached_property
 
 import jax
 import jax.numpy as jnp
+import nibabel as nib
 import numpy as np
 
 from ..errors import ImageFileError, OptionError
@@ -31,7 +32,7 @@ from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
 from .methods import as_method
-from .methods.base import Method, NetworkTransform
+from .methods.base import Method, NetworkTransform, check_hyper, check_steps, scale_matrix
 from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
@@ -44,9 +45,13 @@ class Registration:
     `forward` is the warp on the fixed grid: RAS displacement (mm), fixed voxel p samples the
     moving image at world `A_fix p + forward[p]`. `inverse` is the same on the moving grid.
     `forward_vox`/`inverse_vox` are the same warps as voxel displacements (`disp_crs`).
-    Matrix methods (affine, rigid) also have `matrix_vox` (fixed voxel -> moving voxel) and
-    `affine` (moving RAS -> fixed RAS, what an LTA stores); their dense warps are computed
-    from the matrix only when asked for.
+    `matrix_vox` (fixed voxel -> moving voxel) and `affine` (moving RAS -> fixed RAS, what an
+    LTA stores) are the affine the method found: for matrix methods (affine, rigid) the whole
+    answer, whose dense warps are computed from it only when asked for; for deformable ones the
+    map with the velocity left out (joint's and -m optimize's affine stage; for deform, the
+    initial affine `-i`, else the identity). `moved()`/`fixed_moved()` are nibabel images on
+    their target grids; `transform.details` holds what the method found besides the map
+    (-m optimize: the similarity it chose).
     """
 
     moving: Image
@@ -54,7 +59,7 @@ class Registration:
     space: NetworkSpace
     method: str
     transform: NetworkTransform
-    inputs: tuple[np.ndarray, np.ndarray]
+    inputs: tuple[np.ndarray, np.ndarray] | None  # the network inputs, kept only when asked (`-d`)
     times: dict[str, float] = field(default_factory=dict)
     # Deformable results: the forward and backward fields on the network grid, composed onto
     # the native grids only when `forward_vox`/`inverse_vox` is first asked for (a batch that
@@ -68,17 +73,18 @@ class Registration:
         return self.transform.is_matrix
 
     @cached_property
-    def matrix_vox(self) -> np.ndarray | None:
-        """Fixed voxel -> moving voxel (4x4, float64), or None for a deformable result."""
-        if not self.is_matrix:
-            return None
-        return self.space.net_to_mov @ self.transform.matrix @ self.space.fix_to_net
+    def matrix_vox(self) -> np.ndarray:
+        """Fixed voxel -> moving voxel (4x4, float64) of the affine found (see the class docstring)."""
+        if self.is_matrix:
+            matrix = self.transform.matrix
+        else:  # x -> post @ exp(v)(pre @ x / scale) with v = 0
+            pre, post = self.transform.forward_sides()
+            matrix = post @ (np.eye(4) if pre is None else pre) @ np.linalg.inv(scale_matrix(self.transform.scale))
+        return self.space.net_to_mov @ matrix @ self.space.fix_to_net
 
     @cached_property
-    def affine(self) -> np.ndarray | None:
-        """Moving RAS -> fixed RAS (4x4): the world-space matrix an LTA stores (`-t`)."""
-        if not self.is_matrix:
-            return None
+    def affine(self) -> np.ndarray:
+        """Moving RAS -> fixed RAS (4x4) of the affine found: the world-space matrix an LTA stores (`-t`)."""
         return self.fixed.affine @ np.linalg.inv(self.matrix_vox) @ np.linalg.inv(self.moving.affine)
 
     @cached_property
@@ -106,13 +112,17 @@ class Registration:
     def inverse(self) -> np.ndarray:
         return np.asarray(_to_ras(self.inverse_vox, self.fixed.affine.astype(np.float32), self.moving.affine.astype(np.float32)))
 
-    def moved(self, method: str = "linear", fill: float = 0.0) -> np.ndarray:
-        """The moving image on the fixed grid (`-o`)."""
-        return np.asarray(_resample(jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method, jnp.float32(fill)))
+    def moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
+        """The moving image on the fixed grid (`-o`): a float32 NIfTI image with the fixed
+        image's voxel-to-RAS matrix, ready for `nib.save` (`np.asarray(img.dataobj)`: the voxels).
+        `method`: "linear" or "nearest" (labels); `fill`: the value outside the moving image."""
+        return _image(_resample(jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method,
+                                jnp.float32(fill)), self.fixed.affine)
 
-    def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> np.ndarray:
-        """The fixed image on the moving grid (`-O`)."""
-        return np.asarray(_resample(jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method, jnp.float32(fill)))
+    def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
+        """The fixed image on the moving grid (`-O`), with the moving image's matrix (as `moved`)."""
+        return _image(_resample(jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method,
+                                jnp.float32(fill)), self.moving.affine)
 
     def moved_header(self) -> np.ndarray:
         """`-H` for matrix methods: the moving image's new voxel-to-RAS matrix (voxels unchanged)."""
@@ -125,6 +135,15 @@ class Registration:
         if not self.is_matrix:
             raise OptionError("-H: header-only output needs an affine or rigid result (-m affine or -m rigid)")
         return np.linalg.inv(self.affine) @ self.fixed.affine
+
+
+def _image(data, affine: np.ndarray) -> nib.Nifti1Image:
+    # The grid travels with the voxels, as `save_image` writes it (scanner-based qform and sform).
+    img = nib.Nifti1Image(np.asarray(data), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_qform(affine, code=1)
+    img.header.set_sform(affine, code=1)
+    return img
 
 
 # Module-level jits: one compilation per shape and method, reused across calls and results.
@@ -140,10 +159,8 @@ def _matrix_field(matrix, shape):
 
 
 def check_options(hyper: float, steps: int, extent: int) -> None:
-    if not 0.0 <= hyper <= 1.0:
-        raise OptionError(f"-r {hyper:g}: the regularisation weight λ must lie in [0, 1]")
-    if steps < 1:
-        raise OptionError(f"-n {steps}: integration needs at least 1 step (mri_synthmorph uses 7)")
+    check_hyper(hyper)
+    check_steps(steps)
     if extent < 32 or extent % 32:
         raise OptionError(f"-e {extent}: the extent must be a positive multiple of 32 (256 default, 192 to save memory)")
 
@@ -189,14 +206,16 @@ def register(
     model=None,
     *,
     method: Method | str | None = None,
-    hyper: float = 0.5,
-    steps: int = 7,
+    hyper: float | None = None,
+    steps: int | None = None,
     extent: int = 256,
     init_vox: np.ndarray | None = None,
     mid_space: bool = False,
     clip_percentile: float | None = None,
     stages: Stages | None = None,
     algorithm: str | None = None,
+    keep_inputs: bool = False,
+    **options,
 ) -> Registration:
     """Register `moving` to `fixed`; nothing is written.
 
@@ -204,17 +223,25 @@ def register(
     U-Net (`-m deform`), the affine/rigid feature detector (`-m affine`/`rigid`), or a pair
     (affine, deformable) for `-m joint`. `method` overrides the choice: a name ("deform",
     "affine", "rigid", "joint") applied to `model`, or any `Method` object
-    (`ilex.registration.methods`). `hyper` is λ for the deformable models, `steps` the
-    scaling-and-squaring steps, `extent` the network cube side (mm).
+    (`ilex.registration.methods`). `hyper` is λ for the deformable models and the optimiser
+    (default 0.5), `steps` the scaling-and-squaring steps (default 7; the optimiser optimises
+    with the same count), `extent` the network cube side (mm). `options` are the optimiser's,
+    for method "optimize" or "refine" (`similarity`, `levels`, `iterations`, ...: see
+    `OptimizeMethod`). A `Method` object carries its own λ, steps and options: `hyper` or
+    `steps` that differ from its own, or any `options`, are refused rather than ignored.
     `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`);
     `mid_space` (mri_synthmorph's `-M`) splits it between both images by its matrix square root.
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
     `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the deformable
     U-Net's convolution; by default Winograd F(4,3) on CPU and XLA's own on GPU.
-    Raises `ImageFileError` for unusable images and `OptionError` for out-of-range options.
+    `keep_inputs` keeps both network inputs on the result (`Registration.inputs`, what `-d`
+    writes: 128 MB at extent 256); otherwise they are let go.
+    Raises `ImageFileError` for unusable images, `OptionError` for out-of-range or conflicting
+    options and `TypeError` for options the method does not take.
     """
-    check_options(hyper, steps, extent)
-    method = as_method(model, method, hyper=hyper, algorithm=algorithm)
+    check_options(0.5 if hyper is None else hyper, 7 if steps is None else steps, extent)
+    method = as_method(model, method, hyper=hyper, steps=steps, algorithm=algorithm, **options)
+    steps = getattr(method, "steps", None) or (7 if steps is None else steps)  # the method's own, when it has one
     stages = stages or Stages()
     with stages("resample", f"to {extent}^3 network space"):
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
@@ -224,7 +251,7 @@ def register(
                                   mid_space=mid_space)
         except ValueError as e:
             raise OptionError(f"mid-space initialisation (-M): {e}") from None
-        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net)
+        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
         _check_contrast(moving, fixed, mov_net, fix_net)
@@ -233,7 +260,9 @@ def register(
         if transform.velocity is not None:
             fw, bw = network_fields(transform, steps)
             fw.block_until_ready()
-    result = Registration(moving, fixed, space, method.name, transform, (np.asarray(mov_net), np.asarray(fix_net)),
+    inputs = (np.asarray(mov_net), np.asarray(fix_net)) if keep_inputs else None
+    del mov_net, fix_net
+    result = Registration(moving, fixed, space, method.name, transform, inputs,
                           stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw},
                           memory=stages.memory)
     if not transform.is_matrix:

@@ -52,19 +52,22 @@ class Registrar:
     """Registers pair after pair with one model, keeping its per-λ U-Nets and compiled programs.
 
     `model` is what `register` takes (`ilex.load(...)`); `method`, `hyper`, `steps`, `extent`,
-    `algorithm` and `clip_percentile` are the defaults of every `register` call (see
-    `ilex.registration.pipeline.register`); `method` and `hyper` can change per call. A new
+    `algorithm`, `clip_percentile` and the optimiser's `options` are the defaults of every
+    `register` call (see `ilex.registration.pipeline.register`: λ 0.5 and 7 steps unless set
+    here or on a `Method` object); `method`, `hyper` and `options` can change per call. A new
     extent or steps value compiles the network again: make one `Registrar` per extent.
-    Thread-safe: calls may come from several threads (they then share the CPU).
+    Thread-safe: calls may come from several threads (they then share the CPU; each call's
+    result, the optimiser's chosen similarity included, is its own).
     """
 
-    def __init__(self, model=None, *, method=None, hyper: float = 0.5, steps: int = 7, extent: int = 256,
-                 algorithm: str | None = None, clip_percentile: float | None = None):
-        check_options(hyper, steps, extent)
+    def __init__(self, model=None, *, method=None, hyper: float | None = None, steps: int | None = None,
+                 extent: int = 256, algorithm: str | None = None, clip_percentile: float | None = None, **options):
+        check_options(0.5 if hyper is None else hyper, 7 if steps is None else steps, extent)
         self.model = model
         self.method = method
-        self.hyper = float(hyper)
+        self.hyper = None if hyper is None else float(hyper)
         self.steps = steps
+        self.options = options
         self.extent = extent
         self.algorithm = algorithm
         self.clip_percentile = clip_percentile
@@ -76,8 +79,9 @@ class Registrar:
     def from_weights(cls, weights=None, *, prepare: Iterable[tuple[str | None, float]] | None = None,
                      **kwargs) -> Registrar:
         """Load `weights` (bundle directory, Hugging Face repo id, or FreeSurfer .h5; a list of
-        them for methods that take several models; default as `ilex register`:
-        $FREESURFER_HOME's synthmorph.deform.3.h5, else the hub bundle).
+        them for methods that take several models; default as `ilex register`'s default,
+        `-m joint`: synthmorph.affine.2.h5 and synthmorph.deform.3.h5 from $FREESURFER_HOME,
+        else their hub bundles).
 
         With `prepare`, (method, λ) pairs (method None: the default), the methods and their
         U-Nets are made now and the loaded model (the 3.5 GB hypernetwork) is let go: later
@@ -92,47 +96,62 @@ class Registrar:
             registrar.model = None
         return registrar
 
-    def prepare(self, combinations: Iterable[tuple[str | None, float]]) -> dict[tuple, Exception]:
-        """Make the method (and U-Net) for every (method, λ) in `combinations` now; returns the
-        error of each that could not be made (e.g. a method the model does not provide)."""
+    def prepare(self, combinations: Iterable[tuple]) -> dict[tuple, Exception]:
+        """Make the method (and U-Net) for every (method, λ) or (method, λ, options) in
+        `combinations` now (`options`: a dict or its items); returns the error of each that could
+        not be made (e.g. a method the model does not provide), by the combination as given."""
         failed = {}
-        for method, hyper in combinations:
+        for combination in combinations:
+            method, hyper, options = (*combination, {})[:3]
             try:
-                self.method_for(method, hyper)
+                self.method_for(method, hyper, **dict(options))
             except (ValueError, TypeError) as e:
-                failed[(method, hyper)] = self._failed[(method, float(hyper))] = e
+                failed[tuple(combination)] = e
+                # Kept under the key `method_for` looks up, where None means the default method.
+                self._failed[self._key(method, hyper, dict(options))] = e
         return failed
 
-    def method_for(self, method=None, hyper: float | None = None):
-        """The `Method` for `method` (a name, a `Method`, or None for the default) at λ=`hyper`,
-        made once and kept. Raises `OptionError` for a λ that was not prepared once the model
-        has been let go (`from_weights(..., prepare=...)`)."""
+    def _key(self, method, hyper, options: dict) -> tuple:
+        method = self.method if method is None else method
+        hyper = self.hyper if hyper is None else float(hyper)
+        options = {**self.options, **options}
+        return method, 0.5 if hyper is None else hyper, _frozen(options)
+
+    def method_for(self, method=None, hyper: float | None = None, **options):
+        """The `Method` for `method` (a name, a `Method`, or None for the default) at λ=`hyper`
+        with the optimiser's `options` (added to the constructor's), made once and kept. Raises
+        `OptionError` for a λ that was not prepared once the model has been let go
+        (`from_weights(..., prepare=...)`), and what `as_method` raises for a `Method` given
+        with a different λ or with options."""
         from .methods import Method, as_method
 
-        method = self.method if method is None else method
-        if isinstance(method, Method):
-            return method
-        hyper = self.hyper if hyper is None else float(hyper)
-        check_options(hyper, self.steps, self.extent)
-        key = (method, hyper)
+        chosen = self.method if method is None else method
+        if isinstance(chosen, Method):
+            explicit = hyper if hyper is not None else self.hyper
+            return as_method(None, chosen, hyper=explicit, steps=self.steps, **{**self.options, **options})
+        key = self._key(method, hyper, options)
+        method, hyper = key[0], key[1]
+        check_options(hyper, 7 if self.steps is None else self.steps, self.extent)
         if key in self._failed:
             raise self._failed[key]
         with self._lock:
             if key not in self._methods:
                 if self.model is None and method != "optimize":  # the optimiser needs no model
-                    ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h in self._methods) or "none"
+                    ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h, _ in self._methods) or "none"
                     raise OptionError(f"-r {hyper:g}: no model loaded for method {method or 'default'} at this λ "
                                       f"(prepared: {ready})")
-                self._methods[key] = as_method(self.model, method, hyper=hyper, algorithm=self.algorithm)
+                self._methods[key] = as_method(self.model, method, hyper=hyper, steps=self.steps,
+                                               algorithm=self.algorithm, **dict(key[2]))
             return self._methods[key]
 
     def register(self, moving, fixed, *, method=None, hyper: float | None = None, init=None,
-                 stages=None) -> Registration:
+                 stages=None, keep_inputs: bool = False, **options) -> Registration:
         """Register `moving` onto `fixed` (paths, nibabel images or `Image`s); nothing is written.
 
         `init` is an initial affine, moving to fixed: a file (LTA, ITK .txt/.tfm, .mat) or a 4x4
-        moving-voxel to fixed-voxel matrix. Returns the `Registration` that `register` returns.
-        Raises what `register` raises.
+        moving-voxel to fixed-voxel matrix. `options` are the optimiser's for this call (added
+        to the constructor's). Returns the `Registration` that `register` returns (with the
+        network inputs when `keep_inputs`, as `-d` needs). Raises what `register` raises.
         """
         from .affine_init import read_initial_affine
 
@@ -141,9 +160,10 @@ class Registrar:
         if init is not None and not isinstance(init, np.ndarray):
             init = read_initial_affine(os.fspath(init), moving.affine, fixed.affine, moving_shape=moving.shape,
                                        fixed_shape=fixed.shape)
-        return register(moving, fixed, None, method=self.method_for(method, hyper), hyper=self.hyper if hyper is None else hyper,
-                        steps=self.steps, extent=self.extent, init_vox=init, clip_percentile=self.clip_percentile,
-                        stages=stages)
+        chosen = self.method_for(method, hyper, **options)
+        return register(moving, fixed, None, method=chosen, steps=getattr(chosen, "steps", self.steps),
+                        extent=self.extent, init_vox=init, clip_percentile=self.clip_percentile, stages=stages,
+                        keep_inputs=keep_inputs)
 
     def network_width(self) -> int:
         """The widest layer (channels) of the prepared U-Nets and the loaded model; 256 if unknown."""
@@ -161,23 +181,29 @@ class Registrar:
         return estimate_peak_bytes(self.extent, self.network_width(), detector=detector)
 
 
+def _frozen(options: dict) -> tuple:
+    # Options as a hashable key: lists (levels, iterations) become tuples.
+    return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()))
+
+
 def load_weights(weights=None):
     """The model `weights` names (see `Registrar.from_weights`); a list gives a tuple of models,
-    an empty one None (no model: `-m optimize`)."""
+    an empty one None (no model: `-m optimize`); None gives `ilex register`'s default, joint's
+    (affine, deformable) pair."""
     from ..cli import register as register_cli
 
+    if weights is None:
+        return tuple(_load_default(register_cli, file) for file in register_cli.WEIGHT_FILES["joint"])
     if isinstance(weights, (list, tuple)):
         if not weights:  # a method that needs no weights (-m optimize)
             return None
         return tuple(load_weights(w) for w in weights) if len(weights) != 1 else load_weights(weights[0])
-    path = os.fspath(weights) if weights is not None else register_cli.default_weights()
-    # `ilex register`'s loader explains where to get the default weights when they are missing.
-    loader = getattr(register_cli, "_load_weights", None)
-    if loader is not None:
-        return loader(path, explicit=weights is not None)
-    from ..bundle import load
+    return register_cli._load_weights(os.fspath(weights), explicit=True)
 
-    return load(path)
+
+def _load_default(register_cli, file: str):
+    # `ilex register`'s loader explains where to get the default weights when they are missing.
+    return register_cli._load_weights(register_cli.default_weights(file), explicit=False)
 
 
 class CompileCounter:

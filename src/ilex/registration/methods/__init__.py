@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from ...errors import OptionError
 from .base import Method as Method
 from .base import NetworkTransform as NetworkTransform
 from .optimize import OptimizeMethod as OptimizeMethod
@@ -33,6 +34,14 @@ def resolve_method_name(name: str) -> str:
     if len(matches) != 1:
         raise ValueError(f"{'ambiguous' if matches else 'unknown'} model; choose one of {', '.join(METHOD_NAMES)}")
     return matches[0]
+
+
+def centres_on_fixed(name: str) -> bool:
+    """Whether the method `name` (`--refine` included: it keeps its first method's cubes) centres
+    both network cubes on the fixed image, so that the images must already overlap in world
+    space, rather than each cube on its own image. Known before any model is loaded."""
+    return {"deform": SynthMorphDeformMethod, "affine": SynthMorphAffineMethod, "rigid": SynthMorphAffineMethod,
+            "joint": SynthMorphJointMethod, "optimize": OptimizeMethod}[resolve_method_name(name)].centre_on_fixed
 
 
 def _unet(model, hyper: float, what: str):
@@ -64,23 +73,52 @@ def infer_method_name(model) -> str:
     return "deform"
 
 
-def as_method(model=None, method=None, *, hyper: float = 0.5, algorithm: str | None = None) -> Method:
+OPTIMISER_OPTIONS = ("similarity", "levels", "iterations", "velocity_scale", "affine", "progress")
+
+
+def method_hyper(method) -> float | None:
+    """The λ a `Method` object was made for (its own, or its U-Net's), None for one without λ."""
+    for owner in (method, getattr(method, "unet", None), getattr(method, "first", None)):
+        if owner is not None and getattr(owner, "hyper", None) is not None:
+            return float(owner.hyper)
+    return None
+
+
+def as_method(model=None, method=None, *, hyper: float | None = None, steps: int | None = None,
+              algorithm: str | None = None, **options) -> Method:
     """The `Method` that `register(..., model, method=...)` runs.
 
-    `method` may already be a `Method`; otherwise it names what to do with `model` (inferred
-    from it when None): a deformable model gives `deform`, an affine/rigid detector `affine` or
-    `rigid`, a pair (detector, deformable model) `joint`; from such a pair, `deform` takes the
-    deformable model and `affine`/`rigid` the detector. "optimize" is the optimiser alone,
-    whatever `model` is (as `-m optimize`); "refine" optimises a SynthMorph deformable model's
-    answer further (`--refine`).
+    `method` names what to do with `model` (inferred from it when None): a deformable model
+    gives `deform`, an affine/rigid detector `affine` or `rigid`, a pair (detector, deformable
+    model) `joint`; from such a pair, `deform` takes the deformable model and `affine`/`rigid`
+    the detector. "optimize" is the optimiser alone, whatever `model` is (as `-m optimize`);
+    "refine" optimises a SynthMorph deformable model's answer further (`--refine`). `hyper` is
+    λ (default 0.5), `steps` the integration steps the optimiser assumes (default 7, the
+    pipeline's), `options` the optimiser's (`similarity`, `levels`, `iterations`, ...: see
+    `OptimizeMethod`); the SynthMorph methods take none.
+
+    `method` may also be a ready `Method`, which carries its own options: it is returned as it
+    is, and `hyper` or `steps` that differ from its own, or any `options`, raise `OptionError`
+    or `TypeError` instead of being ignored.
     """
+    unknown = sorted(set(options) - set(OPTIMISER_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown method option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                        f"the optimiser takes {', '.join(OPTIMISER_OPTIONS)}")
     if isinstance(method, Method):
+        _check_same(method, hyper, steps, options)
         return method
+    hyper = 0.5 if hyper is None else hyper
+    steps = 7 if steps is None else steps
     if method == "optimize":
-        return OptimizeMethod(hyper=hyper)
+        return OptimizeMethod(hyper=hyper, steps=steps, **options)
     if method == "refine":
-        return RefineMethod(first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper)
+        return RefineMethod(first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper, steps=steps,
+                            **options)
     name = method or infer_method_name(model)
+    if options:
+        raise TypeError(f"-m {name} takes no optimiser options ({', '.join(options)}); they are for "
+                        "method='optimize' or 'refine'")
     pair = isinstance(model, (tuple, list)) and len(model) == 2
     if name == "deform":
         return SynthMorphDeformMethod(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
@@ -91,3 +129,18 @@ def as_method(model=None, method=None, *, hyper: float = 0.5, algorithm: str | N
             raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")
         return SynthMorphJointMethod(_detector(model[0], "-m joint (first model)"), _unet(model[1], hyper, "-m joint (second model)"), algorithm)
     raise ValueError(f"unknown registration method {name!r}; known: {', '.join(SYNTHMORPH_METHODS)}")
+
+
+def _check_same(method, hyper: float | None, steps: int | None, options: dict) -> None:
+    # A Method object is the one way its options arrive: a second, different value is an error.
+    label = type(method).__name__
+    if options:
+        raise TypeError(f"{', '.join(options)}: set {'them' if len(options) > 1 else 'it'} on the {label} itself, or pass "
+                        "the method by name (method='optimize', similarity=...)")
+    own = method_hyper(method)
+    if hyper is not None and own is not None and float(hyper) != own:
+        raise OptionError(f"hyper={hyper:g}, but the {label} given was made for λ={own:g}: give λ once, on the "
+                          "method or with its name (method='optimize', hyper=...)")
+    own_steps = getattr(method, "steps", None)
+    if steps is not None and own_steps is not None and steps != own_steps:
+        raise OptionError(f"steps={steps}, but the {label} given integrates with steps={own_steps}: give it once")

@@ -9,11 +9,26 @@ and checks every output the same way for every method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import jax
 import numpy as np
+
+from ...errors import OptionError
+
+
+def check_hyper(hyper: float) -> None:
+    """Refuse a λ outside the closed interval [0, 1] (mri_synthmorph: the open one); the one
+    place λ's range is checked, for the pipeline and for every method."""
+    if not 0.0 <= hyper <= 1.0:
+        raise OptionError(f"-r {hyper:g}: the regularisation weight λ must lie in [0, 1]")
+
+
+def check_steps(steps: int) -> None:
+    """Refuse fewer than one scaling-and-squaring step."""
+    if steps < 1:
+        raise OptionError(f"-n {steps}: integration needs at least 1 step (mri_synthmorph uses 7)")
 
 
 def scale_matrix(factor: float) -> np.ndarray:
@@ -46,6 +61,10 @@ class NetworkTransform:
     post: np.ndarray | None = None
     inverse_pre: np.ndarray | None = None
     inverse_post: np.ndarray | None = None
+    # What the method found besides the map, for this pair alone (e.g. -m optimize's chosen
+    # similarity and its stages' times): it travels with the answer, never on the method, which
+    # threads share.
+    details: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if (self.matrix is None) == (self.velocity is None):
@@ -84,7 +103,9 @@ class Method(Protocol):
     `centre_on_fixed`: whether both network spaces are centred on the fixed image (a method
     that assumes prior affine alignment, like SynthMorph's `deform`) or each on its own image.
     `estimate(mov_net, fix_net)` gets both images in network space, (E, E, E) float32 in
-    [0, 1], and returns a `NetworkTransform`. `name` labels the result.
+    [0, 1], and returns a `NetworkTransform`. `name` labels the result. A method keeps nothing
+    of one pair (a `Registrar` shares it between threads): what an estimate found besides the
+    map goes in the answer's `details`.
     """
 
     name: str

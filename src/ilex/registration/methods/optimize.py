@@ -9,7 +9,7 @@ cube centred on its own image, and answers with the velocity and the affine arou
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ from ...optimize.deformable import Level, moved_image, optimise_velocity
 from ...optimize.similarity import SIMILARITIES, same_contrast
 from ...optimize.smoothing import pyramid
 from ...transforms.integrate import voxel_grid
-from .base import Method, NetworkTransform, scale_matrix
+from .base import Method, NetworkTransform, check_hyper, check_steps, scale_matrix
 
 SIMILARITY_CHOICES = ("auto", *SIMILARITIES)
 
@@ -36,9 +36,9 @@ def regularisation(hyper: float) -> tuple[float, float]:
     return 1.0 + 4.0 * hyper, 1.5 * hyper
 
 
-def _check(hyper: float, similarity: str, levels, iterations, velocity_scale: int) -> None:
-    if not 0.0 <= hyper <= 1.0:
-        raise OptionError(f"-r {hyper:g}: the regularisation weight λ must lie in [0, 1]")
+def _check(hyper: float, steps: int, similarity: str, levels, iterations, velocity_scale: int) -> None:
+    check_hyper(hyper)
+    check_steps(steps)
     if similarity not in SIMILARITY_CHOICES:
         raise OptionError(f"--similarity {similarity}: choose one of {', '.join(SIMILARITY_CHOICES)}")
     if velocity_scale not in (1, 2, 4, 8):
@@ -82,13 +82,15 @@ class OptimizeMethod:
     information, 32-bin Parzen histogram: any contrasts) or "auto" (LNCC when the affinely
     aligned images' intensities correlate positively inside both heads, else MI).
     `levels` are the deformable levels' image voxel sizes (mm, coarse to fine) with at most
-    `iterations` each; the velocity lives on a grid of `velocity_scale` mm. `affine=False`
-    skips the affine stage (centres of mass only). `progress` shows a bar per level.
-    After `estimate`, `profile` holds each stage's seconds and iterations, and
-    `chosen_similarity` what "auto" chose.
+    `iterations` each; the velocity lives on a grid of `velocity_scale` mm. `steps` is the
+    scaling-and-squaring step count of exp(v), the pipeline's (`-n`), so that the warp written
+    is the one optimised. `affine=False` skips the affine stage (centres of mass only).
+    `progress` shows a bar per level (on a terminal). The answer's `details` hold what "auto"
+    chose (`similarity`) and each stage's seconds and iterations (`profile`).
     """
 
     hyper: float = 0.5
+    steps: int = 7
     similarity: str = "auto"
     levels: tuple[int, ...] = (4, 2)
     iterations: tuple[int, ...] = (50, 20)
@@ -97,12 +99,10 @@ class OptimizeMethod:
     progress: bool = False
     name: str = "optimize"
     centre_on_fixed: bool = False
-    profile: dict = field(default_factory=dict, compare=False, repr=False)
-    chosen_similarity: str | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         self.levels, self.iterations = tuple(self.levels), tuple(self.iterations)
-        _check(self.hyper, self.similarity, self.levels, self.iterations, self.velocity_scale)
+        _check(self.hyper, self.steps, self.similarity, self.levels, self.iterations, self.velocity_scale)
 
     def describe(self, extent: int, steps: int) -> str:
         levels = " -> ".join(f"{s} mm" for s in self.levels)
@@ -111,25 +111,27 @@ class OptimizeMethod:
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
         _check_images(mov_net, fix_net)
         extent = fix_net.shape[0]
-        self.profile.clear()
+        profile = {}  # this pair's own: the method may serve several threads at once
         start = time.perf_counter()
         scales = {*_affine_scales(extent), *self.levels, 4}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
         matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
-        self.profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
+        profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
         if self.affine:
             matrix = optimise_affine(pyr_mov, pyr_fix, matrix, extent, scales=_affine_scales(extent),
-                                     progress=self.progress, profile=self.profile)
-        return self._deformable(pyr_mov, pyr_fix, matrix, None, self.velocity_scale)
+                                     progress=self.progress, profile=profile)
+        return self._deformable(pyr_mov, pyr_fix, matrix, None, self.velocity_scale, profile)
 
-    def _deformable(self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale) -> NetworkTransform:
-        self.chosen_similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(self.levels))
+    def _deformable(self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile: dict) -> NetworkTransform:
+        similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(self.levels))
         sigma_update, sigma_field = regularisation(self.hyper)
         levels = tuple(Level(s, n) for s, n in zip(self.levels, self.iterations, strict=True) if n > 0 and s <= velocity_scale)
-        v = optimise_velocity(pyr_mov, pyr_fix, matrix, similarity=self.chosen_similarity, levels=levels,
+        v = optimise_velocity(pyr_mov, pyr_fix, matrix, similarity=similarity, levels=levels,
                               velocity_scale=velocity_scale, sigma_update=sigma_update, sigma_field=sigma_field,
-                              velocity=velocity, progress=self.progress, profile=self.profile)
-        return NetworkTransform(velocity=v, scale=velocity_scale, post=matrix @ scale_matrix(velocity_scale))
+                              velocity=velocity, steps=self.steps, progress=self.progress, profile=profile)
+        return NetworkTransform(velocity=v, scale=velocity_scale, post=matrix @ scale_matrix(velocity_scale),
+                                details={"similarity": similarity, "levels": [lv.scale for lv in levels],
+                                         "iterations": [lv.iterations for lv in levels], "profile": profile})
 
 
 @dataclass
@@ -156,10 +158,9 @@ class RefineMethod(OptimizeMethod):
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
         _check_images(mov_net, fix_net)
-        self.profile.clear()
         start = time.perf_counter()
         first = self.first.estimate(mov_net, fix_net)
-        self.profile[self.first.name] = {"seconds": time.perf_counter() - start}
+        profile = {self.first.name: {"seconds": time.perf_counter() - start}}
         if first.is_matrix:
             matrix, velocity, velocity_scale = np.asarray(first.matrix, np.float64), None, self.velocity_scale
         else:
@@ -170,20 +171,21 @@ class RefineMethod(OptimizeMethod):
             velocity, velocity_scale = first.velocity, first.scale
         scales = {*self.levels, velocity_scale}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
-        out = self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale)
+        out = self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile)
         if first.post is None and np.allclose(matrix, np.eye(4)):
-            out = NetworkTransform(velocity=out.velocity, scale=out.scale)  # keep deform's exact upsampling path
+            # keep deform's exact upsampling path
+            out = NetworkTransform(velocity=out.velocity, scale=out.scale, details=out.details)
         return out
 
 
-def method_from_options(*, hyper: float = 0.5, similarity: str = "auto", refine: Method | None = None,
+def method_from_options(*, hyper: float = 0.5, steps: int = 7, similarity: str = "auto", refine: Method | None = None,
                         quiet: bool = False, levels=None, iterations=None) -> OptimizeMethod:
     """The Method the CLI builds from `-m optimize`/`--refine` and its options.
 
     `refine` is the first method (e.g. the SynthMorph `deform` method) to refine, or None for
     `-m optimize` alone. `levels`/`iterations` override the defaults.
     """
-    kwargs = {"hyper": hyper, "similarity": similarity, "progress": not quiet}
+    kwargs = {"hyper": hyper, "steps": steps, "similarity": similarity, "progress": not quiet}
     if levels is not None:
         kwargs["levels"] = tuple(levels)
     if iterations is not None:
