@@ -1,6 +1,6 @@
 """The one registration pipeline that every method runs through.
 
-moving, fixed -> network space (SPEC §5.1) -> the method's `NetworkTransform` (a matrix, or a
+moving, fixed -> network space (docs/spec-deform.md §5.1) -> the method's `NetworkTransform` (a matrix, or a
 velocity field with the matrices around it) -> scaling and squaring of ±v -> full network
 resolution by composition -> each image's native voxel grid -> RAS displacements in mm, world
 matrices and moved images. Methods (`ilex.registration.methods`) only estimate; everything after

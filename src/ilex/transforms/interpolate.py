@@ -1,6 +1,6 @@
 """Trilinear interpolation with the two border conventions the reference uses.
 
-* `interpolate_clamped`: neurite's `interpn` (SPEC §2.9), used by VoxelMorph for fields and
+* `interpolate_clamped`: neurite's `interpn` (docs/spec-deform.md §2.9), used by VoxelMorph for fields and
   for network-space resampling: the coordinate is clamped into [0, N-1] (border replicate) and,
   with `fill`, voxels whose coordinate lies outside [0, N-1] are set to `fill`.
 * `sample_image`: surfa's image interpolation, used for the moved images: valid where
@@ -28,7 +28,7 @@ def interpolate_clamped(
     coords: Float[AnyArray, "*s 3"],
     fill: float | Float[AnyArray, ""] | None = None,
 ) -> Float[AnyArray, ...]:
-    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, SPEC §2.9).
+    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, docs/spec-deform.md §2.9).
 
     Returns shape `coords.shape[:-1] + volume.shape[3:]` (one value, or one vector of `c`, per point).
     """
