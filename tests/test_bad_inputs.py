@@ -243,7 +243,7 @@ def test_bad_initial_affine_is_one_line_exit_1(work, capsys, name, text, problem
         (["-r", "-0.1"], "-r -0.1"),
         (["-n", "0"], "-n 0"),
         (["-j", "0"], "-j 0"),
-        (["-m", "affine"], "-m affine needs the affine one"),
+        (["-m", "affine"], "but affine needs the affine one"),
         (["-m", "fancy"], "-m fancy: unknown model"),
         (["-m", "joint"], "-m joint takes 2 weight files"),
         (["-H"], "-H: header-only output is for -m affine and -m rigid"),
@@ -282,9 +282,9 @@ AFFINE = fixture_path("affine_e64.h5")
 @pytest.mark.parametrize(
     "model, weights, expected",
     [
-        ("affine", [E32], "-m affine needs the affine one"),
-        ("rigid", [E32], "-m rigid needs the affine one"),
-        ("deform", [AFFINE], "-m deform needs the deformable one"),
+        ("affine", [E32], "but affine needs the affine one"),
+        ("rigid", [E32], "but rigid needs the affine one"),
+        ("deform", [AFFINE], "but deform needs the deformable one"),
         ("joint", [E32, AFFINE], "joint takes the affine weights first"),
         ("joint", [AFFINE], "-m joint takes 2 weight files"),
     ],

@@ -22,7 +22,7 @@ from data import data_path
 from ilex.batch import BatchSettings, read_pairs, run_batch
 from ilex.batch.pairs import Pair
 from ilex.batch.run import MANIFEST_SUFFIX
-from ilex.cli import register as register_cli
+from ilex.bundle import weights as bundle_weights
 from ilex.cli.main import main
 from ilex.errors import OptionError
 
@@ -220,7 +220,7 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys, monkeypatch):
     assert "1 done, 3 skipped, 1 failed" in capsys.readouterr().out
     # Without the bad row everything is there already: nothing runs (no weights are loaded), the exit status is 0.
     _write_csv(work / "good.csv", [r for r in _rows(images, out) if "broken" not in r[0]])
-    monkeypatch.setattr(register_cli, "_load_weights", lambda *a, **k: pytest.fail("weights loaded for a finished batch"))
+    monkeypatch.setattr(bundle_weights, "load_weights_file", lambda *a, **k: pytest.fail("weights loaded for a finished batch"))
     assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q"]) == 0
 
 

@@ -233,11 +233,11 @@ def test_a_network_method_takes_no_optimiser_options():
 def test_python_default_weights_are_joints(monkeypatch):
     from ilex.batch import BatchSettings
     from ilex.batch.pairs import Pair
-    from ilex.cli import register as register_cli
+    from ilex.bundle import weights as bundle_weights
     from ilex.registration.session import load_weights
 
     loaded = []
-    monkeypatch.setattr(register_cli, "_load_weights", lambda path, explicit: loaded.append(path) or path)
+    monkeypatch.setattr(bundle_weights, "load_weights_file", lambda path, explicit: loaded.append(path) or path)
     assert load_weights(None) == ("ilex-hub/synthmorph.affine.2", "ilex-hub/synthmorph.deform.3")
     assert loaded == ["ilex-hub/synthmorph.affine.2", "ilex-hub/synthmorph.deform.3"]
     # ... so a batch without weights or method runs joint's affine detector (and sizes memory for it).
@@ -341,7 +341,7 @@ def test_batch_errors_name_ilex_batch(work, capsys):
 
 
 def test_batch_memory_is_checked_before_the_weights_are_loaded(work, capsys, monkeypatch):
-    from ilex.cli import register as register_cli
+    from ilex.bundle import weights as bundle_weights
     from ilex.errors import BundleError
     from ilex.registration import memory
 
@@ -349,7 +349,7 @@ def test_batch_memory_is_checked_before_the_weights_are_loaded(work, capsys, mon
         raise BundleError(path, "loaded before the memory check")
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
-    monkeypatch.setattr(register_cli, "_load_weights", no_loading)
+    monkeypatch.setattr(bundle_weights, "load_weights_file", no_loading)
     _fails(capsys, work, ["batch", _batch_csv(), *DEFORM], "ilex batch", "needs about")
 
 

@@ -107,10 +107,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
     from ..batch.run import finished
-    from .register import peek_width, resolve_model, weights_for
+    from ..bundle.weights import peek_width, weights_for
+    from .register import resolve_model
 
     model = resolve_model(args.model)
-    weights = weights_for(model, args.weights)  # the defaults, or -w checked against what the model takes
+    try:
+        weights = weights_for(model, args.weights)  # the defaults, or -w checked against what the model takes
+    except OptionError as e:
+        raise OptionError(f"-w: -m {e}") from None
     pairs = read_pairs(args.pairs)
     if (args.similarity or args.levels or args.iterations) and model != "optimize" and not any(
             p.method == "optimize" for p in pairs):

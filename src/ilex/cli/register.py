@@ -47,14 +47,8 @@ Examples:
   ilex apply warp.nii.gz aseg.mgz aseg_moved.mgz -m nearest -t int32
 """
 
-# Weight files per model, in -w order (FreeSurfer's registration.py).
-WEIGHT_FILES = {
-    "joint": ("synthmorph.affine.2.h5", "synthmorph.deform.3.h5"),
-    "deform": ("synthmorph.deform.3.h5",),
-    "affine": ("synthmorph.affine.2.h5",),
-    "rigid": ("synthmorph.rigid.1.h5",),
-    "optimize": (),  # ilex's own method: no trained weights
-}
+from ..bundle.weights import WEIGHT_FILES, default_weights, load_networks, peek_width, weights_for  # noqa: F401
+
 MODELS = tuple(WEIGHT_FILES)
 NETWORK_MODELS = ("joint", "deform", "affine", "rigid")
 
@@ -121,30 +115,6 @@ def resolve_model(name: str) -> str:
         raise OptionError(f"-m {name}: {e}") from None
 
 
-def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
-    """FreeSurfer's own copy of a weight file when installed, else its hub bundle."""
-    home = os.environ.get("FREESURFER_HOME")
-    if home:
-        candidate = os.path.join(home, "models", file)
-        if os.path.isfile(candidate):
-            return candidate
-    return "ilex-hub/" + file.removesuffix(".h5")
-
-
-def weights_for(model: str, given: list[str] | None) -> list[str]:
-    """The weight paths for `model`: the -w list (checked against what the model needs) or the defaults."""
-    files = WEIGHT_FILES[model]
-    if not files and given:
-        raise OptionError(f"-w: -m {model} needs no weights; drop -w (or pick a SynthMorph model and --refine)")
-    if not given:
-        return [default_weights(f) for f in files]
-    if len(given) != len(files):
-        need = " then ".join(files)
-        raise OptionError(f"-w: -m {model} takes {len(files)} weight file{'s' if len(files) > 1 else ''} ({need}), "
-                          f"got {len(given)}")
-    return list(given)
-
-
 def configure_devices(threads: int | None, gpu: bool) -> None:
     """Pick the device and thread count before JAX starts its backends."""
     import jax
@@ -191,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
     check_optimiser_options(args, model)
     if args.mid_space and not args.init:
         raise OptionError("-M splits the initial affine between the images: it needs -i")
-    weights = weights_for(model, args.weights)
+    try:
+        weights = weights_for(model, args.weights)
+    except OptionError as e:
+        raise OptionError(f"-w: -m {e}") from None
     check_outputs(args, "optimize" if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache
@@ -269,77 +242,3 @@ def _method(args, model: str, networks):
                                quiet=args.quiet, levels=args.levels, iterations=args.iterations)
 
 
-def peek_width(weights: str) -> int:
-    """The widest layer of the network in `weights`, read from metadata only (256, the real
-    models' width, when it cannot be known before downloading)."""
-    import json
-
-    try:
-        if os.path.isdir(weights):
-            with open(os.path.join(weights, "config.json"), encoding="utf-8") as f:
-                kwargs = json.load(f)["_ilex"]["constructor_kwargs"]
-        elif os.path.isfile(weights):
-            from ..convert.keras_h5 import infer_architecture, open_keras_weights
-
-            with open_keras_weights(weights) as arrays:
-                kwargs = infer_architecture(weights, [a.shape for a in arrays])[1]
-        else:
-            return 256
-        widths = [n for key in ("enc_nf", "dec_nf", "add_nf") for n in kwargs.get(key, [])]
-        return max(widths) if widths else 256
-    except Exception:  # noqa: BLE001  the loader names the problem properly a moment later
-        return 256
-
-
-# What each -m needs from each -w, in order, and what it is called in messages.
-_ROLES = {
-    "joint": (("affine", "synthmorph.affine.2.h5"), ("deform", "synthmorph.deform.3.h5")),
-    "deform": (("deform", "synthmorph.deform.3.h5"),),
-    "affine": (("affine", "synthmorph.affine.2.h5"),),
-    "rigid": (("affine", "synthmorph.rigid.1.h5"),),
-}
-
-
-def load_networks(model: str, weights: list[str], explicit: bool, hyper: float):
-    """The networks -m `model` runs, loaded from `weights` and checked to be the right kind.
-
-    The deformable hypernetwork is reduced to its U-Net for λ = `hyper` at once, so that its
-    3.5 GB leave memory before the registration runs.
-    """
-    from ..errors import WeightsFileError
-    from ..models.synthmorph_affine import SynthMorphAffine
-    from ..models.synthmorph_deform import SynthMorphDeform
-
-    loaded = []
-    for (role, file), path in zip(_ROLES[model], weights):
-        net = _load_weights(path, explicit)
-        kind = "affine" if isinstance(net, SynthMorphAffine) else "deform"
-        if kind != role:
-            raise WeightsFileError(path, f"holds SynthMorph's {'affine/rigid' if kind == 'affine' else 'deformable'} "
-                                         f"network, but -m {model} needs the {'affine' if role == 'affine' else 'deformable'} "
-                                         f"one here ({file}){'; joint takes the affine weights first' if model == 'joint' else ''}")
-        if isinstance(net, SynthMorphDeform):
-            net = net.at_hyper(hyper)
-        loaded.append(net)
-    return tuple(loaded) if model == "joint" else loaded[0]
-
-
-def _load_weights(weights: str, explicit: bool):
-    from ..bundle import load
-    from ..errors import BundleError, WeightsNotFound
-
-    try:
-        return load(weights)
-    except BundleError as e:
-        if explicit:
-            raise
-        name = weights.rsplit("/", 1)[-1] + ".h5"
-        raise BundleError(
-            weights,
-            f"the SynthMorph weights are not available here. Get {name} with FreeSurfer 7.4+ "
-            "(it is in $FREESURFER_HOME/models) and pass it with -w, or convert it once with "
-            f"`ilex convert {name} DIR` and pass -w DIR, or download the hub bundle "
-            f"where there is a network (`hf download {weights}`); or register without trained weights: "
-            "`ilex register -m optimize MOVING FIXED ...`"
-            + ("" if isinstance(e, WeightsNotFound) else f". Detail: {e.problem}"),
-        ) from None

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..bundle.weights import load_weights
 from ..errors import OptionError
 from ..image.io import Image, from_nibabel, load_image
 from .pipeline import Registration, check_options, register
@@ -184,26 +185,6 @@ class Registrar:
 def _frozen(options: dict) -> tuple:
     # Options as a hashable key: lists (levels, iterations) become tuples.
     return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()))
-
-
-def load_weights(weights=None):
-    """The model `weights` names (see `Registrar.from_weights`); a list gives a tuple of models,
-    an empty one None (no model: `-m optimize`); None gives `ilex register`'s default, joint's
-    (affine, deformable) pair."""
-    from ..cli import register as register_cli
-
-    if weights is None:
-        return tuple(_load_default(register_cli, file) for file in register_cli.WEIGHT_FILES["joint"])
-    if isinstance(weights, (list, tuple)):
-        if not weights:  # a method that needs no weights (-m optimize)
-            return None
-        return tuple(load_weights(w) for w in weights) if len(weights) != 1 else load_weights(weights[0])
-    return register_cli._load_weights(os.fspath(weights), explicit=True)
-
-
-def _load_default(register_cli, file: str):
-    # `ilex register`'s loader explains where to get the default weights when they are missing.
-    return register_cli._load_weights(register_cli.default_weights(file), explicit=False)
 
 
 class CompileCounter:
