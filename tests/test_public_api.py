@@ -52,3 +52,17 @@ def test_apply_refusals(tmp_path):
     with pytest.raises(ilex.errors.FileProblem, match="no such transform file"):
         ilex.apply(tmp_path / "missing.lta", image)
     np.testing.assert_array_equal(np.asarray(ilex.apply(warp, image).dataobj), 1.0)  # identity warp
+
+
+def test_library_errors_name_arguments_and_the_cli_its_flags(capsys):
+    from ilex.errors import OptionError
+    from ilex.registration.methods.base import check_hyper, check_steps
+
+    with pytest.raises(OptionError) as e:
+        check_hyper(1.5)
+    assert str(e.value).startswith("hyper=1.5: ") and "-r" not in str(e.value)
+    with pytest.raises(OptionError) as e:
+        check_steps(0)
+    assert str(e.value).startswith("steps=0: ")
+    assert main(["register", "m.nii.gz", "f.nii.gz", "-m", "optimize", "-r", "1.5", "-o", "o.nii.gz"]) == 1
+    assert "ilex register: error: -r 1.5: the regularisation weight" in capsys.readouterr().err

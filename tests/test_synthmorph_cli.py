@@ -203,8 +203,8 @@ def test_deformable_flags_explicit_command(t, flags, extent):
 @pytest.mark.parametrize("flags, message", [
     (["-m", "banana"], "-m banana: unknown model"),
     (["-e", "1"], "-e 1:"),
-    (["-Hm", "deform"], "-H: header-only output is for -m affine and -m rigid"),
-    (["-Hm", "joint"], "-H: header-only output is for -m affine and -m rigid"),
+    (["-Hm", "deform"], "-H: header-only output is for the affine and rigid methods"),
+    (["-Hm", "joint"], "-H: header-only output is for the affine and rigid methods"),
     (["-M"], "-M splits the initial affine"),
 ])
 def test_illegal_arguments(t, capsys, flags, message):

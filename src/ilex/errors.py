@@ -40,7 +40,23 @@ class ImageFileError(FileProblem):
 
 
 class OptionError(IlexError):
-    """A command-line or API option with a value outside its domain."""
+    """An option with a value outside its domain.
+
+    Library code names the Python argument (`OptionError("must lie in [0, 1]", argument="hyper",
+    value=1.5)` reads "hyper=1.5: must lie in [0, 1]"); the command line puts its own flag in its
+    place (`-r 1.5: must lie in [0, 1]`, `cli/main.py`). Without `argument` the message stands alone.
+    """
+
+    def __init__(self, problem: str, *, argument: str | None = None, value=None):
+        self.problem, self.argument, self.value = problem, argument, value
+        super().__init__(self.named(argument))
+
+    def named(self, name: str | None, separator: str = "=") -> str:
+        """The message with the option called `name` (its value after `separator`)."""
+        if name is None:
+            return self.problem
+        value = "" if self.value is None else f"{separator}{self.value:g}" if isinstance(self.value, float) else f"{separator}{self.value}"
+        return f"{name}{value}: {self.problem}"
 
 
 class IlexWarning(UserWarning):

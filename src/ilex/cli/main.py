@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ..errors import IlexError
+from ..errors import IlexError, OptionError
 
 _EPILOG = """\
 Typical use:
@@ -21,6 +21,10 @@ Typical use:
 Add --debug to any command to see a full traceback on error.
 """
 
+
+# The flag each library argument is given by, for messages (`hyper=1.5: ...` reads `-r 1.5: ...`).
+FLAGS = {"hyper": "-r", "steps": "-n", "extent": "-e", "header_only": "-H", "out_dir": "-d", "similarity": "--similarity",
+         "refine": "--refine", "mid_space": "-M"}
 
 # mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.
 SYNTHMORPH_COMMANDS = ("register", "apply")
@@ -106,7 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except (IlexError, MemoryError) as e:
         if debug:
             raise
-        message = str(e) if not isinstance(e, MemoryError) else "out of memory; try a smaller extent, e.g. -e 192"
+        if isinstance(e, MemoryError):
+            message = "out of memory; try a smaller extent, e.g. -e 192"
+        elif isinstance(e, OptionError) and e.argument in FLAGS:
+            message = e.named(FLAGS[e.argument], " ")  # the library names its argument; here, the flag
+        else:
+            message = str(e)
         print(f"ilex {args.command}: error: {message}", file=sys.stderr)
         return 1
     except Exception as e:  # anything unexpected still gets one line, and --debug for details

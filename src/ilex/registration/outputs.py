@@ -113,7 +113,7 @@ def check_transform_outputs(outputs: Mapping[str, str | os.PathLike | None], met
 
     is_matrix = method in ("affine", "rigid")
     if header_only and not is_matrix:
-        raise OptionError(f"-H: header-only output is for -m affine and -m rigid, not -m {method}")
+        raise OptionError(f"header-only output is for the affine and rigid methods, not {method}", argument="header_only")
     for kind in ("trans", "inverse"):
         path = outputs.get(kind)
         if not path:
@@ -149,7 +149,8 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
     path = {kind: os.fspath(p) for kind, p in outputs.items() if p}
     moving, fixed = result.moving, result.fixed
     if "out_dir" in path and result.inputs is None:
-        raise OptionError(f"-d {path['out_dir']}: the network inputs were not kept; register with keep_inputs=True")
+        raise OptionError("the network inputs were not kept; register with keep_inputs=True", argument="out_dir",
+                          value=path["out_dir"])
     if "out_dir" in path:
         os.makedirs(path["out_dir"], exist_ok=True)  # as mri_synthmorph; its files land with the rest
     for _, file in files:  # every output's directory, as -d's (its files land with the rest)

@@ -126,13 +126,13 @@ class Registration:
     def moved_header(self) -> np.ndarray:
         """`-H` for matrix methods: the moving image's new voxel-to-RAS matrix (voxels unchanged)."""
         if not self.is_matrix:
-            raise OptionError("-H: header-only output needs an affine or rigid result (-m affine or -m rigid)")
+            raise OptionError("header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only")
         return self.affine @ self.moving.affine
 
     def fixed_header(self) -> np.ndarray:
         """`-H` with `-O`: the fixed image's new voxel-to-RAS matrix."""
         if not self.is_matrix:
-            raise OptionError("-H: header-only output needs an affine or rigid result (-m affine or -m rigid)")
+            raise OptionError("header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only")
         return np.linalg.inv(self.affine) @ self.fixed.affine
 
 
@@ -161,7 +161,8 @@ def check_options(hyper: float, steps: int, extent: int) -> None:
     check_hyper(hyper)
     check_steps(steps)
     if extent < 32 or extent % 32:
-        raise OptionError(f"-e {extent}: the extent must be a positive multiple of 32 (256 default, 192 to save memory)")
+        raise OptionError("the extent must be a positive multiple of 32 (256 default, 192 to save memory)", argument="extent",
+                          value=extent)
 
 
 @jax.jit(static_argnames=("steps", "scale", "identity_pre"))
@@ -251,7 +252,7 @@ def register(
             space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed,
                                   mid_space=mid_space)
         except ValueError as e:
-            raise OptionError(f"mid-space initialisation (-M): {e}") from None
+            raise OptionError(str(e), argument="mid_space") from None
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None)
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)

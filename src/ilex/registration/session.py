@@ -139,8 +139,8 @@ class Registrar:
             if key not in self._methods:
                 if self.model is None and method != "optimize":  # the optimiser needs no model
                     ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h, _ in self._methods) or "none"
-                    raise OptionError(f"-r {hyper:g}: no model loaded for method {method or 'default'} at this λ "
-                                      f"(prepared: {ready})")
+                    raise OptionError(f"no model loaded for method {method or 'default'} at this λ (prepared: {ready})",
+                                      argument="hyper", value=hyper)
                 self._methods[key] = as_method(self.model, method, hyper=hyper, steps=self.steps,
                                                algorithm=self.algorithm, **dict(key[2]))
             return self._methods[key]

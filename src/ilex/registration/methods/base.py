@@ -22,13 +22,13 @@ def check_hyper(hyper: float) -> None:
     """Refuse a λ outside the closed interval [0, 1] (mri_synthmorph: the open one); the one
     place λ's range is checked, for the pipeline and for every method."""
     if not 0.0 <= hyper <= 1.0:
-        raise OptionError(f"-r {hyper:g}: the regularisation weight λ must lie in [0, 1]")
+        raise OptionError("the regularisation weight λ must lie in [0, 1]", argument="hyper", value=hyper)
 
 
 def check_steps(steps: int) -> None:
     """Refuse fewer than one scaling-and-squaring step."""
     if steps < 1:
-        raise OptionError(f"-n {steps}: integration needs at least 1 step (mri_synthmorph uses 7)")
+        raise OptionError("integration needs at least 1 step (mri_synthmorph uses 7)", argument="steps", value=steps)
 
 
 def scale_matrix(factor: float) -> np.ndarray:

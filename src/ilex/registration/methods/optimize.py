@@ -40,7 +40,7 @@ def _check(hyper: float, steps: int, similarity: str, levels, iterations, veloci
     check_hyper(hyper)
     check_steps(steps)
     if similarity not in SIMILARITY_CHOICES:
-        raise OptionError(f"--similarity {similarity}: choose one of {', '.join(SIMILARITY_CHOICES)}")
+        raise OptionError(f"choose one of {', '.join(SIMILARITY_CHOICES)}", argument="similarity", value=similarity)
     if velocity_scale not in (1, 2, 4, 8):
         raise OptionError(f"velocity scale {velocity_scale}: choose 1, 2, 4 or 8 (voxels of the network grid)")
     if not levels or len(levels) != len(iterations):
@@ -148,7 +148,7 @@ class RefineMethod(OptimizeMethod):
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.first, Method):
-            raise OptionError("--refine needs a first method to refine (a SynthMorph model, -m deform)")
+            raise OptionError("needs a first method to refine (a SynthMorph model, deform)", argument="refine")
         self.centre_on_fixed = self.first.centre_on_fixed
         self.name = f"{self.first.name}+refine"
 
@@ -166,7 +166,8 @@ class RefineMethod(OptimizeMethod):
         else:
             pre, post = first.forward_sides()
             if pre is not None and not np.allclose(pre, np.eye(4)):
-                raise OptionError(f"--refine: -m {self.first.name} gives a mid-space velocity, which cannot be refined; use -m deform")
+                raise OptionError(f"{self.first.name} gives a mid-space velocity, which cannot be refined; use deform",
+                                  argument="refine")
             matrix = np.asarray(post, np.float64) @ np.linalg.inv(scale_matrix(first.scale))
             velocity, velocity_scale = first.velocity, first.scale
         scales = {*self.levels, velocity_scale}
