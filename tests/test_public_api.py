@@ -66,3 +66,32 @@ def test_library_errors_name_arguments_and_the_cli_its_flags(capsys):
     assert str(e.value).startswith("steps=0: ")
     assert main(["register", "m.nii.gz", "f.nii.gz", "-m", "optimize", "-r", "1.5", "-o", "o.nii.gz"]) == 1
     assert "ilex register: error: -r 1.5: the regularisation weight" in capsys.readouterr().err
+
+
+def test_no_code_outside_the_methods_branches_on_a_methods_name():
+    """The seam: what a method is (matrix or warp, weights, detector, options) comes from its
+    `MethodInfo`, never from comparing its name, anywhere but in `registration/methods/`."""
+    import pathlib
+    import re
+
+    src = pathlib.Path(ilex.__file__).parent
+    names = "joint|deform|affine|rigid|optimize|refine"
+    pattern = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']""")
+    offenders = [f"{path.relative_to(src)}:{n}: {line.strip()}"
+                 for path in src.rglob("*.py") if "methods" not in path.parts
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_method_info_agrees_with_the_methods():
+    from ilex.bundle.weights import WEIGHT_FILES
+    from ilex.registration.methods import METHOD_NAMES, method_info
+
+    for name in METHOD_NAMES:
+        info = method_info(name)
+        assert info.weight_files == WEIGHT_FILES[name]
+        assert info.optimiser == (info.weight_files == ())  # the optimiser is the one method without weights
+    assert method_info("def") == method_info("deform") and method_info("deform").centre_on_fixed
+    assert [n for n in METHOD_NAMES if method_info(n).yields_matrix] == ["affine", "rigid"]
+    with pytest.raises(ValueError, match="unknown model"):
+        method_info("banana")

@@ -51,7 +51,7 @@ class BatchSettings:
         """(method, λ, the optimiser's options as sorted items) that `pair` runs with."""
         method = pair.method or self.method
         options = {}
-        if method == "optimize":
+        if _takes_optimiser_options(method):
             defaults = {"similarity": self.similarity, "levels": self.levels, "iterations": self.iterations}
             options = {k: v for k, v in {**defaults, **pair.options}.items() if v is not None}
         return (method, self.hyper if pair.hyper is None else pair.hyper,
@@ -244,7 +244,7 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
     method, hyper, options = settings.combination(pair)
     memory = PeakMemory().start()
     try:
-        if pair.options and method != "optimize":
+        if pair.options and not _takes_optimiser_options(method):
             raise OptionError(f"{', '.join(pair.options)}: the optimiser's options, for method optimize (this row runs "
                               f"{method or 'the default method'})")
         check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
@@ -427,3 +427,12 @@ def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings
         json.dump(document, f, indent=2)
         f.write("\n")
     return csv_path, json_path
+
+
+def _takes_optimiser_options(method: str | None) -> bool:
+    from ..registration.methods import method_info
+
+    try:
+        return method is not None and method_info(method).optimiser
+    except ValueError:  # an unknown method: its row fails with the resolver's message
+        return False

@@ -73,10 +73,10 @@ def peek_width(weights: str) -> int:
 
 # What each model needs from each weight file, in order, and what the file is called in messages.
 ROLES = {
-    "joint": (("affine", "synthmorph.affine.2.h5"), ("deform", "synthmorph.deform.3.h5")),
-    "deform": (("deform", "synthmorph.deform.3.h5"),),
-    "affine": (("affine", "synthmorph.affine.2.h5"),),
-    "rigid": (("affine", "synthmorph.rigid.1.h5"),),
+    "joint": (("detector", "synthmorph.affine.2.h5"), ("deformable", "synthmorph.deform.3.h5")),
+    "deform": (("deformable", "synthmorph.deform.3.h5"),),
+    "affine": (("detector", "synthmorph.affine.2.h5"),),
+    "rigid": (("detector", "synthmorph.rigid.1.h5"),),
 }
 
 
@@ -93,15 +93,16 @@ def load_networks(model: str, weights: list[str], explicit: bool, hyper: float):
     loaded = []
     for (role, file), path in zip(ROLES[model], weights):
         net = load_weights_file(path, explicit)
-        kind = "affine" if isinstance(net, SynthMorphAffine) else "deform"
+        kind = "detector" if isinstance(net, SynthMorphAffine) else "deformable"
         if kind != role:
-            raise WeightsFileError(path, f"holds SynthMorph's {'affine/rigid' if kind == 'affine' else 'deformable'} "
-                                         f"network, but {model} needs the {'affine' if role == 'affine' else 'deformable'} "
-                                         f"one here ({file}){'; joint takes the affine weights first' if model == 'joint' else ''}")
+            words = {"detector": ("affine/rigid", "affine"), "deformable": ("deformable", "deformable")}
+            order = f"; {model} takes the affine weights first" if len(ROLES[model]) > 1 else ""
+            raise WeightsFileError(path, f"holds SynthMorph's {words[kind][0]} network, but {model} needs the "
+                                         f"{words[role][1]} one here ({file}){order}")
         if isinstance(net, SynthMorphDeform):
             net = net.at_hyper(hyper)
         loaded.append(net)
-    return tuple(loaded) if model == "joint" else loaded[0]
+    return tuple(loaded) if len(ROLES[model]) > 1 else loaded[0]
 
 
 def load_weights_file(weights: str, explicit: bool):

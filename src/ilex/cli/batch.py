@@ -116,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
     except OptionError as e:
         raise OptionError(f"-w: -m {e}") from None
     pairs = read_pairs(args.pairs)
-    if (args.similarity or args.levels or args.iterations) and model != "optimize" and not any(
-            p.method == "optimize" for p in pairs):
+    from ..batch.run import _takes_optimiser_options
+
+    if (args.similarity or args.levels or args.iterations) and not _takes_optimiser_options(model) and not any(
+            _takes_optimiser_options(p.method) for p in pairs):
         raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize "
                           "(or rows whose method is optimize)")
     settings = BatchSettings(

@@ -47,10 +47,8 @@ Examples:
   ilex apply warp.nii.gz aseg.mgz aseg_moved.mgz -m nearest -t int32
 """
 
-from ..bundle.weights import WEIGHT_FILES, default_weights, load_networks, peek_width, weights_for  # noqa: F401
-
-MODELS = tuple(WEIGHT_FILES)
-NETWORK_MODELS = ("joint", "deform", "affine", "rigid")
+from ..bundle.weights import default_weights, load_networks, peek_width, weights_for  # noqa: F401
+from ..registration.methods import METHOD_NAMES as MODELS
 
 
 def add_parser(sub) -> None:
@@ -165,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         weights = weights_for(model, args.weights)
     except OptionError as e:
         raise OptionError(f"-w: -m {e}") from None
-    check_outputs(args, "optimize" if args.refine else model)  # a refined result is a warp
+    check_outputs(args, "refine" if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache
 
@@ -209,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
         write_outputs(result, _outputs(args), warp_format=args.warp_format, report=report, settings=settings,
                       header_only=args.header_only)
     if not args.quiet:
-        deformable = model in ("joint", "deform", "optimize") or args.refine
+        from ..registration.methods import method_info
+
+        deformable = not method_info(model).yields_matrix or args.refine
         what = f"λ={args.hyper:g}, " if deformable else ""
         steps = f", {args.steps} steps" if deformable else ""
         print(stages.summary(f"{report.summary()}; -m {model}, {what}extent {args.extent}{steps}"))
@@ -218,19 +218,24 @@ def run(args: argparse.Namespace) -> int:
 
 def check_optimiser_options(args, model: str) -> None:
     """-m optimize, --refine and the optimiser's options fit together (checked before any work)."""
+    from ..registration.methods import method_info
+
+    info = method_info(model)
     optimiser_options = args.levels or args.iterations or args.similarity != "auto"
-    if optimiser_options and not (model == "optimize" or args.refine):
+    if optimiser_options and not (info.optimiser or args.refine):
         raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine")
-    if args.refine and model == "optimize":
-        raise OptionError("--refine refines a SynthMorph model's result; -m optimize already optimises")
-    if args.refine and model == "joint":
-        raise OptionError("--refine: refining -m joint (a velocity in the affine mid-space) is not supported; "
+    if args.refine and info.optimiser:
+        raise OptionError(f"--refine refines a SynthMorph model's result; -m {model} already optimises")
+    if args.refine and not info.refinable:
+        raise OptionError(f"--refine: refining -m {model} ({info.summary}) is not supported; "
                           "use -m deform (after -i) or -m affine with --refine")
 
 
 def _method(args, model: str, networks):
     """The registration method -m, --refine and the optimiser's options ask for."""
-    if not (model == "optimize" or args.refine):
+    from ..registration.methods import method_info
+
+    if not (method_info(model).optimiser or args.refine):
         return model
     from ..registration.methods import as_method
     from ..registration.methods.optimize import method_from_options

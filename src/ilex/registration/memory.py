@@ -24,15 +24,12 @@ _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth aliv
 # image; its first layer's full-width output dominates. Fitted to one measurement, 9.5 GB peak RSS
 # of `register -m joint` at extent 256 (detector alone: 8.2 GB; bench/results/cpu_joint_256.json), with a margin.
 _DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0
-DETECTOR_METHODS = ("joint", "affine", "rigid")  # the methods that run the detector
-
-
 def runs_detector(method: str) -> bool:
     """Whether `method` (a name or an abbreviation of one, as `-m` takes it) runs the affine detector."""
-    from .methods import resolve_method_name
+    from .methods import method_info
 
     try:
-        return resolve_method_name(method) in DETECTOR_METHODS
+        return method_info(method).runs_detector
     except ValueError:  # not a method at all: nothing runs
         return False
 

@@ -110,8 +110,9 @@ def check_transform_outputs(outputs: Mapping[str, str | os.PathLike | None], met
                             warp_format: str = "freesurfer") -> None:
     """Refuse transform names and `-H` that `method` cannot produce (a warp method has no matrix)."""
     from ..image.matrix_io import matrix_format
+    from .methods import method_info
 
-    is_matrix = method in ("affine", "rigid")
+    is_matrix = method_info(method).yields_matrix
     if header_only and not is_matrix:
         raise OptionError(f"header-only output is for the affine and rigid methods, not {method}", argument="header_only")
     for kind in ("trans", "inverse"):

@@ -32,6 +32,7 @@ import numpy as np
 from ..bundle.weights import load_weights
 from ..errors import OptionError
 from ..image.io import Image, from_nibabel, load_image
+from .methods import method_info
 from .pipeline import Registration, check_options, register
 
 _TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
@@ -137,7 +138,7 @@ class Registrar:
             raise self._failed[key]
         with self._lock:
             if key not in self._methods:
-                if self.model is None and method != "optimize":  # the optimiser needs no model
+                if self.model is None and (method is None or method_info(method).weight_files):  # needs a model
                     ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h, _ in self._methods) or "none"
                     raise OptionError(f"no model loaded for method {method or 'default'} at this λ (prepared: {ready})",
                                       argument="hyper", value=hyper)

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ...errors import OptionError
 from .base import Method as Method
 from .base import NetworkTransform as NetworkTransform
@@ -36,12 +38,54 @@ def resolve_method_name(name: str) -> str:
     return matches[0]
 
 
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is, known before it runs or any weights load.
+
+    The output writer (which transform files it can write), the memory estimate (the detector's
+    peak), the registrar (whether it needs a model), the batch and the CLI (which options apply)
+    read these instead of testing a method's name.
+    """
+
+    name: str
+    yields_matrix: bool  # a matrix only (LTA, ITK text, -H); else a warp
+    weight_files: tuple[str, ...]  # FreeSurfer's files it loads, in -w order; () for none
+    runs_detector: bool  # runs SynthMorph's affine feature detector (its memory peak)
+    optimiser: bool  # takes the optimiser's options (similarity, levels, iterations)
+    refinable: bool  # the optimiser can start from its answer (--refine)
+    centre_on_fixed: bool  # both network cubes centred on the fixed image (assumes prior alignment)
+    summary: str
+
+
+def _infos() -> dict[str, MethodInfo]:
+    from ...bundle.weights import WEIGHT_FILES
+
+    rows = [  # name, matrix, detector, optimiser, refinable, class (for its cube centring), summary
+        ("joint", False, True, False, False, SynthMorphJointMethod, "SynthMorph's affine, then its deformable model in the affine mid-space"),
+        ("deform", False, False, False, True, SynthMorphDeformMethod, "SynthMorph's deformable model (images already affinely aligned)"),
+        ("affine", True, True, False, True, SynthMorphAffineMethod, "SynthMorph's affine feature detector"),
+        ("rigid", True, True, False, True, SynthMorphAffineMethod, "SynthMorph's rigid feature detector"),
+        ("optimize", False, False, True, False, OptimizeMethod, "an affine and a diffeomorphic warp optimised directly (no weights)"),
+    ]
+    out = {name: MethodInfo(name, matrix, WEIGHT_FILES[name], detector, optimiser, refinable, cls.centre_on_fixed, summary)
+           for name, matrix, detector, optimiser, refinable, cls, summary in rows}
+    # --refine: the optimiser started from a model's answer; always a warp.
+    out["refine"] = MethodInfo("refine", False, (), False, True, False, False, "a model's answer optimised further")
+    return out
+
+
+def method_info(name: str) -> MethodInfo:
+    """The `MethodInfo` of the method `name` names (abbreviations as `-m` takes them; "refine" for
+    --refine). Raises `ValueError` for an unknown or ambiguous name."""
+    infos = _infos()
+    return infos[name] if name in infos else infos[resolve_method_name(name)]
+
+
 def centres_on_fixed(name: str) -> bool:
     """Whether the method `name` (`--refine` included: it keeps its first method's cubes) centres
     both network cubes on the fixed image, so that the images must already overlap in world
     space, rather than each cube on its own image. Known before any model is loaded."""
-    return {"deform": SynthMorphDeformMethod, "affine": SynthMorphAffineMethod, "rigid": SynthMorphAffineMethod,
-            "joint": SynthMorphJointMethod, "optimize": OptimizeMethod}[resolve_method_name(name)].centre_on_fixed
+    return method_info(name).centre_on_fixed
 
 
 def _unet(model, hyper: float, what: str):
