@@ -13,6 +13,8 @@ from data import data_path
 import ilex
 from ilex.cli.main import main
 
+pytestmark = pytest.mark.slow  # the full pipeline or many processes: CI runs it, `-m "not slow"` skips it
+
 
 def _ilex(*argv):
     assert main([str(a) for a in argv]) == 0

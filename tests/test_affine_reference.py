@@ -33,7 +33,7 @@ from ilex.registration.methods.base import scale_matrix
 from ilex.registration.methods.synthmorph import _joint_velocity
 from ilex.registration.pipeline import network_fields, register
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 PAIRS = ("colin_to_mni", "colinrot_to_colin")
 FIT_REL = 1e-5  # measured <= 3.2e-6
 MATRIX_REL = 2e-5  # affine: measured <= 4.6e-6

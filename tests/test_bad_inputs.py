@@ -21,6 +21,8 @@ from conftest import fixture_path
 import ilex
 from ilex.cli.main import main
 
+pytestmark = pytest.mark.slow  # the full pipeline or many processes: CI runs it, `-m "not slow"` skips it
+
 E32 = fixture_path("net_e32_uniform.h5")
 SHAPE = (40, 48, 40)
 

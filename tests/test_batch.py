@@ -26,7 +26,7 @@ from ilex.bundle import weights as bundle_weights
 from ilex.cli.main import main
 from ilex.errors import OptionError
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 E32 = fixture_path("net_e32_uniform.h5")
 GOOD = [("colin.nii.gz", "mni.nii.gz"), ("mni.nii.gz", "colin_shift.nii.gz"), ("colin_shift.nii.gz", "mni4.nii.gz"),

@@ -75,6 +75,7 @@ def _write_sparse_safetensors(path, tensors):
         f.truncate(8 + len(raw) + offset)
 
 
+@pytest.mark.slow
 def test_seed_config_loads_with_foreign_tensor_names(tmp_path):
     """The seed's config.json, unchanged, with a full-width safetensors named differently."""
     bundle = tmp_path / "seed"

@@ -15,6 +15,8 @@ from test_bad_inputs import E32, SHAPE, _fails, _head, _register, _save
 
 from ilex.cli.main import main
 
+pytestmark = pytest.mark.slow  # the full pipeline or many processes: CI runs it, `-m "not slow"` skips it
+
 AFFINE64 = fixture_path("affine_e64.h5")
 
 

@@ -97,6 +97,7 @@ def test_jit_matches_eager(pair, getkey):
     assert float(jax.jit(pair_loss)(v, moving, fixed)) == pytest.approx(float(pair_loss(v, moving, fixed)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_vmap_over_a_batch_of_pairs(pair, getkey):
     moving, fixed = pair
     velocities = jnp.stack([smooth_field(getkey(), SHAPE, 0.8) for _ in range(3)])

@@ -9,6 +9,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the full pipeline or many processes: CI runs it, `-m "not slow"` skips it
+
 FUZZ = os.path.join(os.path.dirname(__file__), "fuzz_loaders.py")
 
 

@@ -40,6 +40,7 @@ def images():
     return colin, Image(colin.data, moved_header, "shifted"), load_image(data_path("mni2009a_t1.nii.gz"))
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("kind", ["lta", "itk"])
 def test_initial_affine_undoes_a_shift(images, tmp_path, kind):

@@ -79,6 +79,7 @@ def test_similarities():
 # -- registrations -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_identical_images_give_near_zero_warp():
     colin = data_path("colin27_t1.nii.gz")
@@ -100,6 +101,7 @@ def _in_cube(result, margin: int = 4) -> np.ndarray:
     return np.all((net >= margin) & (net <= EXTENT - 1 - margin), axis=-1)
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_recovers_a_known_warp():
     colin = load_image(data_path("colin27_t1.nii.gz"))
@@ -117,6 +119,7 @@ def test_recovers_a_known_warp():
     assert folding_fraction(jacobian_determinant(result.forward, colin.affine)) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_orientation_of_the_inputs_does_not_matter():
     colin = load_image(data_path("colin27_t1.nii.gz"))
@@ -132,6 +135,7 @@ def test_orientation_of_the_inputs_does_not_matter():
     assert diff.mean() < 0.5 and diff.max() < 3.0
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_refine_improves_on_the_network():
     model = ilex.load(fixture_path("net_e64_mixed.h5"))

@@ -10,7 +10,7 @@ from data import data_path
 
 from ilex.cli.main import main
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 def test_optimize_writes_what_register_writes(tmp_path):

@@ -20,6 +20,8 @@ from ilex.cli.main import main
 from ilex.image.io import save_image
 from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
 
+pytestmark = pytest.mark.slow  # the full pipeline or many processes: CI runs it, `-m "not slow"` skips it
+
 E32 = fixture_path("net_e32_uniform.h5")
 
 

@@ -11,7 +11,7 @@ from data import data_path
 import ilex
 from ilex.registration.pipeline import register
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import ilex
 from ilex.image.warp_io import load_warp
 from ilex.registration.pipeline import register
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 # Tolerances are about 5x what was measured against the reference (jax 0.10.2, CPU):
 INPUT_ATOL = 3e-7  # network inputs (min-max normalised): measured 6.0e-8

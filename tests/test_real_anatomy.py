@@ -19,7 +19,7 @@ from ilex.image.io import Image, load_image
 from ilex.image.warp_io import Warp, save_warp
 from ilex.registration.pipeline import register
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

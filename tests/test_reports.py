@@ -25,6 +25,8 @@ from ilex.qc.metrics import affine_parts, correlation, normalised_mutual_informa
 from ilex.qc.slices import cut_slices, load_slices, save_slices
 from ilex.qc.study_report import OUTLIER_Z, outliers, read_rounds, write_study_report
 
+pytestmark = pytest.mark.slow  # the full pipeline or many processes: CI runs it, `-m "not slow"` skips it
+
 E32 = fixture_path("net_e32_uniform.h5")
 GOOD_HYPERS = (0.3, 0.5, 0.7, 0.9)
 

@@ -28,7 +28,7 @@ from data import data_path
 
 from ilex.cli.main import main
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 WEIGHTS = {"synthmorph.affine.2.h5": "affine_e64.h5", "synthmorph.rigid.1.h5": "rigid_e64.h5",
            "synthmorph.deform.3.h5": "net_e64_mixed.h5"}

@@ -48,6 +48,7 @@ def test_refuses_odd_sizes(getkey):
         winograd_conv3d([(jnp.zeros((1, 6, 5, 4, 2)), False)], jnp.zeros((3, 3, 3, 2, 2)), jnp.zeros(2), slab=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["winograd", "winograd4"])
 def test_unet_winograd_reproduces_the_reference(algorithm):
     # Both measure ~1.6e-7 on this narrow (16-channel) network; wide layers round more (see the
