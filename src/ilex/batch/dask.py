@@ -48,7 +48,7 @@ class IlexWorker(_WorkerPlugin):
     seconds to minutes and must not block the worker's event loop and its heartbeats).
     """
 
-    def __init__(self, settings: BatchSettings, combinations: list[tuple[str | None, float]]):
+    def __init__(self, settings: BatchSettings, combinations: list[tuple]):  # (method, λ, options)
         self.settings = settings
         self.combinations = list(combinations)
         digest = hashlib.sha1(repr((settings, self.combinations)).encode()).hexdigest()[:12]
