@@ -23,5 +23,22 @@ def _no_hub_network(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("FREESURFER_HOME", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_user_compilation_cache(monkeypatch):
+    """Tests, and the processes they start, never write to the user's compilation cache (~/.cache/ilex)."""
+    monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "1")
+
+
 def fixture_path(name: str) -> str:
     return os.fspath(FIXTURES / name)
+
+
+@pytest.fixture
+def without_annotation_checks():
+    """Turn off the run-time annotation checks (pyproject's jaxtyping-packages) inside a test that
+    checks the library's own refusal of bad shapes, which the annotation check would pre-empt."""
+    import jaxtyping
+
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", False)

@@ -425,16 +425,27 @@ def test_memory_hint_names_an_extent_that_fits():
 def test_memory_is_checked_before_the_weights_are_loaded(work, capsys, monkeypatch):
     # The 3.5 GB hypernetwork must not be read for a run that cannot fit: the weights here would
     # fail to load, so only a check made first can answer with the memory message.
+    import ilex.bundle
     from ilex.bundle import io as bundle_io
     from ilex.registration import memory
 
-    monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
+    loaded = []
 
     def no_loading(*args, **kwargs):
+        loaded.append(args)
         raise AssertionError("weights were loaded before the memory check")
 
+    # Both names a caller may reach the loader by (the CLI imports `ilex.bundle.load`).
+    monkeypatch.setattr(ilex.bundle, "load", no_loading)
     monkeypatch.setattr(bundle_io, "load", no_loading)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1e6)
     _fails(capsys, work, _register(), "-e 32", "needs about")
+    assert loaded == []
+    # With memory to spare the same run does reach the loader: the patch is on the CLI's path,
+    # so the check above could have failed.
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1e12)
+    main(_register())
+    assert loaded
 
 
 def test_missing_hub_weights_are_their_own_error_type():

@@ -39,12 +39,12 @@ def _close(out, ref):
 
 
 def test_convert_round_trip(ref, tmp_path):
-    out = ilex.convert(E64, tmp_path / "bundle", progress=False)
+    out = ilex.convert_weights(E64, tmp_path / "bundle", progress=False)
     _close(_raw(ilex.load(out), ref), ref)
 
 
 def test_convert_fixed_lambda(ref, tmp_path):
-    ilex.convert(E64, tmp_path / "fixed", hyper=float(ref["hyper"][0]), progress=False)
+    ilex.convert_weights(E64, tmp_path / "fixed", hyper=float(ref["hyper"][0]), progress=False)
     fixed = ilex.load(tmp_path / "fixed")
     assert isinstance(fixed, ilex.SynthMorphUNet)
     _close(_raw(fixed, ref), ref)
@@ -71,7 +71,7 @@ def test_cli_convert_shows_progress_and_writes_bundle(tmp_path):
 
 def _fails(path, tmp_path, match):
     with pytest.raises(WeightsFileError, match=match) as err:
-        ilex.convert(path, tmp_path / "out", progress=False)
+        ilex.convert_weights(path, tmp_path / "out", progress=False)
     assert str(path) in str(err.value)
     assert not (tmp_path / "out").exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".out")] == []
@@ -115,5 +115,5 @@ def test_output_directory_kept_on_failure(tmp_path):
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     with pytest.raises(Exception, match="not empty"):
-        ilex.convert(E64, out, progress=False)
+        ilex.convert_weights(E64, out, progress=False)
     assert os.listdir(out) == ["mine.txt"]

@@ -201,3 +201,15 @@ def test_network_differentiable_in_its_weights(network):
 def test_docstring_examples_run(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_api_doc_examples_run():
+    """Every Python block of docs/api.md runs as written."""
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "api.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/api.md", "exec"), {})  # noqa: S102  the docs' own examples, run as a reader would

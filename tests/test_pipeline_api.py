@@ -36,5 +36,12 @@ def test_moved_images_do_not_recompile(result, caplog):
     assert np.array_equal(first.get_fdata(), again.get_fdata())
 
 
-def test_fields_are_computed_once(result):
-    assert result.forward is result.forward and result.inverse_vox is result.inverse_vox
+def test_fields_are_computed_once(result, caplog):
+    # The first access composes (and compiles); a second one must neither trace nor compute again.
+    _ = (result.forward, result.inverse_vox)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        caplog.clear()
+        again = (result.forward, result.inverse_vox)
+    assert not [r for r in caplog.records if "Compiling" in r.getMessage() or "Finished tracing" in r.getMessage()]
+    assert again[0] is result.forward and again[1] is result.inverse_vox  # the stored arrays, not recomputed copies
+    assert "forward" not in result.network_fields and "inverse" not in result.network_fields  # network fields released

@@ -77,3 +77,20 @@ def test_compose_native_is_the_matrix_chain_for_a_constant_field():
     p = np.stack(np.meshgrid(*[np.arange(10.0)] * 3, indexing="ij"), -1)
     expected = (p @ a[:3, :3].T + a[:3, 3] + u) @ b[:3, :3].T + b[:3, 3] - p
     np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["net_e32_uniform", "net_e64_mixed"])
+def test_one_path_gives_deforms_upsampling_bit_for_bit(name):
+    """The pipeline has no deform special case: its general path (post = scale 2, no pre) gives
+    the reference's half-to-full composition exactly, for both directions of a real velocity."""
+    from conftest import fixture_path
+
+    from ilex.registration.methods.base import NetworkTransform
+    from ilex.registration.pipeline import network_fields
+    from ilex.transforms.compose import upsample_half_field
+    from ilex.transforms.integrate import scaling_and_squaring
+
+    velocity = jnp.asarray(np.load(fixture_path(f"{name}.npz"))["svf_1"][0])
+    fw, bw = network_fields(NetworkTransform(velocity=velocity, scale=2), 5)
+    assert jnp.array_equal(fw, upsample_half_field(scaling_and_squaring(velocity, 5)))
+    assert jnp.array_equal(bw, upsample_half_field(scaling_and_squaring(-velocity, 5)))

@@ -103,7 +103,7 @@ def test_narrow_layers_as_one_product_match_direct(getkey, cin, cout, x):
     assert jnp.abs(out - jnp.maximum(0.2 * ref, ref)).max() <= TOL * jnp.abs(ref).max()
 
 
-def test_parts_on_different_grids_are_refused(getkey):
+def test_parts_on_different_grids_are_refused(getkey, without_annotation_checks):
     # A skip of the wrong size was silently cropped; it must be named instead.
     kernel, bias = jax.random.normal(getkey(), (3, 3, 3, 16, 8)), jnp.zeros(8)
     low = jax.random.normal(getkey(), (1, 4, 4, 4, 8))

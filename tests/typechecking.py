@@ -1,9 +1,13 @@
 """The run-time type checker for `--jaxtyping-packages=ilex,typechecking.typechecker` (pyproject.toml).
 
-beartype, with PEP 484's numeric tower (an int passes where a float is annotated, as type checkers
-allow), checks every annotated function in ilex while the tests run; production pays nothing.
+beartype checks every annotated function in ilex while the tests run; production pays nothing.
+Numbers are taken as type checkers take them: an int passes where a float is annotated (PEP 484's
+numeric tower), and numpy's scalars pass where Python's are annotated (they behave the same).
 """
 
-from beartype import BeartypeConf, beartype
+import numpy as np
+from beartype import BeartypeConf, FrozenDict, beartype
 
-typechecker = beartype(conf=BeartypeConf(is_pep484_tower=True))
+typechecker = beartype(conf=BeartypeConf(
+    hint_overrides=FrozenDict({int: int | np.integer, float: float | int | np.floating | np.integer}),
+))

@@ -45,10 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.pairs) % 2:
         raise OptionError(f"expected IMAGE OUT pairs, got {len(args.pairs)} paths; the last image has no output")
-    if not os.path.isfile(args.warp):
-        from ..errors import FileProblem
-
-        raise FileProblem(args.warp, "no such transform file")
     pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
     protected = {os.path.realpath(args.warp): "the warp"} | {os.path.realpath(i): f"input {i}" for i, _ in pairs}
     seen = set()
@@ -64,60 +60,27 @@ def run(args: argparse.Namespace) -> int:
     configure_devices(None, False)
     from .._atomic import output_batch
     from ..image.io import IMAGE_SUFFIXES, load_image, save_image
-    from ..image.warp_io import load_warp
-    from ..registration.apply import apply_affine, apply_warp
     from ..registration.outputs import check_creatable
 
     for _, out in pairs:  # one rule for every output, as ilex register's: a missing directory is created
         if not out.lower().endswith(IMAGE_SUFFIXES):
             raise OptionError(f"{out}: unknown image format; name it {', '.join(IMAGE_SUFFIXES)}")
         check_creatable(out, os.path.dirname(os.path.abspath(out)))
-    from ..image.matrix_io import matrix_format
+    from ..errors import IlexError
+    from ..registration.apply import apply_saved, load_transform
 
-    is_matrix = matrix_format(args.warp) is not None
-    if args.header_only and not is_matrix:
-        raise OptionError(f"-H: {args.warp} is a warp; header-only output needs a matrix (.lta or .txt)")
-    if is_matrix:
-        transform = _load_matrix(args.warp, args.reference, args.header_only)
-    else:
-        warp = load_warp(args.warp)
-        if args.reference:
-            raise OptionError(f"--reference: a warp already fixes its target grid ({args.warp})")
+    try:
+        transform = load_transform(args.warp, args.reference, args.header_only)
+    except IlexError:
+        raise  # names its file already
+    except ValueError as e:  # a request the transform cannot serve: the CLI names its flag
+        raise OptionError(f"{'-H' if args.header_only else '--reference'}: {e}") from None
     images = [load_image(i, check_values=False) for i, _ in pairs]  # all readable before anything is written
     for _, out in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with output_batch():  # all outputs land together, or none
         for image, (_, out) in zip(images, pairs):
-            if not is_matrix:
-                save_image(out, apply_warp(warp, image, args.method, args.fill, args.dtype), warp.affine)
-            elif args.header_only:
-                save_image(out, image.data, transform[0] @ image.affine)
-            else:
-                ras, target_affine, target_shape = transform
-                data = apply_affine(ras, image, target_affine, target_shape, args.method, args.fill, args.dtype)
-                save_image(out, data, target_affine)
+            save_image(out, *apply_saved(transform, image, args.method, args.fill, args.dtype, args.header_only))
     if not args.quiet:
         print("wrote " + ", ".join(out for _, out in pairs))
     return 0
-
-
-def _load_matrix(path: str, reference: str | None, header_only: bool):
-    """(moving -> fixed RAS matrix, target vox2ras, target shape) of a matrix file for `ilex apply`."""
-    import numpy as np
-
-    from ..errors import FileProblem
-    from ..image.io import load_image
-    from ..image.matrix_io import lta_geometry, matrix_format
-    from ..registration.affine_init import read_initial_affine
-
-    eye = np.eye(4)
-    ras = read_initial_affine(path, eye, eye)  # identity grids: the file's own RAS matrix
-    if header_only:
-        return ras, None, None
-    if reference:
-        target = load_image(reference, what="reference image", check_values=False)
-        return ras, target.affine, target.shape
-    geometry = lta_geometry(path, "dst") if matrix_format(path) == "lta" else None
-    if geometry is None:
-        raise FileProblem(path, "records no target grid; name the image to resample onto with --reference")
-    return ras, geometry[0], geometry[1]

@@ -1,4 +1,4 @@
-"""`ilex register MOVING FIXED`: mri_synthmorph's `register -m deform`, option for option."""
+"""`ilex register MOVING FIXED`: mri_synthmorph's `register` (joint, deform, affine, rigid) and ilex's `-m optimize`, option for option."""
 
 from __future__ import annotations
 

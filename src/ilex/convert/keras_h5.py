@@ -1,7 +1,7 @@
 """Reading FreeSurfer's Keras-2 h5 weight files, by position, as Keras itself does.
 
 Keras' `load_weights` ignores names: it walks the root `layer_names` attribute, skips layers
-without weights, and takes each layer's `weight_names` in order (SPEC §4.1). HDF5's own group
+without weights, and takes each layer's `weight_names` in order (docs/spec-deform.md §4.1). HDF5's own group
 iteration is alphabetical (`_10` before `_2`) and must never be used for this.
 """
 
@@ -82,7 +82,7 @@ def open_keras_weights(path: str | os.PathLike) -> Iterator[list[KerasWeight]]:
 
 
 def infer_synthmorph_kwargs(path: str, shapes: Sequence[tuple[int, ...]]) -> dict:
-    """The `SynthMorphDeform` constructor arguments implied by the weight shapes (SPEC §4.2).
+    """The `SynthMorphDeform` constructor arguments implied by the weight shapes (docs/spec-deform.md §4.2).
 
     The file holds `nd` Dense (kernel, bias) pairs, then 4 arrays per hyper-convolution. Every
     `nd` is tried; exactly one must give a valid SynthMorph U-Net. Raises `WeightsFileError`

@@ -1,4 +1,4 @@
-"""Voxel-to-world geometry: image centres and SynthMorph's network space (SPEC §5.1)."""
+"""Voxel-to-world geometry: image centres and SynthMorph's network space (docs/spec-deform.md §5.1)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jaxtyping import Float
 
 from .._custom_types import AnyArray
 from ..transforms.compose import apply_matrix
@@ -47,7 +48,7 @@ def moments_matrix(mov: jax.Array, fix: jax.Array, scale: int = 1) -> np.ndarray
     return matrix
 
 
-def params_to_matrix(params, start: AnyArray, centre: float):  # `start` is traced under jit
+def params_to_matrix(params, start: Float[AnyArray, "4 4"], centre: float | Float[AnyArray, ""]):
     """The 4x4 matrix (jnp, float32) of `params` composed after the start matrix `start`."""
     lin = jnp.eye(3) + LINEAR_UNIT * params[:9].reshape(3, 3)
     t = TRANSLATION_UNIT_MM * params[9:] + centre - lin @ jnp.full(3, centre)

@@ -1,16 +1,23 @@
-"""Applying a RAS displacement warp to any image (what `ilex apply` and `mri_synthmorph apply` do)."""
+"""Applying a saved transform to any image (what `ilex apply`, `mri_synthmorph apply` and `ilex.apply` do)."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
+import nibabel as nib
 import numpy as np
 
-from ..image.io import Image
-from ..image.warp_io import Warp
+from ..errors import FileProblem
+from ..image.io import Image, from_nibabel, load_image
+from ..image.matrix_io import lta_geometry, matrix_format
+from ..image.warp_io import Warp, load_warp
 from ..transforms.compose import apply_matrix
 from ..transforms.grid import voxel_grid
 from ..transforms.interpolate import sample_image
+from .affine_init import read_initial_affine
 
 DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 
@@ -52,3 +59,81 @@ def apply_affine(ras_moving_to_fixed: np.ndarray, image: Image, target_affine: n
     world = apply_matrix(np.asarray(target_affine, np.float32), grid)
     disp = apply_matrix(np.linalg.inv(ras_moving_to_fixed).astype(np.float32), world) - world
     return apply_warp(Warp(np.asarray(disp), np.asarray(target_affine)), image, method, fill, dtype)
+
+
+@dataclass(frozen=True)
+class SavedTransform:
+    """A transform file read for applying: a warp, or a RAS matrix with the grid it resamples onto."""
+
+    path: str
+    warp: Warp | None = None
+    matrix: np.ndarray | None = None  # moving RAS -> fixed RAS, as an LTA stores it
+    target_affine: np.ndarray | None = None
+    target_shape: tuple[int, int, int] | None = None
+
+
+def load_transform(path: str | os.PathLike, reference=None, header_only: bool = False) -> SavedTransform:
+    """Read a transform file: a warp (`.nii.gz`/`.nii`/`.mgz`, see `image.warp_io.load_warp`), a
+    FreeSurfer LTA (`.lta`; its dst geometry is the target grid) or an ITK/ANTs text transform
+    (`.txt`/`.tfm`). `reference` (a path or image) names the target grid of a matrix instead; a
+    warp fixes its own. `header_only` keeps the voxels and only changes the vox2ras (matrices only).
+    Raises `FileProblem`/`ImageFileError` naming the file, `ValueError` for an impossible request.
+    """
+    path = os.fspath(path)
+    if matrix_format(path) is None:
+        if header_only:
+            raise ValueError(f"{path} is a warp; header-only output needs a matrix (.lta or .txt)")
+        if reference is not None:
+            raise ValueError(f"a warp already fixes its target grid ({path}); drop the reference")
+        if not os.path.isfile(path):
+            raise FileProblem(path, "no such transform file")
+        return SavedTransform(path, warp=load_warp(path))
+    if not os.path.isfile(path):
+        raise FileProblem(path, "no such transform file")
+    eye = np.eye(4)
+    ras = read_initial_affine(path, eye, eye)  # identity grids: the file's own RAS matrix
+    if header_only:
+        return SavedTransform(path, matrix=ras)
+    if reference is not None:
+        target = _as_image(reference, "reference image")
+        return SavedTransform(path, matrix=ras, target_affine=target.affine, target_shape=tuple(target.shape))
+    geometry = lta_geometry(path, "dst") if matrix_format(path) == "lta" else None
+    if geometry is None:
+        raise FileProblem(path, "records no target grid; name the image to resample onto with a reference")
+    return SavedTransform(path, matrix=ras, target_affine=geometry[0], target_shape=tuple(geometry[1]))
+
+
+def apply_saved(transform: SavedTransform, image: Image, method: str = "linear", fill: float = 0.0,
+                dtype: str = "float32", header_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(voxels, vox2ras) of `image` moved by `transform`: resampled onto its target grid or, with
+    `header_only`, the same voxels under a new vox2ras."""
+    if transform.warp is not None:
+        return apply_warp(transform.warp, image, method, fill, dtype), transform.warp.affine
+    if header_only:
+        return image.data, transform.matrix @ image.affine
+    data = apply_affine(transform.matrix, image, transform.target_affine, transform.target_shape, method, fill, dtype)
+    return data, transform.target_affine
+
+
+def apply(transform: str | os.PathLike, image, *, method: str = "linear", fill: float = 0.0, dtype: str = "float32",
+          reference=None, header_only: bool = False) -> nib.Nifti1Image:
+    """`image` (a path, a nibabel image or an ilex `Image`) moved through the transform file `transform`
+    (what `ilex register -t/-T` or `mri_synthmorph` wrote; see `load_transform`), as a nibabel image on
+    the target grid: `nib.save(ilex.apply("warp.nii.gz", "aseg.mgz", method="nearest", dtype="int32"), ...)`.
+
+    `method` "linear" or "nearest" (label maps); `dtype` one of `DTYPES` (integers round to nearest,
+    clipped to the type's range); `fill` outside the image.
+    """
+    if method not in ("linear", "nearest"):
+        raise ValueError(f"method must be 'linear' or 'nearest', got {method!r}")
+    saved = load_transform(transform, reference, header_only)
+    data, affine = apply_saved(saved, _as_image(image, "image"), method, fill, dtype, header_only)
+    return nib.Nifti1Image(np.asarray(data), affine)
+
+
+def _as_image(image, what: str) -> Image:
+    if isinstance(image, Image):
+        return image
+    if isinstance(image, (str, os.PathLike)):
+        return load_image(image, what=what, check_values=False)
+    return from_nibabel(image, what=what, check_values=False)

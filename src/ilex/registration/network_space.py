@@ -93,7 +93,7 @@ def _resample_normalised(data, matrix, extent: int, clip_percentile: float | Non
 
 
 def to_network(image: Image, net_to_vox: np.ndarray, extent: int, clip_percentile: float | None = None) -> jax.Array:
-    """`image` resampled onto the network grid, min-max normalised to [0, 1] (SPEC §5.2).
+    """`image` resampled onto the network grid, min-max normalised to [0, 1] (docs/spec-deform.md §5.2).
 
     `clip_percentile` (e.g. 99) first clips at that percentile: the model card's variant, not
     what any FreeSurfer release does. An image with no signal in the network field of view

@@ -1,6 +1,6 @@
 """The one registration pipeline that every method runs through.
 
-moving, fixed -> network space (SPEC §5.1) -> the method's `NetworkTransform` (a matrix, or a
+moving, fixed -> network space (docs/spec-deform.md §5.1) -> the method's `NetworkTransform` (a matrix, or a
 velocity field with the matrices around it) -> scaling and squaring of ±v -> full network
 resolution by composition -> each image's native voxel grid -> RAS displacements in mm, world
 matrices and moved images. Methods (`ilex.registration.methods`) only estimate; everything after
@@ -26,7 +26,6 @@ from ..transforms.compose import (
     coarse_total_displacement,
     compose_native,
     to_full_resolution,
-    upsample_half_field,
 )
 from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
@@ -167,14 +166,16 @@ def check_options(hyper: float, steps: int, extent: int) -> None:
 
 @jax.jit(static_argnames=("steps", "scale", "identity_pre"))
 def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool):
-    """Forward and backward displacements on the full network grid, from a coarse velocity."""
+    """Forward and backward displacements on the full network grid, from a coarse velocity.
+
+    One path for every method. `identity_pre` (no matrix before the warp) reads the warp at the grid
+    points themselves, exactly; SynthMorph's deform (`post` = scale 2) then gives the reference's
+    `upsample_half_field` bit for bit (tests/test_pipeline_reference.py).
+    """
     fields = []
     for v, pre, post in ((velocity, fw_pre, fw_post), (-velocity, bw_pre, bw_post)):
         disp = scaling_and_squaring(v, steps)
-        if identity_pre and scale == 2:
-            fields.append(upsample_half_field(disp))  # SynthMorph deform: the reference's own path
-        else:
-            fields.append(to_full_resolution(coarse_total_displacement(disp, None if identity_pre else pre, post), scale))
+        fields.append(to_full_resolution(coarse_total_displacement(disp, None if identity_pre else pre, post), scale))
     return fields
 
 
@@ -182,7 +183,7 @@ def network_fields(transform: NetworkTransform, steps: int) -> tuple[jax.Array, 
     """`transform`'s forward and backward displacement fields on the full network grid (voxels)."""
     fw_pre, fw_post = transform.forward_sides()
     bw_pre, bw_post = transform.inverse_sides()
-    identity_pre = fw_pre is None and bw_pre is None and transform.post is None
+    identity_pre = all(m is None or np.array_equal(m, np.eye(4)) for m in (fw_pre, bw_pre))
     eye = np.eye(4)
     as32 = lambda m: np.asarray(eye if m is None else m, np.float32)
     fw, bw = _network_fields(transform.velocity, as32(fw_pre), as32(fw_post), as32(bw_pre), as32(bw_post),

@@ -1,4 +1,4 @@
-"""Composing matrices and displacement fields as VoxelMorph's `compose` does (SPEC §2.8, §3)."""
+"""Composing matrices and displacement fields as VoxelMorph's `compose` does (docs/spec-deform.md §2.8, §3)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def affine_displacement(matrix: Float[AnyArray, "r 4"], grid: Float[AnyArray, "*
 
 
 def upsample_half_field(half: Float[AnyArray, "hx hy hz 3"]) -> Float[AnyArray, "x y z 3"]:
-    """Half-resolution displacement to the full grid, by composition (SPEC §2.8).
+    """Half-resolution displacement to the full grid, by composition (docs/spec-deform.md §2.8).
 
     `F(y) = -y/2 + interp_clamp(T, y/2)` with `T(x) = 2 (x + d(x)) - x`: 2·d(y/2) inside, and
     -0.5 + 2·d(last) on the last slice of each axis, where y/2 is clamped. Units: full voxels.
@@ -38,7 +38,7 @@ def upsample_half_field(half: Float[AnyArray, "hx hy hz 3"]) -> Float[AnyArray, 
 
 def compose_native(
     field: Float[AnyArray, "e e e 3"],
-    target_to_net: Float[AnyArray, "4 4"],  # traced under jit: a JAX array there
+    target_to_net: Float[AnyArray, "4 4"],
     net_to_source: Float[AnyArray, "4 4"],
     target_shape,
 ) -> Float[AnyArray, "x y z 3"]:
@@ -78,7 +78,7 @@ def coarse_total_displacement(
 def to_full_resolution(coarse: Float[AnyArray, "cx cy cz 3"], scale: int) -> Float[AnyArray, "x y z 3"]:
     """A coarse-grid displacement `T` (coarse index -> full index) on the grid `scale` times finer.
 
-    `F(x) = x/s - x + interp_clamp(T, x/s)` (SPEC §2.8 for s = 2): composition with the
+    `F(x) = x/s - x + interp_clamp(T, x/s)` (docs/spec-deform.md §2.8 for s = 2): composition with the
     downscaling, not resampling, so the border behaves as the reference's (clamped T).
     """
     if scale == 1:

@@ -14,7 +14,7 @@ from .interpolate import interpolate_clamped
 def scaling_and_squaring(velocity: Float[AnyArray, "x y z 3"], steps: int) -> Float[AnyArray, "x y z 3"]:
     """Displacement `exp(v)` in voxels: `u = v / 2**steps`, then `steps` times `u += u(x + u)`.
 
-    Sampling clamps at the border (SPEC §2.7). `steps == 0` returns `v` itself.
+    Sampling clamps at the border (docs/spec-deform.md §2.7). `steps == 0` returns `v` itself.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")

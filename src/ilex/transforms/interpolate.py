@@ -1,6 +1,6 @@
 """Trilinear interpolation with the two border conventions the reference uses.
 
-* `interpolate_clamped`: neurite's `interpn` (SPEC §2.9), used by VoxelMorph for fields and
+* `interpolate_clamped`: neurite's `interpn` (docs/spec-deform.md §2.9), used by VoxelMorph for fields and
   for network-space resampling: the coordinate is clamped into [0, N-1] (border replicate) and,
   with `fill`, voxels whose coordinate lies outside [0, N-1] are set to `fill`.
 * `sample_image`: surfa's image interpolation, used for the moved images: valid where
@@ -16,7 +16,7 @@ import itertools
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .._custom_types import AnyArray, Scalar
+from .._custom_types import AnyArray
 
 
 def _gather(volume: AnyArray, idx: list[Array]) -> Array:
@@ -26,9 +26,9 @@ def _gather(volume: AnyArray, idx: list[Array]) -> Array:
 def interpolate_clamped(
     volume: Float[AnyArray, "x y z *c"],
     coords: Float[AnyArray, "*s 3"],
-    fill: float | None = None,
+    fill: float | Float[AnyArray, ""] | None = None,
 ) -> Float[AnyArray, ...]:
-    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, SPEC §2.9).
+    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, docs/spec-deform.md §2.9).
 
     Returns shape `coords.shape[:-1] + volume.shape[3:]` (one value, or one vector of `c`, per point).
     """
@@ -66,7 +66,7 @@ def sample_image(
     volume: Float[AnyArray, "x y z"],
     coords: Float[AnyArray, "*s 3"],
     method: str = "linear",
-    fill: float | Scalar = 0.0,  # a traced scalar under jit
+    fill: float | Float[AnyArray, ""] = 0.0,
 ) -> Float[AnyArray, "*s"]:
     """`volume` at `coords` as surfa samples images: trilinear or nearest, `fill` outside.
 

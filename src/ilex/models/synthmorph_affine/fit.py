@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float
 
-from ..._custom_types import AnyArray, Scalar
+from ..._custom_types import AnyArray
 
 
-def barycenter(features: Float[AnyArray, "x y z c"], extent: float | Scalar) -> Float[AnyArray, "c 3"]:  # traced under jit
+def barycenter(features: Float[AnyArray, "x y z c"], extent: float | Float[AnyArray, ""]) -> Float[AnyArray, "c 3"]:
     """The centre of mass of each feature channel, in centred coordinates scaled to `extent`.
 
     For a map of shape (n0, n1, n2), voxel i sits at `(i - (n - 1) / 2) / n` along each axis

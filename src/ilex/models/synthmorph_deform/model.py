@@ -1,6 +1,6 @@
 """SynthMorph's deformable network: a hypernetwork that generates the U-Net's kernels from λ.
 
-Layout and numerics follow SPEC §2.3–§2.5 (HyperVxmJoint with `skip_affine=True`): λ goes raw
+Layout and numerics follow docs/spec-deform.md §2.3–§2.5 (HyperVxmJoint with `skip_affine=True`): λ goes raw
 through `nb_hyp_layers` Dense+ReLU layers to an embedding h; every convolution forms its kernel
 as `reshape(h @ Wk + bk, (3, 3, 3, cin, cout))` and its bias as `h @ Wb + bb`.
 Parameters are stored in Keras' own layout and order, so FreeSurfer's h5 maps onto the leaves

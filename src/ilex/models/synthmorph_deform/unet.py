@@ -30,7 +30,7 @@ def conv_channels(
     """(cin, cout) of every convolution, in execution (and Keras weight) order.
 
     Decoder level i (i >= 1) sees `[upsampled previous, encoder skip]`, the first add-conv sees
-    `[upsampled last decoder, first encoder output]` (SPEC §2.5).
+    `[upsampled last decoder, first encoder output]` (docs/spec-deform.md §2.5).
     """
     enc_nf, dec_nf, add_nf = list(enc_nf), list(dec_nf), list(add_nf)
     if not enc_nf or len(dec_nf) != len(enc_nf):
@@ -124,7 +124,7 @@ def unet_forward(
     x: Float[AnyArray, "n x y z c"],
     algorithm: str = "direct",
 ) -> Float[AnyArray, "n x y z f"]:
-    """Run the U-Net of SPEC §2.5 on a batch `x`, given the (kernel, bias) of every conv.
+    """Run the U-Net of docs/spec-deform.md §2.5 on a batch `x`, given the (kernel, bias) of every conv.
 
     `algorithm` "direct" is XLA's convolution; "winograd" and "winograd4" compute the wide
     layers by Winograd F(2,3) and F(4,3) in slabs (winograd.py) without materialising the

@@ -14,7 +14,7 @@ from .unet import SynthMorphUNet
 
 
 def half_resolution(volume: Float[AnyArray, "*b x y z c"]) -> Float[AnyArray, "*b hx hy hz c"]:
-    """The U-Net input: the even-index subsample `v[::2, ::2, ::2]` (no smoothing, SPEC §2.2)."""
+    """The U-Net input: the even-index subsample `v[::2, ::2, ::2]` (no smoothing, docs/spec-deform.md §2.2)."""
     return volume[..., ::2, ::2, ::2, :]
 
 

@@ -1,6 +1,6 @@
 """The seam between registration methods and the one pipeline that runs them all.
 
-A method looks at the two images in network space (1 mm LIA cubes of side E, SPEC §5.1) and
+A method looks at the two images in network space (1 mm LIA cubes of side E, docs/spec-deform.md §5.1) and
 answers with a `NetworkTransform`: where each fixed-network voxel lands in the moving network
 space. Matrices and velocity fields are all a method produces; the pipeline integrates the
 velocity, brings it to full resolution, to the images' own grids and to world space, and writes
@@ -42,7 +42,7 @@ class NetworkTransform:
 
     Without a velocity, fixed-network voxel `x` (full resolution) maps to moving-network voxel
     `matrix @ x`. With one, the velocity `v` lives on a grid `scale` times coarser than the
-    network (SPEC §2.8: SynthMorph's U-Net runs at scale 2), and the forward map is
+    network (docs/spec-deform.md §2.8: SynthMorph's U-Net runs at scale 2), and the forward map is
 
         x  ->  post @ exp(v)(pre @ (x / scale))
 

@@ -171,11 +171,7 @@ class RefineMethod(OptimizeMethod):
             velocity, velocity_scale = first.velocity, first.scale
         scales = {*self.levels, velocity_scale}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
-        out = self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile)
-        if first.post is None and np.allclose(matrix, np.eye(4)):
-            # keep deform's exact upsampling path
-            out = NetworkTransform(velocity=out.velocity, scale=out.scale, details=out.details)
-        return out
+        return self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile)
 
 
 def method_from_options(*, hyper: float = 0.5, steps: int = 7, similarity: str = "auto", refine: Method | None = None,

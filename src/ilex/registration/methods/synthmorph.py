@@ -1,7 +1,7 @@
 """SynthMorph's networks as registration methods: `deform`, `affine`, `rigid` and `joint`.
 
 Network spaces, matrices and the joint mid-space follow FreeSurfer's `mri_synthmorph`
-(docs/spec-affine.md; SPEC §2, §10): only `deform` centres both images on the fixed one.
+(docs/spec-affine.md; docs/spec-deform.md §2, §10): only `deform` centres both images on the fixed one.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _deform_velocity(unet, mov_net, fix_net, algorithm: str):
 @dataclass(frozen=True)
 class SynthMorphDeformMethod:
     """`mri_synthmorph -m deform`: both images centred on the fixed one, the U-Net's symmetric
-    velocity at half resolution (SPEC §2). `unet` is the U-Net generated for one λ."""
+    velocity at half resolution (docs/spec-deform.md §2). `unet` is the U-Net generated for one λ."""
 
     unet: object
     algorithm: str | None = None
@@ -104,7 +104,7 @@ class SynthMorphJointMethod:
     The detector runs on the half-resolution inputs as if they were the whole images (so its
     centre is half a voxel off `-m affine`'s, as in the reference); the square root of its
     matrix takes each image half way; the U-Net's velocity lives in that mid-space, and the
-    total map is `sqrt(A) exp(v) sqrt(A)` (SPEC §2.11).
+    total map is `sqrt(A) exp(v) sqrt(A)` (docs/spec-deform.md §2.11).
     """
 
     affine: object
