@@ -78,7 +78,7 @@ class Registrar:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_weights(cls, weights=None, *, prepare: Iterable[tuple[str | None, float]] | None = None,
+    def from_weights(cls, weights=None, *, prepare: Iterable[tuple] | None = None,
                      **kwargs) -> Registrar:
         """Load `weights` (bundle directory, Hugging Face repo id, or FreeSurfer .h5; a list of
         them for methods that take several models; default as `ilex register`'s default,
