@@ -11,3 +11,4 @@ from .models.synthmorph_deform import SynthMorphUNet as SynthMorphUNet
 from .models.synthmorph_deform import symmetric_velocity as symmetric_velocity
 from .registration.outputs import write_outputs as write_outputs
 from .registration.session import Registrar as Registrar
+from .template import build_template as build_template

@@ -13,6 +13,7 @@ Typical use:
   ilex register -m optimize moving.nii.gz fixed.nii.gz -o moved.nii.gz --qc qc     # no weights needed
   ilex register -m affine moving.nii.gz fixed.nii.gz -t affine.lta
   ilex batch pairs.csv -e 192
+  ilex template sub-*.nii.gz -o template/ -m optimize                           # a study template
   ilex apply warp.nii.gz labels.nii.gz labels_moved.nii.gz -m nearest
   ilex convert $FREESURFER_HOME/models/synthmorph.deform.3.h5 synthmorph-bundle/
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import batch as batch_cmd
     from . import convert as convert_cmd
     from . import register as register_cmd
+    from . import template as template_cmd
 
     parser = argparse.ArgumentParser(
         prog="ilex",
@@ -34,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (register_cmd, batch_cmd, apply_cmd, convert_cmd):
+    for module in (register_cmd, batch_cmd, template_cmd, apply_cmd, convert_cmd):
         module.add_parser(sub)
     return parser
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     # Like mri_synthmorph, `register` is implied when the first argument is not a command.
-    commands = {"register", "batch", "apply", "convert"}
+    commands = {"register", "batch", "template", "apply", "convert"}
     if argv and argv[0] not in commands and not argv[0].startswith("-"):
         argv.insert(0, "register")
     args = parser.parse_args(argv)

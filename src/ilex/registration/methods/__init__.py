@@ -35,6 +35,13 @@ def resolve_method_name(name: str) -> str:
     return matches[0]
 
 
+def needs_prior_affine(name: str) -> bool:
+    """Whether the method `name` assumes the images are already affinely aligned (SynthMorph's
+    `deform`, whose network cubes are both centred on the fixed image), so that a caller that has
+    no initial affine must run an affine stage first (`ilex template`)."""
+    return resolve_method_name(name) == "deform"
+
+
 def _unet(model, hyper: float, what: str):
     from ...models.synthmorph_deform import SynthMorphDeform, SynthMorphUNet
 
