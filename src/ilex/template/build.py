@@ -26,6 +26,7 @@ import numpy as np
 
 from .._atomic import atomic_file, output_batch
 from ..errors import IlexError, OptionError
+from ..registration.methods import OptimizeMethod
 from .inputs import TemplateInput, as_inputs, check_inputs
 from .shape import (
     MeanTransform,
@@ -92,24 +93,16 @@ class TemplateSettings:
         return None
 
 
-def _optimiser_affine_stage(hyper: float):
+class _AffineStage(OptimizeMethod):
     """`-m optimize` with no deformable iterations: its affine stage alone (a zero velocity)."""
-    from ..registration.methods import OptimizeMethod
 
-    global _AffineStage
-    if _AffineStage is None:
+    # The batch keys its prepared methods by (method, λ): a configured method must hash.
+    def __hash__(self):
+        return hash((self.name, self.hyper, self.levels, self.iterations))
 
-        class AffineStage(OptimizeMethod):
-            # The batch keys its prepared methods by (method, λ): a configured method must hash.
-            def __hash__(self):
-                return hash((self.name, self.hyper, self.levels, self.iterations))
 
-        AffineStage.__module__, AffineStage.__qualname__ = __name__, "_AffineStage"  # picklable for Dask workers
-        _AffineStage = AffineStage
+def _optimiser_affine_stage(hyper: float) -> _AffineStage:
     return _AffineStage(hyper=hyper, iterations=(0, 0))
-
-
-_AffineStage = None
 
 
 @dataclass
