@@ -1,10 +1,11 @@
 """A synthetic cohort whose template is known: one real anatomy seen through N random transforms.
 
-The source is Colin27's T1 and its AAL labels (tests/data.py), block-averaged `step` times and
-given 1 mm voxels (so a 3x reduction is a 60 x 72 x 60 mm head that a 64-96 mm network cube
-covers). Subject j samples the source at `psi_j(x) = A_j (x + e_j(x))` (world mm, origin at the
-grid's centre), with `A_j = expm(L_j)` and `e_j = exp(v_j)` (scaling and squaring of a smooth
-stationary velocity). The L_j and the v_j are each made to average to zero over the cohort, so
+The source is Colin27's T1 and its AAL labels (tests/data.py), block-averaged `step` times; with
+1 mm voxels a 3x reduction is a 60 x 72 x 60 mm head that a 64-96 mm network cube covers (the
+tests), with `step` mm voxels the head keeps its size (the benchmark). Subject j samples the source
+at `psi_j(x) = A_j (x + e_j(x))` (world mm, origin at the grid's centre), with `A_j = expm(L_j)`
+and `e_j = exp(v_j)` (scaling and squaring of a smooth stationary velocity on a coarse grid,
+interpolated). The L_j and the v_j are each made to average to zero over the cohort, so
 the log-domain mean of the transforms is the identity and an unbiased template sits on the
 source. Each subject also gets its own intensity curve (gamma), gain and Gaussian noise.
 
@@ -28,15 +29,17 @@ def _block_mean(data: np.ndarray, step: int) -> np.ndarray:
     return data.reshape(shape[0], step, shape[1], step, shape[2], step).mean(axis=(1, 3, 5))
 
 
-def source(t1_path: str, labels_path: str, step: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(T1, labels, affine): Colin27 reduced `step` times, 1 mm voxels, RAS, origin at the centre."""
+def source(t1_path: str, labels_path: str, step: int = 3, voxel_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(T1, labels, affine): Colin27 block-averaged `step` times (labels: the centre voxel of each
+    block), with `voxel_mm` voxels (1 mm with step 3 shrinks the head 3x; step 2 with 2 mm keeps its
+    size), RAS, world origin at the grid's centre."""
     t1 = np.asarray(nib.load(t1_path).dataobj, np.float32)
     labels = np.asarray(nib.load(labels_path).dataobj)
-    small = _block_mean(t1, step).astype(np.float32)
+    small = _block_mean(t1, step).astype(np.float32) if step > 1 else t1
     centre = step // 2
     lab = labels[centre::step, centre::step, centre::step][: small.shape[0], : small.shape[1], : small.shape[2]]
-    affine = np.eye(4)
-    affine[:3, 3] = -(np.asarray(small.shape) - 1) / 2.0
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = -(np.asarray(small.shape) - 1) / 2.0 * voxel_mm
     return small, lab.astype(np.int16), affine
 
 
@@ -50,9 +53,10 @@ def _exp_velocity(v: np.ndarray, steps: int = 7) -> np.ndarray:
     return u
 
 
-def transforms(n: int, shape, seed: int = 0, rotation_deg: float = 4.0, scaling: float = 0.05,
-               translation_mm: float = 3.0, warp_mm: float = 3.0, smoothness_mm: float = 6.0):
-    """n world matrices A_j (4x4) and n displacements e_j (X, Y, Z, 3 mm), log-means zero."""
+def transforms(n: int, extent_mm, seed: int = 0, rotation_deg: float = 4.0, scaling: float = 0.05,
+               translation_mm: float = 3.0, warp_mm: float = 3.0, smoothness_mm: float = 6.0, spacing_mm: float = 2.0):
+    """n world matrices A_j (4x4) and n displacements e_j = exp(v_j) (mm, on a grid of `spacing_mm`
+    covering `extent_mm` around the centre); the logs of the A_j and the v_j each average to zero."""
     rng = np.random.default_rng(seed)
     logs = []
     for _ in range(n):
@@ -65,21 +69,30 @@ def transforms(n: int, shape, seed: int = 0, rotation_deg: float = 4.0, scaling:
         logs.append(log)
     mean_log = np.mean(logs, axis=0)
     matrices = [expm(log - mean_log) for log in logs]
-    velocities = np.stack([np.stack([gaussian_filter(rng.standard_normal(shape), smoothness_mm) for _ in range(3)], -1)
+    shape = tuple(int(np.ceil(e / spacing_mm)) + 1 for e in extent_mm)
+    sigma = smoothness_mm / spacing_mm
+    velocities = np.stack([np.stack([gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(3)], -1)
                            for _ in range(n)])
     velocities -= velocities.mean(axis=0)
     velocities *= warp_mm / np.abs(velocities).max()
-    return matrices, [_exp_velocity(v) for v in velocities]
+    return matrices, [_exp_velocity(v / spacing_mm) * spacing_mm for v in velocities], spacing_mm
 
 
 def subject(t1: np.ndarray, labels: np.ndarray, affine: np.ndarray, matrix: np.ndarray, displacement: np.ndarray,
-            rng: np.random.Generator, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
-    """One subject's image and labels on the source grid: the source sampled at psi(x)."""
-    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in t1.shape], indexing="ij"), -1)
-    world = grid @ affine[:3, :3].T + affine[:3, 3]
-    psi = (world + displacement) @ matrix[:3, :3].T + matrix[:3, 3]
-    inv = np.linalg.inv(affine)
+            spacing_mm: float, rng: np.random.Generator, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+    """One subject's image and labels on the source grid: the source sampled at psi(x) = A (x + e(x))."""
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in t1.shape], indexing="ij"), -1)
+    world = grid @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
+    del grid
+    # e lives on a coarse grid centred like the image: its index of world point x is x / spacing + centre.
+    at = np.moveaxis(world / spacing_mm + (np.asarray(displacement.shape[:3], np.float32) - 1) / 2, -1, 0)
+    e = np.stack([map_coordinates(displacement[..., c], at, order=1, mode="nearest") for c in range(3)], -1)
+    del at
+    psi = (world + e) @ matrix[:3, :3].T.astype(np.float32) + matrix[:3, 3].astype(np.float32)
+    del world, e
+    inv = np.linalg.inv(affine).astype(np.float32)
     coords = np.moveaxis(psi @ inv[:3, :3].T + inv[:3, 3], -1, 0)
+    del psi
     image = map_coordinates(t1, coords, order=1, mode="constant", cval=0.0)
     top = float(t1.max())
     image = top * (np.clip(image, 0, None) / top) ** rng.uniform(0.8, 1.25) * rng.uniform(0.7, 1.4)
@@ -88,22 +101,22 @@ def subject(t1: np.ndarray, labels: np.ndarray, affine: np.ndarray, matrix: np.n
 
 
 def make_cohort(out_dir: str | os.PathLike, t1_path: str, labels_path: str, n: int = 6, step: int = 3,
-                seed: int = 0, **kwargs) -> dict:
+                seed: int = 0, voxel_mm: float = 1.0, **kwargs) -> dict:
     """Write the source, its labels and n subjects (image and labels) to `out_dir`; returns their paths.
 
-    `kwargs` go to `transforms` (rotation_deg, scaling, translation_mm, warp_mm, smoothness_mm).
+    `kwargs` go to `transforms` (rotation_deg, scaling, translation_mm, warp_mm, smoothness_mm, spacing_mm).
     """
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    t1, labels, affine = source(t1_path, labels_path, step)
-    matrices, displacements = transforms(n, t1.shape, seed, **kwargs)
+    t1, labels, affine = source(t1_path, labels_path, step, voxel_mm)
+    matrices, displacements, spacing = transforms(n, np.asarray(t1.shape) * voxel_mm, seed, **kwargs)
     rng = np.random.default_rng(seed + 1)
     paths = {"source": os.path.join(out_dir, "source.nii.gz"), "source_labels": os.path.join(out_dir, "source_labels.nii.gz"),
              "images": [], "labels": []}
     nib.save(nib.Nifti1Image(t1, affine), paths["source"])
     nib.save(nib.Nifti1Image(labels, affine), paths["source_labels"])
     for j, (matrix, disp) in enumerate(zip(matrices, displacements, strict=True)):
-        image, lab = subject(t1, labels, affine, matrix, disp, rng)
+        image, lab = subject(t1, labels, affine, matrix, disp, spacing, rng)
         paths["images"].append(os.path.join(out_dir, f"sub{j:02d}.nii.gz"))
         paths["labels"].append(os.path.join(out_dir, f"sub{j:02d}_labels.nii.gz"))
         nib.save(nib.Nifti1Image(image, affine), paths["images"][-1])
