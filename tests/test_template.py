@@ -309,3 +309,22 @@ def test_an_image_that_fails_is_left_out_of_the_average(cohort, tmp_path, capsys
     with pytest.raises(IlexError, match="fewer than 2"):
         build_template([cohort["images"][0], (f"x{0}", cohort["images"][1], tmp_path / "broken.lta")], tmp_path / "out2",
                        method="optimize", extent=EXTENT, rounds=1)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("method", ["joint", "deform"])
+def test_synthmorph_methods_plumbing(cohort, tmp_path, method):
+    # Plumbing only: the reference's reduced random-weight networks (tests/fixtures) are no
+    # registration; this checks that joint (one batch per round) and deform (an affine batch, whose
+    # LTAs initialise the deformable batch) run through the rounds and write every output.
+    from conftest import fixture_path
+
+    weights = [fixture_path("affine_e64.h5"), fixture_path("net_e64_mixed.h5")]
+    result = build_template(cohort["images"][:3], tmp_path / method, method=method, weights=weights, extent=EXTENT,
+                            rounds=1, keep_rounds=True)
+    assert [image.status for image in result.images] == ["done"] * 3
+    assert os.path.isfile(result.path)
+    for image in result.images:
+        assert all(os.path.isfile(p) for p in (image.forward, image.inverse, image.moved, image.affine))
+    stage = sorted(os.listdir(tmp_path / method / "round1"))
+    assert stage == (["affine", "inverse", "moved", "warps"] if method == "deform" else ["inverse", "moved", "warps"])
