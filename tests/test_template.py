@@ -83,6 +83,16 @@ def test_update_of_a_constant_mean_warp_moves_by_its_inverse():
     assert abs(matrix_log(np.eye(4))).max() == 0
 
 
+def test_sharpen_steepens_an_edge_within_the_range():
+    from ilex.template.shape import sharpen
+
+    edge = np.clip(np.fromfunction(lambda i, j, k: (i - 9.5) / 4 + 0.5, (20, 6, 6)), 0, 1).astype(np.float32)
+    out = sharpen(edge)
+    assert out.min() >= edge.min() and out.max() <= edge.max()
+    assert np.abs(np.diff(out[:, 3, 3])).max() > np.abs(np.diff(edge[:, 3, 3])).max()
+    np.testing.assert_array_equal(sharpen(np.full((5, 5, 5), 2.0, np.float32)), np.full((5, 5, 5), 2.0, np.float32))
+
+
 # -- bad input, before any work ---------------------------------------------------------------------------
 
 def _image(path, data):
@@ -320,11 +330,15 @@ def test_synthmorph_methods_plumbing(cohort, tmp_path, method):
     from conftest import fixture_path
 
     weights = [fixture_path("affine_e64.h5"), fixture_path("net_e64_mixed.h5")]
+    warp_format = "itk" if method == "joint" else "freesurfer"
     result = build_template(cohort["images"][:3], tmp_path / method, method=method, weights=weights, extent=EXTENT,
-                            rounds=1, keep_rounds=True)
+                            rounds=1, keep_rounds=True, warp_format=warp_format)
     assert [image.status for image in result.images] == ["done"] * 3
     assert os.path.isfile(result.path)
     for image in result.images:
         assert all(os.path.isfile(p) for p in (image.forward, image.inverse, image.moved, image.affine))
+        assert image.affine.endswith(".txt" if warp_format == "itk" else ".lta")
+        intent = int(nib.load(image.forward).header["intent_code"])
+        assert intent == (1007 if warp_format == "itk" else 1006)  # ITK vector field / FreeSurfer displacement
     stage = sorted(os.listdir(tmp_path / method / "round1"))
     assert stage == (["affine", "inverse", "moved", "warps"] if method == "deform" else ["inverse", "moved", "warps"])
