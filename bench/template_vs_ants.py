@@ -56,25 +56,26 @@ def child_ilex(cohort: dict, out: str, rounds: int, extent: int, workers: int) -
             "template": os.path.join(out, "template.nii.gz"), "argv": argv}
 
 
-def child_ants(cohort: dict, out: str, rounds: int) -> dict:
+def child_ants(cohort: dict, out: str, rounds: int, initial: str | None = None) -> dict:
     import ants
 
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     images = [ants.image_read(p) for p in cohort["images"]]
-    template = ants.build_template(image_list=images, iterations=rounds, type_of_transform="SyN",
-                                   output_dir=os.path.join(out, "work"))
+    template = ants.build_template(initial_template=None if initial is None else ants.image_read(initial), image_list=images,
+                                   iterations=rounds, type_of_transform="SyN", output_dir=os.path.join(out, "work"))
     seconds = time.perf_counter() - start
     path = os.path.join(out, "template.nii.gz")
     ants.image_write(template, path)
     return {"seconds": seconds, "peak_rss_gib": _peak_rss_gib(), "exit": 0, "template": path,
-            "call": f"ants.build_template(image_list, iterations={rounds}, type_of_transform='SyN')"}
+            "call": f"ants.build_template(image_list, iterations={rounds}, type_of_transform='SyN')",
+            "initial_template": initial or "the voxelwise average (build_template's default)"}
 
 
 def run_child(kind: str, cohort: dict, out: str, args) -> dict:
     env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(os.cpu_count()))
     spec = json.dumps({"kind": kind, "cohort": cohort, "out": out, "rounds": args.rounds, "extent": args.extent,
-                       "workers": args.workers})
+                       "workers": args.workers, "initial": args.ants_initial})
     done = subprocess.run([sys.executable, __file__, "--child", spec], env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-4000:]}")
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--extent", type=int, default=256, help="ilex's network extent")
     parser.add_argument("--workers", type=int, default=1, help="ilex: 1 (one process) or N local Dask workers")
     parser.add_argument("--tools", nargs="+", default=["ilex", "ants"], choices=["ilex", "ants"])
+    parser.add_argument("--ants-initial", metavar="IMAGE", help="ANTs' starting template (default: its own voxelwise "
+                        "average), e.g. ilex's affine average WORK/ilex_w1/template_round0.nii.gz from an earlier run")
     parser.add_argument("--work", default="/tmp/ilex-template-bench", help="scratch directory")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -130,7 +133,7 @@ def main() -> None:
         if spec["kind"] == "ilex":
             result = child_ilex(spec["cohort"], spec["out"], spec["rounds"], spec["extent"], spec["workers"])
         else:
-            result = child_ants(spec["cohort"], spec["out"], spec["rounds"])
+            result = child_ants(spec["cohort"], spec["out"], spec["rounds"], spec["initial"])
         print(json.dumps(result))
         return
 
@@ -144,7 +147,8 @@ def main() -> None:
     print(f"cohort: {args.n} images, {args.step} mm, made in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     results = {}
     for tool in args.tools:
-        out = os.path.join(args.work, f"{tool}_w{args.workers}" if tool == "ilex" else tool)
+        out = os.path.join(args.work, f"{tool}_w{args.workers}" if tool == "ilex" else
+                           "ants_initialised" if args.ants_initial else "ants")
         if os.path.exists(out):
             import shutil
 
@@ -186,7 +190,8 @@ def markdown(d: dict) -> str:
              "", "| tool | wall s | peak GiB | correlation with truth | label Dice |", "|---|---:|---:|---:|---:|"]
     for tool, r in d["results"].items():
         what = f"ilex template -m optimize -e {d['extent']}" + (f" --local-workers {d['workers']}" if d["workers"] > 1 else "")
-        name = what if tool == "ilex" else "ants.build_template (SyN)"
+        name = what if tool == "ilex" else "ants.build_template (SyN)" + (
+            ", started from ilex's affine average" if r.get("initial_template", "").endswith(".nii.gz") else "")
         lines.append(f"| {name} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['correlation']:.4f} | {r['dice']:.4f} |")
     if "speedup" in d:
         lines += ["", f"ANTs / ilex wall time: {d['speedup']:.2f}x."]
