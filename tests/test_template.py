@@ -128,6 +128,8 @@ def test_fewer_than_two_images_is_an_error(tmp_path, capsys):
         build_template([path], tmp_path / "out", method="optimize")
     with pytest.raises(OptionError, match="gives a warp"):
         build_template([path, path], tmp_path / "out", method="affine")
+    with pytest.raises(OptionError, match="affine weights too"):
+        build_template([path, path], tmp_path / "out", method="deform", weights=["deform.h5"])
 
 
 def test_image_list_csv(tmp_path):

@@ -41,7 +41,7 @@ from .shape import (
 from .shape import sharpen as sharpen_image
 
 ROUND_COLUMNS = ("round", "mean_displacement_mm", "max_displacement_mm", "mean_similarity", "template_change",
-                 "registered", "failed", "seconds", "peak_memory_gib")
+                 "registered", "failed", "seconds", "reduce_seconds", "peak_memory_gib")
 STATE_VERSION = 1
 
 
@@ -74,6 +74,11 @@ class TemplateSettings:
             raise OptionError(f"--step {self.step:g}: the shape update's step must lie in (0, 1]")
         if self.warp_format not in ("freesurfer", "itk"):
             raise OptionError(f"--warp-format {self.warp_format}: choose freesurfer or itk")
+        from ..registration.methods import needs_prior_affine
+
+        if needs_prior_affine(self.method) and not (isinstance(self.weights, tuple) and len(self.weights) == 2):
+            raise OptionError(f"-m {self.method}: each round starts with an affine stage, which needs SynthMorph's affine "
+                              "weights too: give -w AFFINE -w DEFORM (as for joint)")
 
     def batch(self, method=None):
         """The `BatchSettings` of a round's registrations (intermediate warps in FreeSurfer's format)."""
@@ -350,6 +355,7 @@ class _Builder:
 
             os.makedirs(self.path("qc"), exist_ok=True)
             write_summary(records, self.path("qc", "summary"), self.settings.batch())
+        reducing = time.perf_counter()
         done = [(item, pair) for item, pair, r in zip(self.inputs, pairs, records, strict=True) if r.status != "failed"]
         if len(done) < 2:
             raise IlexError(f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)")
@@ -377,6 +383,7 @@ class _Builder:
                 state["images"] = self.final_outputs(done, failed, records, update, previous, template)
                 save_image(self.path("template.nii.gz"), template, previous.affine)
         row["seconds"] = time.perf_counter() - start
+        row["reduce_seconds"] = time.perf_counter() - reducing  # the serial part: averaging, update, final outputs
         self.commit(state, k, row)
         self.announce(row, rounds)
 
