@@ -227,7 +227,7 @@ def test_rounds_csv_and_outputs(built, capsys):
     # The mean transform shrinks round after round (measured 5.8, 0.82, 0.21 mm).
     assert size[0] > size[1] > size[2], size
     assert float(rows[2]["mean_similarity"]) > float(rows[1]["mean_similarity"])
-    assert all(r["registered"] == "6" and r["failed"] == "" for r in rows)
+    assert all(r["averaged"] == "6" and r["failed"] == "" for r in rows)
     names = sorted(os.listdir(built.outdir))
     assert names == ["images", "qc", "rounds.csv", "state.json", "template.nii.gz",
                      *[f"template_round{k}.nii.gz" for k in range(ROUNDS + 1)]], names  # intermediates deleted
@@ -316,7 +316,7 @@ def test_an_image_that_fails_is_left_out_of_the_average(cohort, tmp_path, capsys
     assert code == 1 and "bad" in err and "broken.lta" in err
     with open(tmp_path / "out" / "rounds.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["registered"], r["failed"]) for r in rows] == [("3", "bad"), ("3", "bad")]
+    assert [(r["averaged"], r["failed"]) for r in rows] == [("3", "bad"), ("3", "bad")]
     assert not (tmp_path / "out" / "images" / "bad").exists()
     with pytest.raises(IlexError, match="fewer than 2"):
         build_template([cohort["images"][0], (f"x{0}", cohort["images"][1], tmp_path / "broken.lta")], tmp_path / "out2",

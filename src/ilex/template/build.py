@@ -41,7 +41,7 @@ from .shape import (
 from .shape import sharpen as sharpen_image
 
 ROUND_COLUMNS = ("round", "mean_displacement_mm", "max_displacement_mm", "mean_similarity", "template_change",
-                 "registered", "failed", "seconds", "reduce_seconds", "peak_memory_gib")
+                 "averaged", "failed", "seconds", "reduce_seconds", "peak_memory_gib")
 STATE_VERSION = 1
 
 
@@ -302,7 +302,7 @@ class _Builder:
         save_image(self.template_path(0), template, reference.affine)
         state["affines_round0"] = {key: m.tolist() for key, m in matrices.items()}
         row = {"round": 0, "mean_displacement_mm": float(size.mean()), "max_displacement_mm": float(size.max()),
-               "mean_similarity": similarity, "template_change": None, "registered": len(matrices),
+               "mean_similarity": similarity, "template_change": None, "averaged": len(matrices),
                "failed": " ".join(failed), "seconds": time.perf_counter() - start,
                "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records), default=None)}
         self.commit(state, 0, row)
@@ -312,7 +312,7 @@ class _Builder:
         similarity = "n/a" if row["mean_similarity"] is None else f"{row['mean_similarity']:.4f}"
         change = "" if row["template_change"] is None else f", template change {100 * row['template_change']:.2f} %"
         total = f"/{rounds}" if rounds else " (affine average)"
-        self.log(f"ilex template: round {row['round']}{total}: {row['registered']} registered, "
+        self.log(f"ilex template: round {row['round']}{total}: {row['averaged']} averaged, "
                  f"{len(row['failed'].split()) if row['failed'] else 0} failed; mean transform {row['mean_displacement_mm']:.3f} mm "
                  f"(max {row['max_displacement_mm']:.3f} mm); similarity {similarity}{change}; {row['seconds']:.1f} s")
         if self.on_round is not None:
@@ -375,7 +375,7 @@ class _Builder:
         mean_mm, max_mm = update.mean_displacement(mask)
         row = {"round": k, "mean_displacement_mm": mean_mm, "max_displacement_mm": max_mm,
                "mean_similarity": float(np.mean(similarities)), "template_change": relative_change(template, previous.data, mask),
-               "registered": len(done), "failed": " ".join(failed), "seconds": 0.0,
+               "averaged": len(done), "failed": " ".join(failed), "seconds": 0.0,
                "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records + records_before), default=None)}
         with output_batch():
             save_image(self.template_path(k), template, previous.affine)
