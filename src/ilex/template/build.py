@@ -227,8 +227,11 @@ class _Builder:
         memory = None
         if not isinstance(settings.method, str):  # the optimiser's affine stage: the batch's estimate takes names
             memory = estimate_peak_bytes(settings.extent)
+        from ..registration.outputs import outputs_complete
+
         registrar = None
-        if self.client is None and any(p.problem is None for p in pairs):
+        # A resumed round whose registrations all finished needs no model (joint's weights take seconds to load).
+        if self.client is None and any(p.problem is None and not outputs_complete(p.outputs) for p in pairs):
             registrar = self._registrars.get(name)
             if registrar is None:
                 registrar = self._registrars[name] = settings.registrar(pairs)
