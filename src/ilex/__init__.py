@@ -25,5 +25,6 @@ from .registration.outputs import write_outputs as write_outputs
 from .registration.pipeline import Registration as Registration
 from .registration.pipeline import register as register
 from .registration.session import Registrar as Registrar
+from .template import build_template as build_template
 
 convert_weights = _convert  # a FreeSurfer .h5 into a bundle; `ilex.convert` stays the subpackage

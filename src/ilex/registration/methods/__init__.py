@@ -88,6 +88,13 @@ def centres_on_fixed(name: str) -> bool:
     return method_info(name).centre_on_fixed
 
 
+def needs_prior_affine(name: str) -> bool:
+    """Whether the method `name` assumes the images are already affinely aligned (SynthMorph's
+    `deform`, whose network cubes are both centred on the fixed image), so that a caller that has
+    no initial affine must run an affine stage first (`ilex template`)."""
+    return method_info(name).centre_on_fixed
+
+
 def _unet(model, hyper: float, what: str):
     from ...models.synthmorph_deform import SynthMorphDeform, SynthMorphUNet
 

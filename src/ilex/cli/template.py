@@ -1,0 +1,116 @@
+"""`ilex template IMAGES... -o OUTDIR`: an unbiased study template, in rounds of batch registrations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ..errors import OptionError
+
+_DESCRIPTION = """\
+Build an unbiased template of a cohort: every image is registered to the current template (one
+batch per round, on this machine or a Dask cluster), the moved images are averaged, and the average
+is moved by the inverse of the mean transform (log-Euclidean mean of the affines, mean of the
+non-linear warps) so that it sits at the cohort's mean shape; then again, --rounds times. Without
+--initial, round 0 is the affine average of the images on the first image's grid.
+
+IMAGES are image files, or one CSV file with a header row and columns image (required), id (a name
+for the outputs; default the file name) and init (an initial affine, image to template).
+
+OUTDIR gets template.nii.gz, template_round{k}.nii.gz, rounds.csv (per round: mean and max
+displacement of the mean transform in mm, mean similarity of the moved images to the template,
+relative change of the template), images/ID/ (warp.nii.gz: the forward warp on the template grid,
+inverse.nii.gz, moved.nii.gz, affine.lta or .txt) and qc/ (per image, and summary.csv/.json as
+ilex batch writes them). A rerun with the same OUTDIR resumes after the last complete round, and
+inside a round skips the registrations that finished. Carry labels to the template with
+`ilex apply OUTDIR/images/ID/warp.nii.gz labels.nii.gz out.nii.gz -m nearest`.
+"""
+
+_EPILOG = """\
+Examples:
+  ilex template sub-*_T1w.nii.gz -o template/ -m optimize -e 192
+  ilex template cohort.csv -o template/ --rounds 4 --local-workers 2
+  ilex template cohort.csv -o template/ --scheduler tcp://head:8786 --initial mni.nii.gz
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("template", help="build an unbiased template of many images (groupwise registration)",
+                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", help="images, or one CSV file (columns image, id, init)")
+    p.add_argument("-o", "--out-dir", required=True, metavar="OUTDIR", help="output directory (created; reused to resume)")
+    p.add_argument("-m", "--model", default="joint", help="method: joint (default, as ilex register), deform (with an "
+                   "affine stage each round: takes joint's two weight files), optimize (no weights)")
+    p.add_argument("-w", "--weights", metavar="PATH", action="append", help="weights, as ilex register (joint and deform: "
+                   "the affine weights, then the deformable ones)")
+    p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ (default 0.5)")
+    p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
+    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)")
+    p.add_argument("--rounds", type=int, default=4, metavar="K", help="rounds of registration and averaging (default 4)")
+    p.add_argument("--initial", metavar="IMAGE", help="starting template (default: the affine average of the images)")
+    p.add_argument("--step", type=float, default=1.0, help="step of the shape update in (0, 1]: the fraction of the inverse "
+                   "mean transform applied each round (default 1, as the references' full update)")
+    p.add_argument("--sharpen", action="store_true", help="Laplacian sharpening of each new template (as ANTs' templates)")
+    p.add_argument("--keep-rounds", action="store_true", help="keep each round's intermediate files (default: deleted once "
+                   "the round is committed)")
+    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="format of the per-image "
+                   "warps and affines (default freesurfer)")
+    p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
+    p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto", help="convolution algorithm (as ilex register)")
+    p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache")
+    cluster = p.add_argument_group("Dask (pip install 'ilex[dask]'), as ilex batch")
+    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run each round's registrations on this Dask scheduler's workers")
+    cluster.add_argument("--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine")
+    cluster.add_argument("--memory-resource", default="MEMORY", metavar="NAME", help="worker resource that limits concurrent "
+                         "registrations by memory (default MEMORY)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or round lines, only errors")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.scheduler and args.local_workers:
+        raise OptionError("--scheduler and --local-workers: give one or the other")
+    if args.local_workers is not None and args.local_workers < 1:
+        raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
+    from .register import configure_devices, resolve_model, weights_for
+
+    model = resolve_model(args.model)
+    if model not in ("joint", "deform", "optimize"):
+        raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
+    weights = weights_for("joint" if model == "deform" else model, args.weights)
+    configure_devices(args.threads, False)
+    from .._cache import enable_compilation_cache
+
+    enable_compilation_cache(enable=False if args.no_compilation_cache else None)
+    images = args.images[0] if len(args.images) == 1 and args.images[0].lower().endswith(".csv") else args.images
+
+    from ..template import build_template
+    from ..template.inputs import as_inputs, check_inputs
+
+    check_inputs(as_inputs(images), args.initial)  # before a cluster starts
+    log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
+    start = time.perf_counter()
+    client = cluster = None
+    try:
+        if args.scheduler or args.local_workers:
+            from .batch import _dask_client
+
+            client, cluster = _dask_client(args)
+        result = build_template(images, args.out_dir, method=model, weights=weights, hyper=args.hyper, steps=args.steps,
+                                extent=args.extent, rounds=args.rounds, initial=args.initial, step=args.step,
+                                sharpen=args.sharpen, keep_rounds=args.keep_rounds, warp_format=args.warp_format,
+                                client=client, algorithm=None if args.conv == "auto" else args.conv,
+                                compilation_cache=not args.no_compilation_cache, log=log, progress=not args.quiet)
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    failed = [i for i in result.images if i.status == "failed"]
+    for image in failed:
+        print(f"ilex template: {image.id} ({image.image}) is not in the template: {image.error}", file=sys.stderr)
+    if not args.quiet:
+        print(f"ilex template: {result.path} from {len(result.images) - len(failed)} images in "
+              f"{time.perf_counter() - start:.1f} s; rounds in {args.out_dir}/rounds.csv")
+    return 1 if failed else 0
