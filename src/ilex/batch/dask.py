@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterator
 
 from ..errors import OptionError
+from ..registration.methods.base import Method
 from .pairs import Pair
 from .run import BatchSettings, PairRecord, _record, error_text, run_pair
 
@@ -48,7 +49,7 @@ class IlexWorker(_WorkerPlugin):
     seconds to minutes and must not block the worker's event loop and its heartbeats).
     """
 
-    def __init__(self, settings: BatchSettings, combinations: list[tuple[str | None, float, tuple]]):
+    def __init__(self, settings: BatchSettings, combinations: list[tuple[str | Method | None, float, tuple]]):
         self.settings = settings
         self.combinations = list(combinations)
         digest = hashlib.sha1(repr((settings, self.combinations)).encode()).hexdigest()[:12]

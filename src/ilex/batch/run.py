@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from ..errors import IlexError, OptionError
+from ..registration.methods.base import Method
 from ..registration.outputs import check_outputs, check_transform_outputs, output_files, outputs_complete, write_outputs
 from .pairs import Pair
 
@@ -34,7 +35,7 @@ class BatchSettings:
     """
 
     weights: str | tuple[str, ...] | None = None
-    method: str | None = None
+    method: str | Method | None = None  # a name, or a Method object (ilex template's affine stage)
     hyper: float = 0.5
     steps: int = 7
     extent: int = 256
@@ -47,7 +48,7 @@ class BatchSettings:
     levels: tuple[int, ...] | None = None
     iterations: tuple[int, ...] | None = None
 
-    def combination(self, pair: Pair) -> tuple[str | None, float, tuple]:
+    def combination(self, pair: Pair) -> tuple[str | Method | None, float, tuple]:
         """(method, λ, the optimiser's options as sorted items) that `pair` runs with."""
         method = pair.method or self.method
         options = {}
@@ -90,6 +91,8 @@ class BatchSettings:
         (`MANIFEST_SUFFIX`) so that a rerun knows what made them."""
         method, hyper, options = self.combination(pair)
         weights = self.weights if isinstance(self.weights, tuple) else () if self.weights is None else (self.weights,)
+        if method is not None and not isinstance(method, str):
+            method = repr(method)  # a Method object (ilex template's stages): its options are in its repr
         record = {"moving": pair.moving, "fixed": pair.fixed, "init": pair.init, "method": method, "hyper": hyper,
                   "options": dict(options), "steps": self.steps, "extent": self.extent,
                   "weights": None if self.weights is None else [_absolute(w) for w in weights],
@@ -429,10 +432,11 @@ def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings
     return csv_path, json_path
 
 
-def _takes_optimiser_options(method: str | None) -> bool:
+def _takes_optimiser_options(method: str | Method | None) -> bool:
+    """Whether rows may set the optimiser's options for `method` (a Method object carries its own)."""
     from ..registration.methods import method_info
 
     try:
-        return method is not None and method_info(method).optimiser
+        return isinstance(method, str) and method_info(method).optimiser
     except ValueError:  # an unknown method: its row fails with the resolver's message
         return False

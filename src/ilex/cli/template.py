@@ -73,12 +73,17 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--scheduler and --local-workers: give one or the other")
     if args.local_workers is not None and args.local_workers < 1:
         raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
-    from .register import configure_devices, resolve_model, weights_for
+    from ..bundle.weights import weights_for
+    from ..registration.methods import method_info, needs_prior_affine
+    from .register import configure_devices, resolve_model
 
     model = resolve_model(args.model)
-    if model not in ("joint", "deform", "optimize"):
+    if method_info(model).yields_matrix:
         raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
-    weights = weights_for("joint" if model == "deform" else model, args.weights)
+    try:  # a method that needs prior alignment runs SynthMorph's affine first: joint's two files
+        weights = weights_for("joint" if needs_prior_affine(model) else model, args.weights)
+    except OptionError as e:
+        raise OptionError(f"-w: -m {e}") from None
     configure_devices(args.threads, False)
     from .._cache import enable_compilation_cache
 

@@ -24,8 +24,8 @@ _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth aliv
 # image; its first layer's full-width output dominates. Fitted to one measurement, 9.5 GB peak RSS
 # of `register -m joint` at extent 256 (detector alone: 8.2 GB; bench/results/cpu_joint_256.json), with a margin.
 _DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0
-def runs_detector(method: str) -> bool:
-    """Whether `method` (a name or an abbreviation of one, as `-m` takes it) runs the affine detector."""
+def runs_detector(method) -> bool:
+    """Whether `method` (a name or an abbreviation of one, as `-m` takes it, or a Method object) runs the affine detector."""
     from .methods import method_info
 
     try:

@@ -422,7 +422,7 @@ class _Builder:
             save_warp(paths["inverse"], Warp(inverse, image.affine, previous.affine, previous.shape), self.settings.warp_format)
             save_image(paths["moved"], moved, previous.affine)
             save_matrix(paths["affine"], matrix, image, template_image, "itk" if itk else "lta")
-            folding = 100.0 * folding_fraction(jacobian_determinant(forward, previous.affine))
+            folding = 100.0 * float(folding_fraction(jacobian_determinant(forward, previous.affine)))
             out[item.id] = {**paths, "matrix": matrix.tolist(), "folding_percent": folding}
         errors = {r.pair: r.error for r in records if r.status == "failed"}
         for item in self.inputs:
@@ -499,19 +499,24 @@ def build_template(images, outdir: str | os.PathLike | None = None, *, method: s
     work (fewer than 2 images; a missing, 4-D, 2-D, NaN or constant image), and `IlexError` when a
     round has fewer than 2 images registered.
     """
-    from ..cli.register import resolve_model, weights_for
+    from ..bundle.weights import weights_for
+    from ..registration.methods import method_info, needs_prior_affine, resolve_method_name
 
-    method = resolve_model(method)
-    if method not in ("joint", "deform", "optimize"):
-        raise OptionError(f"-m {method}: a template needs a method that gives a warp: joint, deform or optimize")
+    try:
+        method = resolve_method_name(method)
+    except ValueError as e:
+        raise OptionError(str(e), argument="method", value=method) from None
+    if method_info(method).yields_matrix:
+        raise OptionError("a template needs a method that gives a warp: joint, deform or optimize", argument="method",
+                          value=method)
     if weights is None:
-        # deform's affine stage needs the affine detector: it takes joint's two files
-        weights = weights_for("joint" if method == "deform" else method, None)
+        # a method that needs prior alignment runs the affine detector first: it takes joint's two files
+        weights = weights_for("joint" if needs_prior_affine(method) else method, None)
     weights = tuple(weights) if isinstance(weights, (list, tuple)) else weights
     if isinstance(weights, tuple) and len(weights) == 1:
         weights = weights[0]
     if rounds < 1:
-        raise OptionError(f"--rounds {rounds}: at least 1 round")
+        raise OptionError("at least 1 round", argument="rounds", value=rounds)
     settings = TemplateSettings(method=method, weights=weights, hyper=hyper, steps=steps, extent=extent, step=step,
                                 sharpen=sharpen, warp_format=warp_format, algorithm=algorithm,
                                 clip_percentile=clip_percentile, gpu=False, compilation_cache=compilation_cache)

@@ -74,9 +74,13 @@ def _infos() -> dict[str, MethodInfo]:
     return out
 
 
-def method_info(name: str) -> MethodInfo:
+def method_info(name) -> MethodInfo:
     """The `MethodInfo` of the method `name` names (abbreviations as `-m` takes them; "refine" for
-    --refine). Raises `ValueError` for an unknown or ambiguous name."""
+    --refine), or of a `Method` object's `name`. Raises `ValueError` for an unknown or ambiguous name."""
+    if not isinstance(name, str):
+        name = getattr(name, "name", None)
+        if not isinstance(name, str):
+            raise TypeError(f"not a method name or Method object: {type(name).__name__}")
     infos = _infos()
     return infos[name] if name in infos else infos[resolve_method_name(name)]
 
