@@ -25,7 +25,8 @@ Add --debug to any command to see a full traceback on error.
 
 # The flag each library argument is given by, for messages (`hyper=1.5: ...` reads `-r 1.5: ...`).
 FLAGS = {"hyper": "-r", "steps": "-n", "extent": "-e", "header_only": "-H", "out_dir": "-d", "similarity": "--similarity",
-         "refine": "--refine", "mid_space": "-M", "method": "-m", "rounds": "--rounds"}
+         "refine": "--refine", "mid_space": "-M", "method": "-m", "rounds": "--rounds",
+         "reference": "--reference"}
 
 # mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.
 SYNTHMORPH_COMMANDS = ("register", "apply")

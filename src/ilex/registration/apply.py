@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 
-from ..errors import FileProblem
+from ..errors import FileProblem, OptionError
 from ..image.io import Image, from_nibabel, load_image
 from ..image.matrix_io import lta_geometry, matrix_format
 from ..image.warp_io import Warp, load_warp
@@ -99,7 +99,7 @@ def load_transform(path: str | os.PathLike, reference=None, header_only: bool = 
         return SavedTransform(path, matrix=ras, target_affine=target.affine, target_shape=tuple(target.shape))
     geometry = lta_geometry(path, "dst") if matrix_format(path) == "lta" else None
     if geometry is None:
-        raise FileProblem(path, "records no target grid; name the image to resample onto with a reference")
+        raise OptionError(f"{path} records no target grid; name the image to resample onto", argument="reference")
     return SavedTransform(path, matrix=ras, target_affine=geometry[0], target_shape=tuple(geometry[1]))
 
 
