@@ -166,7 +166,7 @@ def test_registrar_does_not_recompile(images):
         c.forward, c.moved()
     assert third.compiles and not {"jit(_deform_velocity)", "jit(_network_fields)"} & set(third.compiles)
     # A λ that was not prepared cannot be made once the hypernetwork is let go.
-    with pytest.raises(OptionError, match="-r 0.7: no model loaded"):
+    with pytest.raises(OptionError, match="hyper=0.7: no model loaded"):
         registrar.register(moving, fixed, hyper=0.7)
     assert jax.default_backend() == "cpu"
 
