@@ -92,8 +92,25 @@ def separate(bundle, pairs, extent, work, cache_dir) -> dict:
     times = []
     for k, (m, fx) in enumerate(pairs):
         out = os.path.join(work, f"sep_{extent}_{k}")
-        cmd = [sys.executable, "-m", "ilex", "register", m, fx, "-m", "deform", "-w", bundle, "-e", str(extent), "-q",
-               "-o", out + "_moved.nii.gz", "-t", out + "_fw.nii.gz"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ilex",
+            "register",
+            m,
+            fx,
+            "-m",
+            "deform",
+            "-w",
+            bundle,
+            "-e",
+            str(extent),
+            "-q",
+            "-o",
+            out + "_moved.nii.gz",
+            "-t",
+            out + "_fw.nii.gz",
+        ]
         times.append(_run(cmd, _env(cache_dir)))
     return {"pair_s": times, "total_s": sum(times), "pairs_per_hour": 3600 * len(times) / sum(times)}
 
@@ -107,8 +124,13 @@ def batch(bundle, pairs, extent, work, extra=(), name="batch") -> dict:
     total = _run(cmd, _env(None))
     with open(os.path.join(work, f"{name}_{extent}.summary.json")) as f:
         records = json.load(f)["pairs"]
-    return {"total_s": total, "pairs_per_hour": 3600 * len(pairs) / total, "pair_s": [r["seconds"] for r in records],
-            "peak_memory_gib": [r["peak_memory_gib"] for r in records], "status": [r["status"] for r in records]}
+    return {
+        "total_s": total,
+        "pairs_per_hour": 3600 * len(pairs) / total,
+        "pair_s": [r["seconds"] for r in records],
+        "peak_memory_gib": [r["peak_memory_gib"] for r in records],
+        "status": [r["status"] for r in records],
+    }
 
 
 def child_network(bundle: str, extent: int, pairs_json: str, breakdown: bool) -> dict:
@@ -133,8 +155,18 @@ def child_network(bundle: str, extent: int, pairs_json: str, breakdown: bool) ->
     method = reg.method_for()
 
     def batch_pairs(chunk, tag):
-        return [Pair(k, m, fx, {"out_moving": os.path.join(out, f"{tag}{k}_moved.nii.gz"),
-                                "trans": os.path.join(out, f"{tag}{k}_fw.nii.gz")}) for k, (m, fx) in enumerate(chunk)]
+        return [
+            Pair(
+                k,
+                m,
+                fx,
+                {
+                    "out_moving": os.path.join(out, f"{tag}{k}_moved.nii.gz"),
+                    "trans": os.path.join(out, f"{tag}{k}_fw.nii.gz"),
+                },
+            )
+            for k, (m, fx) in enumerate(chunk)
+        ]
 
     # The first pair compiles everything; then the others run as `ilex batch` runs them (each
     # pair's outputs written on a second thread while the next registers). The warm time per
@@ -170,13 +202,24 @@ def child_network(bundle: str, extent: int, pairs_json: str, breakdown: bool) ->
         with stages("qc", "Jacobian determinant, folding"):
             report = quality_report(result)
         with stages("write", "-o and -t (gzip)"):
-            write_outputs(result, {"out_moving": os.path.join(out, "moved.nii.gz"), "trans": os.path.join(out, "fw.nii.gz")},
-                          report=report, settings={"hyper": 0.5, "steps": 7, "extent": extent})
+            write_outputs(
+                result,
+                {"out_moving": os.path.join(out, "moved.nii.gz"), "trans": os.path.join(out, "fw.nii.gz")},
+                report=report,
+                settings={"hyper": 0.5, "steps": 7, "extent": extent},
+            )
         stages_s = stages.times
     warm_pair = warm_total / len(records) if records else None
-    return {"first_pair_s": first_s, "warm_pairs": len(records), "warm_total_s": warm_total, "warm_pair_s": warm_pair,
-            "warm_pair_record_s": [r.seconds for r in records], "network_s": network, "stages_s": stages_s,
-            "warm_over_network": warm_pair / (sum(network) / len(network)) if records else None}
+    return {
+        "first_pair_s": first_s,
+        "warm_pairs": len(records),
+        "warm_total_s": warm_total,
+        "warm_pair_s": warm_pair,
+        "warm_pair_record_s": [r.seconds for r in records],
+        "network_s": network,
+        "stages_s": stages_s,
+        "warm_over_network": warm_pair / (sum(network) / len(network)) if records else None,
+    }
 
 
 def main() -> int:
@@ -197,11 +240,14 @@ def main() -> int:
     os.environ["JAX_PLATFORMS"] = "cpu"
     work = tempfile.mkdtemp(prefix="ilex-batch-bench-")
     bundle, all_pairs = make_inputs(work, max(args.pairs))
-    report = {"machine": machine(), "load_average_start": os.getloadavg(),
-              "model": "full width (all 256), random weights, fixed λ=0.5 U-Net bundle",
-              "pairs": "Colin27 (181x217x181, 1 mm) and shifted copies onto MNI152 2009a (197x233x189, 1 mm)",
-              "results": []}
-    for extent, n in zip(args.extents, args.pairs):
+    report = {
+        "machine": machine(),
+        "load_average_start": os.getloadavg(),
+        "model": "full width (all 256), random weights, fixed λ=0.5 U-Net bundle",
+        "pairs": "Colin27 (181x217x181, 1 mm) and shifted copies onto MNI152 2009a (197x233x189, 1 mm)",
+        "results": [],
+    }
+    for extent, n in zip(args.extents, args.pairs, strict=False):
         pairs = all_pairs[:n]
         row = {"extent": extent, "pairs": n}
         for what in args.what:
@@ -209,9 +255,21 @@ def main() -> int:
             try:
                 if what == "network":
                     env = _env(None)
-                    proc = subprocess.run([sys.executable, __file__, "--child", bundle, str(extent), json.dumps(pairs),
-                                           *(["--breakdown"] if args.breakdown else [])],
-                                          env=env, capture_output=True, text=True, check=True)
+                    proc = subprocess.run(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--child",
+                            bundle,
+                            str(extent),
+                            json.dumps(pairs),
+                            *(["--breakdown"] if args.breakdown else []),
+                        ],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
                     row[what] = json.loads(proc.stdout.strip().splitlines()[-1])
                 elif what == "separate":
                     row[what] = separate(bundle, pairs, extent, work, None)
@@ -223,10 +281,14 @@ def main() -> int:
                 elif what == "batch":
                     row[what] = batch(bundle, pairs, extent, work, ("--no-compilation-cache",))
                 elif what == "dask":
-                    row[what] = batch(bundle, pairs, extent, work, ("--no-compilation-cache", "--local-workers", "2"), "dask")
+                    row[what] = batch(
+                        bundle, pairs, extent, work, ("--no-compilation-cache", "--local-workers", "2"), "dask"
+                    )
             except (RuntimeError, subprocess.CalledProcessError) as e:
                 row[what] = {"error": str(e)[-1000:]}
-            print(f"extent {extent} {what} ({time.perf_counter() - t0:.0f} s): {row[what]}", file=sys.stderr, flush=True)
+            print(
+                f"extent {extent} {what} ({time.perf_counter() - t0:.0f} s): {row[what]}", file=sys.stderr, flush=True
+            )
             if args.json:  # after every measurement: a long run that is cut short keeps what it has
                 report["results"] = [r for r in report["results"] if r["extent"] != extent] + [row]
                 report["load_average_end"] = os.getloadavg()

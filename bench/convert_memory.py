@@ -24,8 +24,17 @@ from ilex.convert.keras_h5 import write_keras_weights
 from ilex.models.params import parameter_names, template
 from ilex.models.synthmorph_deform.model import SynthMorphDeform
 
-FULL = {"enc_nf": [256] * 4, "dec_nf": [256] * 4, "add_nf": [256] * 4, "flow_nf": 3, "nb_hyp_layers": 4,
-        "nb_hyp_params": 1, "nb_hyp_units": 32, "src_feats": 1, "trg_feats": 1}
+FULL = {
+    "enc_nf": [256] * 4,
+    "dec_nf": [256] * 4,
+    "add_nf": [256] * 4,
+    "flow_nf": 3,
+    "nb_hyp_layers": 4,
+    "nb_hyp_params": 1,
+    "nb_hyp_units": 32,
+    "src_feats": 1,
+    "trg_feats": 1,
+}
 
 
 def write_full_width(path: str) -> None:
@@ -40,6 +49,7 @@ def write_full_width(path: str) -> None:
                 for s in range(0, shape[0], step):
                     rows = min(step, shape[0] - s)
                     ds[s : s + rows] = rng.standard_normal((rows, *shape[1:]), dtype=np.float32) * 1e-3
+
         return fill
 
     shapes = [s for _, s in parameter_names(template(SynthMorphDeform, FULL))]
@@ -70,17 +80,31 @@ def main() -> None:
 
         convert(h5, out, hyper=args.hyper, overwrite=True, progress=False)
         size = os.path.getsize(os.path.join(out, "model.safetensors"))
-        print(json.dumps({"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                          "seconds": time.perf_counter() - t, "bundle_bytes": size}))
+        print(
+            json.dumps(
+                {
+                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                    "seconds": time.perf_counter() - t,
+                    "bundle_bytes": size,
+                }
+            )
+        )
         return
     if not os.path.exists(h5):
         t = time.perf_counter()
         write_full_width(h5)
         print(f"wrote {h5} ({os.path.getsize(h5) / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus", "h5_bytes": os.path.getsize(h5)}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
+        "h5_bytes": os.path.getsize(h5),
+    }
     for label, extra in (("hyper", []), ("fixed_lambda_0.5", ["--hyper", "0.5"])):
-        out = subprocess.run([sys.executable, __file__, "--workdir", args.workdir, "--mode", "one", *extra],
-                             check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--workdir", args.workdir, "--mode", "one", *extra],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results[label] = json.loads(out.strip().splitlines()[-1])
     print(json.dumps(results, indent=2))
 

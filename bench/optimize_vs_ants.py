@@ -91,8 +91,14 @@ def prepare(case: str, data: str, work: str, amplitude: float, seed: int) -> dic
         _save(w("aal_warped.nii.gz"), map_coordinates(aal, coords, order=0).astype(np.int16), affine)
         true_ras = disp @ affine[:3, :3].T.astype(np.float32)  # fixed voxel p samples moving at p + disp
         np.save(w("true_warp.npy"), true_ras)
-        return {"moving": p("colin27_t1.nii.gz"), "fixed": w("colin_warped.nii.gz"), "moving_labels": p("colin27_aal.nii.gz"),
-                "fixed_labels": w("aal_warped.nii.gz"), "labels": "aal", "true_warp": w("true_warp.npy")}
+        return {
+            "moving": p("colin27_t1.nii.gz"),
+            "fixed": w("colin_warped.nii.gz"),
+            "moving_labels": p("colin27_aal.nii.gz"),
+            "fixed_labels": w("aal_warped.nii.gz"),
+            "labels": "aal",
+            "true_warp": w("true_warp.npy"),
+        }
     raise ValueError(case)
 
 
@@ -124,8 +130,14 @@ def run_ilex(spec: dict, out: str, cache: str | None = None) -> dict:
     np.save(out + "_labels.npy", warped.astype(np.int16))
     np.save(out + "_warp.npy", result.forward)
     fold = folding_fraction(jacobian_determinant(result.forward, result.fixed.affine))
-    return {"seconds": seconds, "peak_rss_gb": rss, "stages": result.times, "profile": result.transform.details["profile"],
-            "similarity": result.transform.details["similarity"], "folding_percent": 100 * fold}
+    return {
+        "seconds": seconds,
+        "peak_rss_gb": rss,
+        "stages": result.times,
+        "profile": result.transform.details["profile"],
+        "similarity": result.transform.details["similarity"],
+        "folding_percent": 100 * fold,
+    }
 
 
 def run_ants(spec: dict, out: str, transform: str) -> dict:
@@ -142,8 +154,10 @@ def run_ants(spec: dict, out: str, transform: str) -> dict:
     idx = np.stack(np.meshgrid(*[np.arange(s) for s in moving.shape], indexing="ij"), -1).astype(np.float64)
     direction, spacing, origin = np.asarray(moving.direction), np.asarray(moving.spacing), np.asarray(moving.origin)
     phys = idx * spacing @ direction.T + origin
-    mapped = [ants.apply_transforms(fixed, moving.new_image_like(phys[..., d]), reg["fwdtransforms"]).numpy()
-              for d in range(3)]
+    mapped = [
+        ants.apply_transforms(fixed, moving.new_image_like(phys[..., d]), reg["fwdtransforms"]).numpy()
+        for d in range(3)
+    ]
     fidx = np.stack(np.meshgrid(*[np.arange(s) for s in fixed.shape], indexing="ij"), -1).astype(np.float64)
     fphys = fidx * np.asarray(fixed.spacing) @ np.asarray(fixed.direction).T + np.asarray(fixed.origin)
     disp_lps = np.stack(mapped, -1) - fphys
@@ -198,27 +212,37 @@ def profile_operations(extent: int = 256, velocity_scale: int = 4, repeats: int 
         mov = jnp.asarray(rng.random((n, n, n)).astype(np.float32))
         grid, eye = voxel_grid((n,) * 3), jnp.eye(4)
         ops = {}
-        ops["exp(v) + upsampling"], disp = timed(lambda v, g, factor=factor, n=n: level_displacement(v, g, factor, 5, (n,) * 3), v, grid_v)
+        ops["exp(v) + upsampling"], disp = timed(
+            lambda v, g, factor=factor, n=n: level_displacement(v, g, factor, 5, (n,) * 3), v, grid_v
+        )
         ops["warp moving image"], warped = timed(moved_image, mov, eye, grid, disp)
         ops["LNCC + gradient"], _ = timed(similarity_function("lncc"), fix, warped)
         ops["MI + gradient"], (_, dsim) = timed(similarity_function("mi"), fix, warped)
         ops["image gradient"], grad = timed(spatial_gradient, warped)
 
-        ops["force to velocity grid"], force = timed(lambda f, factor=factor: to_velocity_grid(f, factor, (nv,) * 3), dsim[..., None] * grad)
+        ops["force to velocity grid"], force = timed(
+            lambda f, factor=factor: to_velocity_grid(f, factor, (nv,) * 3), dsim[..., None] * grad
+        )
         ops["Gaussian smoothing (velocity grid)"], _ = timed(smooth, force, mats)
         for similarity in ("lncc", "mi"):
             state = _optimizer(0.5).init(v)
             args = {"similarity": similarity, "radius": 2, "factor": factor, "steps": 5, "momentum": 0.5}
             t0 = time.perf_counter()
-            r = _deformable_step(v + 0, state, fix, mov, eye, grid, grid_v, mats, mats, jnp.float32(0.5), jnp.float32(0.0), **args)
+            r = _deformable_step(
+                v + 0, state, fix, mov, eye, grid, grid_v, mats, mats, jnp.float32(0.5), jnp.float32(0.0), **args
+            )
             jax.block_until_ready(r)
             first = time.perf_counter() - t0
             t0 = time.perf_counter()
             for _ in range(repeats):
-                r = _deformable_step(r[0], r[1], fix, mov, eye, grid, grid_v, mats, mats, jnp.float32(0.5), jnp.float32(0.0), **args)
+                r = _deformable_step(
+                    r[0], r[1], fix, mov, eye, grid, grid_v, mats, mats, jnp.float32(0.5), jnp.float32(0.0), **args
+                )
             jax.block_until_ready(r)
-            ops[f"whole step ({similarity})"] = {"seconds": (time.perf_counter() - t0) / repeats,
-                                                 "first_call_seconds (compile)": first}
+            ops[f"whole step ({similarity})"] = {
+                "seconds": (time.perf_counter() - t0) / repeats,
+                "first_call_seconds (compile)": first,
+            }
         out[f"{scale} mm ({n}^3 images, {nv}^3 velocity)"] = ops
     return out
 
@@ -263,8 +287,11 @@ def score(spec: dict, out: str) -> dict:
         t1, _ = _load(spec["fixed"])
         head = t1 > 0.1 * t1.max()
         err = np.linalg.norm(est - truth, axis=-1)[head]
-        d.update(warp_error_mean_mm=float(err.mean()), warp_error_p95_mm=float(np.percentile(err, 95)),
-                 true_warp_mean_mm=float(np.linalg.norm(truth, axis=-1)[head].mean()))
+        d.update(
+            warp_error_mean_mm=float(err.mean()),
+            warp_error_p95_mm=float(np.percentile(err, 95)),
+            true_warp_mean_mm=float(np.linalg.norm(truth, axis=-1)[head].mean()),
+        )
     return d
 
 
@@ -272,8 +299,14 @@ def spawn(tool: str, spec: dict, timeout: float | None) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, __file__, "--child", tool, json.dumps(spec)], capture_output=True, text=True,
-                              timeout=timeout, env=env, check=False)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", tool, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"did not finish within {timeout:.0f} s"}
     wall = time.perf_counter() - t0
@@ -292,8 +325,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(ROOT, "tests", ".data"))
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
-    ap.add_argument("--tools", nargs="+", default=["ilex", "ilex-cached", "SyN", "SyNCC"],
-                    help="ilex-cached: with JAX's persistent compilation cache, warmed by one unscored run first")
+    ap.add_argument(
+        "--tools",
+        nargs="+",
+        default=["ilex", "ilex-cached", "SyN", "SyNCC"],
+        help="ilex-cached: with JAX's persistent compilation cache, warmed by one unscored run first",
+    )
     ap.add_argument("--syncc-timeout", type=float, default=600.0)
     ap.add_argument("--syncc-cases", nargs="+", default=["known_warp"], help="cases where SyNCC is tried")
     ap.add_argument("--amplitude", type=float, default=8.0, help="largest displacement of the known warp, mm")
@@ -304,9 +341,17 @@ def main() -> None:
 
     import jax
 
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                          "jax": jax.__version__, "backend": jax.default_backend(),
-                          "load_average_at_start": os.getloadavg()}, "cases": {}}
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "cases": {},
+    }
     try:
         import ants
 
@@ -332,8 +377,16 @@ def main() -> None:
                 if "error" not in r:
                     r.update(score(spec, out))
                 rows[tool] = r
-                print(case, tool, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                                   if k not in ("profile", "stages")}, flush=True)
+                print(
+                    case,
+                    tool,
+                    {
+                        k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in r.items()
+                        if k not in ("profile", "stages")
+                    },
+                    flush=True,
+                )
             for name in ("ilex", "ilex-cached"):
                 if "seconds" in rows.get(name, {}) and "seconds" in rows.get("SyN", {}):
                     rows[f"speedup_vs_SyN ({name})"] = rows["SyN"]["seconds"] / rows[name]["seconds"]
@@ -362,8 +415,10 @@ def print_table(report: dict) -> None:
                 print(f"{case:<12} {tool:<11} {r['error'][:60]}")
                 continue
             f = lambda k, fmt, r=r: format(r[k], fmt) if k in r else "-"
-            print(f"{case:<12} {tool:<11} {f('dice_mean', '6.3f')} {f('dice_gm', '6.3f')} {f('dice_wm', '6.3f')} "
-                  f"{f('warp_error_mean_mm', '7.2f')} {f('folding_percent', '7.3f')} {f('seconds', '7.1f')} {f('peak_rss_gb', '6.2f')}")
+            print(
+                f"{case:<12} {tool:<11} {f('dice_mean', '6.3f')} {f('dice_gm', '6.3f')} {f('dice_wm', '6.3f')} "
+                f"{f('warp_error_mean_mm', '7.2f')} {f('folding_percent', '7.3f')} {f('seconds', '7.1f')} {f('peak_rss_gb', '6.2f')}"
+            )
         for key, value in rows.items():
             if key.startswith("speedup"):
                 print(f"{'':<12} {key}: {value:.1f}x")

@@ -39,12 +39,17 @@ def conv_flops(extent: int, widths: dict = FULL) -> int:
     """FLOPs of the convolutions of two U-Net passes at extent E (network at E/2), as SPEC §6 counts."""
     from ilex.models.synthmorph_deform.unet import conv_channels
 
-    pairs = conv_channels(widths["enc_nf"], widths["dec_nf"], widths["add_nf"], widths["flow_nf"],
-                          widths["src_feats"] + widths["trg_feats"])
+    pairs = conv_channels(
+        widths["enc_nf"],
+        widths["dec_nf"],
+        widths["add_nf"],
+        widths["flow_nf"],
+        widths["src_feats"] + widths["trg_feats"],
+    )
     n = len(widths["enc_nf"])
     half = extent // 2
     sides = [half >> i for i in range(n)] + [half >> (n - j) for j in range(n)] + [half] * (len(pairs) - 2 * n)
-    return 2 * sum(side**3 * 27 * cin * cout * 2 for side, (cin, cout) in zip(sides, pairs))
+    return 2 * sum(side**3 * 27 * cin * cout * 2 for side, (cin, cout) in zip(sides, pairs, strict=False))
 
 
 def _peak_rss_gb() -> float:
@@ -85,8 +90,9 @@ def _network_fields(unet, mov, fix, steps: int, algorithm: str, batched: bool):
     from ilex.transforms.compose import upsample_half_field
     from ilex.transforms.integrate import scaling_and_squaring
 
-    v = symmetric_velocity(unet, half_resolution(mov[..., None]), half_resolution(fix[..., None]),
-                           algorithm=algorithm, batched=batched)
+    v = symmetric_velocity(
+        unet, half_resolution(mov[..., None]), half_resolution(fix[..., None]), algorithm=algorithm, batched=batched
+    )
     return upsample_half_field(scaling_and_squaring(v, steps)), upsample_half_field(scaling_and_squaring(-v, steps))
 
 
@@ -129,7 +135,12 @@ def child_network(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict
     t0 = time.perf_counter()
     jax.block_until_ready(compiled(unet, mov, fix))
     run_s = time.perf_counter() - t0
-    out = {"build_s": build, "compile_s": compile_s, "network_s": run_s, "gflops_per_s": conv_flops(extent) / run_s / 1e9}
+    out = {
+        "build_s": build,
+        "compile_s": compile_s,
+        "network_s": run_s,
+        "gflops_per_s": conv_flops(extent) / run_s / 1e9,
+    }
     if extent <= 128:  # a warm second pair, where it costs little to measure
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(unet, fix, mov))
@@ -193,8 +204,11 @@ def child_register(extent: int, gpu: bool, algorithm: str, batched: bool, model:
     stages = Stages()
     with stages("load", "images and weights"):
         moving, fixed, pair = _pair(extent)
-        nets = {"deform": lambda: _model(gpu), "affine": _affine_model,
-                "joint": lambda: (_affine_model(), _model(gpu))}[model]()
+        nets = {
+            "deform": lambda: _model(gpu),
+            "affine": _affine_model,
+            "joint": lambda: (_affine_model(), _model(gpu)),
+        }[model]()
     result = register(moving, fixed, nets, method=model, extent=extent, stages=stages, algorithm=algorithm)
     with stages("moved", "moving image on the fixed grid"):
         result.moved()
@@ -226,13 +240,28 @@ def machine() -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extents", type=int, nargs="+", default=[96, 128, 160, 192, 256])
-    parser.add_argument("--what", nargs="+", choices=["network", "register", "accuracy", "affine"], default=["network", "register"],
-                        help="accuracy: error against the direct float32 convolution (slow: runs both)")
+    parser.add_argument(
+        "--what",
+        nargs="+",
+        choices=["network", "register", "accuracy", "affine"],
+        default=["network", "register"],
+        help="accuracy: error against the direct float32 convolution (slow: runs both)",
+    )
     parser.add_argument("--gpu", action="store_true", help="run on the GPU (default CPU)")
-    parser.add_argument("--algorithm", choices=["direct", "winograd", "winograd4"], help="convolution (default: ilex's choice for the device)")
-    parser.add_argument("--batched", action="store_true", help="run the two passes as one batch (default: one after the other)")
-    parser.add_argument("--model", choices=["deform", "joint", "affine"], default="deform",
-                        help="what `register` runs (default deform; joint adds the affine detector and the mid-space)")
+    parser.add_argument(
+        "--algorithm",
+        choices=["direct", "winograd", "winograd4"],
+        help="convolution (default: ilex's choice for the device)",
+    )
+    parser.add_argument(
+        "--batched", action="store_true", help="run the two passes as one batch (default: one after the other)"
+    )
+    parser.add_argument(
+        "--model",
+        choices=["deform", "joint", "affine"],
+        default="deform",
+        help="what `register` runs (default deform; joint adds the affine detector and the mid-space)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--child", nargs=2, metavar=("WHAT", "EXTENT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -243,8 +272,15 @@ def main() -> int:
 
         what, extent = args.child[0], int(args.child[1])
         algorithm = args.algorithm or default_algorithm()
-        child = {"network": child_network, "register": child_register, "accuracy": child_accuracy, "affine": child_affine}[what]
-        result = child(extent, args.gpu, algorithm, args.batched, **({"model": args.model} if what == "register" else {}))
+        child = {
+            "network": child_network,
+            "register": child_register,
+            "accuracy": child_accuracy,
+            "affine": child_affine,
+        }[what]
+        result = child(
+            extent, args.gpu, algorithm, args.batched, **({"model": args.model} if what == "register" else {})
+        )
         result["algorithm"], result["batched"] = algorithm, args.batched
         result["peak_rss_gb"] = _peak_rss_gb()
         result["peak_device_gb"] = _device_peak_gb() if args.gpu else None
@@ -264,11 +300,18 @@ def main() -> int:
                 row[what] = json.loads(proc.stdout.strip().splitlines()[-1])
             print(f"  extent {extent} {what}: {row[what]}", file=sys.stderr, flush=True)
         rows.append(row)
-    report = {"machine": machine(), "model": "full width (all 256), random weights, fixed λ=0.5 U-Net",
-              "register_model": args.model,
-              "algorithm": args.algorithm or "default", "batched": args.batched, "results": rows}
-    print(f"{'extent':>6} {'TFLOP':>6} {'compile s':>9} {'network s':>9} {'GFLOP/s':>8} {'net RSS GB':>10} "
-          f"{'register s':>10} {'reg RSS GB':>10} {'affine s':>8} {'TF s':>6} {'TF GB':>6}")
+    report = {
+        "machine": machine(),
+        "model": "full width (all 256), random weights, fixed λ=0.5 U-Net",
+        "register_model": args.model,
+        "algorithm": args.algorithm or "default",
+        "batched": args.batched,
+        "results": rows,
+    }
+    print(
+        f"{'extent':>6} {'TFLOP':>6} {'compile s':>9} {'network s':>9} {'GFLOP/s':>8} {'net RSS GB':>10} "
+        f"{'register s':>10} {'reg RSS GB':>10} {'affine s':>8} {'TF s':>6} {'TF GB':>6}"
+    )
     for row in rows:
         net, reg, aff = row.get("network", {}), row.get("register", {}), row.get("affine", {})
         tf = TF_REFERENCE.get(row["extent"], (float("nan"),) * 2)
@@ -276,9 +319,11 @@ def main() -> int:
         def f(d, k, fmt="{:.1f}"):
             return fmt.format(d[k]) if k in d else "-"
 
-        print(f"{row['extent']:>6} {row['tflop']:>6.1f} {f(net, 'compile_s'):>9} {f(net, 'network_s'):>9} "
-              f"{f(net, 'gflops_per_s', '{:.0f}'):>8} {f(net, 'peak_rss_gb'):>10} {f(reg, 'total_s'):>10} "
-              f"{f(reg, 'peak_rss_gb'):>10} {f(aff, 'affine_s'):>8} {tf[0]:>6.1f} {tf[1]:>6.1f}")
+        print(
+            f"{row['extent']:>6} {row['tflop']:>6.1f} {f(net, 'compile_s'):>9} {f(net, 'network_s'):>9} "
+            f"{f(net, 'gflops_per_s', '{:.0f}'):>8} {f(net, 'peak_rss_gb'):>10} {f(reg, 'total_s'):>10} "
+            f"{f(reg, 'peak_rss_gb'):>10} {f(aff, 'affine_s'):>8} {tf[0]:>6.1f} {tf[1]:>6.1f}"
+        )
     print(f"machine: {report['machine']}")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -72,8 +72,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the figures here")
-    parser.add_argument("--study", type=int, default=500, metavar="N",
-                        help="also time the study page of N pairs (each pointing at this pair's QC directory)")
+    parser.add_argument(
+        "--study",
+        type=int,
+        default=500,
+        metavar="N",
+        help="also time the study page of N pairs (each pointing at this pair's QC directory)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from data import data_path
@@ -101,12 +106,20 @@ def main() -> int:
         result = register(moving, fixed, model, method="deform", extent=256)
         moved = result.moved()
         jac_s, _, report = timed(lambda: quality_report(result), args.repeats)
-        record = {"moving": moving, "fixed": fixed, "model": "deform", "hyper": 0.5, "steps": 7, "extent": 256,
-                  **report.statistics()}
+        record = {
+            "moving": moving,
+            "fixed": fixed,
+            "model": "deform",
+            "hyper": 0.5,
+            "steps": 7,
+            "extent": 256,
+            **report.statistics(),
+        }
         metrics_s, metrics_all, metrics = timed(lambda: pair_metrics(result, report.jacobian, moved), args.repeats)
         record.update(metrics)
-        slices_s, slices_all, slices = timed(lambda: cut_slices(result.fixed.data, moved, report.jacobian,
-                                                                result.fixed.affine), args.repeats)
+        slices_s, slices_all, slices = timed(
+            lambda: cut_slices(result.fixed.data, moved, report.jacobian, result.fixed.affine), args.repeats
+        )
         slices.info = {"times": dict(result.times), "memory_gib": dict(result.memory)}
         render_s, render_all, page = timed(lambda: render(record, slices), args.repeats)
         out = os.path.join(tmp, "qc")
@@ -121,9 +134,21 @@ def main() -> int:
             with open(os.path.join(out, "qc.json"), "w", encoding="utf-8") as f:
                 json.dump(record, f)
             rng = __import__("random").Random(0)
-            records = [{"pair": f"sub-{k:03d}", "index": k, "moving": moving, "fixed": fixed, "status": "done",
-                        "seconds": 30 + rng.random() * 5, "peak_memory_gib": 2.3 + rng.random() * 0.1,
-                        "folding_percent": 0.0, "error": "", "outputs": {"qc": out}} for k in range(1, args.study + 1)]
+            records = [
+                {
+                    "pair": f"sub-{k:03d}",
+                    "index": k,
+                    "moving": moving,
+                    "fixed": fixed,
+                    "status": "done",
+                    "seconds": 30 + rng.random() * 5,
+                    "peak_memory_gib": 2.3 + rng.random() * 0.1,
+                    "folding_percent": 0.0,
+                    "error": "",
+                    "outputs": {"qc": out},
+                }
+                for k in range(1, args.study + 1)
+            ]
             start = time.perf_counter()
             write_study_report(records, os.path.join(tmp, "study.report.html"))
             study_s = time.perf_counter() - start
@@ -131,25 +156,41 @@ def main() -> int:
         checker_s, _, _ = timed(lambda: checkerboard_png(result.fixed.data, moved, result.fixed.affine), args.repeats)
         from ilex.image.io import save_image
 
-        nifti_s, _, _ = timed(lambda: save_image(os.path.join(tmp, "jac.nii.gz"), report.jacobian, result.fixed.affine),
-                              args.repeats)
+        nifti_s, _, _ = timed(
+            lambda: save_image(os.path.join(tmp, "jac.nii.gz"), report.jacobian, result.fixed.affine), args.repeats
+        )
     # write_pair_report renders again: its time includes render's, so the page costs metrics +
     # slices + write (write = render + encoding to disk).
     figures = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg(),
+        },
         "shape": [256, 256, 256],
         "repeats": args.repeats,
-        "median_seconds": {"metrics": metrics_s, "slices": slices_s, "render": render_s, "write (render + files)": write_s,
-                           "report = metrics + slices + write": metrics_s + slices_s + write_s,
-                           "quality_report (Jacobian, existed before)": jac_s,
-                           "checkerboard.png (existed before)": checker_s,
-                           "jacobian.nii.gz (existed before)": nifti_s,
-                           "matplotlib import, once per process": import_seconds},
+        "median_seconds": {
+            "metrics": metrics_s,
+            "slices": slices_s,
+            "render": render_s,
+            "write (render + files)": write_s,
+            "report = metrics + slices + write": metrics_s + slices_s + write_s,
+            "quality_report (Jacobian, existed before)": jac_s,
+            "checkerboard.png (existed before)": checker_s,
+            "jacobian.nii.gz (existed before)": nifti_s,
+            "matplotlib import, once per process": import_seconds,
+        },
         "all_seconds": {"metrics": metrics_all, "slices": slices_all, "render": render_all, "write": write_all},
-        "median_cpu_seconds": {name: statistics.median(CPU[id(values)]) for name, values in
-                               (("metrics", metrics_all), ("slices", slices_all), ("render", render_all),
-                                ("write (render + files)", write_all))},
+        "median_cpu_seconds": {
+            name: statistics.median(CPU[id(values)])
+            for name, values in (
+                ("metrics", metrics_all),
+                ("slices", slices_all),
+                ("render", render_all),
+                ("write (render + files)", write_all),
+            )
+        },
         "bytes": {"report.html": html_bytes, "report.npz": npz_bytes, f"study of {args.study} pairs": study_bytes},
         "study_seconds": {f"{args.study} pairs, once": study_s},
         "page_chars": len(page),

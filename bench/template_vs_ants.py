@@ -47,13 +47,30 @@ def _peak_rss_gib() -> float:
 def child_ilex(cohort: dict, out: str, rounds: int, extent: int, workers: int) -> dict:
     from ilex.cli.main import main
 
-    argv = ["template", *cohort["images"], "-o", out, "-m", "optimize", "-e", str(extent), "--rounds", str(rounds), "-q"]
+    argv = [
+        "template",
+        *cohort["images"],
+        "-o",
+        out,
+        "-m",
+        "optimize",
+        "-e",
+        str(extent),
+        "--rounds",
+        str(rounds),
+        "-q",
+    ]
     if workers > 1:
         argv += ["--local-workers", str(workers)]
     start = time.perf_counter()
     code = main(argv)
-    return {"seconds": time.perf_counter() - start, "peak_rss_gib": _peak_rss_gib(), "exit": code,
-            "template": os.path.join(out, "template.nii.gz"), "argv": argv}
+    return {
+        "seconds": time.perf_counter() - start,
+        "peak_rss_gib": _peak_rss_gib(),
+        "exit": code,
+        "template": os.path.join(out, "template.nii.gz"),
+        "argv": argv,
+    }
 
 
 def child_ants(cohort: dict, out: str, rounds: int, initial: str | None = None) -> dict:
@@ -62,21 +79,42 @@ def child_ants(cohort: dict, out: str, rounds: int, initial: str | None = None) 
     os.makedirs(out, exist_ok=True)
     start = time.perf_counter()
     images = [ants.image_read(p) for p in cohort["images"]]
-    template = ants.build_template(initial_template=None if initial is None else ants.image_read(initial), image_list=images,
-                                   iterations=rounds, type_of_transform="SyN", output_dir=os.path.join(out, "work"))
+    template = ants.build_template(
+        initial_template=None if initial is None else ants.image_read(initial),
+        image_list=images,
+        iterations=rounds,
+        type_of_transform="SyN",
+        output_dir=os.path.join(out, "work"),
+    )
     seconds = time.perf_counter() - start
     path = os.path.join(out, "template.nii.gz")
     ants.image_write(template, path)
-    return {"seconds": seconds, "peak_rss_gib": _peak_rss_gib(), "exit": 0, "template": path,
-            "call": f"ants.build_template(image_list, iterations={rounds}, type_of_transform='SyN')",
-            "initial_template": initial or "the voxelwise average (build_template's default)"}
+    return {
+        "seconds": seconds,
+        "peak_rss_gib": _peak_rss_gib(),
+        "exit": 0,
+        "template": path,
+        "call": f"ants.build_template(image_list, iterations={rounds}, type_of_transform='SyN')",
+        "initial_template": initial or "the voxelwise average (build_template's default)",
+    }
 
 
 def run_child(kind: str, cohort: dict, out: str, args) -> dict:
     env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(os.cpu_count()))
-    spec = json.dumps({"kind": kind, "cohort": cohort, "out": out, "rounds": args.rounds, "extent": args.extent,
-                       "workers": args.workers, "initial": args.ants_initial})
-    done = subprocess.run([sys.executable, __file__, "--child", spec], env=env, capture_output=True, text=True, check=False)
+    spec = json.dumps(
+        {
+            "kind": kind,
+            "cohort": cohort,
+            "out": out,
+            "rounds": args.rounds,
+            "extent": args.extent,
+            "workers": args.workers,
+            "initial": args.ants_initial,
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", spec], env=env, capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -107,23 +145,36 @@ def score(kind: str, cohort: dict, out: str, template_path: str) -> dict:
 
             folder = os.path.join(out, "work", f"img{k:04d}")
             transforms = [os.path.join(folder, "out1Warp.nii.gz"), os.path.join(folder, "out0GenericAffine.mat")]
-            carried = ants.apply_transforms(fixed=ants.image_read(template_path), moving=ants.image_read(labels),
-                                            transformlist=transforms, interpolator="genericLabel").numpy()
+            carried = ants.apply_transforms(
+                fixed=ants.image_read(template_path),
+                moving=ants.image_read(labels),
+                transformlist=transforms,
+                interpolator="genericLabel",
+            ).numpy()
         scores.append(dice(truth_labels, np.asarray(carried)))
-    return {"correlation": correlation(template, truth, mask), "dice": float(np.mean(scores)),
-            "dice_per_image": [round(s, 4) for s in scores]}
+    return {
+        "correlation": correlation(template, truth, mask),
+        "dice": float(np.mean(scores)),
+        "dice_per_image": [round(s, 4) for s in scores],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10, help="images in the cohort")
-    parser.add_argument("--step", type=int, default=1, help="Colin27 block-averaged this many times (voxels of STEP mm)")
+    parser.add_argument(
+        "--step", type=int, default=1, help="Colin27 block-averaged this many times (voxels of STEP mm)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="rounds (ilex) and iterations (ANTs)")
     parser.add_argument("--extent", type=int, default=256, help="ilex's network extent")
     parser.add_argument("--workers", type=int, default=1, help="ilex: 1 (one process) or N local Dask workers")
     parser.add_argument("--tools", nargs="+", default=["ilex", "ants"], choices=["ilex", "ants"])
-    parser.add_argument("--ants-initial", metavar="IMAGE", help="ANTs' starting template (default: its own voxelwise "
-                        "average), e.g. ilex's affine average WORK/ilex_w1/template_round0.nii.gz from an earlier run")
+    parser.add_argument(
+        "--ants-initial",
+        metavar="IMAGE",
+        help="ANTs' starting template (default: its own voxelwise "
+        "average), e.g. ilex's affine average WORK/ilex_w1/template_round0.nii.gz from an earlier run",
+    )
     parser.add_argument("--work", default="/tmp/ilex-template-bench", help="scratch directory")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -141,14 +192,25 @@ def main() -> None:
     from template_cohort import make_cohort
 
     start = time.perf_counter()
-    cohort = make_cohort(os.path.join(args.work, "cohort"), data_path("colin27_t1.nii.gz"), data_path("colin27_aal.nii.gz"),
-                         n=args.n, step=args.step, voxel_mm=float(args.step), warp_mm=5.0, smoothness_mm=15.0,
-                         translation_mm=5.0, spacing_mm=4.0)
+    cohort = make_cohort(
+        os.path.join(args.work, "cohort"),
+        data_path("colin27_t1.nii.gz"),
+        data_path("colin27_aal.nii.gz"),
+        n=args.n,
+        step=args.step,
+        voxel_mm=float(args.step),
+        warp_mm=5.0,
+        smoothness_mm=15.0,
+        translation_mm=5.0,
+        spacing_mm=4.0,
+    )
     print(f"cohort: {args.n} images, {args.step} mm, made in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     results = {}
     for tool in args.tools:
-        out = os.path.join(args.work, f"{tool}_w{args.workers}" if tool == "ilex" else
-                           "ants_initialised" if args.ants_initial else "ants")
+        out = os.path.join(
+            args.work,
+            f"{tool}_w{args.workers}" if tool == "ilex" else "ants_initialised" if args.ants_initial else "ants",
+        )
         if os.path.exists(out):
             import shutil
 
@@ -156,16 +218,28 @@ def main() -> None:
         run = run_child(tool, cohort, out, args)
         run.update(score(tool, cohort, out, run["template"]))
         results[tool] = run
-        print(f"{tool}: {run['seconds']:.0f} s, {run['peak_rss_gib']:.2f} GiB, correlation {run['correlation']:.4f}, "
-              f"Dice {run['dice']:.4f}", file=sys.stderr)
+        print(
+            f"{tool}: {run['seconds']:.0f} s, {run['peak_rss_gib']:.2f} GiB, correlation {run['correlation']:.4f}, "
+            f"Dice {run['dice']:.4f}",
+            file=sys.stderr,
+        )
     import nibabel as nib
 
     document = {
         "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
-        "cohort": {"n": args.n, "voxel_mm": float(args.step), "shape": list(nib.load(cohort["source"]).shape),
-                   "warp_max_mm": 5.0, "smoothness_mm": 15.0, "rotation_deg_sd": 4.0, "scaling_sd": 0.05,
-                   "translation_mm_sd": 5.0},
-        "rounds": args.rounds, "extent": args.extent, "workers": args.workers,
+        "cohort": {
+            "n": args.n,
+            "voxel_mm": float(args.step),
+            "shape": list(nib.load(cohort["source"]).shape),
+            "warp_max_mm": 5.0,
+            "smoothness_mm": 15.0,
+            "rotation_deg_sd": 4.0,
+            "scaling_sd": 0.05,
+            "translation_mm_sd": 5.0,
+        },
+        "rounds": args.rounds,
+        "extent": args.extent,
+        "workers": args.workers,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_end": os.getloadavg()},
         "results": results,
     }
@@ -182,21 +256,43 @@ def main() -> None:
 
 def markdown(d: dict) -> str:
     c = d["cohort"]
-    lines = [f"# Template building: ilex against ANTs ({c['n']} images, {c['voxel_mm']:g} mm, {d['rounds']} rounds)", "",
-             f"`python bench/{d['command']}`", "",
-             (f"Synthetic cohort: Colin27 at {c['voxel_mm']:g} mm ({' x '.join(map(str, c['shape']))} voxels) seen through "
-             f"{c['n']} random affines and smooth diffeomorphic warps (max {c['warp_max_mm']} mm) whose log-domain means are "
-             "the identity, with intensity curves and noise (tests/template_cohort.py). Truth: Colin27 and its 116 AAL regions."),
-             "", "| tool | wall s | peak GiB | correlation with truth | label Dice |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# Template building: ilex against ANTs ({c['n']} images, {c['voxel_mm']:g} mm, {d['rounds']} rounds)",
+        "",
+        f"`python bench/{d['command']}`",
+        "",
+        (
+            f"Synthetic cohort: Colin27 at {c['voxel_mm']:g} mm ({' x '.join(map(str, c['shape']))} voxels) seen through "
+            f"{c['n']} random affines and smooth diffeomorphic warps (max {c['warp_max_mm']} mm) whose log-domain means are "
+            "the identity, with intensity curves and noise (tests/template_cohort.py). Truth: Colin27 and its 116 AAL regions."
+        ),
+        "",
+        "| tool | wall s | peak GiB | correlation with truth | label Dice |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for tool, r in d["results"].items():
-        what = f"ilex template -m optimize -e {d['extent']}" + (f" --local-workers {d['workers']}" if d["workers"] > 1 else "")
-        name = what if tool == "ilex" else "ants.build_template (SyN)" + (
-            ", started from ilex's affine average" if r.get("initial_template", "").endswith(".nii.gz") else "")
-        lines.append(f"| {name} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['correlation']:.4f} | {r['dice']:.4f} |")
+        what = f"ilex template -m optimize -e {d['extent']}" + (
+            f" --local-workers {d['workers']}" if d["workers"] > 1 else ""
+        )
+        name = (
+            what
+            if tool == "ilex"
+            else "ants.build_template (SyN)"
+            + (", started from ilex's affine average" if r.get("initial_template", "").endswith(".nii.gz") else "")
+        )
+        lines.append(
+            f"| {name} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r['correlation']:.4f} | {r['dice']:.4f} |"
+        )
     if "speedup" in d:
         lines += ["", f"ANTs / ilex wall time: {d['speedup']:.2f}x."]
-    lines += ["", (f"Machine: {d['machine']['cpus']} CPUs, {d['machine']['platform']}; load average at the end "
-              f"{', '.join(f'{x:.1f}' for x in d['machine']['load_at_end'])} (shared with other jobs)."), ""]
+    lines += [
+        "",
+        (
+            f"Machine: {d['machine']['cpus']} CPUs, {d['machine']['platform']}; load average at the end "
+            f"{', '.join(f'{x:.1f}' for x in d['machine']['load_at_end'])} (shared with other jobs)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

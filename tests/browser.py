@@ -63,8 +63,10 @@ class Page:
     def _event(self, message: dict) -> None:
         method, params = message.get("method"), message.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
-            self.errors.append(f"console {params['type']}: " + " ".join(str(a.get("value", a.get("description")))
-                                                                         for a in params.get("args", [])))
+            self.errors.append(
+                f"console {params['type']}: "
+                + " ".join(str(a.get("value", a.get("description"))) for a in params.get("args", []))
+            )
         elif method == "Runtime.exceptionThrown":
             self.errors.append("exception: " + json.dumps(params.get("exceptionDetails", {}))[:500])
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") in ("error", "warning"):
@@ -80,8 +82,9 @@ class Page:
             self.send(f"{domain}.enable")
         self.send("Emulation.setDeviceMetricsOverride", width=1100, height=900, deviceScaleFactor=1, mobile=False)
         self.send("Page.navigate", url=url)
-        self.browser.wait_for(lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == self.session,
-                              timeout)
+        self.browser.wait_for(
+            lambda m: m.get("method") == "Page.loadEventFired" and m.get("sessionId") == self.session, timeout
+        )
         self.settle(0.3)
 
     def settle(self, seconds: float) -> None:
@@ -107,8 +110,13 @@ class Page:
         params = {"format": "png"}
         if rect is not None:  # the clip is in page coordinates: the viewport's plus the scroll offset
             scroll = self.evaluate("[window.scrollX, window.scrollY]")
-            params["clip"] = {"x": round(rect["x"] + scroll[0]), "y": round(rect["y"] + scroll[1]),
-                              "width": round(rect["width"]), "height": round(rect["height"]), "scale": 1}
+            params["clip"] = {
+                "x": round(rect["x"] + scroll[0]),
+                "y": round(rect["y"] + scroll[1]),
+                "width": round(rect["width"]),
+                "height": round(rect["height"]),
+                "scale": 1,
+            }
         data = self.send("Page.captureScreenshot", **params)["data"]
         return np.asarray(PILImage.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
 
@@ -131,15 +139,39 @@ class Browser:
         os.close(to_child_r)
         os.close(from_child_w)
         to_child_r, from_child_w = child_r, child_w
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-                 "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--mute-audio",
-                 # Nothing outside the page may be reached: any host name fails to resolve.
-                 "--host-resolver-rules=MAP * ~NOTFOUND", f"--user-data-dir={self.profile}", "about:blank"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--mute-audio",
+            # Nothing outside the page may be reached: any host name fails to resolve.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={self.profile}",
+            "about:blank",
+        ]
         self.process = subprocess.Popen(
-            ["bash", "-c", 'exec 3<&"$1" 4>&"$2"; shift 2; exec "$@"', "bash", str(to_child_r), str(from_child_w),
-             executable, *flags],
-            pass_fds=(to_child_r, from_child_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "bash",
+                "-c",
+                'exec 3<&"$1" 4>&"$2"; shift 2; exec "$@"',
+                "bash",
+                str(to_child_r),
+                str(from_child_w),
+                executable,
+                *flags,
+            ],
+            pass_fds=(to_child_r, from_child_w),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._buffer = b""

@@ -35,29 +35,59 @@ VERSIONS = {
 
 # name -> (source, member inside it, SHA-256 of the extracted file)
 FILES = {
-    "colin27_t1.nii.gz": ("deb:mricron-data", "usr/share/mricron/templates/ch2.nii.gz",
-                          "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309"),
-    "colin27_aal.nii.gz": ("deb:mricron-data", "usr/share/mricron/templates/aal.nii.gz",
-                           "b512dcd3f36b77f56be7a9a038134096e66314b7e8c31d25875b96bcf6991454"),
-    "mni2009a_t1.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                           "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6"),
-    "fsl_mni152_t1_2mm.nii.gz": ("wheel:nimare", "nimare/resources/templates/tpl-MNI152NLin6Asym_res-02_T1w.nii.gz",
-                                 "1616e98b88c0b213096e015d12f7a114648851989215493ba5799c76c19fd1f5"),
-    "spm_avg152t1.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T1.nii",
-                         "213557a43d4387243c51bf208b3a672ae2eb68091f7ffe47c28a9f69d9e3d9fd"),
-    "spm_avg152t2.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T2.nii",
-                         "6466e5f99fbfd73ee0da5a34bf6c6ade22eea4399bcb9bb002ab5831d925e877"),
+    "colin27_t1.nii.gz": (
+        "deb:mricron-data",
+        "usr/share/mricron/templates/ch2.nii.gz",
+        "a009051127f64dc3dd554d5f5b589870ea72106d9642c21b4e7093e478cfc309",
+    ),
+    "colin27_aal.nii.gz": (
+        "deb:mricron-data",
+        "usr/share/mricron/templates/aal.nii.gz",
+        "b512dcd3f36b77f56be7a9a038134096e66314b7e8c31d25875b96bcf6991454",
+    ),
+    "mni2009a_t1.nii.gz": (
+        "wheel:nilearn",
+        "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "421a10e872fd6cadae7f61d358dffbcc1795a497d61ee76c5dda2503e1a1e9e6",
+    ),
+    "fsl_mni152_t1_2mm.nii.gz": (
+        "wheel:nimare",
+        "nimare/resources/templates/tpl-MNI152NLin6Asym_res-02_T1w.nii.gz",
+        "1616e98b88c0b213096e015d12f7a114648851989215493ba5799c76c19fd1f5",
+    ),
+    "spm_avg152t1.nii": (
+        "wheel:spm-runtime",
+        "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T1.nii",
+        "213557a43d4387243c51bf208b3a672ae2eb68091f7ffe47c28a9f69d9e3d9fd",
+    ),
+    "spm_avg152t2.nii": (
+        "wheel:spm-runtime",
+        "ctf:fsroot/_spm/cleaned/spm/canonical/avg152T2.nii",
+        "6466e5f99fbfd73ee0da5a34bf6c6ade22eea4399bcb9bb002ab5831d925e877",
+    ),
     # Tissue maps: SPM's old segmentation priors on the avg152 grid (probabilities in [0, 1], stored
     # as 0-255 with a 1/255 scale) and MNI 2009a's grey and white matter maps (0-255, no scale:
     # divide by 255 for a probability).
-    "spm_grey.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/grey.nii",
-                     "c4889206b4ffae9366926d9a631cb635e94151a8d2c7a105002ee0e8ceb91d06"),
-    "spm_white.nii": ("wheel:spm-runtime", "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/white.nii",
-                      "6b3208332f51c78c57137e7721c2596972feb7ce43affe4a4c3404cbd9c54481"),
-    "mni2009a_gm.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-                           "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed"),
-    "mni2009a_wm.nii.gz": ("wheel:nilearn", "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-                           "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db"),
+    "spm_grey.nii": (
+        "wheel:spm-runtime",
+        "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/grey.nii",
+        "c4889206b4ffae9366926d9a631cb635e94151a8d2c7a105002ee0e8ceb91d06",
+    ),
+    "spm_white.nii": (
+        "wheel:spm-runtime",
+        "ctf:fsroot/_spm/cleaned/spm/toolbox/OldSeg/white.nii",
+        "6b3208332f51c78c57137e7721c2596972feb7ce43affe4a4c3404cbd9c54481",
+    ),
+    "mni2009a_gm.nii.gz": (
+        "wheel:nilearn",
+        "nilearn/datasets/data/mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+        "97a5ca69bd24db37a9cb7b32525e1733a209af904129bf1cd36da06d24243bed",
+    ),
+    "mni2009a_wm.nii.gz": (
+        "wheel:nilearn",
+        "nilearn/datasets/data/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+        "382d92812de4744f9c86c7a0e4f680dc317a0a50e4da1f0153618a6798c7b7db",
+    ),
 }
 
 
@@ -86,8 +116,10 @@ def _sha256(data: bytes) -> str:
 def _store(name: str, data: bytes, dest: str) -> None:
     expected = FILES[name][2]
     if _sha256(data) != expected:
-        raise ChecksumError(f"{name}: SHA-256 {_sha256(data)} is not the pinned {expected} (from {FILES[name][0]} "
-                            f"{VERSIONS[FILES[name][0]]})")
+        raise ChecksumError(
+            f"{name}: SHA-256 {_sha256(data)} is not the pinned {expected} (from {FILES[name][0]} "
+            f"{VERSIONS[FILES[name][0]]})"
+        )
     with open(os.path.join(dest, name), "wb") as f:
         f.write(data)
 
@@ -101,8 +133,23 @@ def _fetch_deb(package: str, version: str, tmp: str) -> str:
 
 
 def _fetch_wheel(package: str, version: str, tmp: str) -> str:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", tmp,
-                    f"{package}=={version}"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-q",
+            "-d",
+            tmp,
+            f"{package}=={version}",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return glob.glob(os.path.join(tmp, "*.whl"))[0]
 
 
@@ -134,8 +181,15 @@ def fetch(dest: str = DATA) -> list[str]:
                             else:
                                 data = whl.read(member)
                             _store(name, data, dest)
-            except (subprocess.CalledProcessError, OSError, KeyError, IndexError, StopIteration, zipfile.BadZipFile,
-                    ChecksumError) as e:
+            except (
+                subprocess.CalledProcessError,
+                OSError,
+                KeyError,
+                IndexError,
+                StopIteration,
+                zipfile.BadZipFile,
+                ChecksumError,
+            ) as e:
                 print(f"could not fetch {sorted(wanted)} from {source} {VERSIONS[source]}: {e}", file=sys.stderr)
                 failed += list(wanted)
     return failed

@@ -46,17 +46,26 @@ def pristine_files(directory: str) -> dict[str, str]:
     """One file per format, each describing MOV_TO_FIX for the MOVING/FIXED geometry."""
     files = {}
     ras = LinearTransform(1, MOV_TO_FIX)
-    src, dst = VolumeGeometry.from_affine(MOVING, SHAPES[0], "mov.nii.gz"), VolumeGeometry.from_affine(FIXED, SHAPES[1], "fix.nii.gz")
+    src, dst = (
+        VolumeGeometry.from_affine(MOVING, SHAPES[0], "mov.nii.gz"),
+        VolumeGeometry.from_affine(FIXED, SHAPES[1], "fix.nii.gz"),
+    )
     vox = LinearTransform(0, np.linalg.inv(FIXED) @ MOV_TO_FIX @ MOVING, src, dst)
     params, centre = _itk_params(np.linalg.inv(MOV_TO_FIX), np.array([1.5, -20.0, 7.0]))
-    itk = ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-           f"Parameters: {' '.join(str(float(p)) for p in params)}\nFixedParameters: {' '.join(str(float(c)) for c in centre)}\n")
+    itk = (
+        "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+        f"Parameters: {' '.join(str(float(p)) for p in params)}\nFixedParameters: {' '.join(str(float(c)) for c in centre)}\n"
+    )
     for name, text in (("ras.lta", format_lta(ras)), ("vox.lta", format_lta(vox)), ("itk.txt", itk)):
         files[name] = os.path.join(directory, name)
         with open(files[name], "w") as f:
             f.write(text)
     files["ants.mat"] = os.path.join(directory, "ants.mat")
-    savemat(files["ants.mat"], {"AffineTransform_double_3_3": np.array(params)[:, None], "fixed": np.array(centre)[:, None]}, format="4")  # as ITK/ANTs write it
+    savemat(
+        files["ants.mat"],
+        {"AffineTransform_double_3_3": np.array(params)[:, None], "fixed": np.array(centre)[:, None]},
+        format="4",
+    )  # as ITK/ANTs write it
     return files
 
 
@@ -116,7 +125,9 @@ def run(cases: int, seed: int) -> dict:
                     counts = results.setdefault(label, {})
                     counts[outcome] = counts.get(outcome, 0) + 1
                     if outcome == "other exception" or (mode == "structure" and outcome == "other matrix"):
-                        failures.append({"target": label, "case": case, "damage": how, "outcome": outcome, "detail": detail})
+                        failures.append(
+                            {"target": label, "case": case, "damage": how, "outcome": outcome, "detail": detail}
+                        )
     return {"cases_per_target": cases, "seed": seed, "results": results, "failures": failures}
 
 

@@ -96,7 +96,7 @@ def _same(model, reference) -> bool:
         type(model) is type(reference)
         and model.constructor_kwargs == reference.constructor_kwargs
         and len(a) == len(b)
-        and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+        and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b, strict=False))
     )
 
 
@@ -126,7 +126,10 @@ def run(cases: int, seed: int, verbose: bool = False) -> dict:
         h5_digest = file_sha256(SOURCE_H5)
         targets = {
             "h5": (SOURCE_H5, _h5_data_ranges(SOURCE_H5)),
-            "model.safetensors": (os.path.join(bundle, "model.safetensors"), _safetensors_data_ranges(os.path.join(bundle, "model.safetensors"))),
+            "model.safetensors": (
+                os.path.join(bundle, "model.safetensors"),
+                _safetensors_data_ranges(os.path.join(bundle, "model.safetensors")),
+            ),
             "config.json": (os.path.join(bundle, "config.json"), []),
         }
         results: dict[str, dict[str, int]] = {}
@@ -142,8 +145,10 @@ def run(cases: int, seed: int, verbose: bool = False) -> dict:
                     os.makedirs(case_dir)
                     target = os.path.join(case_dir, "weights.h5")
                     pathlib.Path(target).write_bytes(damaged)
-                    loads = {"h5 (unknown file)": lambda t=target: ilex.load(t),
-                             "h5 (expected_sha256)": lambda t=target: ilex.load(t, expected_sha256=h5_digest)}
+                    loads = {
+                        "h5 (unknown file)": lambda t=target: ilex.load(t),
+                        "h5 (expected_sha256)": lambda t=target: ilex.load(t, expected_sha256=h5_digest),
+                    }
                 else:
                     shutil.copytree(bundle, case_dir)
                     pathlib.Path(case_dir, kind).write_bytes(damaged)
@@ -154,12 +159,21 @@ def run(cases: int, seed: int, verbose: bool = False) -> dict:
                     outcome, detail = _outcome(load, reference)
                     results.setdefault(label, {}).setdefault(outcome, 0)
                     results[label][outcome] += 1
-                    bad = outcome in ("hang", "other exception") or (outcome == "silently wrong" and label != "h5 (unknown file)")
+                    bad = outcome in ("hang", "other exception") or (
+                        outcome == "silently wrong" and label != "h5 (unknown file)"
+                    )
                     if bad:
-                        failures.append({"target": label, "case": case, "damage": how, "outcome": outcome, "detail": detail})
+                        failures.append(
+                            {"target": label, "case": case, "damage": how, "outcome": outcome, "detail": detail}
+                        )
                 shutil.rmtree(case_dir)
-        return {"cases_per_target": cases, "seed": seed, "seconds": round(time.perf_counter() - start, 1),
-                "results": results, "failures": failures}
+        return {
+            "cases_per_target": cases,
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 1),
+            "results": results,
+            "failures": failures,
+        }
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -29,7 +29,9 @@ def _block_mean(data: np.ndarray, step: int) -> np.ndarray:
     return data.reshape(shape[0], step, shape[1], step, shape[2], step).mean(axis=(1, 3, 5))
 
 
-def source(t1_path: str, labels_path: str, step: int = 3, voxel_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def source(
+    t1_path: str, labels_path: str, step: int = 3, voxel_mm: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(T1, labels, affine): Colin27 block-averaged `step` times (labels: the centre voxel of each
     block), with `voxel_mm` voxels (1 mm with step 3 shrinks the head 3x; step 2 with 2 mm keeps its
     size), RAS, world origin at the grid's centre."""
@@ -53,8 +55,17 @@ def _exp_velocity(v: np.ndarray, steps: int = 7) -> np.ndarray:
     return u
 
 
-def transforms(n: int, extent_mm, seed: int = 0, rotation_deg: float = 4.0, scaling: float = 0.05,
-               translation_mm: float = 3.0, warp_mm: float = 3.0, smoothness_mm: float = 6.0, spacing_mm: float = 2.0):
+def transforms(
+    n: int,
+    extent_mm,
+    seed: int = 0,
+    rotation_deg: float = 4.0,
+    scaling: float = 0.05,
+    translation_mm: float = 3.0,
+    warp_mm: float = 3.0,
+    smoothness_mm: float = 6.0,
+    spacing_mm: float = 2.0,
+):
     """n world matrices A_j (4x4) and n displacements e_j = exp(v_j) (mm, on a grid of `spacing_mm`
     covering `extent_mm` around the centre); the logs of the A_j and the v_j each average to zero."""
     rng = np.random.default_rng(seed)
@@ -71,15 +82,24 @@ def transforms(n: int, extent_mm, seed: int = 0, rotation_deg: float = 4.0, scal
     matrices = [expm(log - mean_log) for log in logs]
     shape = tuple(int(np.ceil(e / spacing_mm)) + 1 for e in extent_mm)
     sigma = smoothness_mm / spacing_mm
-    velocities = np.stack([np.stack([gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(3)], -1)
-                           for _ in range(n)])
+    velocities = np.stack(
+        [np.stack([gaussian_filter(rng.standard_normal(shape), sigma) for _ in range(3)], -1) for _ in range(n)]
+    )
     velocities -= velocities.mean(axis=0)
     velocities *= warp_mm / np.abs(velocities).max()
     return matrices, [_exp_velocity(v / spacing_mm) * spacing_mm for v in velocities], spacing_mm
 
 
-def subject(t1: np.ndarray, labels: np.ndarray, affine: np.ndarray, matrix: np.ndarray, displacement: np.ndarray,
-            spacing_mm: float, rng: np.random.Generator, noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+def subject(
+    t1: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    matrix: np.ndarray,
+    displacement: np.ndarray,
+    spacing_mm: float,
+    rng: np.random.Generator,
+    noise: float = 0.03,
+) -> tuple[np.ndarray, np.ndarray]:
     """One subject's image and labels on the source grid: the source sampled at psi(x) = A (x + e(x))."""
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in t1.shape], indexing="ij"), -1)
     world = grid @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
@@ -100,8 +120,16 @@ def subject(t1: np.ndarray, labels: np.ndarray, affine: np.ndarray, matrix: np.n
     return image.astype(np.float32), map_coordinates(labels, coords, order=0, mode="constant", cval=0).astype(np.int16)
 
 
-def make_cohort(out_dir: str | os.PathLike, t1_path: str, labels_path: str, n: int = 6, step: int = 3,
-                seed: int = 0, voxel_mm: float = 1.0, **kwargs) -> dict:
+def make_cohort(
+    out_dir: str | os.PathLike,
+    t1_path: str,
+    labels_path: str,
+    n: int = 6,
+    step: int = 3,
+    seed: int = 0,
+    voxel_mm: float = 1.0,
+    **kwargs,
+) -> dict:
     """Write the source, its labels and n subjects (image and labels) to `out_dir`; returns their paths.
 
     `kwargs` go to `transforms` (rotation_deg, scaling, translation_mm, warp_mm, smoothness_mm, spacing_mm).
@@ -111,8 +139,12 @@ def make_cohort(out_dir: str | os.PathLike, t1_path: str, labels_path: str, n: i
     t1, labels, affine = source(t1_path, labels_path, step, voxel_mm)
     matrices, displacements, spacing = transforms(n, np.asarray(t1.shape) * voxel_mm, seed, **kwargs)
     rng = np.random.default_rng(seed + 1)
-    paths = {"source": os.path.join(out_dir, "source.nii.gz"), "source_labels": os.path.join(out_dir, "source_labels.nii.gz"),
-             "images": [], "labels": []}
+    paths = {
+        "source": os.path.join(out_dir, "source.nii.gz"),
+        "source_labels": os.path.join(out_dir, "source_labels.nii.gz"),
+        "images": [],
+        "labels": [],
+    }
     nib.save(nib.Nifti1Image(t1, affine), paths["source"])
     nib.save(nib.Nifti1Image(labels, affine), paths["source_labels"])
     for j, (matrix, disp) in enumerate(zip(matrices, displacements, strict=True)):

@@ -24,8 +24,13 @@ def _ilex(*argv):
 def test_apply_reference_lta_reproduces_its_moved_image(tmp_path):
     # mri_synthmorph's own -t LTA, applied by ilex, gives mri_synthmorph's -o image (surfa's sampling rule).
     z = np.load(fixture_path("affine_e64_colin_to_mni.npz"))
-    _ilex("apply", fixture_path("affine_lta/colin_to_mni_affine_fw.lta"), data_path("colin27_t1.nii.gz"),
-          tmp_path / "moved.nii.gz", "-q")
+    _ilex(
+        "apply",
+        fixture_path("affine_lta/colin_to_mni_affine_fw.lta"),
+        data_path("colin27_t1.nii.gz"),
+        tmp_path / "moved.nii.gz",
+        "-q",
+    )
     moved = nib.load(tmp_path / "moved.nii.gz")
     assert moved.shape == tuple(z["fix_shape"]) and np.abs(moved.affine - z["fix_vox2ras"]).max() < 1e-4
     assert np.abs(moved.get_fdata()[tuple(z["fixed_idx"].T)] - z["affine_moved"]).max() < 2e-2  # measured 7e-3 of 255
@@ -34,8 +39,14 @@ def test_apply_reference_lta_reproduces_its_moved_image(tmp_path):
 @pytest.mark.realdata
 def test_apply_header_only_matches_register_H(tmp_path):
     z = np.load(fixture_path("affine_e64_colin_to_mni.npz"))
-    _ilex("apply", "-H", fixture_path("affine_lta/colin_to_mni_affine_fw.lta"), data_path("colin27_t1.nii.gz"),
-          tmp_path / "h.nii.gz", "-q")
+    _ilex(
+        "apply",
+        "-H",
+        fixture_path("affine_lta/colin_to_mni_affine_fw.lta"),
+        data_path("colin27_t1.nii.gz"),
+        tmp_path / "h.nii.gz",
+        "-q",
+    )
     out = nib.load(tmp_path / "h.nii.gz")
     assert np.abs(out.affine - z["affine_H_moved_vox2ras"]).max() < 1e-4
     assert np.array_equal(out.get_fdata(), nib.load(data_path("colin27_t1.nii.gz")).get_fdata())
@@ -64,7 +75,9 @@ def test_itk_text_and_lta_agree(tmp_path):
     from ilex.registration.affine_init import read_initial_affine
 
     a_mov, a_fix = nib.load(colin).affine, nib.load(mni).affine
-    to_moving = np.linalg.inv(a_mov) @ np.linalg.inv(read_initial_affine(tmp_path / "a.lta", np.eye(4), np.eye(4))) @ a_fix
+    to_moving = (
+        np.linalg.inv(a_mov) @ np.linalg.inv(read_initial_affine(tmp_path / "a.lta", np.eye(4), np.eye(4))) @ a_fix
+    )
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in ref.shape], indexing="ij"), -1)
     where = grid @ to_moving[:3, :3].T + to_moving[:3, 3]
     interior = np.all((where > 1) & (where < np.array(nib.load(colin).shape) - 2), axis=-1)
@@ -75,11 +88,23 @@ def test_itk_text_and_lta_agree(tmp_path):
 
 def test_dense_warp_of_a_matrix_and_apply_refusals(tmp_path, capsys):
     colin = fixture_path("affine_e64.h5")  # any file: the refusals come before it is read
-    assert main(["apply", "-H", fixture_path("affine_lta/colin_to_mni_affine_fw.lta").replace(".lta", ".nii.gz"),
-                 colin, str(tmp_path / "x.nii.gz")]) == 1
+    assert (
+        main(
+            [
+                "apply",
+                "-H",
+                fixture_path("affine_lta/colin_to_mni_affine_fw.lta").replace(".lta", ".nii.gz"),
+                colin,
+                str(tmp_path / "x.nii.gz"),
+            ]
+        )
+        == 1
+    )
     assert "header-only output needs a matrix" in capsys.readouterr().err
-    (tmp_path / "t.txt").write_text("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-                                    "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0 0\n")
+    (tmp_path / "t.txt").write_text(
+        "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+        "Parameters: 1 0 0 0 1 0 0 0 1 0 0 0\nFixedParameters: 0 0 0\n"
+    )
     img = tmp_path / "i.nii.gz"
     nib.save(nib.Nifti1Image(np.arange(64, dtype=np.float32).reshape(4, 4, 4), np.eye(4)), img)
     assert main(["apply", str(tmp_path / "t.txt"), str(img), str(tmp_path / "o.nii.gz")]) == 1
@@ -97,8 +122,12 @@ def test_convert_affine_and_rigid(tmp_path, name, rigid):
     assert bundle.rigid is rigid
     for a, b in zip(bundle.convs, h5.convs, strict=True):
         assert np.array_equal(a.kernel, b.kernel) and np.array_equal(a.bias, b.bias)
-    proc = subprocess.run([sys.executable, "-m", "ilex", "convert", fixture_path(name), str(tmp_path / "c"), "-r", "0.5"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ilex", "convert", fixture_path(name), str(tmp_path / "c"), "-r", "0.5"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 1 and "has no λ" in proc.stderr and not (tmp_path / "c").exists()
 
 

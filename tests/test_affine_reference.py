@@ -48,8 +48,10 @@ def rel(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def nets():
-    return {k: ilex.load(fixture_path(f)) for k, f in
-            (("affine", "affine_e64.h5"), ("rigid", "rigid_e64.h5"), ("deform", "net_e64_mixed.h5"))}
+    return {
+        k: ilex.load(fixture_path(f))
+        for k, f in (("affine", "affine_e64.h5"), ("rigid", "rigid_e64.h5"), ("deform", "net_e64_mixed.h5"))
+    }
 
 
 @pytest.fixture(scope="module", params=PAIRS)
@@ -65,7 +67,11 @@ def case(request):
 
 def test_layout_and_rigid_flag(nets):
     assert nets["affine"].rigid is False and nets["rigid"].rigid is True  # told apart by name (same layout)
-    assert nets["affine"].enc_nf == (8, 12, 16, 16) and nets["affine"].add_nf == (16, 8, 8, 8) and nets["affine"].num_feat == 6
+    assert (
+        nets["affine"].enc_nf == (8, 12, 16, 16)
+        and nets["affine"].add_nf == (16, 8, 8, 8)
+        and nets["affine"].num_feat == 6
+    )
 
 
 def test_detector_and_fits(nets, case):
@@ -155,21 +161,47 @@ def test_cli_writes_ltas_that_readers_load_back(case, kind, tmp_path):
         moving = load_image(path)
     weights = fixture_path(f"{kind}_e64.h5")
     fw, bw = tmp_path / "fw.lta", tmp_path / "bw.lta"
-    cmd = [sys.executable, "-m", "ilex", "register", moving.path, fixed.path, "-m", kind, "-w", weights, "-e", "64",
-           "-t", str(fw), "-T", str(bw), "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilex",
+        "register",
+        moving.path,
+        fixed.path,
+        "-m",
+        kind,
+        "-w",
+        weights,
+        "-e",
+        "64",
+        "-t",
+        str(fw),
+        "-T",
+        str(bw),
+        "-q",
+    ]
     subprocess.run(cmd, check=True)
     reference = fixture_path(f"affine_lta/{name}_{kind}_fw.lta")
     bound = RIGID_REL if kind == "rigid" else MATRIX_REL
     assert rel(_lta_matrix(fw), _lta_matrix(reference)) < bound
     assert rel(_lta_matrix(bw), _lta_matrix(fixture_path(f"affine_lta/{name}_{kind}_bw.lta"))) < bound
     # The geometry blocks say which images the matrix joins, as FreeSurfer's own file does.
-    ours = [ln for ln in fw.read_text().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]
-    theirs = [ln for ln in Path(reference).read_text().splitlines() if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))]
+    ours = [
+        ln
+        for ln in fw.read_text().splitlines()
+        if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))
+    ]
+    theirs = [
+        ln
+        for ln in Path(reference).read_text().splitlines()
+        if ln.startswith(("volume", "voxelsize", "xras", "yras", "zras", "cras"))
+    ]
     assert len(ours) == len(theirs) == 12
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=False):
         assert a.split("=")[0] == b.split("=")[0]
-        np.testing.assert_allclose([float(x) for x in a.split("=")[1].split()], [float(x) for x in b.split("=")[1].split()],
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            [float(x) for x in a.split("=")[1].split()], [float(x) for x in b.split("=")[1].split()], atol=1e-4
+        )
     # nitransforms keeps the resampling direction (fixed RAS -> moving RAS): the inverse of what the LTA stores.
     import nitransforms
 

@@ -32,7 +32,9 @@ def _head(shape=SHAPE, seed=0):
     rng = np.random.default_rng(seed)
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
     inside = (grid**2).sum(0) < 0.64
-    data = (inside * (100 + 20 * np.sin(6 * grid[0]) * np.cos(5 * grid[1])) + rng.normal(0, 2, shape)).astype(np.float32)
+    data = (inside * (100 + 20 * np.sin(6 * grid[0]) * np.cos(5 * grid[1])) + rng.normal(0, 2, shape)).astype(
+        np.float32
+    )
     affine = np.diag([4.0, 4.0, 4.0, 1.0])
     affine[:3, 3] = -2.0 * (np.asarray(shape) - 1)
     return data, affine
@@ -109,7 +111,11 @@ def _deny_as_root(monkeypatch, name):
     # Root reads and writes whatever the mode bits say; there, make os.access say what a user would see.
     if os.geteuid() == 0:
         real = os.access
-        monkeypatch.setattr(os, "access", lambda p, mode, **k: False if os.path.basename(os.path.abspath(p)) == name else real(p, mode, **k))
+        monkeypatch.setattr(
+            os,
+            "access",
+            lambda p, mode, **k: False if os.path.basename(os.path.abspath(p)) == name else real(p, mode, **k),
+        )
 
 
 def test_unreadable_file(work, capsys, monkeypatch):
@@ -221,12 +227,18 @@ def test_initial_affine_rescues_a_displaced_pair(work, capsys):
     assert min(check_overlap(moving, fixed, undo)) > 0.95
 
 
-@pytest.mark.parametrize(("name", "text", "problem"), [
-    ("only_fixed.txt", "#Insight Transform File V1.0\nTransform: AffineTransform_double_3_3\nFixedParameters: 0 0 0\n",
-     "'Parameters:'"),
-    ("no_matrix.lta", "type = 1 # LINEAR_RAS_TO_RAS\nnxforms = 1\n", "no '1 4 4' matrix"),
-    ("no_geometry.lta", "type = 0\nnxforms = 1\n1 4 4\n1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "volume info"),
-])
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        (
+            "only_fixed.txt",
+            "#Insight Transform File V1.0\nTransform: AffineTransform_double_3_3\nFixedParameters: 0 0 0\n",
+            "'Parameters:'",
+        ),
+        ("no_matrix.lta", "type = 1 # LINEAR_RAS_TO_RAS\nnxforms = 1\n", "no '1 4 4' matrix"),
+        ("no_geometry.lta", "type = 0\nnxforms = 1\n1 4 4\n1 0 0 0\n0 1 0 0\n0 0 1 0\n0 0 0 1\n", "volume info"),
+    ],
+)
 def test_bad_initial_affine_is_one_line_exit_1(work, capsys, name, text, problem):
     # These ended in 'internal error' (exit 3) with a traceback-worthy exception before.
     pathlib.Path(name).write_text(text)
@@ -368,7 +380,13 @@ def test_d_path_is_a_file(work, capsys):
 
 
 def test_apply_with_an_image_as_warp(work, capsys):
-    _fails(capsys, work, ["apply", "fixed.nii.gz", "moving.nii.gz", "out.nii.gz"], "fixed.nii.gz", "not a displacement field")
+    _fails(
+        capsys,
+        work,
+        ["apply", "fixed.nii.gz", "moving.nii.gz", "out.nii.gz"],
+        "fixed.nii.gz",
+        "not a displacement field",
+    )
 
 
 def test_apply_missing_warp(work, capsys):
@@ -464,7 +482,11 @@ def test_voxel_lta_for_images_of_another_shape(work, capsys):
 
     moving, fixed = nib.load("moving.nii.gz"), nib.load("fixed.nii.gz")
     wrong = tuple(n + 2 for n in moving.shape)
-    lta = LinearTransform(0, np.eye(4), VolumeGeometry.from_affine(moving.affine, wrong),
-                          VolumeGeometry.from_affine(fixed.affine, fixed.shape))
+    lta = LinearTransform(
+        0,
+        np.eye(4),
+        VolumeGeometry.from_affine(moving.affine, wrong),
+        VolumeGeometry.from_affine(fixed.affine, fixed.shape),
+    )
     pathlib.Path("v.lta").write_text(format_lta(lta))
     _fails(capsys, work, _register() + ["-i", "v.lta"], "v.lta", "shape")

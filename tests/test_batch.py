@@ -29,8 +29,12 @@ from ilex.errors import OptionError
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 E32 = fixture_path("net_e32_uniform.h5")
-GOOD = [("colin.nii.gz", "mni.nii.gz"), ("mni.nii.gz", "colin_shift.nii.gz"), ("colin_shift.nii.gz", "mni4.nii.gz"),
-        ("mni4.nii.gz", "colin.nii.gz")]
+GOOD = [
+    ("colin.nii.gz", "mni.nii.gz"),
+    ("mni.nii.gz", "colin_shift.nii.gz"),
+    ("colin_shift.nii.gz", "mni4.nii.gz"),
+    ("mni4.nii.gz", "colin.nii.gz"),
+]
 OUTPUTS = {"o": "moved.nii.gz", "t": "fw.nii.gz", "T": "bw.mgz", "qc": "qc"}
 
 
@@ -63,9 +67,13 @@ def _write_csv(path, rows):
 
 def _rows(images, out, bad_at=2):
     """GOOD pairs with outputs out/pK_*, and a pair with a broken moving image at `bad_at`."""
-    rows = [[str(images / m), str(images / f), *(f"{out}/p{k}_{name}" for name in OUTPUTS.values())]
-            for k, (m, f) in enumerate(GOOD, 1)]
-    rows.insert(bad_at, [str(images / "broken.nii.gz"), str(images / "mni.nii.gz"), f"{out}/bad_moved.nii.gz", "", "", ""])
+    rows = [
+        [str(images / m), str(images / f), *(f"{out}/p{k}_{name}" for name in OUTPUTS.values())]
+        for k, (m, f) in enumerate(GOOD, 1)
+    ]
+    rows.insert(
+        bad_at, [str(images / "broken.nii.gz"), str(images / "mni.nii.gz"), f"{out}/bad_moved.nii.gz", "", "", ""]
+    )
     return rows
 
 
@@ -78,9 +86,26 @@ def sequential(images, tmp_path_factory):
     """Each good pair registered by its own `ilex register` call: the reference outputs."""
     out = tmp_path_factory.mktemp("sequential")
     for k, (m, f) in enumerate(GOOD, 1):
-        argv = ["register", str(images / m), str(images / f), "-m", "deform", "-w", E32, "-e", "32", "-q",
-                "-o", str(out / f"p{k}_moved.nii.gz"), "-t", str(out / f"p{k}_fw.nii.gz"),
-                "-T", str(out / f"p{k}_bw.mgz"), "--qc", str(out / f"p{k}_qc")]
+        argv = [
+            "register",
+            str(images / m),
+            str(images / f),
+            "-m",
+            "deform",
+            "-w",
+            E32,
+            "-e",
+            "32",
+            "-q",
+            "-o",
+            str(out / f"p{k}_moved.nii.gz"),
+            "-t",
+            str(out / f"p{k}_fw.nii.gz"),
+            "-T",
+            str(out / f"p{k}_bw.mgz"),
+            "--qc",
+            str(out / f"p{k}_qc"),
+        ]
         assert main(argv) == 0
     return out
 
@@ -106,19 +131,25 @@ def test_pairs_file_columns(tmp_path):
     )
     first, second, third = read_pairs(tmp_path / "pairs.csv")
     assert first.moving == str(tmp_path / "a.nii.gz") and first.init == str(tmp_path / "init.lta")
-    assert first.outputs == {"out_moving": str(tmp_path / "out" / "a.nii.gz"), "trans": str(tmp_path / "w.nii.gz"),
-                             "qc": str(tmp_path / "qcdir")}
+    assert first.outputs == {
+        "out_moving": str(tmp_path / "out" / "a.nii.gz"),
+        "trans": str(tmp_path / "w.nii.gz"),
+        "qc": str(tmp_path / "qcdir"),
+    }
     assert (first.hyper, first.method, first.label, first.problem) == (0.3, "deform", "sub-01", None)
     assert second.fixed == "/abs/d.nii.gz" and "not a number" in second.problem and second.label == "row 2"
     assert "no output" in third.problem
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("moving,fixed,o,colour\na,b,c,d\n", "unknown column 'colour'"),
-    ("moving,o\na,b\n", "no fixed column"),
-    ("moving,fixed,o,out_moving\na,b,c,d\n", "given twice"),
-    ("moving,fixed,o\na,b,x.nii.gz\nc,d,x.nii.gz\n", "row 2 and row 1 both write"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("moving,fixed,o,colour\na,b,c,d\n", "unknown column 'colour'"),
+        ("moving,o\na,b\n", "no fixed column"),
+        ("moving,fixed,o,out_moving\na,b,c,d\n", "given twice"),
+        ("moving,fixed,o\na,b,x.nii.gz\nc,d,x.nii.gz\n", "row 2 and row 1 both write"),
+    ],
+)
 def test_pairs_file_refused_before_any_work(tmp_path, text, message):
     (tmp_path / "pairs.csv").write_text(text)
     with pytest.raises(OptionError, match=message):
@@ -133,7 +164,9 @@ def test_memory_estimate_counts_the_detector_where_a_pair_runs_it():
     broken = Pair(2, "m.nii", "f.nii", method="affine", problem="λ 'x' is not a number")  # fails alone, never runs
     settings = BatchSettings(extent=256)
     assert settings.memory_estimate([deform, broken]) == estimate_peak_bytes(256)
-    assert settings.memory_estimate([deform, rigid]) == estimate_peak_bytes(256, detector=True) > estimate_peak_bytes(256)
+    assert (
+        settings.memory_estimate([deform, rigid]) == estimate_peak_bytes(256, detector=True) > estimate_peak_bytes(256)
+    )
     # Rows without a method run the command's -m, or else what the weights are: joint for two files.
     assert BatchSettings(method="joint").runs_detector([Pair(0, "m", "f")])
     assert BatchSettings(weights=("a.h5", "d.h5")).runs_detector([Pair(0, "m", "f")])
@@ -176,7 +209,9 @@ def local_batch(images, sequential, tmp_path_factory):
     work = tmp_path_factory.mktemp("local")
     _write_csv(work / "pairs.csv", _rows(images, work / "out"))
     (work / "out").mkdir()
-    status = main(["batch", str(work / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q", "--no-compilation-cache"])
+    status = main(
+        ["batch", str(work / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q", "--no-compilation-cache"]
+    )
     return work, status
 
 
@@ -192,8 +227,18 @@ def test_summary_files(local_batch):
     with open(work / "pairs.summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["status"] for r in rows] == ["done", "done", "failed", "done", "done"]
-    assert list(rows[0])[:10] == ["pair", "index", "moving", "fixed", "status", "seconds", "peak_memory_gib",
-                                  "folding_percent", "error", "worker"]
+    assert list(rows[0])[:10] == [
+        "pair",
+        "index",
+        "moving",
+        "fixed",
+        "status",
+        "seconds",
+        "peak_memory_gib",
+        "folding_percent",
+        "error",
+        "worker",
+    ]
     assert "broken.nii.gz" in rows[2]["error"] and "not a readable" in rows[2]["error"]
     assert all(float(r["seconds"]) > 0 and float(r["peak_memory_gib"]) > 0 for r in rows if r["status"] == "done")
     # Folding in the summary is the QC report's.
@@ -209,18 +254,23 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys, monkeypatch):
     out = work / "out"
     before = {name: os.stat(out / name).st_mtime_ns for name in _files(out)}
     os.remove(out / "p2_bw.mgz")  # pair 2 lost one output: only it runs again
-    status = main(["batch", str(work / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "--summary", str(work / "rerun")])
+    status = main(
+        ["batch", str(work / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "--summary", str(work / "rerun")]
+    )
     assert status == 1
     with open(work / "rerun.csv", newline="") as f:
         assert [r["status"] for r in csv.DictReader(f)] == ["skipped", "done", "failed", "skipped", "skipped"]
     after = {name: os.stat(out / name).st_mtime_ns for name in _files(out)}
     assert sorted(after) == sorted(before)
     assert [n for n in before if after[n] != before[n] and n != "p2_bw.mgz"] == [
-        n for n in before if n.startswith("p2_") and n != "p2_bw.mgz"]
+        n for n in before if n.startswith("p2_") and n != "p2_bw.mgz"
+    ]
     assert "1 done, 3 skipped, 1 failed" in capsys.readouterr().out
     # Without the bad row everything is there already: nothing runs (no weights are loaded), the exit status is 0.
     _write_csv(work / "good.csv", [r for r in _rows(images, out) if "broken" not in r[0]])
-    monkeypatch.setattr(bundle_weights, "load_weights_file", lambda *a, **k: pytest.fail("weights loaded for a finished batch"))
+    monkeypatch.setattr(
+        bundle_weights, "load_weights_file", lambda *a, **k: pytest.fail("weights loaded for a finished batch")
+    )
     assert main(["batch", str(work / "good.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q"]) == 0
 
 
@@ -237,8 +287,10 @@ def test_a_pair_that_fails_while_its_outputs_are_written_fails_alone(images, tmp
         return write(result, outputs, **kwargs)
 
     monkeypatch.setattr(batch_run, "write_outputs", failing_write)
-    pairs = [Pair(k, str(images / m), str(images / f), {"out_moving": str(tmp_path / f"p{k}_moved.nii.gz")})
-             for k, (m, f) in enumerate(GOOD, 1)]
+    pairs = [
+        Pair(k, str(images / m), str(images / f), {"out_moving": str(tmp_path / f"p{k}_moved.nii.gz")})
+        for k, (m, f) in enumerate(GOOD, 1)
+    ]
     pairs.append(Pair(5, str(images / "colin.nii.gz"), str(images / "mni.nii.gz"), {"trans": str(tmp_path / "p5.lta")}))
     records = run_batch(pairs, BatchSettings(weights=E32, extent=32))
     assert [r.index for r in records] == [1, 2, 3, 4, 5]
@@ -246,7 +298,9 @@ def test_a_pair_that_fails_while_its_outputs_are_written_fails_alone(images, tmp
     assert records[1].error == "OSError: disk full"
     # A name the method cannot write fails before any registration, with the reason.
     assert "gives a warp, not a matrix" in records[4].error and records[4].seconds < 1
-    assert sorted(os.listdir(tmp_path)) == [f"p{k}_moved.nii.gz{suffix}" for k in (1, 3, 4) for suffix in ("", MANIFEST_SUFFIX)]
+    assert sorted(os.listdir(tmp_path)) == [
+        f"p{k}_moved.nii.gz{suffix}" for k in (1, 3, 4) for suffix in ("", MANIFEST_SUFFIX)
+    ]
 
 
 def test_every_method_per_row(images, tmp_path):
@@ -257,25 +311,57 @@ def test_every_method_per_row(images, tmp_path):
         writer = csv.writer(f)
         writer.writerow(["moving", "fixed", "o", "qc", "m", "r", "id"])
         for k, (method, hyper) in enumerate(rows):
-            writer.writerow([images / "colin_shift.nii.gz", images / "mni.nii.gz", f"out/{k}.nii.gz", f"out/qc{k}",
-                             method, hyper, f"row{k}"])
+            writer.writerow(
+                [
+                    images / "colin_shift.nii.gz",
+                    images / "mni.nii.gz",
+                    f"out/{k}.nii.gz",
+                    f"out/qc{k}",
+                    method,
+                    hyper,
+                    f"row{k}",
+                ]
+            )
     (tmp_path / "out").mkdir()
     assert main(["batch", str(tmp_path / "pairs.csv"), "-w", affine, "-w", deform, "-e", "64", "-q"]) == 1
     summary = json.loads((tmp_path / "pairs.summary.json").read_text())["pairs"]
     assert [r["status"] for r in summary] == ["done"] * 5 + ["failed"]
     assert summary[5]["error"].startswith("method 'fancy': unknown model; choose one of joint, deform, affine, rigid")
-    for k, (method, hyper) in enumerate(zip(["joint", "deform", "affine", "rigid", "optimize"], [0.5, 0.3, 0.5, 0.5, 0.7])):
+    for k, (method, hyper) in enumerate(
+        zip(["joint", "deform", "affine", "rigid", "optimize"], [0.5, 0.3, 0.5, 0.5, 0.7], strict=False)
+    ):
         record = json.loads((tmp_path / "out" / f"qc{k}" / "qc.json").read_text())
         assert (record["model"], record["hyper"]) == (method, hyper)
     # The optimiser row is the weightless -m optimize (not a refinement of the loaded network),
     # exactly as `ilex register -m optimize` runs it.
-    assert main(["register", str(images / "colin_shift.nii.gz"), str(images / "mni.nii.gz"), "-m", "optimize", "-r", "0.7",
-                 "-e", "64", "-q", "-o", str(tmp_path / "optimize.nii.gz")]) == 0
+    assert (
+        main(
+            [
+                "register",
+                str(images / "colin_shift.nii.gz"),
+                str(images / "mni.nii.gz"),
+                "-m",
+                "optimize",
+                "-r",
+                "0.7",
+                "-e",
+                "64",
+                "-q",
+                "-o",
+                str(tmp_path / "optimize.nii.gz"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "optimize.nii.gz").read_bytes() == (tmp_path / "out" / "4.nii.gz").read_bytes()
     # And a whole batch of -m optimize needs no weights at all.
     with open(tmp_path / "optimize.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["moving", "fixed", "o", "r"],
-                                 [images / "colin_shift.nii.gz", images / "mni.nii.gz", "batch_optimize.nii.gz", "0.7"]])
+        csv.writer(f).writerows(
+            [
+                ["moving", "fixed", "o", "r"],
+                [images / "colin_shift.nii.gz", images / "mni.nii.gz", "batch_optimize.nii.gz", "0.7"],
+            ]
+        )
     assert main(["batch", str(tmp_path / "optimize.csv"), "-m", "optimize", "-e", "64", "-q"]) == 0
     assert (tmp_path / "optimize.nii.gz").read_bytes() == (tmp_path / "batch_optimize.nii.gz").read_bytes()
 
@@ -294,9 +380,17 @@ def test_dask_two_processes_with_a_killed_worker(images, sequential, tmp_path_fa
     monkeypatch.delenv("ILEX_NO_COMPILATION_CACHE")
     need = estimate_peak_bytes(32)
     # Two threads per worker, but memory for one registration: never two pairs at once on a worker.
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, memory_limit=0,
-                                  resources={"MEMORY": 1.5 * need}, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            memory_limit=0,
+            resources={"MEMORY": 1.5 * need},
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         pids = client.run(os.getpid)
         killed = []
 

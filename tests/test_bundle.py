@@ -90,13 +90,18 @@ def test_seed_config_loads_with_foreign_tensor_names(tmp_path):
         if parts[0] == "hyper_layers":
             foreign.append((f"hypernet.dense{parts[1]}.{'w' if parts[2] == 'kernel' else 'b'}", shape))
         else:
-            leaf = {"hyperkernel_kernel": "a", "hyperkernel_bias": "b", "hyperbias_kernel": "c", "hyperbias_bias": "d"}[parts[2]]
+            leaf = {"hyperkernel_kernel": "a", "hyperkernel_bias": "b", "hyperbias_kernel": "c", "hyperbias_bias": "d"}[
+                parts[2]
+            ]
             foreign.append((f"unet.layer{parts[1]}.{leaf}", shape))
     _write_sparse_safetensors(bundle / "model.safetensors", foreign[::-1])
     model = ilex.load(bundle)
     assert isinstance(model, ilex.SynthMorphDeform)
     assert sum(int(np.prod(s)) for _, s in expected) == 877_133_827
-    assert [tuple(x.shape) for x in (model.convs[5].hyperkernel_kernel, model.convs[12].hyperbias_bias)] == [(32, 3538944), (3,)]
+    assert [tuple(x.shape) for x in (model.convs[5].hyperkernel_kernel, model.convs[12].hyperbias_bias)] == [
+        (32, 3538944),
+        (3,),
+    ]
 
 
 def test_mismatched_shapes_say_what_differs(e32, tmp_path):

@@ -62,8 +62,12 @@ def test_layouts_and_unsorted_layer_suffixes(layout, arrays, ref, tmp_path):
 
 
 def test_cli_convert_shows_progress_and_writes_bundle(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "ilex", "convert", E64, str(tmp_path / "b"), "--progress"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ilex", "convert", E64, str(tmp_path / "b"), "--progress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "convert" in proc.stderr and "100%" in proc.stderr
     assert sorted(os.listdir(tmp_path / "b")) == ["config.json", "model.safetensors"]

@@ -50,8 +50,20 @@ def _corner_origin(name="corner.nii.gz"):
 def test_corner_origin_pair_runs_with_methods_that_centre_each_image(work, capsys):
     # -m affine centres each cube on its own image, so the pair overlaps in network space; before
     # the fix the CLI's early check refused it in world space (and advised running -m affine).
-    argv = ["register", "-m", "affine", _corner_origin(), "fixed.nii.gz", "-w", AFFINE64, "-e", "64",
-            "-t", "a.lta", "-q"]
+    argv = [
+        "register",
+        "-m",
+        "affine",
+        _corner_origin(),
+        "fixed.nii.gz",
+        "-w",
+        AFFINE64,
+        "-e",
+        "64",
+        "-t",
+        "a.lta",
+        "-q",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert os.path.isfile("a.lta")
 
@@ -95,15 +107,25 @@ def test_prepared_failure_is_raised_again_for_the_default_method():
 
 
 def test_register_without_any_output_is_refused(work, capsys):
-    _fails(capsys, work, ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32"],
-           "no output", "-o", "-t", "--qc")
+    _fails(
+        capsys,
+        work,
+        ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32"],
+        "no output",
+        "-o",
+        "-t",
+        "--qc",
+    )
 
 
-@pytest.mark.parametrize(("option", "name", "problem"), [
-    ("-o", "out/o.txt", "-o out/o.txt"),
-    ("-O", "o.png", "-O o.png"),
-    ("-t", "warp.png", "-t warp.png"),
-])
+@pytest.mark.parametrize(
+    ("option", "name", "problem"),
+    [
+        ("-o", "out/o.txt", "-o out/o.txt"),
+        ("-O", "o.png", "-O o.png"),
+        ("-t", "warp.png", "-t warp.png"),
+    ],
+)
 def test_unknown_output_format_is_refused_before_any_work(work, capsys, monkeypatch, option, name, problem):
     from ilex.registration import pipeline
 
@@ -111,22 +133,66 @@ def test_unknown_output_format_is_refused_before_any_work(work, capsys, monkeypa
         raise AssertionError("the registration ran before the output names were checked")
 
     monkeypatch.setattr(pipeline, "register", no_work)
-    _fails(capsys, work, ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32",
-                          option, name], problem, "format")
+    _fails(
+        capsys,
+        work,
+        ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32", option, name],
+        problem,
+        "format",
+    )
 
 
 def test_itk_warp_named_mgz_is_refused_before_any_work(work, capsys, monkeypatch):
     from ilex.registration import pipeline
 
     monkeypatch.setattr(pipeline, "register", lambda *a, **k: pytest.fail("registered first"))
-    _fails(capsys, work, ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32",
-                          "-t", "warp.mgz", "--warp-format", "itk"], "-t warp.mgz", ".nii.gz")
+    _fails(
+        capsys,
+        work,
+        [
+            "register",
+            "moving.nii.gz",
+            "fixed.nii.gz",
+            "-m",
+            "deform",
+            "-w",
+            E32,
+            "-e",
+            "32",
+            "-t",
+            "warp.mgz",
+            "--warp-format",
+            "itk",
+        ],
+        "-t warp.mgz",
+        ".nii.gz",
+    )
 
 
 def test_every_output_creates_its_directory(work, capsys):
     # -o/-t refused a missing directory while --qc/-d created theirs; now every output does, as -d.
-    argv = ["register", "moving.nii.gz", "fixed.nii.gz", "-m", "deform", "-w", E32, "-e", "32", "-q",
-            "-o", "a/b/moved.nii.gz", "-t", "c/warp.nii.gz", "-T", "c/inverse.mgz", "--qc", "d/qc", "-d", "e/inputs"]
+    argv = [
+        "register",
+        "moving.nii.gz",
+        "fixed.nii.gz",
+        "-m",
+        "deform",
+        "-w",
+        E32,
+        "-e",
+        "32",
+        "-q",
+        "-o",
+        "a/b/moved.nii.gz",
+        "-t",
+        "c/warp.nii.gz",
+        "-T",
+        "c/inverse.mgz",
+        "--qc",
+        "d/qc",
+        "-d",
+        "e/inputs",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     for path in ("a/b/moved.nii.gz", "c/warp.nii.gz", "c/inverse.mgz", "d/qc/qc.json", "e/inputs/inp_1.mgz"):
         assert os.path.isfile(path), path
@@ -163,8 +229,24 @@ def test_optimiser_integrates_with_the_pipelines_steps(work, capsys, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(optimize, "optimise_velocity", spy)
-    argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "-n", "3", "-q",
-            "--levels", "4", "--iterations", "2", "-t", "warp.nii.gz"]
+    argv = [
+        "register",
+        "-m",
+        "optimize",
+        "moving.nii.gz",
+        "fixed.nii.gz",
+        "-e",
+        "32",
+        "-n",
+        "3",
+        "-q",
+        "--levels",
+        "4",
+        "--iterations",
+        "2",
+        "-t",
+        "warp.nii.gz",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert seen == [3]
 
@@ -185,8 +267,28 @@ def test_chosen_similarity_travels_with_the_result_not_the_method():
 def test_qc_json_records_the_similarity_version_and_options(work, capsys):
     import ilex
 
-    argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "-q", "--similarity", "mi",
-            "--levels", "4", "--iterations", "2", "--qc", "qc", "--warp-format", "itk", "-t", "w.nii.gz"]
+    argv = [
+        "register",
+        "-m",
+        "optimize",
+        "moving.nii.gz",
+        "fixed.nii.gz",
+        "-e",
+        "32",
+        "-q",
+        "--similarity",
+        "mi",
+        "--levels",
+        "4",
+        "--iterations",
+        "2",
+        "--qc",
+        "qc",
+        "--warp-format",
+        "itk",
+        "-t",
+        "w.nii.gz",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     with open("qc/qc.json", encoding="utf-8") as f:
         record = json.load(f)
@@ -265,8 +367,10 @@ def test_network_inputs_are_kept_only_when_asked():
 
 def _batch_csv(path="pairs.csv", extra_columns=(), rows=None):
     """Two pairs of synthetic heads, each with -o, -t and --qc in out/ (which does not exist)."""
-    rows = rows or [["moving.nii.gz", "fixed.nii.gz", f"out/p{k}_moved.nii.gz", f"out/p{k}_warp.nii.gz", f"out/p{k}_qc"]
-                    for k in (1, 2)]
+    rows = rows or [
+        ["moving.nii.gz", "fixed.nii.gz", f"out/p{k}_moved.nii.gz", f"out/p{k}_warp.nii.gz", f"out/p{k}_qc"]
+        for k in (1, 2)
+    ]
     with open(path, "w", encoding="utf-8") as f:
         f.write(",".join(["moving", "fixed", "o", "t", "qc", *extra_columns]) + "\n")
         f.writelines(",".join(row) + "\n" for row in rows)
@@ -327,10 +431,26 @@ def test_batch_csv_example_of_the_docs_runs(work, capsys):
 
 
 def test_batch_sets_the_optimisers_options_and_rows_override_them(work, capsys):
-    rows = [["moving.nii.gz", "fixed.nii.gz", "out/p1_moved.nii.gz", "out/p1_warp.nii.gz", "out/p1_qc", ""],
-            ["moving.nii.gz", "fixed.nii.gz", "out/p2_moved.nii.gz", "out/p2_warp.nii.gz", "out/p2_qc", "lncc"]]
+    rows = [
+        ["moving.nii.gz", "fixed.nii.gz", "out/p1_moved.nii.gz", "out/p1_warp.nii.gz", "out/p1_qc", ""],
+        ["moving.nii.gz", "fixed.nii.gz", "out/p2_moved.nii.gz", "out/p2_warp.nii.gz", "out/p2_qc", "lncc"],
+    ]
     _batch_csv(extra_columns=["similarity"], rows=rows)
-    argv = ["batch", "pairs.csv", "-m", "optimize", "-e", "32", "--similarity", "mi", "--levels", "4", "--iterations", "2", "-q"]
+    argv = [
+        "batch",
+        "pairs.csv",
+        "-m",
+        "optimize",
+        "-e",
+        "32",
+        "--similarity",
+        "mi",
+        "--levels",
+        "4",
+        "--iterations",
+        "2",
+        "-q",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     assert (_qc(1)["similarity"], _qc(2)["similarity"]) == ("mi", "lncc")
     assert _qc(1)["levels"] == [4] and _qc(1)["iterations"] == [2]
@@ -377,8 +497,21 @@ def test_batch_writes_the_network_inputs_of_a_d_column(work, capsys):
 def test_progress_off_a_terminal_is_one_line_per_stage(work, capsys):
     # The optimiser's bars wrote their frames into a log; now only a terminal gets bars (on
     # stderr), and stdout keeps one line per stage and the summary, as for the other methods.
-    argv = ["register", "-m", "optimize", "moving.nii.gz", "fixed.nii.gz", "-e", "32", "--levels", "4",
-            "--iterations", "2", "-t", "warp.nii.gz"]
+    argv = [
+        "register",
+        "-m",
+        "optimize",
+        "moving.nii.gz",
+        "fixed.nii.gz",
+        "-e",
+        "32",
+        "--levels",
+        "4",
+        "--iterations",
+        "2",
+        "-t",
+        "warp.nii.gz",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "\r" not in captured.out and captured.err == ""
@@ -421,7 +554,9 @@ def test_optimize_result_shows_the_affine_it_found():
     data, affine = _head()
     shifted = affine.copy()
     shifted[:3, 3] += (6.0, -4.0, 2.0)  # the same head, 6, -4, 2 mm away in world space
-    result = register(Image(data, shifted, "moving"), Image(data, affine, "fixed"), method="optimize", extent=32, **FAST)
+    result = register(
+        Image(data, shifted, "moving"), Image(data, affine, "fixed"), method="optimize", extent=32, **FAST
+    )
     expected = np.eye(4)
     expected[:3, 3] = (-6.0, 4.0, -2.0)  # moving RAS -> fixed RAS undoes the shift
     # Identical network inputs (each cube centred on its own image): the largest entry's error
@@ -478,7 +613,9 @@ def test_extent_help_agrees_with_the_readme(capsys):
     from ilex.registration.memory import estimate_peak_bytes
 
     for detector in (False, True):
-        assert 0.35 < 1 - estimate_peak_bytes(192, detector=detector) / estimate_peak_bytes(256, detector=detector) < 0.5
+        assert (
+            0.35 < 1 - estimate_peak_bytes(192, detector=detector) / estimate_peak_bytes(256, detector=detector) < 0.5
+        )
 
 
 def test_two_pairs_on_threads_keep_their_own_similarity():
@@ -502,4 +639,6 @@ def test_apply_creates_its_output_directory_too(work, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     assert main(["apply", "warp.nii.gz", "moving.nii.gz", "labels/on_fixed.nii.gz", "-q"]) == 0, capsys.readouterr().err
     assert os.path.isfile("labels/on_fixed.nii.gz")
-    _fails(capsys, work, ["apply", "warp.nii.gz", "moving.nii.gz", "labels/on_fixed.txt"], "labels/on_fixed.txt", "format")
+    _fails(
+        capsys, work, ["apply", "warp.nii.gz", "moving.nii.gz", "labels/on_fixed.txt"], "labels/on_fixed.txt", "format"
+    )

@@ -41,7 +41,9 @@ def blob_image(shape, centre, radius):
 def window(shape):
     """sin² bump per axis, (x, y, z, 1): fields multiplied by it vanish at the border."""
     grid = transforms.voxel_grid(shape)
-    return jnp.prod(jnp.sin(jnp.pi * (grid + 0.5) / jnp.asarray(shape, jnp.float32)[None, None, None]) ** 2, -1)[..., None]
+    return jnp.prod(jnp.sin(jnp.pi * (grid + 0.5) / jnp.asarray(shape, jnp.float32)[None, None, None]) ** 2, -1)[
+        ..., None
+    ]
 
 
 def textured_blob(key, shape, centre, radius):
@@ -91,9 +93,15 @@ def test_jit_matches_eager(pair, getkey):
     v = smooth_field(getkey(), SHAPE, 1.0)
     disp = transforms.integrate_velocity(v, 5)
     np.testing.assert_allclose(jax.jit(transforms.integrate_velocity, static_argnums=1)(v, 5), disp, atol=1e-6)
-    np.testing.assert_allclose(jax.jit(transforms.warp_image)(moving, disp), transforms.warp_image(moving, disp), atol=1e-6)
-    np.testing.assert_allclose(jax.jit(transforms.jacobian_determinant)(disp), transforms.jacobian_determinant(disp), atol=1e-5)
-    np.testing.assert_allclose(jax.jit(transforms.compose_fields)(disp, disp), transforms.compose_fields(disp, disp), atol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(transforms.warp_image)(moving, disp), transforms.warp_image(moving, disp), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        jax.jit(transforms.jacobian_determinant)(disp), transforms.jacobian_determinant(disp), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        jax.jit(transforms.compose_fields)(disp, disp), transforms.compose_fields(disp, disp), atol=1e-6
+    )
     assert float(jax.jit(pair_loss)(v, moving, fixed)) == pytest.approx(float(pair_loss(v, moving, fixed)), rel=1e-5)
 
 
@@ -155,7 +163,9 @@ def test_losses():
     assert float(losses.lncc(image, image)) > float(losses.lncc(image, shifted)) + 0.1
     # squared correlation: blind to the sign of the contrast, as ANTs' CC
     assert float(losses.lncc(image, 1.0 - image)) == pytest.approx(float(losses.lncc(image, image)), rel=1e-3)
-    assert float(losses.mutual_information(image, image)) > float(losses.mutual_information(image, jnp.roll(image, 4, 0)))
+    assert float(losses.mutual_information(image, image)) > float(
+        losses.mutual_information(image, jnp.roll(image, 4, 0))
+    )
 
 
 @pytest.fixture(scope="module")

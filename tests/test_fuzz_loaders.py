@@ -17,7 +17,13 @@ FUZZ = os.path.join(os.path.dirname(__file__), "fuzz_loaders.py")
 
 
 def test_fuzzed_loaders_fail_cleanly():
-    proc = subprocess.run([sys.executable, FUZZ, "--cases", "150", "--seed", "7"], capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, FUZZ, "--cases", "150", "--seed", "7"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode in (0, 1), f"the loader process died (status {proc.returncode}): {proc.stderr[-2000:]}"
     report = json.loads(proc.stdout)
     assert report["failures"] == [], report["failures"]

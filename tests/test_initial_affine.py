@@ -28,8 +28,10 @@ def _lta(matrix, kind=1):
 def _itk(matrix_fix_to_mov_ras):
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ matrix_fix_to_mov_ras @ np.diag([-1.0, -1.0, 1.0, 1.0])
     params = list(lps[:3, :3].ravel()) + list(lps[:3, 3])
-    return ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-            f"Parameters: {' '.join(map(str, params))}\nFixedParameters: 0 0 0\n")
+    return (
+        "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+        f"Parameters: {' '.join(map(str, params))}\nFixedParameters: 0 0 0\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -91,16 +93,30 @@ def _refused(tmp_path, name, text, match):
     assert name in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("kind", ["AffineTransform_double_3_3", "AffineTransform_float_3_3",
-                                  "MatrixOffsetTransformBase_double_3_3", "MatrixOffsetTransformBase_float_3_3"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "AffineTransform_double_3_3",
+        "AffineTransform_float_3_3",
+        "MatrixOffsetTransformBase_double_3_3",
+        "MatrixOffsetTransformBase_float_3_3",
+    ],
+)
 def test_itk_affine_kinds_are_read(tmp_path, kind):
     text = _itk(np.linalg.inv(RAS)).replace("AffineTransform_double_3_3", kind)
     np.testing.assert_allclose(_read(tmp_path, "t.txt", text), EXPECTED, atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["AffineTransfor_double_3_3", "AffineTransformm_double_3_3",
-                                  "AffineTransform_double_2_2", "MatrixOffsetTransformBaseTransform_double_3_3",
-                                  "Euler3DTransform_double_3_3"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "AffineTransfor_double_3_3",
+        "AffineTransformm_double_3_3",
+        "AffineTransform_double_2_2",
+        "MatrixOffsetTransformBaseTransform_double_3_3",
+        "Euler3DTransform_double_3_3",
+    ],
+)
 def test_other_itk_kinds_are_refused(tmp_path, kind):
     _refused(tmp_path, "t.txt", _itk(np.linalg.inv(RAS)).replace("AffineTransform_double_3_3", kind), "3-D affine")
 
@@ -133,16 +149,22 @@ def test_voxel_lta_of_other_images_is_refused(tmp_path):
     np.testing.assert_allclose(_read(tmp_path, "v.lta", _vox_lta(src_affine=moved)), EXPECTED, atol=1e-2)
 
 
-@pytest.mark.parametrize(("damage", "match"), [
-    (lambda t: t.replace("1 4 4\n", ""), "matrix|unexpected line"),
-    (lambda t: t[: t.index("src volume info")], "needs valid src volume info"),
-    (lambda t: t.replace("valid = 1  # volume info valid", "valid = 0", 1), "needs valid src volume info"),
-    (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("cras")), "lacks cras"),
-    (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("type")), "neither a FreeSurfer LTA|no 'type"),
-    (lambda t: t.replace("volume = 160 200 180", "volume = 160 200"), "expected 3 numbers"),
-    (lambda t: t.replace("nxforms   = 1", "nxforms   = 2"), "nxforms"),
-    (lambda t: t.replace("type      = 0", "type      = 2"), "not supported"),
-])
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda t: t.replace("1 4 4\n", ""), "matrix|unexpected line"),
+        (lambda t: t[: t.index("src volume info")], "needs valid src volume info"),
+        (lambda t: t.replace("valid = 1  # volume info valid", "valid = 0", 1), "needs valid src volume info"),
+        (lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("cras")), "lacks cras"),
+        (
+            lambda t: "\n".join(ln for ln in t.splitlines() if not ln.startswith("type")),
+            "neither a FreeSurfer LTA|no 'type",
+        ),
+        (lambda t: t.replace("volume = 160 200 180", "volume = 160 200"), "expected 3 numbers"),
+        (lambda t: t.replace("nxforms   = 1", "nxforms   = 2"), "nxforms"),
+        (lambda t: t.replace("type      = 0", "type      = 2"), "not supported"),
+    ],
+)
 def test_damaged_voxel_lta_is_refused_in_one_line(tmp_path, damage, match):
     _refused(tmp_path, "v.lta", damage(_vox_lta()), match)
 
@@ -168,8 +190,14 @@ def test_fuzzed_initial_affines_fail_cleanly():
     """
     fuzz = os.path.join(os.path.dirname(__file__), "fuzz_initial_affine.py")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
-    proc = subprocess.run([sys.executable, fuzz, "--cases", "200", "--seed", "3"], capture_output=True, text=True,
-                          timeout=600, env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, fuzz, "--cases", "200", "--seed", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
     assert proc.returncode in (0, 1), f"the reader process died (status {proc.returncode}): {proc.stderr[-2000:]}"
     report = json.loads(proc.stdout)
     assert report["failures"] == [], report["failures"][:5]

@@ -43,7 +43,9 @@ def test_batch_with_per_element_lambda(case):
     assert _rel(out[1], ref["unet_raw_2"][0]) <= RAW_RTOL
     # A different λ must give different kernels, so a different output.
     assert _rel(out[2], ref["unet_raw_1"][0]) > 1e-3
-    np.testing.assert_allclose(out[2], model(0.9, ref["half_mov"][0], ref["half_fix"][0]), rtol=0, atol=1e-4 * np.abs(out[2]).max())
+    np.testing.assert_allclose(
+        out[2], model(0.9, ref["half_mov"][0], ref["half_fix"][0]), rtol=0, atol=1e-4 * np.abs(out[2]).max()
+    )
 
 
 def test_fixed_lambda_unet_is_identical(case):
@@ -51,7 +53,9 @@ def test_fixed_lambda_unet_is_identical(case):
     lam = float(ref["hyper"][0])
     unet = model.at_hyper(lam)
     assert isinstance(unet, ilex.SynthMorphUNet)
-    np.testing.assert_array_equal(unet(ref["half_mov"][0], ref["half_fix"][0]), model(lam, ref["half_mov"][0], ref["half_fix"][0]))
+    np.testing.assert_array_equal(
+        unet(ref["half_mov"][0], ref["half_fix"][0]), model(lam, ref["half_mov"][0], ref["half_fix"][0])
+    )
     with pytest.raises(ValueError, match="generated for"):
         unet.at_hyper(lam + 0.1)
 

@@ -145,7 +145,9 @@ def test_output_batch_rename_failure_restores_earlier_files(tmp_path, monkeypatc
     real, renames = os.replace, []
 
     def replace(src, dst):
-        if os.path.basename(os.fspath(src)).startswith(".ilex-") and not os.path.basename(os.fspath(src)).startswith(".ilex-old-"):
+        if os.path.basename(os.fspath(src)).startswith(".ilex-") and not os.path.basename(os.fspath(src)).startswith(
+            ".ilex-old-"
+        ):
             renames.append(dst)
             if len(renames) == failing:
                 raise OSError(28, "No space left on device")
@@ -177,9 +179,28 @@ def test_output_batch_is_all_or_nothing(tmp_path):
 
 
 def _register(out, *extra):
-    argv = ["register", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-m", "deform", "-w", E32, "-e", "32",
-            "-o", str(out / "moved.nii.gz"), "-O", str(out / "fixed_moved.mgz"), "-t", str(out / "fw.nii.gz"),
-            "-T", str(out / "bw.mgz"), "--qc", str(out / "qc"), *extra]
+    argv = [
+        "register",
+        data_path("colin27_t1.nii.gz"),
+        data_path("mni2009a_t1.nii.gz"),
+        "-m",
+        "deform",
+        "-w",
+        E32,
+        "-e",
+        "32",
+        "-o",
+        str(out / "moved.nii.gz"),
+        "-O",
+        str(out / "fixed_moved.mgz"),
+        "-t",
+        str(out / "fw.nii.gz"),
+        "-T",
+        str(out / "bw.mgz"),
+        "--qc",
+        str(out / "qc"),
+        *extra,
+    ]
     return main(argv)
 
 
@@ -199,8 +220,17 @@ def _files(directory):
 def test_reruns_are_bit_identical(two_runs):
     first, second = two_runs
     names = _files(first)
-    assert names == ["bw.mgz", "fixed_moved.mgz", "fw.nii.gz", "moved.nii.gz", "qc/checkerboard.png",
-                     "qc/jacobian.nii.gz", "qc/qc.json", "qc/report.html", "qc/report.npz"]
+    assert names == [
+        "bw.mgz",
+        "fixed_moved.mgz",
+        "fw.nii.gz",
+        "moved.nii.gz",
+        "qc/checkerboard.png",
+        "qc/jacobian.nii.gz",
+        "qc/qc.json",
+        "qc/report.html",
+        "qc/report.npz",
+    ]
     assert names == _files(second)
     for name in names:
         if name not in ("qc/report.html", "qc/report.npz"):  # these record the run's times and memory
@@ -209,8 +239,22 @@ def test_reruns_are_bit_identical(two_runs):
 
 @pytest.mark.realdata
 def test_itk_warp_rerun_is_bit_identical(tmp_path):
-    cmd = [sys.executable, "-m", "ilex", data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), "-m", "deform", "-w", E32,
-           "-e", "32", "--warp-format", "itk", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilex",
+        data_path("colin27_t1.nii.gz"),
+        data_path("mni2009a_t1.nii.gz"),
+        "-m",
+        "deform",
+        "-w",
+        E32,
+        "-e",
+        "32",
+        "--warp-format",
+        "itk",
+        "-q",
+    ]
     for k in range(2):
         subprocess.run(cmd + ["-t", str(tmp_path / f"itk{k}.nii.gz")], check=True)
     assert (tmp_path / "itk0.nii.gz").read_bytes() == (tmp_path / "itk1.nii.gz").read_bytes()

@@ -16,8 +16,13 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def result():
-    return register(data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), ilex.load(fixture_path("net_e32_uniform.h5")),
-                    extent=32, steps=5)
+    return register(
+        data_path("colin27_t1.nii.gz"),
+        data_path("mni2009a_t1.nii.gz"),
+        ilex.load(fixture_path("net_e32_uniform.h5")),
+        extent=32,
+        steps=5,
+    )
 
 
 def test_moved_images_do_not_recompile(result, caplog):

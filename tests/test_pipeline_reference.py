@@ -27,6 +27,7 @@ WARP_MAX_MM = 1.5e-4  # warps: measured 3.05e-5 mm at most (displacements up to 
 WARP_MEAN_MM = 1.5e-5  # measured 3.1e-6 mm on average
 MOVED_REL = 5e-5  # moved images, of the image's range: measured 1.03e-5 away from the edge
 
+
 @pytest.fixture(scope="module")
 def ref():
     return np.load(fixture_path("pipeline_ch2_to_mni.npz"))
@@ -36,9 +37,34 @@ def ref():
 def run(ref, tmp_path_factory):
     moving, fixed = data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz")
     out = tmp_path_factory.mktemp("reg")
-    cmd = [sys.executable, "-m", "ilex", "register", moving, fixed, "-m", "deform", "-w", fixture_path("net_e64_mixed.h5"), "-e", "64",
-           "-r", "0.3", "-n", "5", "-o", str(out / "moved.nii.gz"), "-O", str(out / "fixed_moved.nii.gz"),
-           "-t", str(out / "fw.nii.gz"), "-T", str(out / "bw.nii.gz"), "-d", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ilex",
+        "register",
+        moving,
+        fixed,
+        "-m",
+        "deform",
+        "-w",
+        fixture_path("net_e64_mixed.h5"),
+        "-e",
+        "64",
+        "-r",
+        "0.3",
+        "-n",
+        "5",
+        "-o",
+        str(out / "moved.nii.gz"),
+        "-O",
+        str(out / "fixed_moved.nii.gz"),
+        "-t",
+        str(out / "fw.nii.gz"),
+        "-T",
+        str(out / "bw.nii.gz"),
+        "-d",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     subprocess.run(cmd[:-10] + ["-t", str(out / "fw.mgz"), "-q"], check=True)
@@ -74,8 +100,10 @@ def _edge(points: np.ndarray, shape) -> np.ndarray:
     return ((np.abs(points) < 1) | (np.abs(points - top) < 1)).any(axis=-1)
 
 
-@pytest.mark.parametrize(("name", "idx", "warp", "sampled"),
-                         [("moved", "fixed_idx", "fw", "colin27_t1.nii.gz"), ("fixed_moved", "moving_idx", "bw", "mni2009a_t1.nii.gz")])
+@pytest.mark.parametrize(
+    ("name", "idx", "warp", "sampled"),
+    [("moved", "fixed_idx", "fw", "colin27_t1.nii.gz"), ("fixed_moved", "moving_idx", "bw", "mni2009a_t1.nii.gz")],
+)
 def test_moved_images(run, ref, name, idx, warp, sampled):
     out, _ = run
     img = nib.load(out / f"{name}.nii.gz")
@@ -110,7 +138,9 @@ def test_progress_and_summary(run):
 
 def test_python_api_matches_cli(run, ref):
     model = ilex.load(fixture_path("net_e64_mixed.h5"))
-    result = register(data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64)
+    result = register(
+        data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64
+    )
     err = np.abs(result.forward[tuple(ref["fixed_idx"].T)] - ref["fw"])
     assert err.max() <= WARP_MAX_MM and err.mean() <= WARP_MEAN_MM
     np.testing.assert_allclose(result.space.net_to_mov, ref["net_to_mov"])

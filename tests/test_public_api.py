@@ -13,8 +13,22 @@ from ilex.cli.main import main
 def test_public_names():
     import ilex.convert
 
-    for name in ("register", "Registration", "Registrar", "load", "apply", "Method", "NetworkTransform", "Image",
-                 "as_method", "write_outputs", "save_bundle", "convert_weights", "transforms", "losses"):
+    for name in (
+        "register",
+        "Registration",
+        "Registrar",
+        "load",
+        "apply",
+        "Method",
+        "NetworkTransform",
+        "Image",
+        "as_method",
+        "write_outputs",
+        "save_bundle",
+        "convert_weights",
+        "transforms",
+        "losses",
+    ):
         assert hasattr(ilex, name), name
     # The subpackage is not shadowed by a function of the same name.
     assert isinstance(ilex.convert, type(ilex)) and callable(ilex.convert_weights)
@@ -33,8 +47,9 @@ def test_apply_matches_the_command(tmp_path, method, dtype):
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(cli.dataobj))
     np.testing.assert_allclose(ours.affine, cli.affine, atol=1e-6)
     # also from an image in memory, and header-only
-    assert np.array_equal(np.asarray(ilex.apply(lta, nib.load(colin), method=method, dtype=dtype).dataobj),
-                          np.asarray(ours.dataobj))
+    assert np.array_equal(
+        np.asarray(ilex.apply(lta, nib.load(colin), method=method, dtype=dtype).dataobj), np.asarray(ours.dataobj)
+    )
     header = ilex.apply(lta, colin, header_only=True)
     assert header.shape == nib.load(colin).shape
 
@@ -77,9 +92,13 @@ def test_no_code_outside_the_methods_branches_on_a_methods_name():
     src = pathlib.Path(ilex.__file__).parent
     names = "joint|deform|affine|rigid|optimize|refine"
     pattern = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']""")
-    offenders = [f"{path.relative_to(src)}:{n}: {line.strip()}"
-                 for path in src.rglob("*.py") if "methods" not in path.parts
-                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    offenders = [
+        f"{path.relative_to(src)}:{n}: {line.strip()}"
+        for path in src.rglob("*.py")
+        if "methods" not in path.parts
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert offenders == []
 
 

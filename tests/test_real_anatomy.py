@@ -42,7 +42,9 @@ def _smooth_warp(image: Image, amplitude_mm: float = 3.0) -> Warp:
 
 @pytest.fixture(scope="module")
 def colin_to_mni(model):
-    return register(data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64)
+    return register(
+        data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64
+    )
 
 
 @pytest.mark.parametrize("codes", ["LAS", "LIA", "PSR"])
@@ -63,7 +65,9 @@ def test_moving_orientation_does_not_matter(model, colin_to_mni, codes):
 
 def test_las_and_2mm_images(model):
     # SPM's avg152 T2 (LAS, 2 mm) onto FSL's MNI152 with skull (RAS, 2 mm), a cross-contrast pair.
-    result = register(data_path("spm_avg152t2.nii"), data_path("fsl_mni152_t1_2mm.nii.gz"), model, hyper=0.5, steps=5, extent=64)
+    result = register(
+        data_path("spm_avg152t2.nii"), data_path("fsl_mni152_t1_2mm.nii.gz"), model, hyper=0.5, steps=5, extent=64
+    )
     assert result.forward.shape == (91, 109, 91, 3) and np.isfinite(result.forward).all()
     assert result.inverse.shape == (91, 109, 91, 3)
     moved = result.moved().get_fdata()
@@ -74,7 +78,9 @@ def test_anisotropic_moving_network_input_matches_scipy(model):
     full = load_image(data_path("colin27_t1.nii.gz"))
     affine = full.affine.copy()
     affine[:3, 2] *= 2.5  # 1 x 1 x 2.5 mm voxels
-    aniso = Image(np.ascontiguousarray(full.data[:, :, ::2][..., ::1])[:, :, : (full.shape[2] + 1) // 2], affine, "aniso")
+    aniso = Image(
+        np.ascontiguousarray(full.data[:, :, ::2][..., ::1])[:, :, : (full.shape[2] + 1) // 2], affine, "aniso"
+    )
     result = register(aniso, data_path("mni2009a_t1.nii.gz"), model, hyper=0.3, steps=5, extent=64, keep_inputs=True)
     grid = np.stack(np.meshgrid(*[np.arange(64)] * 3, indexing="ij"), -1).reshape(-1, 3).astype(np.float64)
     coords = grid @ result.space.net_to_mov[:3, :3].T + result.space.net_to_mov[:3, 3]
@@ -91,8 +97,19 @@ def test_identity_warp_leaves_image_unchanged(tmp_path):
     image = load_image(data_path("colin27_t1.nii.gz"))
     warp = Warp(np.zeros((*image.shape, 3), np.float32), image.affine)
     save_warp(tmp_path / "id.nii.gz", warp)
-    subprocess.run([sys.executable, "-m", "ilex", "apply", str(tmp_path / "id.nii.gz"), data_path("colin27_t1.nii.gz"),
-                    str(tmp_path / "out.nii.gz"), "-q"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ilex",
+            "apply",
+            str(tmp_path / "id.nii.gz"),
+            data_path("colin27_t1.nii.gz"),
+            str(tmp_path / "out.nii.gz"),
+            "-q",
+        ],
+        check=True,
+    )
     np.testing.assert_array_equal(nib.load(tmp_path / "out.nii.gz").get_fdata(dtype=np.float32), image.data)
 
 
@@ -103,12 +120,26 @@ def test_known_warp_matches_scipy(tmp_path, fmt, suffix):
     warp = Warp(warp.displacement, warp.affine, image.affine, image.shape)
     path = tmp_path / f"warp{suffix}"
     save_warp(path, warp, fmt)
-    subprocess.run([sys.executable, "-m", "ilex", "apply", str(path), data_path("colin27_t1.nii.gz"), str(tmp_path / "o.nii.gz"), "-q"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ilex",
+            "apply",
+            str(path),
+            data_path("colin27_t1.nii.gz"),
+            str(tmp_path / "o.nii.gz"),
+            "-q",
+        ],
+        check=True,
+    )
     ours = nib.load(tmp_path / "o.nii.gz").get_fdata(dtype=np.float64)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in image.shape], indexing="ij"), -1).astype(np.float64)
     world = grid @ image.affine[:3, :3].T + image.affine[:3, 3] + warp.displacement
     vox = (world - image.affine[:3, 3]) @ np.linalg.inv(image.affine[:3, :3]).T
-    expected = map_coordinates(image.data.astype(np.float64), vox.reshape(-1, 3).T, order=1, mode="nearest").reshape(image.shape)
+    expected = map_coordinates(image.data.astype(np.float64), vox.reshape(-1, 3).T, order=1, mode="nearest").reshape(
+        image.shape
+    )
     inside = np.all((vox >= 0) & (vox <= np.array(image.shape) - 1), axis=-1)
     assert inside.mean() > 0.9
     assert np.abs(ours - expected)[inside].max() <= 1e-3 * np.ptp(image.data)
@@ -119,8 +150,23 @@ def test_nearest_keeps_aal_labels(tmp_path):
     labels = load_image(data_path("colin27_aal.nii.gz"), check_values=False)
     warp = _smooth_warp(labels, amplitude_mm=4.0)
     save_warp(tmp_path / "w.nii.gz", warp)
-    subprocess.run([sys.executable, "-m", "ilex", "apply", str(tmp_path / "w.nii.gz"), data_path("colin27_aal.nii.gz"),
-                    str(tmp_path / "aal.nii.gz"), "-m", "nearest", "-t", "int32", "-q"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ilex",
+            "apply",
+            str(tmp_path / "w.nii.gz"),
+            data_path("colin27_aal.nii.gz"),
+            str(tmp_path / "aal.nii.gz"),
+            "-m",
+            "nearest",
+            "-t",
+            "int32",
+            "-q",
+        ],
+        check=True,
+    )
     out = nib.load(tmp_path / "aal.nii.gz")
     assert out.get_data_dtype() == np.int32
     before, after = set(np.unique(labels.data).astype(int)), set(np.unique(np.asarray(out.dataobj)).astype(int))

@@ -115,18 +115,43 @@ def test_pair_page_shows_what_qc_json_records():
     data = np.zeros((24, 24, 24), np.float32)
     data[4:20, 5:19, 6:18] = np.linspace(10, 100, 16)[:, None, None]
     slices = cut_slices(data, data, np.ones_like(data), np.eye(4), cuts=3)
-    record = {"moving": "m.nii.gz", "fixed": "f.nii.gz", "model": "optimize", "hyper": 0.5, "similarity": "mi",
-              "ilex_version": "9.9.9", "options": {"levels": [4, 2]}, "folding_fraction": 0.0,
-              "similarity_nmi_before": 1.2, "similarity_nmi_after": 1.3}
+    record = {
+        "moving": "m.nii.gz",
+        "fixed": "f.nii.gz",
+        "model": "optimize",
+        "hyper": 0.5,
+        "similarity": "mi",
+        "ilex_version": "9.9.9",
+        "options": {"levels": [4, 2]},
+        "folding_fraction": 0.0,
+        "similarity_nmi_before": 1.2,
+        "similarity_nmi_after": 1.3,
+    }
     page = render(record, slices)
     assert "<th>similarity</th><td>mi</td>" in page and "<th>ilex version</th><td>9.9.9</td>" in page
     assert "<th>options</th><td>{&quot;levels&quot;: [4, 2]}</td>" in page
     assert "<th>method (-m)</th><td>optimize</td>" in page and "<th>λ (-r)</th><td>0.5</td>" in page
     assert "Nothing looks wrong." in page
-    worse = render({**record, "similarity_nmi_after": 1.19, "head_folding_fraction": 0.001,
-                    "affine": {"rotation_deg": 50.0, "scales": [1.0, 1.0, 1.6], "translation_mm": [0, 0, 0],
-                               "reflection": False}}, slices)
-    for said in ("agree less after registration", "det J ≤ 0 in 0.1 % of the head", "rotates by 50°", "scales by 1.00–1.60"):
+    worse = render(
+        {
+            **record,
+            "similarity_nmi_after": 1.19,
+            "head_folding_fraction": 0.001,
+            "affine": {
+                "rotation_deg": 50.0,
+                "scales": [1.0, 1.0, 1.6],
+                "translation_mm": [0, 0, 0],
+                "reflection": False,
+            },
+        },
+        slices,
+    )
+    for said in (
+        "agree less after registration",
+        "det J ≤ 0 in 0.1 % of the head",
+        "rotates by 50°",
+        "scales by 1.00–1.60",
+    ):
         assert said in worse, said
     # A loss within the stated 0.005 is noise, not a failure.
     assert "Nothing looks wrong." in render({**record, "similarity_nmi_after": 1.196}, slices)
@@ -149,6 +174,7 @@ def test_jacobian_layer_marks_folds_in_yellow():
 
     def yellow(rgb):
         return ((rgb[..., 0] > 230) & (rgb[..., 1] > 200) & (rgb[..., 2] < 60)).sum()
+
     # The colour bar's legend text is white, the colour map has no yellow: none without folds.
     assert yellow(layers["smooth"]) == 0 and yellow(layers["folded"]) > 100
 
@@ -176,8 +202,17 @@ def test_rounds_table_and_convergence_plot(tmp_path):
     _write_rounds(rounds, [[1, 4.0, 11.0, 0.6, 0.2], [2, 2.0, 6.0, 0.7, 0.08], [3, 1.0, 3.5, 0.72, 0.02]])
     table = read_rounds(rounds)
     assert table["round"] == [1.0, 2.0, 3.0] and table["template_change"] == [0.2, 0.08, 0.02]
-    records = [{"pair": "a", "index": 1, "moving": "a.nii.gz", "fixed": "t.nii.gz", "status": "failed",
-                "error": "a.nii.gz: not an image", "outputs": {}}]
+    records = [
+        {
+            "pair": "a",
+            "index": 1,
+            "moving": "a.nii.gz",
+            "fixed": "t.nii.gz",
+            "status": "failed",
+            "error": "a.nii.gz: not an image",
+            "outputs": {},
+        }
+    ]
     with_rounds = write_study_report(records, tmp_path / "with.html", rounds=rounds)
     without = write_study_report(records, tmp_path / "without.html")
     assert 'id="convergence"' in pathlib.Path(with_rounds).read_text()
@@ -192,7 +227,10 @@ def test_rounds_table_and_convergence_plot(tmp_path):
 
 def test_report_command_bad_input(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 1
-    assert capsys.readouterr().err.strip() == f"ilex report: error: {tmp_path / 'nothing'}: does not exist (give a QC directory or a batch summary PREFIX.json)"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"ilex report: error: {tmp_path / 'nothing'}: does not exist (give a QC directory or a batch summary PREFIX.json)"
+    )
     assert main(["report", str(tmp_path)]) == 1  # a directory without qc.json
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"ilex report: error: {tmp_path / 'qc.json'}: does not exist: not a QC directory written by --qc"]
@@ -237,7 +275,9 @@ def study(tmp_path_factory):
         writer = csv.writer(f)
         writer.writerow(["id", "moving", "fixed", "o", "qc", "r", "i"])
         for k, hyper in enumerate(GOOD_HYPERS, 1):
-            writer.writerow([f"good{k}", "colin.nii.gz", "mni.nii.gz", f"out/good{k}.nii.gz", f"out/good{k}_qc", hyper, ""])
+            writer.writerow(
+                [f"good{k}", "colin.nii.gz", "mni.nii.gz", f"out/good{k}.nii.gz", f"out/good{k}_qc", hyper, ""]
+            )
         writer.writerow(["wrong", "colin.nii.gz", "mni.nii.gz", "out/wrong.nii.gz", "out/wrong_qc", 0.5, "wrong.txt"])
         writer.writerow(["broken", "broken.nii.gz", "mni.nii.gz", "out/broken.nii.gz", "out/broken_qc", 0.5, ""])
     (work / "out").mkdir()
@@ -255,8 +295,16 @@ def test_pair_report_files_and_metrics(study):
     qc_dir = study / "out" / "good1_qc"
     assert sorted(os.listdir(qc_dir)) == ["checkerboard.png", "jacobian.nii.gz", "qc.json", "report.html", "report.npz"]
     record = _qc(study, "good1")
-    for key in ("similarity_nmi_before", "similarity_nmi_after", "similarity_correlation_after", "head_folding_fraction",
-                "head_log_jacobian_std", "largest_expansions", "largest_compressions", "affine"):
+    for key in (
+        "similarity_nmi_before",
+        "similarity_nmi_after",
+        "similarity_correlation_after",
+        "head_folding_fraction",
+        "head_log_jacobian_std",
+        "largest_expansions",
+        "largest_compressions",
+        "affine",
+    ):
         assert key in record, key
     assert 1.0 <= record["similarity_nmi_after"] <= 2.0
     # det J statistics in the head lie within the whole grid's, which jacobian.nii.gz holds.
@@ -268,7 +316,7 @@ def test_pair_report_files_and_metrics(study):
     page = (qc_dir / "report.html").read_text()
     assert "Nothing looks wrong." in page
     # Self-contained and small: no external reference, under the issue's 3 MB.
-    assert "http://" not in page and "https://" not in page and "src=\"data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and 'src="data:image/png;base64,' in page
     assert len(page.encode()) < 3e6
     slices = load_slices(qc_dir / "report.npz")
     assert set(slices.info["times"]) >= {"resample", "network", "compose"}
@@ -301,7 +349,7 @@ def _flags(path):
     rows = re.findall(r'<tr class="[^"]*" data-pair="([^"]+)" data-status="[^"]+">(.*?)</tr>', text, re.DOTALL)
     out = {}
     for pair, row in rows:
-        cell = re.findall(r'class=flag>([^<]*)</td>', row)
+        cell = re.findall(r"class=flag>([^<]*)</td>", row)
         out[pair] = {f for f in cell[-1].split(", ") if f} if cell else set()
     return out
 
@@ -326,8 +374,21 @@ def test_report_command_redraws_the_same_pages(study, tmp_path):
 @pytest.mark.realdata
 def test_rerun_reports_skipped_pairs_from_their_files(study):
     # A second run skips every pair whose outputs exist; the page still shows their figures.
-    code = main(["batch", str(study / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q",
-                 "--summary", str(study / "rerun")])
+    code = main(
+        [
+            "batch",
+            str(study / "pairs.csv"),
+            "-m",
+            "deform",
+            "-w",
+            E32,
+            "-e",
+            "32",
+            "-q",
+            "--summary",
+            str(study / "rerun"),
+        ]
+    )
     assert code == 1
     page = (study / "rerun.report.html").read_text()
     assert "6 pairs: 0 done, 5 skipped (outputs from an earlier run), 1 failed." in page
@@ -340,8 +401,22 @@ def test_matrix_method_report_shows_its_matrix(study, tmp_path):
     """-m affine: the affine part on the page is the matrix written with -t (the LTA's)."""
     from ilex.image.lta import parse_lta
 
-    argv = ["register", str(study / "colin.nii.gz"), str(study / "mni.nii.gz"), "-m", "affine",
-            "-w", fixture_path("affine_e64.h5"), "-e", "64", "-t", str(tmp_path / "a.lta"), "--qc", str(tmp_path / "qc"), "-q"]
+    argv = [
+        "register",
+        str(study / "colin.nii.gz"),
+        str(study / "mni.nii.gz"),
+        "-m",
+        "affine",
+        "-w",
+        fixture_path("affine_e64.h5"),
+        "-e",
+        "64",
+        "-t",
+        str(tmp_path / "a.lta"),
+        "--qc",
+        str(tmp_path / "qc"),
+        "-q",
+    ]
     assert main(argv) == 0
     record = json.loads((tmp_path / "qc" / "qc.json").read_text())
     matrix = parse_lta((tmp_path / "a.lta").read_text()).ras_to_ras()
@@ -432,8 +507,10 @@ def test_study_report_in_the_browser(study, browser):
     page = browser.page()
     page.open((study / "pairs.summary.report.html").as_uri())
     _assert_clean(page)
-    rows = page.evaluate("Array.from(document.querySelectorAll('#pairs tbody tr'))"
-                         ".map(r => [r.dataset.pair, r.dataset.status, r.innerText])")
+    rows = page.evaluate(
+        "Array.from(document.querySelectorAll('#pairs tbody tr'))"
+        ".map(r => [r.dataset.pair, r.dataset.status, r.innerText])"
+    )
     listed = {pair: status for pair, status, _ in rows}
     assert listed == {**{f"good{k}": "done" for k in range(1, 5)}, "wrong": "done", "broken": "failed"}
     assert [pair for pair, _, _ in rows][:2] == ["broken", "wrong"]  # failures, then outliers, first
@@ -449,7 +526,9 @@ def test_study_report_in_the_browser(study, browser):
     for name, href in links:
         assert href.startswith("file://") and href.endswith(f"/out/{name}_qc/report.html")
     # Sorting by similarity (ascending) puts the wrong pair first among those with a value.
-    column = page.evaluate("Array.from(document.querySelectorAll('#pairs th')).findIndex(t => t.innerText.startsWith('similarity after'))")
+    column = page.evaluate(
+        "Array.from(document.querySelectorAll('#pairs th')).findIndex(t => t.innerText.startsWith('similarity after'))"
+    )
     page.evaluate(f"document.querySelectorAll('#pairs th')[{column}].click()")
     order = page.evaluate("Array.from(document.querySelectorAll('#pairs tbody tr')).map(r => r.dataset.pair)")
     assert order[0] == "wrong" and order[-1] == "broken"

@@ -30,8 +30,11 @@ from ilex.cli.main import main
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-WEIGHTS = {"synthmorph.affine.2.h5": "affine_e64.h5", "synthmorph.rigid.1.h5": "rigid_e64.h5",
-           "synthmorph.deform.3.h5": "net_e64_mixed.h5"}
+WEIGHTS = {
+    "synthmorph.affine.2.h5": "affine_e64.h5",
+    "synthmorph.rigid.1.h5": "rigid_e64.h5",
+    "synthmorph.deform.3.h5": "net_e64_mixed.h5",
+}
 E64 = ["-e", "64"]
 DEFORM = ["-e", "64", "-r", "0.3", "-n", "5"]  # the settings of the reference fixtures
 # Moved images against the TensorFlow reference, intensities up to 255 (FreeSurfer's compare_vol
@@ -97,8 +100,10 @@ def lta_matrix(path) -> np.ndarray:
 def max_distance_mm(a: np.ndarray, b: np.ndarray, radius: float = 100.0) -> float:
     """Largest distance between where two RAS matrices take the corners and centre of a cube of
     half-side `radius` mm about the origin: an upper bound of lta_diff's RMS over that region."""
-    points = np.array([[x, y, z, 1.0] for x in (-radius, radius) for y in (-radius, radius) for z in (-radius, radius)]
-                      + [[0, 0, 0, 1.0]])
+    points = np.array(
+        [[x, y, z, 1.0] for x in (-radius, radius) for y in (-radius, radius) for z in (-radius, radius)]
+        + [[0, 0, 0, 1.0]]
+    )
     return float(np.linalg.norm((points @ (a - b).T)[:, :3], axis=1).max())
 
 
@@ -184,7 +189,9 @@ def test_joint_and_default_model(t, ref):
     assert np.abs(voxels("joint_applied.mgz") - voxels("joint.mgz")).max() < 1
 
 
-@pytest.mark.parametrize("argv", [["register", "-h"], ["-h"]] + [[w] for w in ("r", "re", "reg", "regi", "regis", "registe", "register")])
+@pytest.mark.parametrize(
+    "argv", [["register", "-h"], ["-h"]] + [[w] for w in ("r", "re", "reg", "regi", "regis", "registe", "register")]
+)
 def test_help_usage_and_command_abbreviation(t, capsys, argv):
     try:
         code = main(argv)
@@ -193,20 +200,28 @@ def test_help_usage_and_command_abbreviation(t, capsys, argv):
     assert code == 0 and "usage: ilex" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags, extent", [(["-md", "-j16", "-e256", "-n7", "-r0.5"], 256),
-                                           (["-m", "j", "-j", "16", "-e", "192", "-n", "5", "-r", "0.7"], 192)])
+@pytest.mark.parametrize(
+    "flags, extent",
+    [
+        (["-md", "-j16", "-e256", "-n7", "-r0.5"], 256),
+        (["-m", "j", "-j", "16", "-e", "192", "-n", "5", "-r", "0.7"], 192),
+    ],
+)
 def test_deformable_flags_explicit_command(t, flags, extent):
     t("register", "moving.mgz", "fixed.mgz", *flags, "-d", f"inputs_{extent}")
     assert nib.load(f"inputs_{extent}/inp_1.mgz").shape == (extent,) * 3
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["-m", "banana"], "-m banana: unknown model"),
-    (["-e", "1"], "-e 1:"),
-    (["-Hm", "deform"], "-H: header-only output is for the affine and rigid methods"),
-    (["-Hm", "joint"], "-H: header-only output is for the affine and rigid methods"),
-    (["-M"], "-M splits the initial affine"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["-m", "banana"], "-m banana: unknown model"),
+        (["-e", "1"], "-e 1:"),
+        (["-Hm", "deform"], "-H: header-only output is for the affine and rigid methods"),
+        (["-Hm", "joint"], "-H: header-only output is for the affine and rigid methods"),
+        (["-M"], "-M splits the initial affine"),
+    ],
+)
 def test_illegal_arguments(t, capsys, flags, message):
     t("moving.mgz", "fixed.mgz", *flags, "-o", "never.mgz", fail=True)
     err = capsys.readouterr().err
@@ -266,7 +281,9 @@ def test_apply_dense_identity(t, home):
         t("apply", warp, "moving.mgz", "same.mgz", "-t", "uint8")
         out = nib.load("same.mgz")
         np.testing.assert_allclose(out.affine, moving.affine, atol=1e-3)
-        assert np.array_equal(np.asarray(out.dataobj), np.clip(np.rint(moving.get_fdata()), 0, 255).astype(np.uint8)), warp
+        assert np.array_equal(np.asarray(out.dataobj), np.clip(np.rint(moving.get_fdata()), 0, 255).astype(np.uint8)), (
+            warp
+        )
 
 
 def test_apply_matrix_update(t, ref, rigid_lta):
@@ -300,16 +317,19 @@ def test_apply_multiple_pairs(t, ref, rigid_lta):
 
 
 # mri_info --type: FreeSurfer's MRI type codes, as the MGH header stores them
-@pytest.mark.parametrize("command, dtype, mri_type", [("a", "uint8", 0), ("ap", "uint16", 10), ("app", "int16", 4),
-                                                      ("appl", "int32", 1), ("apply", "float32", 3)])
+@pytest.mark.parametrize(
+    "command, dtype, mri_type",
+    [("a", "uint8", 0), ("ap", "uint16", 10), ("app", "int16", 4), ("appl", "int32", 1), ("apply", "float32", 3)],
+)
 def test_apply_data_types_and_abbreviation(t, rigid_lta, command, dtype, mri_type):
     t(command, "-t", dtype, rigid_lta, "moving.mgz", f"typed_{dtype}.mgz")
     image = nib.load(f"typed_{dtype}.mgz")
     assert int(image.header["type"]) == mri_type and image.get_data_dtype().newbyteorder("=") == np.dtype(dtype)
 
 
-@pytest.mark.parametrize("method", ["l", "li", "lin", "line", "linea", "linear", "n", "ne", "nea", "near", "neare",
-                                    "neares", "nearest"])
+@pytest.mark.parametrize(
+    "method", ["l", "li", "lin", "line", "linea", "linear", "n", "ne", "nea", "near", "neare", "neares", "nearest"]
+)
 def test_apply_method_abbreviation(t, rigid_lta, method):
     t("apply", "-m", method, rigid_lta, "labels.moving.mgz", f"method_{method}.mgz", "-q")
     out = np.asarray(nib.load(f"method_{method}.mgz").dataobj)
@@ -330,11 +350,14 @@ def test_apply_usage_and_help(t, capsys, argv):
     assert code == 0 and "usage: ilex" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["slice"], "required: fixed"),
-    (["apply", "-H", "identity.mgz", "moving.mgz", "never.mgz"], "header-only output needs a matrix"),
-    (["apply", "AFFINE", "moving.mgz", "never.mgz", "odd-number-of-io-pairs.mgz"], "the last image has no output"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["slice"], "required: fixed"),
+        (["apply", "-H", "identity.mgz", "moving.mgz", "never.mgz"], "header-only output needs a matrix"),
+        (["apply", "AFFINE", "moving.mgz", "never.mgz", "odd-number-of-io-pairs.mgz"], "the last image has no output"),
+    ],
+)
 def test_apply_illegal_arguments(t, home, capsys, affine_lta, argv, message):
     _identity_warps(home)
     argv = [affine_lta if a == "AFFINE" else a for a in argv]

@@ -34,6 +34,7 @@ def _no_user_compilation_cache(monkeypatch):
 
 # -- the shape update, analytically --------------------------------------------------------------------
 
+
 def _grid_affine(shape=(20, 22, 18), voxel=(1.5, 1.0, 2.0)):
     affine = np.diag([*voxel, 1.0])
     affine[:3, 3] = -(np.asarray(shape) - 1) / 2 * np.asarray(voxel)
@@ -73,10 +74,14 @@ def test_update_of_a_constant_mean_warp_moves_by_its_inverse():
     update = ShapeUpdate(mean, shape, alpha=1.0)
     inside = (slice(4, -4),) * 3
     np.testing.assert_allclose(update.mean_displacement(mask)[0], np.linalg.norm(c), rtol=1e-5)
-    np.testing.assert_allclose(update.forward(np.zeros((*shape, 3), np.float32))[inside], np.broadcast_to(-c, (12, 14, 10, 3)),
-                               atol=1e-4)
-    np.testing.assert_allclose(update.inverse(np.zeros((*shape, 3), np.float32), affine)[inside],
-                               np.broadcast_to(c, (12, 14, 10, 3)), atol=1e-4)
+    np.testing.assert_allclose(
+        update.forward(np.zeros((*shape, 3), np.float32))[inside], np.broadcast_to(-c, (12, 14, 10, 3)), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        update.inverse(np.zeros((*shape, 3), np.float32), affine)[inside],
+        np.broadcast_to(c, (12, 14, 10, 3)),
+        atol=1e-4,
+    )
     ramp = np.fromfunction(lambda i, j, k: i + 2.0 * j - k, shape).astype(np.float32)
     # T'(x) = T(x - c): a linear ramp is moved exactly by trilinear interpolation
     np.testing.assert_allclose(update.image(ramp)[inside], (ramp - (c[0] + 2 * c[1] - c[2]))[inside], atol=1e-4)
@@ -95,17 +100,21 @@ def test_sharpen_steepens_an_edge_within_the_range():
 
 # -- bad input, before any work ---------------------------------------------------------------------------
 
+
 def _image(path, data):
     nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4)), path)
     return str(path)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("missing", "no such image file"),
-    ("four_d", "frames"),
-    ("two_d", "2-D"),
-    ("nan", "NaN"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("missing", "no such image file"),
+        ("four_d", "frames"),
+        ("two_d", "2-D"),
+        ("nan", "NaN"),
+    ],
+)
 def test_bad_images_are_refused_before_any_work(tmp_path, capsys, bad, message):
     rng = np.random.default_rng(0)
     good = [_image(tmp_path / f"good{k}.nii.gz", rng.random((12, 12, 12))) for k in range(2)]
@@ -150,10 +159,17 @@ def test_image_list_csv(tmp_path):
 
 # -- whole builds on the synthetic cohort -------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_cohort(tmp_path_factory.mktemp("cohort"), data_path("colin27_t1.nii.gz"), data_path("colin27_aal.nii.gz"),
-                       n=6, step=3, seed=0)
+    return make_cohort(
+        tmp_path_factory.mktemp("cohort"),
+        data_path("colin27_t1.nii.gz"),
+        data_path("colin27_aal.nii.gz"),
+        n=6,
+        step=3,
+        seed=0,
+    )
 
 
 def _build(cohort, outdir, **kwargs):
@@ -163,7 +179,6 @@ def _build(cohort, outdir, **kwargs):
 @pytest.fixture(scope="module")
 def built(cohort, tmp_path_factory):
     return _build(cohort, tmp_path_factory.mktemp("built") / "template")
-
 
 
 def _carried_dice(cohort, warps, tmp_path):
@@ -202,7 +217,9 @@ def test_template_comes_back_to_the_source_anatomy(cohort, built, tmp_path):
     for image in built.images:
         m = affines[image.id] @ back
         path = tmp_path / f"affine_{image.id}.nii.gz"
-        save_warp(path, Warp((world @ m[:3, :3].T + m[:3, 3] - world).astype(np.float32), nib.load(cohort["source"]).affine))
+        save_warp(
+            path, Warp((world @ m[:3, :3].T + m[:3, 3] - world).astype(np.float32), nib.load(cohort["source"]).affine)
+        )
         affine_warps.append(path)
     ours = _carried_dice(cohort, [image.forward for image in built.images], tmp_path)
     baseline = _carried_dice(cohort, affine_warps, tmp_path)
@@ -221,7 +238,13 @@ def test_template_comes_back_to_the_source_anatomy(cohort, built, tmp_path):
 def test_rounds_csv_and_outputs(built, capsys):
     with open(os.path.join(built.outdir, "rounds.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:5] == ["round", "mean_displacement_mm", "max_displacement_mm", "mean_similarity", "template_change"]
+    assert list(rows[0])[:5] == [
+        "round",
+        "mean_displacement_mm",
+        "max_displacement_mm",
+        "mean_similarity",
+        "template_change",
+    ]
     assert [int(r["round"]) for r in rows] == list(range(ROUNDS + 1))
     size = [float(r["mean_displacement_mm"]) for r in rows]
     # The mean transform shrinks round after round (measured 5.8, 0.82, 0.21 mm).
@@ -229,14 +252,27 @@ def test_rounds_csv_and_outputs(built, capsys):
     assert float(rows[2]["mean_similarity"]) > float(rows[1]["mean_similarity"])
     assert all(r["averaged"] == "6" and r["failed"] == "" for r in rows)
     names = sorted(os.listdir(built.outdir))
-    assert names == ["images", "qc", "rounds.csv", "state.json", "template.nii.gz",
-                     *[f"template_round{k}.nii.gz" for k in range(ROUNDS + 1)]], names  # intermediates deleted
+    assert names == [
+        "images",
+        "qc",
+        "rounds.csv",
+        "state.json",
+        "template.nii.gz",
+        *[f"template_round{k}.nii.gz" for k in range(ROUNDS + 1)],
+    ], names  # intermediates deleted
     for image in built.images:
-        assert sorted(os.listdir(os.path.dirname(image.forward))) == ["affine.lta", "inverse.nii.gz", "moved.nii.gz", "warp.nii.gz"]
+        assert sorted(os.listdir(os.path.dirname(image.forward))) == [
+            "affine.lta",
+            "inverse.nii.gz",
+            "moved.nii.gz",
+            "warp.nii.gz",
+        ]
         assert nib.load(image.moved).get_data_dtype() == np.float32
     assert sorted(os.listdir(os.path.join(built.outdir, "qc")))[-2:] == ["summary.csv", "summary.json"]
-    assert np.array_equal(nib.load(built.path).get_fdata(),
-                          nib.load(os.path.join(built.outdir, f"template_round{ROUNDS}.nii.gz")).get_fdata())
+    assert np.array_equal(
+        nib.load(built.path).get_fdata(),
+        nib.load(os.path.join(built.outdir, f"template_round{ROUNDS}.nii.gz")).get_fdata(),
+    )
 
 
 class _Killed(Exception):
@@ -295,9 +331,17 @@ def test_dask_local_cluster_gives_the_same_template(cohort, built, tmp_path):
     distributed = pytest.importorskip("distributed")
     from ilex.registration.memory import estimate_peak_bytes
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit=0,
-                                  resources={"MEMORY": 1.5 * estimate_peak_bytes(EXTENT)}, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=0,
+            resources={"MEMORY": 1.5 * estimate_peak_bytes(EXTENT)},
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         result = _build(cohort, tmp_path / "dask", client=client)
         workers = {r["worker"] for r in json.loads((tmp_path / "dask" / "qc" / "summary.json").read_text())["pairs"]}
     assert len(workers) == 2, workers  # both worker processes registered images
@@ -307,11 +351,27 @@ def test_dask_local_cluster_gives_the_same_template(cohort, built, tmp_path):
 @pytest.mark.realdata
 def test_an_image_that_fails_is_left_out_of_the_average(cohort, tmp_path, capsys):
     (tmp_path / "broken.lta").write_text("not a transform\n")
-    rows = ["id,image,init"] + [f"s{k},{p}," for k, p in enumerate(cohort["images"][:3])] + \
-           [f"bad,{cohort['images'][3]},{tmp_path / 'broken.lta'}"]
+    rows = (
+        ["id,image,init"]
+        + [f"s{k},{p}," for k, p in enumerate(cohort["images"][:3])]
+        + [f"bad,{cohort['images'][3]},{tmp_path / 'broken.lta'}"]
+    )
     (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
-    code = main(["template", str(tmp_path / "cohort.csv"), "-o", str(tmp_path / "out"), "-m", "optimize", "-e", str(EXTENT),
-                 "--rounds", "1", "-q"])
+    code = main(
+        [
+            "template",
+            str(tmp_path / "cohort.csv"),
+            "-o",
+            str(tmp_path / "out"),
+            "-m",
+            "optimize",
+            "-e",
+            str(EXTENT),
+            "--rounds",
+            "1",
+            "-q",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "bad" in err and "broken.lta" in err
     with open(tmp_path / "out" / "rounds.csv", newline="") as f:
@@ -319,8 +379,13 @@ def test_an_image_that_fails_is_left_out_of_the_average(cohort, tmp_path, capsys
     assert [(r["averaged"], r["failed"]) for r in rows] == [("3", "bad"), ("3", "bad")]
     assert not (tmp_path / "out" / "images" / "bad").exists()
     with pytest.raises(IlexError, match="fewer than 2"):
-        build_template([cohort["images"][0], (f"x{0}", cohort["images"][1], tmp_path / "broken.lta")], tmp_path / "out2",
-                       method="optimize", extent=EXTENT, rounds=1)
+        build_template(
+            [cohort["images"][0], (f"x{0}", cohort["images"][1], tmp_path / "broken.lta")],
+            tmp_path / "out2",
+            method="optimize",
+            extent=EXTENT,
+            rounds=1,
+        )
 
 
 @pytest.mark.realdata
@@ -333,8 +398,16 @@ def test_synthmorph_methods_plumbing(cohort, tmp_path, method):
 
     weights = [fixture_path("affine_e64.h5"), fixture_path("net_e64_mixed.h5")]
     warp_format = "itk" if method == "joint" else "freesurfer"
-    result = build_template(cohort["images"][:3], tmp_path / method, method=method, weights=weights, extent=EXTENT,
-                            rounds=1, keep_rounds=True, warp_format=warp_format)
+    result = build_template(
+        cohort["images"][:3],
+        tmp_path / method,
+        method=method,
+        weights=weights,
+        extent=EXTENT,
+        rounds=1,
+        keep_rounds=True,
+        warp_format=warp_format,
+    )
     assert [image.status for image in result.images] == ["done"] * 3
     assert os.path.isfile(result.path)
     for image in result.images:

@@ -58,8 +58,13 @@ def test_interpolate_clamped_matches_scipy_nearest_mode(channels):
     coords = rng.uniform(-3, 11, (5000, 3)).astype(np.float32)  # a fifth or so outside the grid
     ours = np.asarray(interpolate_clamped(jnp.asarray(volume), jnp.asarray(coords)))
     stack = volume[..., None] if channels is None else volume
-    oracle = np.stack([map_coordinates(stack[..., c].astype(np.float64), coords.T.astype(np.float64), order=1,
-                                       mode="nearest") for c in range(stack.shape[-1])], -1)
+    oracle = np.stack(
+        [
+            map_coordinates(stack[..., c].astype(np.float64), coords.T.astype(np.float64), order=1, mode="nearest")
+            for c in range(stack.shape[-1])
+        ],
+        -1,
+    )
     oracle = oracle[..., 0] if channels is None else oracle
     assert np.abs(ours - oracle).max() <= INTERP_ATOL
 

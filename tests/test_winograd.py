@@ -17,7 +17,10 @@ TOL = 1e-5
 
 def _direct(x, kernel, bias):
     dn = ("NDHWC", "DHWIO", "NDHWC")
-    return lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME", dimension_numbers=dn, precision=lax.Precision.HIGHEST) + bias[None, None, None, None, :]
+    return (
+        lax.conv_general_dilated(x, kernel, (1, 1, 1), "SAME", dimension_numbers=dn, precision=lax.Precision.HIGHEST)
+        + bias[None, None, None, None, :]
+    )
 
 
 def _up(x):

@@ -8,6 +8,8 @@ numeric tower), and numpy's scalars pass where Python's are annotated (they beha
 import numpy as np
 from beartype import BeartypeConf, FrozenDict, beartype
 
-typechecker = beartype(conf=BeartypeConf(
-    hint_overrides=FrozenDict({int: int | np.integer, float: float | int | np.floating | np.integer}),
-))
+typechecker = beartype(
+    conf=BeartypeConf(
+        hint_overrides=FrozenDict({int: int | np.integer, float: float | int | np.floating | np.integer}),
+    )
+)

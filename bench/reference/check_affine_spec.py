@@ -128,7 +128,9 @@ def main(path, data_dir=None):
     report["joint_H2"] = np.abs(h2[:3] - d["joint_H2"][0]).max()
     # the (I - A)/2 translation offset between joint and -m affine
     j_full = np.diag([2, 2, 2, 1.0]) @ shift((h - 1) / 2) @ ja @ shift(-(h - 1) / 2) @ np.diag([0.5, 0.5, 0.5, 1])
-    report["affine_minus_joint_offset"] = np.abs(fw[:3, 3] - j_full[:3, 3] - (np.eye(3) - a[:3, :3]) @ np.full(3, 0.5)).max()
+    report["affine_minus_joint_offset"] = np.abs(
+        fw[:3, 3] - j_full[:3, 3] - (np.eye(3) - a[:3, :3]) @ np.full(3, 0.5)
+    ).max()
 
     g1 = np.diag([2, 2, 2, 1.0]) @ sq(d["joint_H1"])
     g2 = np.diag([2, 2, 2, 1.0]) @ sq(d["joint_H2"])
@@ -166,8 +168,9 @@ def main(path, data_dir=None):
     # joint native warps (-t / -T, disp_ras in mm), as SPEC §3 for deform
     if "joint_fw" in d:
         for name, idx, to_net, net_to, src_v2r, trg_v2r in (
-                ("fw", d["fixed_idx"], d["fix_to_net"], d["net_to_mov"], d["mov_vox2ras"], d["fix_vox2ras"]),
-                ("bw", d["moving_idx"], d["mov_to_net"], d["net_to_fix"], d["fix_vox2ras"], d["mov_vox2ras"])):
+            ("fw", d["fixed_idx"], d["fix_to_net"], d["net_to_mov"], d["mov_vox2ras"], d["fix_vox2ras"]),
+            ("bw", d["moving_idx"], d["mov_to_net"], d["net_to_fix"], d["fix_vox2ras"], d["mov_vox2ras"]),
+        ):
             q = idx @ to_net[:3, :3].T + to_net[:3, 3]
             q = q + interp_clamp(d[f"joint_{name}"][0].astype(np.float64), q)
             src = q @ net_to[:3, :3].T + net_to[:3, 3]
@@ -185,8 +188,10 @@ def main(path, data_dir=None):
         for m in ("affine", "rigid"):
             m_bw = np.linalg.inv(d["fix_vox2ras"]) @ d[f"{m}_lta_fw"] @ d["mov_vox2ras"]
             m_fw = np.linalg.inv(d["mov_vox2ras"]) @ d[f"{m}_lta_bw"] @ d["fix_vox2ras"]
-            for key, img, mat, idx in (("moved", mov, np.linalg.inv(m_bw), d["fixed_idx"]),
-                                       ("fixed_moved", fix, np.linalg.inv(m_fw), d["moving_idx"])):
+            for key, img, mat, idx in (
+                ("moved", mov, np.linalg.inv(m_bw), d["fixed_idx"]),
+                ("fixed_moved", fix, np.linalg.inv(m_fw), d["moving_idx"]),
+            ):
                 m32 = mat.astype(np.float32)
                 loc = (idx.astype(np.float32) @ m32[:3, :3].T + m32[:3, 3]).astype(np.float64)
                 v = map_coordinates(img, loc.T, order=1, mode="nearest")

@@ -94,8 +94,13 @@ def main():
     os.makedirs(os.path.join(args.out, "affine_lta"), exist_ok=True)
 
     versions = {
-        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": __import__("keras").__version__,
-        "numpy": np.__version__, "surfa": sf.__version__, "h5py": h5py.__version__, "nibabel": nib.__version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": __import__("keras").__version__,
+        "numpy": np.__version__,
+        "surfa": sf.__version__,
+        "h5py": h5py.__version__,
+        "nibabel": nib.__version__,
         "voxelmorph": "git ca28315 (package version {})".format(getattr(vxm, "__version__", "?")),
         "neurite": "git 95b2b56",
         "registration_py": f"freesurfer/freesurfer @2015394 mri_synthmorph/synthmorph/registration.py, sha256 {sha256(args.registration)} (docstrings stripped)",
@@ -219,11 +224,11 @@ def main():
     def_file = h5_arrays(args.deform_weights)
     (aff_sub,) = [l for l in submodels(joint) if isinstance(l, orig_det)]
     (def_sub,) = [l for l in submodels(joint) if l.weights and not isinstance(l, orig_det)]
-    assert all(np.array_equal(a, b) for a, b in zip(aff_sub.get_weights(), det_weights))
+    assert all(np.array_equal(a, b) for a, b in zip(aff_sub.get_weights(), det_weights, strict=False))
     assert len(def_sub.get_weights()) == len(def_file) == 2 * len(DEF["hyp_units"]) + 4 * 13
-    assert all(np.array_equal(a, b) for a, b in zip(def_sub.get_weights(), def_file))
-    assert all(np.array_equal(a, b) for a, b in zip(h5_arrays(h5_aff), det_weights))
-    assert all(np.array_equal(a, b) for a, b in zip(h5_arrays(h5_rig), det_weights))
+    assert all(np.array_equal(a, b) for a, b in zip(def_sub.get_weights(), def_file, strict=False))
+    assert all(np.array_equal(a, b) for a, b in zip(h5_arrays(h5_aff), det_weights, strict=False))
+    assert all(np.array_equal(a, b) for a, b in zip(h5_arrays(h5_rig), det_weights, strict=False))
     print("weights: joint loaded (affine file -> detector, deform file -> hyper-U-Net) and saved")
 
     report = {"versions": versions, "pairs": {}}
@@ -234,11 +239,21 @@ def main():
         os.makedirs(d, exist_ok=True)
         ext = "lta" if model_name in ("affine", "rigid") else "nii.gz"
         arg = argparse.Namespace(
-            moving=mov_path, fixed=fix_path, model=model_name, extent=E, steps=STEPS, hyper=HYPER,
-            threads=args.threads, init=None, mid_space=False, out_dir=d, weights=list(weights),
+            moving=mov_path,
+            fixed=fix_path,
+            model=model_name,
+            extent=E,
+            steps=STEPS,
+            hyper=HYPER,
+            threads=args.threads,
+            init=None,
+            mid_space=False,
+            out_dir=d,
+            weights=list(weights),
             trans=None if header_only else os.path.join(d, f"fw.{ext}"),
             inverse=None if header_only else os.path.join(d, f"bw.{ext}"),
-            out_moving=os.path.join(d, "moved.nii.gz"), out_fixed=os.path.join(d, "fixed_moved.nii.gz"),
+            out_moving=os.path.join(d, "moved.nii.gz"),
+            out_fixed=os.path.join(d, "fixed_moved.nii.gz"),
             header_only=header_only,
         )
         captured.clear()
@@ -251,9 +266,16 @@ def main():
         print(f"=== {pair}")
         mov, fix, (n2m, m2n, n2f, f2n), x1, x2 = net_inputs(mov_path, fix_path)
         res = {
-            "mov": x1.numpy(), "fix": x2.numpy(), "net_to_mov": n2m, "mov_to_net": m2n, "net_to_fix": n2f, "fix_to_net": f2n,
-            "mov_vox2ras": mov.geom.vox2world.matrix, "fix_vox2ras": fix.geom.vox2world.matrix,
-            "mov_shape": np.array(mov.baseshape), "fix_shape": np.array(fix.baseshape),
+            "mov": x1.numpy(),
+            "fix": x2.numpy(),
+            "net_to_mov": n2m,
+            "mov_to_net": m2n,
+            "net_to_fix": n2f,
+            "fix_to_net": f2n,
+            "mov_vox2ras": mov.geom.vox2world.matrix,
+            "fix_vox2ras": fix.geom.vox2world.matrix,
+            "mov_shape": np.array(mov.baseshape),
+            "fix_shape": np.array(fix.baseshape),
             "versions": np.array(json.dumps(versions)),
         }
         if pair == "colinrot_to_colin":
@@ -297,19 +319,33 @@ def main():
         zero = (f1.numpy().reshape(-1, f1.shape[-1]) == 0).all(0) | (f2.numpy().reshape(-1, f2.shape[-1]) == 0).all(0)
         assert not zero.any(), f"all-zero feature channel {zero}"
         res.update(
-            feat_1=f1.numpy(), feat_2=f2.numpy(), cen_1=cen_1.numpy(), cen_2=cen_2.numpy(), weights=wts.numpy(),
-            fit_12=fit_12.numpy(), fit_21=fit_21.numpy(), aff_avg=avg.numpy(), rigid_params=params.numpy(),
+            feat_1=f1.numpy(),
+            feat_2=f2.numpy(),
+            cen_1=cen_1.numpy(),
+            cen_2=cen_2.numpy(),
+            weights=wts.numpy(),
+            fit_12=fit_12.numpy(),
+            fit_21=fit_21.numpy(),
+            aff_avg=avg.numpy(),
+            rigid_params=params.numpy(),
             rigid_cen=rig.numpy(),
         )
-        un_cen = np.eye(4); un_cen[:3, 3] = (E - 1) / 2
-        cen = np.eye(4); cen[:3, 3] = -(E - 1) / 2
+        un_cen = np.eye(4)
+        un_cen[:3, 3] = (E - 1) / 2
+        cen = np.eye(4)
+        cen[:3, 3] = -(E - 1) / 2
         sq = lambda m: np.vstack([np.asarray(m, np.float64).reshape(3, 4), [0, 0, 0, 1]])
         A = sq(avg.numpy()[0])
         lin = A[:3, :3]
         u, s, vt = np.linalg.svd(lin)
         rot = np.degrees(np.arccos(np.clip((np.trace(u @ vt) - 1) / 2, -1, 1)))
-        diag = {"singular_values": s.tolist(), "cond": float(s[0] / s[-1]), "rotation_deg": float(rot),
-                    "translation_centre": A[:3, 3].tolist(), "channel_weights": wts.numpy()[0].tolist()}
+        diag = {
+            "singular_values": s.tolist(),
+            "cond": float(s[0] / s[-1]),
+            "rotation_deg": float(rot),
+            "translation_centre": A[:3, 3].tolist(),
+            "channel_weights": wts.numpy()[0].tolist(),
+        }
         print("fit:", json.dumps(diag))
         report["pairs"][pair] = {"affine_fit": diag}
 
@@ -328,19 +364,28 @@ def main():
             lta_fw = sf.load_affine(os.path.join(d, "fw.lta"))
             lta_bw = sf.load_affine(os.path.join(d, "bw.lta"))
             for s_ in ("fw", "bw"):
-                shutil.copy(os.path.join(d, f"{s_}.lta"), os.path.join(args.out, "affine_lta", f"{pair}_{name}_{s_}.lta"))
-            res.update({
-                f"{name}_fw": fw, f"{name}_bw": bw,
-                f"{name}_vox_fw": vox_fw.numpy(), f"{name}_vox_bw": vox_bw.numpy(),
-                f"{name}_lta_fw": lta_fw.matrix, f"{name}_lta_bw": lta_bw.matrix,
-                f"{name}_moved": sample(os.path.join(d, "moved.nii.gz"), fixed_idx),
-                f"{name}_fixed_moved": sample(os.path.join(d, "fixed_moved.nii.gz"), moving_idx),
-            })
+                shutil.copy(
+                    os.path.join(d, f"{s_}.lta"), os.path.join(args.out, "affine_lta", f"{pair}_{name}_{s_}.lta")
+                )
+            res.update(
+                {
+                    f"{name}_fw": fw,
+                    f"{name}_bw": bw,
+                    f"{name}_vox_fw": vox_fw.numpy(),
+                    f"{name}_vox_bw": vox_bw.numpy(),
+                    f"{name}_lta_fw": lta_fw.matrix,
+                    f"{name}_lta_bw": lta_bw.matrix,
+                    f"{name}_moved": sample(os.path.join(d, "moved.nii.gz"), fixed_idx),
+                    f"{name}_fixed_moved": sample(os.path.join(d, "fixed_moved.nii.gz"), moving_idx),
+                }
+            )
             # -H: header-only outputs (voxels unchanged, new vox2ras)
             dh, _, _ = run(name, mov_path, fix_path, f"{pair}_{name}_H", header_only=True, weights=[wfile])
             res[f"{name}_H_moved_vox2ras"] = nib.load(os.path.join(dh, "moved.nii.gz")).affine
             res[f"{name}_H_fixed_moved_vox2ras"] = nib.load(os.path.join(dh, "fixed_moved.nii.gz")).affine
-            res[f"{name}_H_moved_vox2ras_surfa"] = sf.load_volume(os.path.join(dh, "moved.nii.gz")).geom.vox2world.matrix
+            res[f"{name}_H_moved_vox2ras_surfa"] = sf.load_volume(
+                os.path.join(dh, "moved.nii.gz")
+            ).geom.vox2world.matrix
             print(name, "network fw\n", np.round(fw[0], 5), "\nLTA -t\n", np.round(lta_fw.matrix, 5))
 
         # -------- joint
@@ -369,10 +414,20 @@ def main():
         assert np.array_equal(jf1.numpy(), res["feat_1"]) and np.array_equal(jf2.numpy(), res["feat_2"])
         jc1 = ne.utils.barycenter(jf1, **prop) * np.asarray((E // 2,) * 3)
         jc2 = ne.utils.barycenter(jf2, **prop) * np.asarray((E // 2,) * 3)
-        ja = 0.5 * (vxm.utils.invert_affine(vxm.utils.fit_affine(jc2, jc1, weights=wts)) + vxm.utils.fit_affine(jc1, jc2, weights=wts))
+        ja = 0.5 * (
+            vxm.utils.invert_affine(vxm.utils.fit_affine(jc2, jc1, weights=wts))
+            + vxm.utils.fit_affine(jc1, jc2, weights=wts)
+        )
         # cross-check against a joint built with extra outputs and loaded the same way
-        probe_j = joint_factory(in_shape=(E,) * 3, bidir=True, mid_space=True, int_steps=STEPS, skip_affine=False,
-                                return_svf=True, return_aff=True)
+        probe_j = joint_factory(
+            in_shape=(E,) * 3,
+            bidir=True,
+            mid_space=True,
+            int_steps=STEPS,
+            skip_affine=False,
+            return_svf=True,
+            return_aff=True,
+        )
         for f in (h5_aff, args.deform_weights):
             reg.load_weights(probe_j, weights=f)
         pj = [t.numpy() for t in probe_j((hyp, cap[0], cap[1]))]
@@ -384,10 +439,15 @@ def main():
         fj = [t.numpy() for t in full_j((hyp, cap[0], cap[1]))]
         assert np.array_equal(fj[0], fw) or np.allclose(fj[0], fw, atol=1e-6)
         res.update(
-            joint_hyper=np.array([HYPER], np.float32), joint_steps=np.array(STEPS),
-            joint_aff_avg=ja.numpy(), joint_H1=H1.numpy(), joint_H2=H2.numpy(),
-            joint_mov_1=mov_1.numpy(), joint_mov_2=mov_2.numpy(),
-            joint_unet_raw_1=u1.numpy(), joint_svf_1=svf_1.numpy(),
+            joint_hyper=np.array([HYPER], np.float32),
+            joint_steps=np.array(STEPS),
+            joint_aff_avg=ja.numpy(),
+            joint_H1=H1.numpy(),
+            joint_H2=H2.numpy(),
+            joint_mov_1=mov_1.numpy(),
+            joint_mov_2=mov_2.numpy(),
+            joint_unet_raw_1=u1.numpy(),
+            joint_svf_1=svf_1.numpy(),
             joint_warp_fw=sample(os.path.join(d, "fw.nii.gz"), fixed_idx),
             joint_warp_bw=sample(os.path.join(d, "bw.nii.gz"), moving_idx),
             joint_moved=sample(os.path.join(d, "moved.nii.gz"), fixed_idx),
@@ -403,9 +463,11 @@ def main():
             nrng = np.random.default_rng(2)
             net_idx = nrng.integers(0, E, size=(N_SAMPLES, 3)).astype(np.int32)
             net_idx[:8] = [[i, j, k] for i in (0, E - 1) for j in (0, E - 1) for k in (0, E - 1)]
-            res.update(net_idx=net_idx,
-                       joint_fw_at_net_idx=fw[0][net_idx[:, 0], net_idx[:, 1], net_idx[:, 2]],
-                       joint_bw_at_net_idx=bw[0][net_idx[:, 0], net_idx[:, 1], net_idx[:, 2]])
+            res.update(
+                net_idx=net_idx,
+                joint_fw_at_net_idx=fw[0][net_idx[:, 0], net_idx[:, 1], net_idx[:, 2]],
+                joint_bw_at_net_idx=bw[0][net_idx[:, 0], net_idx[:, 1], net_idx[:, 2]],
+            )
 
         path = os.path.join(args.out, f"affine_e64_{pair}.npz")
         np.savez_compressed(path, **res)

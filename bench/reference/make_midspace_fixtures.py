@@ -63,11 +63,17 @@ def main():
     reg = load_module(args.registration, "fs_registration")
     os.makedirs(args.work, exist_ok=True)
     versions = {
-        "python": platform.python_version(), "tensorflow": tf.__version__, "numpy": np.__version__,
-        "surfa": sf.__version__, "nibabel": nib.__version__, "voxelmorph": "git ca28315", "neurite": "git 95b2b56",
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "surfa": sf.__version__,
+        "nibabel": nib.__version__,
+        "voxelmorph": "git ca28315",
+        "neurite": "git 95b2b56",
         "registration_py": "freesurfer/freesurfer @2015394 mri_synthmorph/synthmorph/registration.py, "
-                           f"sha256 {sha256(args.registration)} (docstrings stripped, code unchanged)",
-        "weights_sha256": sha256(args.weights), "init_sha256": sha256(args.init),
+        f"sha256 {sha256(args.registration)} (docstrings stripped, code unchanged)",
+        "weights_sha256": sha256(args.weights),
+        "init_sha256": sha256(args.init),
     }
     print(json.dumps(versions, indent=1))
 
@@ -107,27 +113,50 @@ def main():
             v = v[:, :, :, 0, :]
         return v[idx[:, 0], idx[:, 1], idx[:, 2]]
 
-    res = {"fixed_idx": fixed_idx, "moving_idx": moving_idx, "hyper": np.float32(HYPER), "steps": np.int32(STEPS),
-           "extent": np.int32(E), "versions": np.array(json.dumps(versions))}
+    res = {
+        "fixed_idx": fixed_idx,
+        "moving_idx": moving_idx,
+        "hyper": np.float32(HYPER),
+        "steps": np.int32(STEPS),
+        "extent": np.int32(E),
+        "versions": np.array(json.dumps(versions)),
+    }
     for tag, mid in (("init", False), ("mid", True)):
         d = os.path.join(args.work, tag)
         os.makedirs(d, exist_ok=True)
         arg = argparse.Namespace(
-            moving=mov_path, fixed=fix_path, model="deform", extent=E, steps=STEPS, hyper=HYPER, threads=args.threads,
-            init=args.init, mid_space=mid, out_dir=d, weights=[args.weights], header_only=False,
-            trans=os.path.join(d, "fw.nii.gz"), inverse=os.path.join(d, "bw.nii.gz"),
-            out_moving=os.path.join(d, "moved.nii.gz"), out_fixed=os.path.join(d, "fixed_moved.nii.gz"),
+            moving=mov_path,
+            fixed=fix_path,
+            model="deform",
+            extent=E,
+            steps=STEPS,
+            hyper=HYPER,
+            threads=args.threads,
+            init=args.init,
+            mid_space=mid,
+            out_dir=d,
+            weights=[args.weights],
+            header_only=False,
+            trans=os.path.join(d, "fw.nii.gz"),
+            inverse=os.path.join(d, "bw.nii.gz"),
+            out_moving=os.path.join(d, "moved.nii.gz"),
+            out_fixed=os.path.join(d, "fixed_moved.nii.gz"),
         )
         matrices.clear()
         reg.register(arg)
         net_to_mov, net_to_fix = matrices[:2]
-        res.update({
-            f"{tag}_net_to_mov": net_to_mov, f"{tag}_net_to_fix": net_to_fix,
-            f"{tag}_inp_1_vox2ras": sf.load_volume(os.path.join(d, "inp_1.mgz")).geom.vox2world.matrix,
-            f"{tag}_inp_2_vox2ras": sf.load_volume(os.path.join(d, "inp_2.mgz")).geom.vox2world.matrix,
-            f"{tag}_fw": sample(arg.trans, fixed_idx), f"{tag}_bw": sample(arg.inverse, moving_idx),
-            f"{tag}_moved": sample(arg.out_moving, fixed_idx), f"{tag}_fixed_moved": sample(arg.out_fixed, moving_idx),
-        })
+        res.update(
+            {
+                f"{tag}_net_to_mov": net_to_mov,
+                f"{tag}_net_to_fix": net_to_fix,
+                f"{tag}_inp_1_vox2ras": sf.load_volume(os.path.join(d, "inp_1.mgz")).geom.vox2world.matrix,
+                f"{tag}_inp_2_vox2ras": sf.load_volume(os.path.join(d, "inp_2.mgz")).geom.vox2world.matrix,
+                f"{tag}_fw": sample(arg.trans, fixed_idx),
+                f"{tag}_bw": sample(arg.inverse, moving_idx),
+                f"{tag}_moved": sample(arg.out_moving, fixed_idx),
+                f"{tag}_fixed_moved": sample(arg.out_fixed, moving_idx),
+            }
+        )
         fw = np.asanyarray(nib.load(arg.trans).dataobj)
         print(f"{tag}: |fw| max {np.abs(fw).max():.3f} mm; net_to_fix\n{np.round(net_to_fix, 4)}")
     np.savez_compressed(args.out, **res)

@@ -55,7 +55,13 @@ class OptionError(IlexError):
         """The message with the option called `name` (its value after `separator`)."""
         if name is None:
             return self.problem
-        value = "" if self.value is None else f"{separator}{self.value:g}" if isinstance(self.value, float) else f"{separator}{self.value}"
+        value = (
+            ""
+            if self.value is None
+            else f"{separator}{self.value:g}"
+            if isinstance(self.value, float)
+            else f"{separator}{self.value}"
+        )
         return f"{name}{value}: {self.problem}"
 
 

@@ -73,8 +73,15 @@ class IlexWorker(_WorkerPlugin):
                 from ..registration.session import Registrar, load_weights
 
                 s = self.settings
-                registrar = Registrar(load_weights(s.weights), method=s.method, hyper=s.hyper, steps=s.steps,
-                                      extent=s.extent, algorithm=s.algorithm, clip_percentile=s.clip_percentile)
+                registrar = Registrar(
+                    load_weights(s.weights),
+                    method=s.method,
+                    hyper=s.hyper,
+                    steps=s.steps,
+                    extent=s.extent,
+                    algorithm=s.algorithm,
+                    clip_percentile=s.clip_percentile,
+                )
                 registrar.prepare(self.combinations)
                 registrar.model = None
                 self._registrar = registrar
@@ -96,7 +103,11 @@ def register_pair_task(plugin_name: str, pair: Pair) -> dict:
 
 def memory_capacities(client, resource: str = "MEMORY") -> list[float]:
     """The `resource` each worker declares (workers without it left out)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"] if _takes_n_workers(client) else client.scheduler_info()["workers"]
+    workers = (
+        client.scheduler_info(n_workers=-1)["workers"]
+        if _takes_n_workers(client)
+        else client.scheduler_info()["workers"]
+    )
     return [float(w["resources"][resource]) for w in workers.values() if resource in (w.get("resources") or {})]
 
 
@@ -106,8 +117,14 @@ def _takes_n_workers(client) -> bool:
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
 
 
-def iter_cluster(client, pairs: list[Pair], settings: BatchSettings, *, memory_resource: str = "MEMORY",
-                 memory_bytes: float | None = None) -> Iterator[PairRecord]:
+def iter_cluster(
+    client,
+    pairs: list[Pair],
+    settings: BatchSettings,
+    *,
+    memory_resource: str = "MEMORY",
+    memory_bytes: float | None = None,
+) -> Iterator[PairRecord]:
     """Run `pairs` on `client`'s workers; yields each pair's record as it finishes.
 
     `memory_bytes` is what one registration needs (default: the estimate for `settings.extent`,
@@ -122,19 +139,32 @@ def iter_cluster(client, pairs: list[Pair], settings: BatchSettings, *, memory_r
     need = float(memory_bytes if memory_bytes is not None else settings.memory_estimate(pairs))
     capacities = memory_capacities(client, memory_resource)
     if capacities and max(capacities) < need:
-        raise OptionError(f"no Dask worker has room for one registration at extent {settings.extent}: it needs "
-                          f"{memory_resource}={need:.3g} bytes, the largest worker declares {max(capacities):.3g}")
+        raise OptionError(
+            f"no Dask worker has room for one registration at extent {settings.extent}: it needs "
+            f"{memory_resource}={need:.3g} bytes, the largest worker declares {max(capacities):.3g}"
+        )
     if not capacities:
-        warnings.warn(f"ilex batch: no Dask worker declares the resource {memory_resource}; pairs are not limited by memory "
-                      f"(start workers with --resources {memory_resource}=<bytes>)", stacklevel=2)
+        warnings.warn(
+            f"ilex batch: no Dask worker declares the resource {memory_resource}; pairs are not limited by memory "
+            f"(start workers with --resources {memory_resource}=<bytes>)",
+            stacklevel=2,
+        )
     resources = {memory_resource: need} if capacities else None
-    combinations = sorted({settings.combination(p) for p in pairs if p.problem is None}, key=lambda c: (c[0] or "", c[1]))
+    combinations = sorted(
+        {settings.combination(p) for p in pairs if p.problem is None}, key=lambda c: (c[0] or "", c[1])
+    )
     plugin = IlexWorker(settings, combinations)
     client.register_plugin(plugin)
     futures = {}
     for pair in pairs:
-        future = client.submit(register_pair_task, plugin.name, pair, key=f"ilex-pair-{pair.index}-{plugin.name}-{id(futures)}",
-                               resources=resources, pure=False)
+        future = client.submit(
+            register_pair_task,
+            plugin.name,
+            pair,
+            key=f"ilex-pair-{pair.index}-{plugin.name}-{id(futures)}",
+            resources=resources,
+            pure=False,
+        )
         futures[future] = pair
     for future in distributed.as_completed(futures):
         pair = futures[future]

@@ -35,8 +35,16 @@ from ..registration.outputs import OUTPUT_KINDS, output_files
 
 OPTIMISER_COLUMNS = ("similarity", "levels", "iterations")
 COLUMNS = ("moving", "fixed", *OUTPUT_KINDS, "init", "hyper", "method", *OPTIMISER_COLUMNS, "id")
-ALIASES = {"o": "out_moving", "O": "out_fixed", "t": "trans", "T": "inverse", "d": "out_dir", "i": "init",
-           "r": "hyper", "m": "method"}
+ALIASES = {
+    "o": "out_moving",
+    "O": "out_fixed",
+    "t": "trans",
+    "T": "inverse",
+    "d": "out_dir",
+    "i": "init",
+    "r": "hyper",
+    "m": "method",
+}
 _PATH_COLUMNS = ("moving", "fixed", "init", *OUTPUT_KINDS)
 
 
@@ -88,16 +96,22 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     for name in header:
         column = ALIASES.get(name.strip(), name.strip())
         if column not in COLUMNS:
-            raise OptionError(f"{path}: unknown column {name!r}; columns are {', '.join(COLUMNS)} "
-                              f"(aliases {', '.join(f'{a}={c}' for a, c in ALIASES.items())})")
+            raise OptionError(
+                f"{path}: unknown column {name!r}; columns are {', '.join(COLUMNS)} "
+                f"(aliases {', '.join(f'{a}={c}' for a, c in ALIASES.items())})"
+            )
         if column in names.values():
             raise OptionError(f"{path}: column {column!r} is given twice")
         names[name] = column
     missing = [c for c in ("moving", "fixed") if c not in names.values()]
     if missing:
-        raise OptionError(f"{path}: the header has no {' or '.join(missing)} column (found: {', '.join(header) or 'nothing'})")
-    pairs = [_pair(k, {names[n]: (v or "").strip() for n, v in row.items() if n in names}, base)
-             for k, row in enumerate(rows, 1)]
+        raise OptionError(
+            f"{path}: the header has no {' or '.join(missing)} column (found: {', '.join(header) or 'nothing'})"
+        )
+    pairs = [
+        _pair(k, {names[n]: (v or "").strip() for n, v in row.items() if n in names}, base)
+        for k, row in enumerate(rows, 1)
+    ]
     _check_no_shared_outputs(path, pairs)
     return pairs
 
@@ -134,8 +148,18 @@ def _pair(index: int, row: dict[str, str], base: str) -> Pair:
             problem = problem or f"no {column} image"
     if not outputs:
         problem = problem or f"no output: set at least one of {', '.join(OUTPUT_KINDS)}"
-    return Pair(index, values.get("moving", ""), values.get("fixed", ""), outputs, hyper, method,
-                values.get("init") or None, values.get("id") or None, problem, options)
+    return Pair(
+        index,
+        values.get("moving", ""),
+        values.get("fixed", ""),
+        outputs,
+        hyper,
+        method,
+        values.get("init") or None,
+        values.get("id") or None,
+        problem,
+        options,
+    )
 
 
 def _check_no_shared_outputs(path: str, pairs: list[Pair]) -> None:

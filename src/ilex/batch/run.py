@@ -55,8 +55,11 @@ class BatchSettings:
         if _takes_optimiser_options(method):
             defaults = {"similarity": self.similarity, "levels": self.levels, "iterations": self.iterations}
             options = {k: v for k, v in {**defaults, **pair.options}.items() if v is not None}
-        return (method, self.hyper if pair.hyper is None else pair.hyper,
-                tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())))
+        return (
+            method,
+            self.hyper if pair.hyper is None else pair.hyper,
+            tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())),
+        )
 
     def runs_detector(self, pairs: Iterable[Pair]) -> bool:
         """Whether any of `pairs` runs the affine detector (joint, affine, rigid), whose peak
@@ -78,8 +81,15 @@ class BatchSettings:
         model is then let go (the hypernetwork is 3.5 GB; each λ's U-Net 1/33 of that)."""
         from ..registration.session import Registrar, load_weights
 
-        registrar = Registrar(load_weights(self.weights), method=self.method, hyper=self.hyper, steps=self.steps,
-                              extent=self.extent, algorithm=self.algorithm, clip_percentile=self.clip_percentile)
+        registrar = Registrar(
+            load_weights(self.weights),
+            method=self.method,
+            hyper=self.hyper,
+            steps=self.steps,
+            extent=self.extent,
+            algorithm=self.algorithm,
+            clip_percentile=self.clip_percentile,
+        )
         combinations = {self.combination(p) for p in pairs if p.problem is None}
         if combinations:
             registrar.prepare(sorted(combinations, key=_order))
@@ -93,11 +103,21 @@ class BatchSettings:
         weights = self.weights if isinstance(self.weights, tuple) else () if self.weights is None else (self.weights,)
         if method is not None and not isinstance(method, str):
             method = repr(method)  # a Method object (ilex template's stages): its options are in its repr
-        record = {"moving": pair.moving, "fixed": pair.fixed, "init": pair.init, "method": method, "hyper": hyper,
-                  "options": dict(options), "steps": self.steps, "extent": self.extent,
-                  "weights": None if self.weights is None else [_absolute(w) for w in weights],
-                  "algorithm": self.algorithm, "clip_percentile": self.clip_percentile, "warp_format": self.warp_format,
-                  "outputs": dict(sorted(pair.outputs.items()))}
+        record = {
+            "moving": pair.moving,
+            "fixed": pair.fixed,
+            "init": pair.init,
+            "method": method,
+            "hyper": hyper,
+            "options": dict(options),
+            "steps": self.steps,
+            "extent": self.extent,
+            "weights": None if self.weights is None else [_absolute(w) for w in weights],
+            "algorithm": self.algorithm,
+            "clip_percentile": self.clip_percentile,
+            "warp_format": self.warp_format,
+            "outputs": dict(sorted(pair.outputs.items())),
+        }
         return json.loads(json.dumps(record))  # tuples as lists, as they read back
 
 
@@ -243,23 +263,42 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
     start, started = time.perf_counter(), time.time()
     worker = worker or socket.gethostname()
     if pair.problem:
-        return _record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started)
+        return _record(
+            pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started
+        )
     method, hyper, options = settings.combination(pair)
     memory = PeakMemory().start()
     try:
         if pair.options and not _takes_optimiser_options(method):
-            raise OptionError(f"{', '.join(pair.options)}: the optimiser's options, for method optimize (this row runs "
-                              f"{method or 'the default method'})")
+            raise OptionError(
+                f"{', '.join(pair.options)}: the optimiser's options, for method optimize (this row runs "
+                f"{method or 'the default method'})"
+            )
         check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
         # Names the method cannot write (an LTA from a warp method) fail now, not after the network.
         chosen = registrar.method_for(method, hyper, **dict(options))
         check_transform_outputs(pair.outputs, chosen.name, warp_format=settings.warp_format)
-        result = registrar.register(pair.moving, pair.fixed, method=method, hyper=hyper, init=pair.init,
-                                    keep_inputs="out_dir" in pair.outputs, **dict(options))
+        result = registrar.register(
+            pair.moving,
+            pair.fixed,
+            method=method,
+            hyper=hyper,
+            init=pair.init,
+            keep_inputs="out_dir" in pair.outputs,
+            **dict(options),
+        )
     except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary
         memory.stop()
-        return _record(pair, "failed", seconds=time.perf_counter() - start, peak_memory_gib=memory.peak,
-                       error=error_text(e), worker=worker, started=started, finished=time.time())
+        return _record(
+            pair,
+            "failed",
+            seconds=time.perf_counter() - start,
+            peak_memory_gib=memory.peak,
+            error=error_text(e),
+            worker=worker,
+            started=started,
+            finished=time.time(),
+        )
     return _Registered(pair, result, hyper, settings, memory, start, started, worker)
 
 
@@ -276,17 +315,41 @@ def finish_pair(outcome: PairRecord | _Registered) -> PairRecord:
         # The old record goes first: outputs without one are redone, never taken for these settings'.
         with contextlib.suppress(FileNotFoundError):
             os.remove(manifest_path(r.pair.outputs))
-        write_outputs(r.result, r.pair.outputs, warp_format=r.settings.warp_format, report=report,
-                      settings={"model": r.result.method, "hyper": r.hyper, "steps": r.settings.steps,
-                                "extent": r.settings.extent})
+        write_outputs(
+            r.result,
+            r.pair.outputs,
+            warp_format=r.settings.warp_format,
+            report=report,
+            settings={
+                "model": r.result.method,
+                "hyper": r.hyper,
+                "steps": r.settings.steps,
+                "extent": r.settings.extent,
+            },
+        )
         _write_manifest(r.pair, r.settings)
     except Exception as e:  # noqa: BLE001 — as in register_pair
-        return _record(r.pair, "failed", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
-                       error=error_text(e), worker=r.worker, started=r.started, finished=time.time())
+        return _record(
+            r.pair,
+            "failed",
+            seconds=time.perf_counter() - r.start,
+            peak_memory_gib=r.memory.peak,
+            error=error_text(e),
+            worker=r.worker,
+            started=r.started,
+            finished=time.time(),
+        )
     else:
-        return _record(r.pair, "done", seconds=time.perf_counter() - r.start, peak_memory_gib=r.memory.peak,
-                       folding_percent=100.0 * report.folding_fraction, worker=r.worker, started=r.started,
-                       finished=time.time())
+        return _record(
+            r.pair,
+            "done",
+            seconds=time.perf_counter() - r.start,
+            peak_memory_gib=r.memory.peak,
+            folding_percent=100.0 * report.folding_fraction,
+            worker=r.worker,
+            started=r.started,
+            finished=time.time(),
+        )
     finally:
         r.memory.stop()
 
@@ -324,9 +387,18 @@ def iter_local(pairs: list[Pair], settings: BatchSettings, registrar=None) -> It
         yield pending.result()
 
 
-def run_batch(pairs: list[Pair], settings: BatchSettings, *, client=None, overwrite: bool = False,
-              progress: bool = False, on_record: Callable[[PairRecord], None] | None = None,
-              registrar=None, memory_resource: str = "MEMORY", memory_bytes: float | None = None) -> list[PairRecord]:
+def run_batch(
+    pairs: list[Pair],
+    settings: BatchSettings,
+    *,
+    client=None,
+    overwrite: bool = False,
+    progress: bool = False,
+    on_record: Callable[[PairRecord], None] | None = None,
+    registrar=None,
+    memory_resource: str = "MEMORY",
+    memory_bytes: float | None = None,
+) -> list[PairRecord]:
     """Run every pair of `pairs` and return their records in the pairs' order.
 
     A pair whose outputs all exist, made with these settings (`finished`), is skipped unless
@@ -404,7 +476,9 @@ class _NoBar(contextlib.nullcontext):
         pass
 
 
-def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings: BatchSettings | None = None) -> tuple[str, str]:
+def write_summary(
+    records: list[PairRecord], prefix: str | os.PathLike, settings: BatchSettings | None = None
+) -> tuple[str, str]:
     """Write PREFIX.csv and PREFIX.json (atomically); returns both paths.
 
     CSV columns: pair, index, moving, fixed, status, seconds, peak_memory_gib, folding_percent,
@@ -422,10 +496,18 @@ def write_summary(records: list[PairRecord], prefix: str | os.PathLike, settings
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         for record in records:
-            writer.writerow({k: ("" if v is None else round(v, 4) if isinstance(v, float) else v)
-                             for k, v in record.to_dict().items()})
+            writer.writerow(
+                {
+                    k: ("" if v is None else round(v, 4) if isinstance(v, float) else v)
+                    for k, v in record.to_dict().items()
+                }
+            )
     totals = {status: sum(r.status == status for r in records) for status in STATUSES}
-    document = {"totals": totals, "settings": asdict(settings) if settings else None, "pairs": [r.to_dict() for r in records]}
+    document = {
+        "totals": totals,
+        "settings": asdict(settings) if settings else None,
+        "pairs": [r.to_dict() for r in records],
+    }
     with atomic_file(json_path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(document, f, indent=2)
         f.write("\n")

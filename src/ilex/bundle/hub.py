@@ -31,9 +31,13 @@ def download_bundle(repo_id: str, *, revision: str | None = None, cache_dir: str
         raise WeightsNotFound(
             repo_id,
             "not in the local Hugging Face cache and the hub cannot be reached; download it where there is a network "
-            "(`hf download " + repo_id + "`), or pass a bundle directory or FreeSurfer's synthmorph.deform.3.h5 with -w",
+            "(`hf download "
+            + repo_id
+            + "`), or pass a bundle directory or FreeSurfer's synthmorph.deform.3.h5 with -w",
         ) from None
     except RepositoryNotFoundError:
         raise BundleError(repo_id, "no such repository on the Hugging Face hub (or it is private)") from None
     except (HfHubHTTPError, OSError, ValueError) as e:
-        raise BundleError(repo_id, f"could not be fetched from the Hugging Face hub ({e.__class__.__name__}: {e})") from None
+        raise BundleError(
+            repo_id, f"could not be fetched from the Hugging Face hub ({e.__class__.__name__}: {e})"
+        ) from None

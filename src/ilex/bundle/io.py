@@ -25,14 +25,23 @@ DEFAULT_REPO_ID = "ilex-hub/synthmorph.deform.3"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def save(model, path: str | os.PathLike, *, origin: str = "ilex-native", overwrite: bool = False, extra_config: dict | None = None) -> None:
+def save(
+    model,
+    path: str | os.PathLike,
+    *,
+    origin: str = "ilex-native",
+    overwrite: bool = False,
+    extra_config: dict | None = None,
+) -> None:
     """Write `model` (a SynthMorph network, an Equinox module) as a bundle directory at `path`
     (config.json + model.safetensors, created whole, or not at all): `ilex.save_bundle`. Raises
     `TypeError` for anything else, images included (those are saved with nibabel or
     `ilex.write_outputs`)."""
     if not isinstance(model, eqx.Module):
-        raise TypeError(f"save_bundle saves a model (an ilex network) as a bundle directory, not a {type(model).__name__}; "
-                        "save an image with nibabel (nib.save(result.moved(), 'moved.nii.gz')) or ilex.write_outputs")
+        raise TypeError(
+            f"save_bundle saves a model (an ilex network) as a bundle directory, not a {type(model).__name__}; "
+            "save an image with nibabel (nib.save(result.moved(), 'moved.nii.gz')) or ilex.write_outputs"
+        )
     config = make_config(model, origin=origin, extra=extra_config)
     names = parameter_names(model)
     leaves = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))

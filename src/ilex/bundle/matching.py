@@ -44,9 +44,15 @@ def match_tensors(expected: list[tuple[str, tuple]], found: dict[str, tuple]) ->
     """
     exp_shapes = dict(expected)
     if set(found) == set(exp_shapes):
-        wrong = [f"{n}: expected {exp_shapes[n]}, found {found[n]}" for n in exp_shapes if tuple(found[n]) != tuple(exp_shapes[n])]
+        wrong = [
+            f"{n}: expected {exp_shapes[n]}, found {found[n]}"
+            for n in exp_shapes
+            if tuple(found[n]) != tuple(exp_shapes[n])
+        ]
         if wrong:
-            raise ValueError("tensor shapes differ from the config: " + "; ".join(wrong[:4]) + (" ..." if len(wrong) > 4 else ""))
+            raise ValueError(
+                "tensor shapes differ from the config: " + "; ".join(wrong[:4]) + (" ..." if len(wrong) > 4 else "")
+            )
         return {n: n for n in exp_shapes}
     if len(found) != len(expected):
         raise ValueError(
@@ -69,10 +75,12 @@ def match_tensors(expected: list[tuple[str, tuple]], found: dict[str, tuple]) ->
                 f"shaped like {[tuple(exp_shapes[n]) for n in layer]}, found "
                 f"{'none' if not match else str(len(match)) + ' candidate families'} in the file"
             )
-        for layer, file_layer in zip(fams[0], match[0]):
+        for layer, file_layer in zip(fams[0], match[0], strict=False):
             by_shape = {tuple(found[n]): n for n in file_layer}
             if len(by_shape) != len(file_layer):
-                raise ValueError(f"layer {file_layer[0].rsplit('.', 1)[0]} has two tensors of the same shape; cannot pair by structure")
+                raise ValueError(
+                    f"layer {file_layer[0].rsplit('.', 1)[0]} has two tensors of the same shape; cannot pair by structure"
+                )
             for n in layer:
                 mapping[n] = by_shape[tuple(exp_shapes[n])]
     return mapping

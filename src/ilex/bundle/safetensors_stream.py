@@ -27,11 +27,16 @@ class SafetensorsWriter:
     exception closes the file without recording a checksum (the caller discards it).
     """
 
-    def __init__(self, path: str | os.PathLike, tensors: list[tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tensors: list[tuple[str, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
         self._names = [n for n, _ in tensors]
         self._sizes = [4 * math.prod(s) for _, s in tensors]
         header, offset = {}, 0
-        for (name, shape), size in zip(tensors, self._sizes):
+        for (name, shape), size in zip(tensors, self._sizes, strict=False):
             header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
             offset += size
         self._total = offset

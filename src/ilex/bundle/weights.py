@@ -20,6 +20,7 @@ WEIGHT_FILES = {
     "optimize": (),  # ilex's own method: no trained weights
 }
 
+
 def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
     """FreeSurfer's own copy of a weight file when installed, else its hub bundle."""
     home = os.environ.get("FREESURFER_HOME")
@@ -42,10 +43,10 @@ def weights_for(model: str, given: list[str] | None) -> list[str]:
         return [default_weights(f) for f in files]
     if len(given) != len(files):
         need = " then ".join(files)
-        raise OptionError(f"{model} takes {len(files)} weight file{'s' if len(files) > 1 else ''} ({need}), "
-                          f"got {len(given)}")
+        raise OptionError(
+            f"{model} takes {len(files)} weight file{'s' if len(files) > 1 else ''} ({need}), got {len(given)}"
+        )
     return list(given)
-
 
 
 def peek_width(weights: str) -> int:
@@ -70,7 +71,6 @@ def peek_width(weights: str) -> int:
         return 256
 
 
-
 # What each model needs from each weight file, in order, and what the file is called in messages.
 ROLES = {
     "joint": (("detector", "synthmorph.affine.2.h5"), ("deformable", "synthmorph.deform.3.h5")),
@@ -91,14 +91,17 @@ def load_networks(model: str, weights: list[str], explicit: bool, hyper: float):
     from ..models.synthmorph_deform import SynthMorphDeform
 
     loaded = []
-    for (role, file), path in zip(ROLES[model], weights):
+    for (role, file), path in zip(ROLES[model], weights, strict=False):
         net = load_weights_file(path, explicit)
         kind = "detector" if isinstance(net, SynthMorphAffine) else "deformable"
         if kind != role:
             words = {"detector": ("affine/rigid", "affine"), "deformable": ("deformable", "deformable")}
             order = f"; {model} takes the affine weights first" if len(ROLES[model]) > 1 else ""
-            raise WeightsFileError(path, f"holds SynthMorph's {words[kind][0]} network, but {model} needs the "
-                                         f"{words[role][1]} one here ({file}){order}")
+            raise WeightsFileError(
+                path,
+                f"holds SynthMorph's {words[kind][0]} network, but {model} needs the "
+                f"{words[role][1]} one here ({file}){order}",
+            )
         if isinstance(net, SynthMorphDeform):
             net = net.at_hyper(hyper)
         loaded.append(net)

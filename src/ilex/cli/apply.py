@@ -18,15 +18,35 @@ def add_parser(sub) -> None:
     )
     p.add_argument("warp", metavar="TRANS", help="warp or matrix written by `ilex register -t/-T` or mri_synthmorph")
     p.add_argument("pairs", nargs="+", metavar="IMAGE OUT", help="input image and output path, repeated")
-    p.add_argument("-m", "--method", type=_interpolation, choices=INTERPOLATIONS, default="linear",
-                   help="interpolation: linear, or nearest for label maps (default linear); abbreviations work (l, n, near)")
-    p.add_argument("-t", "--type", dest="dtype", choices=["uint8", "uint16", "int16", "int32", "float32"], default="float32",
-                   help="output data type (default float32)")
+    p.add_argument(
+        "-m",
+        "--method",
+        type=_interpolation,
+        choices=INTERPOLATIONS,
+        default="linear",
+        help="interpolation: linear, or nearest for label maps (default linear); abbreviations work (l, n, near)",
+    )
+    p.add_argument(
+        "-t",
+        "--type",
+        dest="dtype",
+        choices=["uint8", "uint16", "int16", "int32", "float32"],
+        default="float32",
+        help="output data type (default float32)",
+    )
     p.add_argument("-f", "--fill", type=float, default=0.0, help="value outside the image (default 0)")
-    p.add_argument("-H", "--header-only", action="store_true",
-                   help="matrices only: keep the voxels and update the voxel-to-RAS matrix instead of resampling")
-    p.add_argument("--reference", metavar="IMAGE", help="image whose grid the outputs take (needed for ITK text "
-                   "transforms; for an LTA it replaces the LTA's dst geometry)")
+    p.add_argument(
+        "-H",
+        "--header-only",
+        action="store_true",
+        help="matrices only: keep the voxels and update the voxel-to-RAS matrix instead of resampling",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="IMAGE",
+        help="image whose grid the outputs take (needed for ITK text "
+        "transforms; for an LTA it replaces the LTA's dst geometry)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -45,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     if len(args.pairs) % 2:
         raise OptionError(f"expected IMAGE OUT pairs, got {len(args.pairs)} paths; the last image has no output")
-    pairs = list(zip(args.pairs[::2], args.pairs[1::2]))
+    pairs = list(zip(args.pairs[::2], args.pairs[1::2], strict=False))
     protected = {os.path.realpath(args.warp): "the warp"} | {os.path.realpath(i): f"input {i}" for i, _ in pairs}
     seen = set()
     for _, out in pairs:
@@ -79,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     for _, out in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with output_batch():  # all outputs land together, or none
-        for image, (_, out) in zip(images, pairs):
+        for image, (_, out) in zip(images, pairs, strict=False):
             save_image(out, *apply_saved(transform, image, args.method, args.fill, args.dtype, args.header_only))
     if not args.quiet:
         print("wrote " + ", ".join(out for _, out in pairs))

@@ -53,38 +53,96 @@ pairs.csv:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("batch", help="register many pairs listed in a CSV file, with one model load",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "batch",
+        help="register many pairs listed in a CSV file, with one model load",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("pairs", help="CSV file, one pair per row (see above)")
-    p.add_argument("-w", "--weights", metavar="PATH", action="append",
-                   help="bundle directory, Hugging Face repo id, or synthmorph.deform.3.h5 (as ilex register; "
-                   "repeat for methods that take several models)")
-    p.add_argument("-m", "--model", default="joint", help="method for rows without a method column: joint (default, as "
-                   "ilex register), deform, affine, rigid, optimize")
-    p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="λ for rows without a hyper column (default 0.5)")
+    p.add_argument(
+        "-w",
+        "--weights",
+        metavar="PATH",
+        action="append",
+        help="bundle directory, Hugging Face repo id, or synthmorph.deform.3.h5 (as ilex register; "
+        "repeat for methods that take several models)",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default="joint",
+        help="method for rows without a method column: joint (default, as "
+        "ilex register), deform, affine, rigid, optimize",
+    )
+    p.add_argument(
+        "-r",
+        "--hyper",
+        type=float,
+        default=0.5,
+        metavar="LAMBDA",
+        help="λ for rows without a hyper column (default 0.5)",
+    )
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)")
+    p.add_argument(
+        "-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)"
+    )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA)")
-    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="warp file convention (default freesurfer)")
-    p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P (as ilex register)")
-    p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto", help="convolution algorithm (as ilex register)")
-    p.add_argument("--summary", metavar="PREFIX", help="write the summary to PREFIX.csv and PREFIX.json "
-                   "(default: beside PAIRS.csv, named PAIRS.summary.csv/.json)")
+    p.add_argument(
+        "--warp-format",
+        choices=["freesurfer", "itk"],
+        default="freesurfer",
+        help="warp file convention (default freesurfer)",
+    )
+    p.add_argument(
+        "--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P (as ilex register)"
+    )
+    p.add_argument(
+        "--conv",
+        choices=["auto", "direct", "winograd", "winograd4"],
+        default="auto",
+        help="convolution algorithm (as ilex register)",
+    )
+    p.add_argument(
+        "--summary",
+        metavar="PREFIX",
+        help="write the summary to PREFIX.csv and PREFIX.json "
+        "(default: beside PAIRS.csv, named PAIRS.summary.csv/.json)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo pairs whose outputs all exist (default: skip them)")
-    p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache "
-                   "(default: on, in $XDG_CACHE_HOME/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)")
-    p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache "
+        "(default: on, in $XDG_CACHE_HOME/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)",
+    )
+    p.add_argument(
+        "--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory"
+    )
     cluster = p.add_argument_group("Dask (pip install 'ilex[dask]')")
-    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run the pairs on this Dask scheduler's workers (e.g. tcp://head:8786)")
-    cluster.add_argument("--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine")
-    cluster.add_argument("--memory-resource", default="MEMORY", metavar="NAME",
-                         help="worker resource that limits concurrent pairs by memory (default MEMORY: start workers "
-                         "with --resources MEMORY=<bytes>)")
-    cluster.add_argument("--memory", type=float, metavar="BYTES", help="memory one registration needs (default: ilex's estimate)")
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run the pairs on this Dask scheduler's workers (e.g. tcp://head:8786)"
+    )
+    cluster.add_argument(
+        "--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine"
+    )
+    cluster.add_argument(
+        "--memory-resource",
+        default="MEMORY",
+        metavar="NAME",
+        help="worker resource that limits concurrent pairs by memory (default MEMORY: start workers "
+        "with --resources MEMORY=<bytes>)",
+    )
+    cluster.add_argument(
+        "--memory", type=float, metavar="BYTES", help="memory one registration needs (default: ilex's estimate)"
+    )
     g = p.add_argument_group("-m optimize (rows whose method is optimize; as ilex register)")
     g.add_argument("--similarity", choices=["auto", "lncc", "mi"], help="lncc, mi or auto (default auto)")
-    g.add_argument("--levels", type=int, nargs="+", metavar="MM", help="deformable levels in mm, coarse to fine (default 4 2)")
+    g.add_argument(
+        "--levels", type=int, nargs="+", metavar="MM", help="deformable levels in mm, coarse to fine (default 4 2)"
+    )
     g.add_argument("--iterations", type=int, nargs="+", metavar="N", help="most iterations per level (default 50 20)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or closing summary, only errors")
     p.set_defaults(run=run)
@@ -118,17 +176,30 @@ def run(args: argparse.Namespace) -> int:
     pairs = read_pairs(args.pairs)
     from ..batch.run import _takes_optimiser_options
 
-    if (args.similarity or args.levels or args.iterations) and not _takes_optimiser_options(model) and not any(
-            _takes_optimiser_options(p.method) for p in pairs):
-        raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize "
-                          "(or rows whose method is optimize)")
+    if (
+        (args.similarity or args.levels or args.iterations)
+        and not _takes_optimiser_options(model)
+        and not any(_takes_optimiser_options(p.method) for p in pairs)
+    ):
+        raise OptionError(
+            "--similarity, --levels and --iterations set the optimiser: use them with -m optimize "
+            "(or rows whose method is optimize)"
+        )
     settings = BatchSettings(
         weights=weights[0] if len(weights) == 1 else tuple(weights),  # () for -m optimize: no model
-        method=model, hyper=args.hyper, steps=args.steps, extent=args.extent,
-        algorithm=None if args.conv == "auto" else args.conv, clip_percentile=args.clip_percentile,
-        warp_format=args.warp_format, gpu=args.gpu, compilation_cache=not args.no_compilation_cache,
-        similarity=args.similarity, levels=tuple(args.levels) if args.levels else None,
-        iterations=tuple(args.iterations) if args.iterations else None)
+        method=model,
+        hyper=args.hyper,
+        steps=args.steps,
+        extent=args.extent,
+        algorithm=None if args.conv == "auto" else args.conv,
+        clip_percentile=args.clip_percentile,
+        warp_format=args.warp_format,
+        gpu=args.gpu,
+        compilation_cache=not args.no_compilation_cache,
+        similarity=args.similarity,
+        levels=tuple(args.levels) if args.levels else None,
+        iterations=tuple(args.iterations) if args.iterations else None,
+    )
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
     todo = [p for p in pairs if args.overwrite or not finished(p, settings)[0]]
     start = time.perf_counter()
@@ -143,8 +214,16 @@ def run(args: argparse.Namespace) -> int:
 
                 check_memory(args.extent, max(peek_width(w) for w in weights), detector=settings.runs_detector(todo))
             registrar = settings.registrar(todo)
-        records = run_batch(pairs, settings, client=client, overwrite=args.overwrite, progress=not args.quiet,
-                            registrar=registrar, memory_resource=args.memory_resource, memory_bytes=args.memory)
+        records = run_batch(
+            pairs,
+            settings,
+            client=client,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            registrar=registrar,
+            memory_resource=args.memory_resource,
+            memory_bytes=args.memory,
+        )
     finally:
         if client is not None:
             client.close()
@@ -164,10 +243,14 @@ def run(args: argparse.Namespace) -> int:
         done = sum(r.status == "done" for r in records)
         skipped = sum(r.status == "skipped" for r in records)
         redone = sum(r.status == "done" and r.note.startswith("redone") for r in records)
-        again = f" ({redone} redone: their outputs were made with other settings or not by ilex batch)" if redone else ""
+        again = (
+            f" ({redone} redone: their outputs were made with other settings or not by ilex batch)" if redone else ""
+        )
         rate = f", {3600 * done / elapsed:.1f} pairs/hour" if done and elapsed > 0 else ""
-        print(f"ilex batch: {done} done{again}, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
-              f"summary in {csv_path} and {json_path}; report {report_path}")
+        print(
+            f"ilex batch: {done} done{again}, {skipped} skipped, {len(failed)} failed in {elapsed:.1f} s{rate}; "
+            f"summary in {csv_path} and {json_path}; report {report_path}"
+        )
     return 1 if failed else 0
 
 
@@ -183,6 +266,12 @@ def _dask_client(args):
     # Memory is shared by the workers and limited by the MEMORY resource, not by Dask's own
     # per-worker limit (which would restart a worker in the middle of a large registration).
     per_worker = available_bytes() / args.local_workers
-    cluster = LocalCluster(n_workers=args.local_workers, threads_per_worker=1, processes=True, memory_limit=0,
-                           resources={args.memory_resource: per_worker}, dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=args.local_workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=0,
+        resources={args.memory_resource: per_worker},
+        dashboard_address=None,
+    )
     return Client(cluster), cluster

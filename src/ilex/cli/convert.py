@@ -17,9 +17,15 @@ def add_parser(sub) -> None:
     )
     p.add_argument("weights", metavar="WEIGHTS.h5", help="Keras h5 weights file")
     p.add_argument("out_dir", metavar="OUT_DIR", help="bundle directory to create (must not exist or be empty)")
-    p.add_argument("--hyper", "-r", type=float, metavar="LAMBDA", default=None,
-                   help="deformable model only: write only the U-Net generated for this regularisation weight λ in "
-                   "[0, 1] (106 MB instead of 3.5 GB for the real model; λ is then fixed)")
+    p.add_argument(
+        "--hyper",
+        "-r",
+        type=float,
+        metavar="LAMBDA",
+        default=None,
+        help="deformable model only: write only the U-Net generated for this regularisation weight λ in "
+        "[0, 1] (106 MB instead of 3.5 GB for the real model; λ is then fixed)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists and is not empty")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress")

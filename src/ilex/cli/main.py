@@ -24,9 +24,19 @@ Add --debug to any command to see a full traceback on error.
 
 
 # The flag each library argument is given by, for messages (`hyper=1.5: ...` reads `-r 1.5: ...`).
-FLAGS = {"hyper": "-r", "steps": "-n", "extent": "-e", "header_only": "-H", "out_dir": "-d", "similarity": "--similarity",
-         "refine": "--refine", "mid_space": "-M", "method": "-m", "rounds": "--rounds",
-         "reference": "--reference"}
+FLAGS = {
+    "hyper": "-r",
+    "steps": "-n",
+    "extent": "-e",
+    "header_only": "-H",
+    "out_dir": "-d",
+    "similarity": "--similarity",
+    "refine": "--refine",
+    "mid_space": "-M",
+    "method": "-m",
+    "rounds": "--rounds",
+    "reference": "--reference",
+}
 
 # mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.
 SYNTHMORPH_COMMANDS = ("register", "apply")
@@ -124,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # anything unexpected still gets one line, and --debug for details
         if debug:
             raise
-        print(f"ilex {args.command}: internal error: {e.__class__.__name__}: {e} (run with --debug for a traceback)", file=sys.stderr)
+        print(
+            f"ilex {args.command}: internal error: {e.__class__.__name__}: {e} (run with --debug for a traceback)",
+            file=sys.stderr,
+        )
         return 3
 
 

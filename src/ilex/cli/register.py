@@ -52,53 +52,148 @@ from ..registration.methods import METHOD_NAMES as MODELS
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("register", help="register a moving image to a fixed image (joint, deform, affine, rigid, optimize)",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "register",
+        help="register a moving image to a fixed image (joint, deform, affine, rigid, optimize)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("moving", help="moving image (NIfTI or MGZ)")
     p.add_argument("fixed", help="fixed image (NIfTI or MGZ)")
-    p.add_argument("-m", "--model", default="joint", metavar="MODEL",
-                   help=f"registration model: {', '.join(MODELS)} (default joint); unambiguous abbreviations work")
+    p.add_argument(
+        "-m",
+        "--model",
+        default="joint",
+        metavar="MODEL",
+        help=f"registration model: {', '.join(MODELS)} (default joint); unambiguous abbreviations work",
+    )
     p.add_argument("-o", "--out-moving", metavar="FILE", help="moving image resampled onto the fixed grid")
     p.add_argument("-O", "--out-fixed", metavar="FILE", help="fixed image resampled onto the moving grid")
-    p.add_argument("-H", "--header-only", action="store_true",
-                   help="affine/rigid: write -o/-O with the voxels unchanged and only the voxel-to-RAS matrix updated")
-    p.add_argument("-t", "--trans", metavar="FILE", help="forward transform: warp (.nii.gz/.mgz) or, for affine/rigid, .lta/.txt")
+    p.add_argument(
+        "-H",
+        "--header-only",
+        action="store_true",
+        help="affine/rigid: write -o/-O with the voxels unchanged and only the voxel-to-RAS matrix updated",
+    )
+    p.add_argument(
+        "-t", "--trans", metavar="FILE", help="forward transform: warp (.nii.gz/.mgz) or, for affine/rigid, .lta/.txt"
+    )
     p.add_argument("-T", "--inverse", metavar="FILE", help="inverse transform, as -t")
-    p.add_argument("-i", "--init", metavar="FILE", help="initial affine, moving to fixed: FreeSurfer LTA, ITK/ANTs .txt/.tfm or .mat")
-    p.add_argument("-M", "--mid-space", action="store_true",
-                   help="split the initial affine of -i between the images by its matrix square root (half to the moving "
-                   "image, the inverse of the other half to the fixed one), for symmetry; needs -i")
-    p.add_argument("-w", "--weights", metavar="PATH", action="append",
-                   help="weights: bundle directory, Hugging Face repo id or FreeSurfer .h5; repeat for joint (affine first)")
-    p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)")
+    p.add_argument(
+        "-i",
+        "--init",
+        metavar="FILE",
+        help="initial affine, moving to fixed: FreeSurfer LTA, ITK/ANTs .txt/.tfm or .mat",
+    )
+    p.add_argument(
+        "-M",
+        "--mid-space",
+        action="store_true",
+        help="split the initial affine of -i between the images by its matrix square root (half to the moving "
+        "image, the inverse of the other half to the fixed one), for symmetry; needs -i",
+    )
+    p.add_argument(
+        "-w",
+        "--weights",
+        metavar="PATH",
+        action="append",
+        help="weights: bundle directory, Hugging Face repo id or FreeSurfer .h5; repeat for joint (affine first)",
+    )
+    p.add_argument(
+        "-r",
+        "--hyper",
+        type=float,
+        default=0.5,
+        metavar="LAMBDA",
+        help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)",
+    )
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory)")
+    p.add_argument(
+        "-e",
+        "--extent",
+        type=int,
+        default=256,
+        help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory)",
+    )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
-    p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph")
-    p.add_argument("-d", "--out-dir", metavar="DIR", help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created")
-    p.add_argument("--qc", metavar="DIR", help="write a quality-control report into DIR (created if needed): report.html (a "
-                   "page to look at: before/after, Jacobian map, similarity, folding, timings), Jacobian determinant "
-                   "of the forward warp, folding statistics (qc.json) and a checkerboard PNG of fixed and moved")
-    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer",
-                   help="transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk (default freesurfer)")
-    p.add_argument("--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P before min-max normalisation "
-                   "(the model card's variant; FreeSurfer does not clip)")
-    p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto",
-                   help="deformable U-Net convolution: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
-                   "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)")
-    p.add_argument("--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory")
-    p.add_argument("--no-compilation-cache", action="store_true", help="do not keep compiled programs in the user cache "
-                   "directory ($ILEX_COMPILATION_CACHE_DIR, else ~/.cache/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)")
+    p.add_argument(
+        "-g",
+        "--gpu",
+        action="store_true",
+        help="run on the GPU (needs jax with CUDA); the default is the CPU, as in mri_synthmorph",
+    )
+    p.add_argument(
+        "-d",
+        "--out-dir",
+        metavar="DIR",
+        help="save the network inputs as DIR/inp_1.mgz (moving) and DIR/inp_2.mgz (fixed); DIR is created",
+    )
+    p.add_argument(
+        "--qc",
+        metavar="DIR",
+        help="write a quality-control report into DIR (created if needed): report.html (a "
+        "page to look at: before/after, Jacobian map, similarity, folding, timings), Jacobian determinant "
+        "of the forward warp, folding statistics (qc.json) and a checkerboard PNG of fixed and moved",
+    )
+    p.add_argument(
+        "--warp-format",
+        choices=["freesurfer", "itk"],
+        default="freesurfer",
+        help="transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk (default freesurfer)",
+    )
+    p.add_argument(
+        "--clip-percentile",
+        type=float,
+        metavar="P",
+        help="clip intensities at percentile P before min-max normalisation "
+        "(the model card's variant; FreeSurfer does not clip)",
+    )
+    p.add_argument(
+        "--conv",
+        choices=["auto", "direct", "winograd", "winograd4"],
+        default="auto",
+        help="deformable U-Net convolution: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
+        "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)",
+    )
+    p.add_argument(
+        "--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory"
+    )
+    p.add_argument(
+        "--no-compilation-cache",
+        action="store_true",
+        help="do not keep compiled programs in the user cache "
+        "directory ($ILEX_COMPILATION_CACHE_DIR, else ~/.cache/ilex/jax; also ILEX_NO_COMPILATION_CACHE=1)",
+    )
     g = p.add_argument_group("-m optimize and --refine (ilex's own optimiser, no weights)")
-    g.add_argument("--refine", action="store_true", help="optimise the SynthMorph model's result further (-m deform, "
-                   "affine or rigid; -r then also sets the optimiser's smoothness)")
-    g.add_argument("--similarity", choices=["auto", "lncc", "mi"], default="auto",
-                   help="lncc for images of one contrast, mi (mutual information) for any contrasts; auto (default) "
-                   "decides from the affinely aligned images")
-    g.add_argument("--levels", type=int, nargs="+", metavar="MM",
-                   help="deformable levels, coarse to fine, in mm of the network grid (default 4 2; --refine: 2)")
-    g.add_argument("--iterations", type=int, nargs="+", metavar="N", help="most iterations per level (default 50 20; "
-                   "--refine: 20); a level stops earlier when the similarity stops improving")
+    g.add_argument(
+        "--refine",
+        action="store_true",
+        help="optimise the SynthMorph model's result further (-m deform, "
+        "affine or rigid; -r then also sets the optimiser's smoothness)",
+    )
+    g.add_argument(
+        "--similarity",
+        choices=["auto", "lncc", "mi"],
+        default="auto",
+        help="lncc for images of one contrast, mi (mutual information) for any contrasts; auto (default) "
+        "decides from the affinely aligned images",
+    )
+    g.add_argument(
+        "--levels",
+        type=int,
+        nargs="+",
+        metavar="MM",
+        help="deformable levels, coarse to fine, in mm of the network grid (default 4 2; --refine: 2)",
+    )
+    g.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="most iterations per level (default 50 20; "
+        "--refine: 20); a level stops earlier when the similarity stops improving",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -135,8 +230,14 @@ def configure_devices(threads: int | None, gpu: bool) -> None:
 
 
 def _outputs(args) -> dict:
-    return {"out_moving": args.out_moving, "out_fixed": args.out_fixed, "trans": args.trans, "inverse": args.inverse,
-            "qc": args.qc, "out_dir": args.out_dir}
+    return {
+        "out_moving": args.out_moving,
+        "out_fixed": args.out_fixed,
+        "trans": args.trans,
+        "inverse": args.inverse,
+        "qc": args.qc,
+        "out_dir": args.out_dir,
+    }
 
 
 def check_outputs(args, model: str = "deform") -> None:
@@ -184,8 +285,13 @@ def run(args: argparse.Namespace) -> int:
     with stages("load", "images and weights"):
         moving = load_image(args.moving, what="moving image")
         fixed = load_image(args.fixed, what="fixed image")
-        init = (read_initial_affine(args.init, moving.affine, fixed.affine, moving_shape=moving.shape, fixed_shape=fixed.shape)
-                if args.init else None)
+        init = (
+            read_initial_affine(
+                args.init, moving.affine, fixed.affine, moving_shape=moving.shape, fixed_shape=fixed.shape
+            )
+            if args.init
+            else None
+        )
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB. Where
         # the method centres each image on itself, the pair starts from the centres laid on each other.
         centred = not centres_on_fixed(model)
@@ -195,17 +301,35 @@ def run(args: argparse.Namespace) -> int:
             check_memory(args.extent, max(peek_width(w) for w in weights), detector=runs_detector(model))
         networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
         method = _method(args, model, networks)
-    result = register(moving, fixed, networks, method=method, hyper=args.hyper, steps=args.steps, extent=args.extent,
-                      init_vox=init, mid_space=args.mid_space, clip_percentile=args.clip_percentile, stages=stages,
-                      algorithm=None if args.conv == "auto" else args.conv, keep_inputs=bool(args.out_dir))
+    result = register(
+        moving,
+        fixed,
+        networks,
+        method=method,
+        hyper=args.hyper,
+        steps=args.steps,
+        extent=args.extent,
+        init_vox=init,
+        mid_space=args.mid_space,
+        clip_percentile=args.clip_percentile,
+        stages=stages,
+        algorithm=None if args.conv == "auto" else args.conv,
+        keep_inputs=bool(args.out_dir),
+    )
     report = None
     if args.qc or not args.quiet:
         with stages("qc", "Jacobian determinant of the forward warp"):
             report = quality_report(result)
     with stages("write", "outputs"):
         settings = {"model": result.method, "hyper": args.hyper, "steps": args.steps, "extent": args.extent}
-        write_outputs(result, _outputs(args), warp_format=args.warp_format, report=report, settings=settings,
-                      header_only=args.header_only)
+        write_outputs(
+            result,
+            _outputs(args),
+            warp_format=args.warp_format,
+            report=report,
+            settings=settings,
+            header_only=args.header_only,
+        )
     if not args.quiet:
         from ..registration.methods import method_info
 
@@ -223,12 +347,16 @@ def check_optimiser_options(args, model: str) -> None:
     info = method_info(model)
     optimiser_options = args.levels or args.iterations or args.similarity != "auto"
     if optimiser_options and not (info.optimiser or args.refine):
-        raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine")
+        raise OptionError(
+            "--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine"
+        )
     if args.refine and info.optimiser:
         raise OptionError(f"--refine refines a SynthMorph model's result; -m {model} already optimises")
     if args.refine and not info.refinable:
-        raise OptionError(f"--refine: refining -m {model} ({info.summary}) is not supported; "
-                          "use -m deform (after -i) or -m affine with --refine")
+        raise OptionError(
+            f"--refine: refining -m {model} ({info.summary}) is not supported; "
+            "use -m deform (after -i) or -m affine with --refine"
+        )
 
 
 def _method(args, model: str, networks):
@@ -243,7 +371,12 @@ def _method(args, model: str, networks):
     first = None
     if args.refine:
         first = as_method(networks, model, hyper=args.hyper, algorithm=None if args.conv == "auto" else args.conv)
-    return method_from_options(hyper=args.hyper, steps=args.steps, similarity=args.similarity, refine=first,
-                               quiet=args.quiet, levels=args.levels, iterations=args.iterations)
-
-
+    return method_from_options(
+        hyper=args.hyper,
+        steps=args.steps,
+        similarity=args.similarity,
+        refine=first,
+        quiet=args.quiet,
+        levels=args.levels,
+        iterations=args.iterations,
+    )

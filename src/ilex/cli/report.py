@@ -21,12 +21,23 @@ Examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="draw the HTML report of a QC directory or a batch summary again",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="draw the HTML report of a QC directory or a batch summary again",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("source", help="QC directory (written by --qc) or batch summary (PREFIX.json or PREFIX.csv)")
-    p.add_argument("-o", "--output", metavar="FILE", help="study report: where to write it (default PREFIX.report.html)")
-    p.add_argument("--rounds", metavar="CSV", help="study report: a template's convergence table (columns round, "
-                   "mean_displacement_mm, max_displacement_mm, mean_similarity, template_change)")
+    p.add_argument(
+        "-o", "--output", metavar="FILE", help="study report: where to write it (default PREFIX.report.html)"
+    )
+    p.add_argument(
+        "--rounds",
+        metavar="CSV",
+        help="study report: a template's convergence table (columns round, "
+        "mean_displacement_mm, max_displacement_mm, mean_similarity, template_change)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 

@@ -36,34 +36,84 @@ Examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("template", help="build an unbiased template of many images (groupwise registration)",
-                       description=_DESCRIPTION, epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "template",
+        help="build an unbiased template of many images (groupwise registration)",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("images", nargs="+", help="images, or one CSV file (columns image, id, init)")
-    p.add_argument("-o", "--out-dir", required=True, metavar="OUTDIR", help="output directory (created; reused to resume)")
-    p.add_argument("-m", "--model", default="joint", help="method: joint (default, as ilex register), deform (with an "
-                   "affine stage each round: takes joint's two weight files), optimize (no weights)")
-    p.add_argument("-w", "--weights", metavar="PATH", action="append", help="weights, as ilex register (joint and deform: "
-                   "the affine weights, then the deformable ones)")
-    p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ (default 0.5)")
+    p.add_argument(
+        "-o", "--out-dir", required=True, metavar="OUTDIR", help="output directory (created; reused to resume)"
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default="joint",
+        help="method: joint (default, as ilex register), deform (with an "
+        "affine stage each round: takes joint's two weight files), optimize (no weights)",
+    )
+    p.add_argument(
+        "-w",
+        "--weights",
+        metavar="PATH",
+        action="append",
+        help="weights, as ilex register (joint and deform: the affine weights, then the deformable ones)",
+    )
+    p.add_argument(
+        "-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ (default 0.5)"
+    )
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument("-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)")
-    p.add_argument("--rounds", type=int, default=4, metavar="K", help="rounds of registration and averaging (default 4)")
+    p.add_argument(
+        "-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=4, metavar="K", help="rounds of registration and averaging (default 4)"
+    )
     p.add_argument("--initial", metavar="IMAGE", help="starting template (default: the affine average of the images)")
-    p.add_argument("--step", type=float, default=1.0, help="step of the shape update in (0, 1]: the fraction of the inverse "
-                   "mean transform applied each round (default 1, as the references' full update)")
-    p.add_argument("--sharpen", action="store_true", help="Laplacian sharpening of each new template (as ANTs' templates)")
-    p.add_argument("--keep-rounds", action="store_true", help="keep each round's intermediate files (default: deleted once "
-                   "the round is committed)")
-    p.add_argument("--warp-format", choices=["freesurfer", "itk"], default="freesurfer", help="format of the per-image "
-                   "warps and affines (default freesurfer)")
+    p.add_argument(
+        "--step",
+        type=float,
+        default=1.0,
+        help="step of the shape update in (0, 1]: the fraction of the inverse "
+        "mean transform applied each round (default 1, as the references' full update)",
+    )
+    p.add_argument(
+        "--sharpen", action="store_true", help="Laplacian sharpening of each new template (as ANTs' templates)"
+    )
+    p.add_argument(
+        "--keep-rounds",
+        action="store_true",
+        help="keep each round's intermediate files (default: deleted once the round is committed)",
+    )
+    p.add_argument(
+        "--warp-format",
+        choices=["freesurfer", "itk"],
+        default="freesurfer",
+        help="format of the per-image warps and affines (default freesurfer)",
+    )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
-    p.add_argument("--conv", choices=["auto", "direct", "winograd", "winograd4"], default="auto", help="convolution algorithm (as ilex register)")
+    p.add_argument(
+        "--conv",
+        choices=["auto", "direct", "winograd", "winograd4"],
+        default="auto",
+        help="convolution algorithm (as ilex register)",
+    )
     p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache")
     cluster = p.add_argument_group("Dask (pip install 'ilex[dask]'), as ilex batch")
-    cluster.add_argument("--scheduler", metavar="ADDRESS", help="run each round's registrations on this Dask scheduler's workers")
-    cluster.add_argument("--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine")
-    cluster.add_argument("--memory-resource", default="MEMORY", metavar="NAME", help="worker resource that limits concurrent "
-                         "registrations by memory (default MEMORY)")
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run each round's registrations on this Dask scheduler's workers"
+    )
+    cluster.add_argument(
+        "--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine"
+    )
+    cluster.add_argument(
+        "--memory-resource",
+        default="MEMORY",
+        metavar="NAME",
+        help="worker resource that limits concurrent registrations by memory (default MEMORY)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or round lines, only errors")
     p.set_defaults(run=run)
 
@@ -102,11 +152,26 @@ def run(args: argparse.Namespace) -> int:
             from .batch import _dask_client
 
             client, cluster = _dask_client(args)
-        result = build_template(images, args.out_dir, method=model, weights=weights, hyper=args.hyper, steps=args.steps,
-                                extent=args.extent, rounds=args.rounds, initial=args.initial, step=args.step,
-                                sharpen=args.sharpen, keep_rounds=args.keep_rounds, warp_format=args.warp_format,
-                                client=client, algorithm=None if args.conv == "auto" else args.conv,
-                                compilation_cache=not args.no_compilation_cache, log=log, progress=not args.quiet)
+        result = build_template(
+            images,
+            args.out_dir,
+            method=model,
+            weights=weights,
+            hyper=args.hyper,
+            steps=args.steps,
+            extent=args.extent,
+            rounds=args.rounds,
+            initial=args.initial,
+            step=args.step,
+            sharpen=args.sharpen,
+            keep_rounds=args.keep_rounds,
+            warp_format=args.warp_format,
+            client=client,
+            algorithm=None if args.conv == "auto" else args.conv,
+            compilation_cache=not args.no_compilation_cache,
+            log=log,
+            progress=not args.quiet,
+        )
     finally:
         if client is not None:
             client.close()
@@ -116,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     for image in failed:
         print(f"ilex template: {image.id} ({image.image}) is not in the template: {image.error}", file=sys.stderr)
     if not args.quiet:
-        print(f"ilex template: {result.path} from {len(result.images) - len(failed)} images in "
-              f"{time.perf_counter() - start:.1f} s; rounds in {args.out_dir}/rounds.csv")
+        print(
+            f"ilex template: {result.path} from {len(result.images) - len(failed)} images in "
+            f"{time.perf_counter() - start:.1f} s; rounds in {args.out_dir}/rounds.csv"
+        )
     return 1 if failed else 0

@@ -25,23 +25,37 @@ def infer_affine_kwargs(path: str, shapes: Sequence[tuple[int, ...]], rigid: boo
     """`SynthMorphAffine` constructor arguments implied by the weight shapes; `WeightsFileError` if none fit."""
     shapes = [tuple(int(d) for d in s) for s in shapes]
     if len(shapes) % 2 or len(shapes) < 4:
-        raise WeightsFileError(path, f"not a SynthMorph affine model: expected (kernel, bias) pairs of at least 2 "
-                                     f"convolutions, found {len(shapes)} arrays")
+        raise WeightsFileError(
+            path,
+            f"not a SynthMorph affine model: expected (kernel, bias) pairs of at least 2 "
+            f"convolutions, found {len(shapes)} arrays",
+        )
     widths = []
     for k in range(0, len(shapes), 2):
         kernel, bias = shapes[k], shapes[k + 1]
         if len(kernel) != 5 or kernel[:3] != (3, 3, 3) or bias != kernel[4:]:
-            raise WeightsFileError(path, f"not a SynthMorph affine model: convolution {k // 2}: expected a kernel "
-                                         f"(3, 3, 3, cin, cout) and bias (cout,), found {kernel} and {bias}")
+            raise WeightsFileError(
+                path,
+                f"not a SynthMorph affine model: convolution {k // 2}: expected a kernel "
+                f"(3, 3, 3, cin, cout) and bias (cout,), found {kernel} and {bias}",
+            )
         if widths and kernel[3] != widths[-1]:
-            raise WeightsFileError(path, f"not a SynthMorph affine model: convolution {k // 2} takes {kernel[3]} "
-                                         f"channels but the previous one gives {widths[-1]}")
+            raise WeightsFileError(
+                path,
+                f"not a SynthMorph affine model: convolution {k // 2} takes {kernel[3]} "
+                f"channels but the previous one gives {widths[-1]}",
+            )
         if not widths:
             widths.append(kernel[3])
         widths.append(kernel[4])
     levels = min(ENCODER_LEVELS, len(widths) - 2)  # the last convolution is the feature head
-    return {"enc_nf": widths[1 : 1 + levels], "add_nf": widths[1 + levels : -1], "num_feat": widths[-1],
-                "num_chan": widths[0], "rigid": rigid}
+    return {
+        "enc_nf": widths[1 : 1 + levels],
+        "add_nf": widths[1 + levels : -1],
+        "num_feat": widths[-1],
+        "num_chan": widths[0],
+        "rigid": rigid,
+    }
 
 
 def is_rigid_file(path: str | os.PathLike, release_name: str | None = None) -> bool:

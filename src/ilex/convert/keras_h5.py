@@ -133,11 +133,19 @@ def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
         enc, dec, add = outs[:n], outs[n : 2 * n], outs[2 * n : -1]
         if conv_channels(enc, dec, add, outs[-1], pairs[0][0]) == pairs and pairs[0][0] % 2 == 0:
             return {
-                "enc_nf": enc, "dec_nf": dec, "add_nf": add, "flow_nf": outs[-1], "nb_hyp_layers": nd,
-                "nb_hyp_params": params, "nb_hyp_units": units, "src_feats": pairs[0][0] // 2,
+                "enc_nf": enc,
+                "dec_nf": dec,
+                "add_nf": add,
+                "flow_nf": outs[-1],
+                "nb_hyp_layers": nd,
+                "nb_hyp_params": params,
+                "nb_hyp_units": units,
+                "src_feats": pairs[0][0] // 2,
                 "trg_feats": pairs[0][0] // 2,
             }
-    raise ValueError(f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, add-convs and flow")
+    raise ValueError(
+        f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, add-convs and flow"
+    )
 
 
 def read_array(path: str, weight: KerasWeight, rows: slice | None = None) -> np.ndarray:
@@ -146,7 +154,9 @@ def read_array(path: str, weight: KerasWeight, rows: slice | None = None) -> np.
         data = weight.dataset[rows] if rows is not None else weight.dataset[()]
     except (OSError, RuntimeError, ValueError, TypeError, KeyError) as e:
         # h5py reports damaged data and damaged type metadata (TypeError) alike
-        raise WeightsFileError(path, f"cannot read '{weight.name}': truncated or corrupt ({e.__class__.__name__}: {e})") from None
+        raise WeightsFileError(
+            path, f"cannot read '{weight.name}': truncated or corrupt ({e.__class__.__name__}: {e})"
+        ) from None
     data = np.asarray(data, dtype=np.float32)
     if not np.isfinite(data).all():
         raise WeightsFileError(path, f"'{weight.name}' holds NaN or Inf values")
@@ -236,7 +246,7 @@ def write_keras_weights(
         for group, names, its in groups:
             if layout == "flat":
                 group.attrs["weight_names"] = np.array([nm.encode() for nm in names])
-            for nm, (shape, fill, arr) in zip(names, its):
+            for nm, (shape, fill, arr) in zip(names, its, strict=False):
                 if arr is not None:
                     group.create_dataset(nm, data=arr.astype(np.float32))
                 else:

@@ -57,9 +57,10 @@ def convert(
             raise OptionError(f"--hyper: {os.path.basename(path)} holds the affine/rigid network, which has no λ")
         show = sys.stderr.isatty() if progress is None else progress
         total = sum(4 * math.prod(w.shape) for w in weights)
-        with atomic_directory(out_dir, overwrite=overwrite) as tmp, tqdm(
-            total=total, unit="B", unit_scale=True, desc="convert", disable=not show, file=sys.stderr
-        ) as bar:
+        with (
+            atomic_directory(out_dir, overwrite=overwrite) as tmp,
+            tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not show, file=sys.stderr) as bar,
+        ):
             if hyper is None:
                 model = template(cls, kwargs)
                 _stream_copy(path, weights, os.path.join(tmp, WEIGHTS_NAME), parameter_names(model), bar)
@@ -92,7 +93,7 @@ def _stream_fixed(path: str, weights: list[KerasWeight], kwargs: dict, hyper: fl
     nd = kwargs["nb_hyp_layers"]
     dense = [jnp.asarray(read_array(path, w)) for w in weights[: 2 * nd]]
     h = jnp.full((kwargs["nb_hyp_params"],), hyper, jnp.float32)
-    for kernel, bias in zip(dense[::2], dense[1::2]):
+    for kernel, bias in zip(dense[::2], dense[1::2], strict=False):
         h = jnp.maximum(jnp.dot(h, kernel, precision=lax.Precision.HIGHEST) + bias, 0.0)
     bar.update(sum(4 * a.size for a in dense))
     unet_kwargs = {k: v for k, v in kwargs.items() if not k.startswith("nb_hyp")}
@@ -109,7 +110,9 @@ def _stream_fixed(path: str, weights: list[KerasWeight], kwargs: dict, hyper: fl
                     bk = hkb.dataset[block]
                 except (OSError, RuntimeError, ValueError) as e:
                     raise WeightsFileError(path, f"cannot read '{hk.name}': truncated or corrupt ({e})") from None
-                part = jnp.dot(h, jnp.asarray(wk, jnp.float32), precision=lax.Precision.HIGHEST) + jnp.asarray(bk, jnp.float32)
+                part = jnp.dot(h, jnp.asarray(wk, jnp.float32), precision=lax.Precision.HIGHEST) + jnp.asarray(
+                    bk, jnp.float32
+                )
                 part = np.asarray(part)
                 if not np.isfinite(part).all():
                     raise WeightsFileError(path, f"'{hk.name}' holds NaN or Inf values")

@@ -25,7 +25,10 @@ COMPRESS_LEVEL = 1  # nibabel's default: files barely smaller at higher levels, 
 @contextlib.contextmanager
 def gzip_writer(path: str) -> Iterator[BinaryIO]:
     """A binary file object that writes gzip-compressed into `path`."""
-    with open(path, "wb") as raw, _gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=COMPRESS_LEVEL, mtime=0) as f:
+    with (
+        open(path, "wb") as raw,
+        _gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=COMPRESS_LEVEL, mtime=0) as f,
+    ):
         yield f
 
 
@@ -42,4 +45,3 @@ def save_nibabel(image, path: str) -> None:
             image.to_stream(f)
     else:
         nib.save(image, path)
-

@@ -51,13 +51,21 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
     if not os.path.exists(path):
         raise ImageFileError(path, f"no such {what} file")
     if not os.access(path, os.R_OK) or os.path.isdir(path):
-        raise ImageFileError(path, f"cannot read this {what} ({'a directory' if os.path.isdir(path) else 'permission denied'})")
+        raise ImageFileError(
+            path, f"cannot read this {what} ({'a directory' if os.path.isdir(path) else 'permission denied'})"
+        )
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
-        kind = "truncated or corrupt" if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(e) else "not a readable NIfTI or MGZ image"
-        raise ImageFileError(path, f"{kind} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        kind = (
+            "truncated or corrupt"
+            if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(e)
+            else "not a readable NIfTI or MGZ image"
+        )
+        raise ImageFileError(
+            path, f"{kind} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     return Image(*_checked(data, img.affine, path, what, check_values), path)
 
 
@@ -92,7 +100,9 @@ def _checked(data, affine, path: str, what: str, check_values: bool) -> tuple[np
     if check_values:
         infinite = int(np.isinf(data).sum())
         if infinite:
-            raise ImageFileError(path, f"{infinite} voxel{'' if infinite == 1 else 's'} {'is' if infinite == 1 else 'are'} Inf")
+            raise ImageFileError(
+                path, f"{infinite} voxel{'' if infinite == 1 else 's'} {'is' if infinite == 1 else 'are'} Inf"
+            )
         data = _nan_as_background(data, path)
         if data.min() == data.max():
             raise ImageFileError(path, f"the image is constant ({data.flat[0]:g}); nothing to register")
@@ -128,6 +138,10 @@ def _nan_as_background(data: np.ndarray, path: str) -> np.ndarray:
     if count == data.size:
         raise ImageFileError(path, "every voxel is NaN; nothing to register")
     background = float(data[~nan].min())
-    warnings.warn(f"{path}: {count} NaN voxel{'' if count == 1 else 's'} taken as background ({background:g}, the "
-                  "lowest value), as SPM writes them", IlexWarning, stacklevel=4)
+    warnings.warn(
+        f"{path}: {count} NaN voxel{'' if count == 1 else 's'} taken as background ({background:g}, the "
+        "lowest value), as SPM writes them",
+        IlexWarning,
+        stacklevel=4,
+    )
     return np.where(nan, np.float32(background), data)

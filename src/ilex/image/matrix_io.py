@@ -21,7 +21,7 @@ _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def matrix_format(path: str | os.PathLike) -> str | None:
-    """"lta" or "itk" by the file name, or None for anything else (a dense warp)."""
+    """ "lta" or "itk" by the file name, or None for anything else (a dense warp)."""
     name = os.fspath(path).lower()
     if name.endswith(".lta"):
         return "lta"
@@ -37,8 +37,10 @@ def itk_text(ras_matrix: np.ndarray) -> str:
     """
     itk = _LPS @ np.linalg.inv(np.asarray(ras_matrix, np.float64)) @ _LPS
     params = [*itk[:3, :3].ravel(), *itk[:3, 3]]
-    return ("#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-            "Parameters: " + " ".join(f"{p:.17g}" for p in params) + "\nFixedParameters: 0 0 0\n")
+    return (
+        "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
+        "Parameters: " + " ".join(f"{p:.17g}" for p in params) + "\nFixedParameters: 0 0 0\n"
+    )
 
 
 def save_matrix(path: str | os.PathLike, ras_matrix: np.ndarray, moving, fixed, fmt: str | None = None) -> None:

@@ -101,7 +101,9 @@ def load_warp(path: str | os.PathLike) -> Warp:
     if intent == INTENT_VECTOR:
         data = data * _LPS
     elif intent not in (INTENT_DISPVECT, _NO_INTENT):
-        raise ImageFileError(path, f"NIfTI intent {intent} is neither a displacement (1006) nor an ITK vector field (1007)")
+        raise ImageFileError(
+            path, f"NIfTI intent {intent} is neither a displacement (1006) nor an ITK vector field (1007)"
+        )
     if not np.isfinite(data).all():
         raise ImageFileError(path, "the warp holds NaN or Inf values")
     return Warp(data, np.asarray(img.affine, np.float64))
@@ -132,7 +134,11 @@ def _write_mgh_warp(path: str, warp: Warp, compress: bool) -> None:
     tail += struct.pack(">iqf", _TAG_FIELDSTRENGTH, 4, 0.0)
     src = (warp.source_affine, warp.source_shape)
     tail += struct.pack(">i", _TAG_GCAMORPH_GEOM) + _geom_bytes(*src, False) + _geom_bytes(warp.affine, shape, False)
-    tail += struct.pack(">iq", _TAG_GCAMORPH_GEOM_SHEAR, 1200) + _geom_bytes(*src, True) + _geom_bytes(warp.affine, shape, True)
+    tail += (
+        struct.pack(">iq", _TAG_GCAMORPH_GEOM_SHEAR, 1200)
+        + _geom_bytes(*src, True)
+        + _geom_bytes(warp.affine, shape, True)
+    )
     tail += struct.pack(">iqiif", _TAG_GCAMORPH_META, 12, _FORMAT_DISP_RAS, 1, 0.0)
     with gzip_writer(path) if compress else open(path, "wb") as f:
         f.write(header)

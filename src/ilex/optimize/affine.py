@@ -109,11 +109,30 @@ def optimise_affine(
         grid = voxel_grid(fix.shape)
         opt_state = _optimizer(lr, iterations).init(params)
         stop = Convergence(tolerance)
-        with tqdm(total=iterations, desc=f"affine {scale} mm", file=sys.stderr, disable=None if progress else True, leave=False) as bar, \
-                LevelTimer(profile, f"affine {scale} mm") as count:
+        with (
+            tqdm(
+                total=iterations,
+                desc=f"affine {scale} mm",
+                file=sys.stderr,
+                disable=None if progress else True,
+                leave=False,
+            ) as bar,
+            LevelTimer(profile, f"affine {scale} mm") as count,
+        ):
             for _ in range(iterations):
-                params, opt_state, value = _affine_step(params, opt_state, start32, fix, mov, grid, scale=scale,
-                                                        centre=centre, learning_rate=lr, iterations=iterations, bins=bins)
+                params, opt_state, value = _affine_step(
+                    params,
+                    opt_state,
+                    start32,
+                    fix,
+                    mov,
+                    grid,
+                    scale=scale,
+                    centre=centre,
+                    learning_rate=lr,
+                    iterations=iterations,
+                    bins=bins,
+                )
                 value = float(value)
                 count()
                 bar.update()

@@ -102,10 +102,28 @@ def _optimizer(momentum: float):
     return optax.sgd(1.0, momentum=momentum or None)
 
 
-@functools.partial(jax.jit, static_argnames=("similarity", "radius", "factor", "steps", "momentum"),
-                   donate_argnames=("v",))
-def _deformable_step(v, opt_state, fix, mov, matrix, grid, grid_v, fluid, field, step, reference, *,
-                     similarity, radius, factor, steps, momentum):
+@functools.partial(
+    jax.jit, static_argnames=("similarity", "radius", "factor", "steps", "momentum"), donate_argnames=("v",)
+)
+def _deformable_step(
+    v,
+    opt_state,
+    fix,
+    mov,
+    matrix,
+    grid,
+    grid_v,
+    fluid,
+    field,
+    step,
+    reference,
+    *,
+    similarity,
+    radius,
+    factor,
+    steps,
+    momentum,
+):
     disp = level_displacement(v, grid_v, factor, steps, fix.shape)
     warped = moved_image(mov, matrix, grid, disp)
     value, dsim = similarity_function(similarity, radius)(fix, warped)
@@ -157,7 +175,9 @@ def optimise_velocity(
     for level in levels:
         factor = velocity_scale // level.scale
         if factor < 1 or velocity_scale % level.scale or factor & (factor - 1):
-            raise ValueError(f"level scale {level.scale} must divide the velocity scale {velocity_scale} by a power of 2")
+            raise ValueError(
+                f"level scale {level.scale} must divide the velocity scale {velocity_scale} by a power of 2"
+            )
         fix, mov = pyramid_fix[level.scale], pyramid_mov[level.scale]
         grid = voxel_grid(fix.shape)
         fluid = gaussian_matrices(shape_v, sigma_update / factor)
@@ -166,12 +186,35 @@ def optimise_velocity(
         opt_state = _optimizer(momentum).init(v)
         stop = Convergence(tolerance)
         reference = jnp.float32(0.0)
-        with tqdm(total=level.iterations, desc=f"deformable {level.scale} mm", file=sys.stderr, disable=None if progress else True, leave=False) as bar, \
-                LevelTimer(profile, f"deformable {level.scale} mm") as count:
+        with (
+            tqdm(
+                total=level.iterations,
+                desc=f"deformable {level.scale} mm",
+                file=sys.stderr,
+                disable=None if progress else True,
+                leave=False,
+            ) as bar,
+            LevelTimer(profile, f"deformable {level.scale} mm") as count,
+        ):
             for i in range(level.iterations):
                 v, opt_state, value, longest = _deformable_step(
-                    v, opt_state, fix, mov, lmat, grid, grid_v, fluid, field, step, reference,
-                    similarity=similarity, radius=radius, factor=factor, steps=steps, momentum=momentum)
+                    v,
+                    opt_state,
+                    fix,
+                    mov,
+                    lmat,
+                    grid,
+                    grid_v,
+                    fluid,
+                    field,
+                    step,
+                    reference,
+                    similarity=similarity,
+                    radius=radius,
+                    factor=factor,
+                    steps=steps,
+                    momentum=momentum,
+                )
                 if i == 0:
                     reference = longest
                 value = float(value)

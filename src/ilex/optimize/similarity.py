@@ -79,7 +79,9 @@ def _soft_bins(x: Float[AnyArray, " n"], bins: int):
     return lo.astype(jnp.int32), 1.0 - w_hi, w_hi
 
 
-def mutual_information(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], bins: int = 32) -> Float[AnyArray, ""]:
+def mutual_information(
+    fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], bins: int = 32
+) -> Float[AnyArray, ""]:
     """Mutual information (nats) of the two intensity distributions, from a joint histogram of
     `bins` x `bins` with linear Parzen windows (differentiable in the moved intensities)."""
     fl, fw0, fw1 = _soft_bins(fixed.reshape(-1), bins)

@@ -92,5 +92,4 @@ def pyramid(image: Float[AnyArray, "x y z"], scales) -> dict[int, Array]:
     return {s: out[s] for s in sorted(set(scales) | {1})}
 
 
-
 _downsample2_jit = jax.jit(downsample2)

@@ -44,7 +44,7 @@ def checkerboard_png(fixed: np.ndarray, moved: np.ndarray, affine: np.ndarray, t
     # In-plane voxel sizes (rows, columns) of each view, matching `_views`.
     plane_mm = [(zooms[2], zooms[1]), (zooms[2], zooms[0]), (zooms[1], zooms[0])]
     panels = []
-    for f, m, (row_mm, col_mm) in zip(_views(fixed_ras), _views(moved_ras), plane_mm):
+    for f, m, (row_mm, col_mm) in zip(_views(fixed_ras), _views(moved_ras), plane_mm, strict=False):
         size = (max(1, round(f.shape[1] * col_mm)), max(1, round(f.shape[0] * row_mm)))
         f = np.asarray(PILImage.fromarray(f.astype(np.float32)).resize(size, PILImage.BILINEAR))
         m = np.asarray(PILImage.fromarray(m.astype(np.float32)).resize(size, PILImage.BILINEAR))

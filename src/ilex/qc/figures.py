@@ -123,8 +123,9 @@ def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, by
     for view in VIEWS:
         left, bottom, wide, tall = rects[view]
         ax = _axes(fig, (left, bottom + bar_px, wide, tall), width_px, total, _row_labels(slices, view))
-        images[view] = ax.imshow(_row(slices.fixed[view]), cmap="gray", vmin=0, vmax=255, aspect="auto",
-                                 interpolation="antialiased")
+        images[view] = ax.imshow(
+            _row(slices.fixed[view]), cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="antialiased"
+        )
         ax.set_xlim(-0.5, _row(slices.fixed[view]).shape[1] - 0.5)
         ax.set_ylim(slices.fixed[view].shape[1] - 0.5, -0.5)
         axes[view] = ax
@@ -149,14 +150,17 @@ def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, by
         rgba[det <= 0] = FOLD_COLOUR
         axes[view].imshow(rgba, aspect="auto", interpolation="nearest")
     cax = fig.add_axes((0.3, 24 / total, 0.4, 10 / total))
-    bar = fig.colorbar(ScalarMappable(Normalize(-JACOBIAN_RANGE, JACOBIAN_RANGE), cmap), cax=cax, orientation="horizontal")
+    bar = fig.colorbar(
+        ScalarMappable(Normalize(-JACOBIAN_RANGE, JACOBIAN_RANGE), cmap), cax=cax, orientation="horizontal"
+    )
     ticks = np.linspace(-JACOBIAN_RANGE, JACOBIAN_RANGE, 5)
     bar.set_ticks(ticks, labels=[f"{2**t:.2g}" for t in ticks])
     bar.ax.tick_params(colors="white", labelsize=7)
     bar.outline.set_edgecolor("white")
     fig.text(0.29, 29 / total, "det J: compression", color="white", fontsize=8, ha="right", va="center")
-    fig.text(0.71, 29 / total, "expansion;  folded (det J ≤ 0): yellow", color="white", fontsize=8,
-             ha="left", va="center")
+    fig.text(
+        0.71, 29 / total, "expansion;  folded (det J ≤ 0): yellow", color="white", fontsize=8, ha="left", va="center"
+    )
     out["jacobian"] = _png(fig, "P")
     return out
 
@@ -182,8 +186,15 @@ def thumbnail(slices: ReportSlices, height_px: int = 96) -> bytes:
     return _png(fig, "P")
 
 
-def strip_plot(title: str, values: list[float], flagged: list[bool], labels: list[str], unit: str = "",
-               width_px: int = 300, height_px: int = 240) -> bytes:
+def strip_plot(
+    title: str,
+    values: list[float],
+    flagged: list[bool],
+    labels: list[str],
+    unit: str = "",
+    width_px: int = 300,
+    height_px: int = 240,
+) -> bytes:
     """One metric across pairs: a point per pair, jittered sideways (the same jitter every
     time), the median as a line, flagged pairs in red and named."""
     fig = _figure(width_px, height_px, facecolor="white")
@@ -193,9 +204,11 @@ def strip_plot(title: str, values: list[float], flagged: list[bool], labels: lis
     flagged = np.asarray(flagged, bool)
     ax.scatter(jitter[~flagged], values[~flagged], s=14, color="#3b6ea8", alpha=0.7, linewidths=0)
     ax.scatter(jitter[flagged], values[flagged], s=22, color="#d62728", linewidths=0)
-    for x, y, name, flag in zip(jitter, values, labels, flagged):
+    for x, y, name, flag in zip(jitter, values, labels, flagged, strict=False):
         if flag:
-            ax.annotate(name, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=7, color="#d62728", va="center")
+            ax.annotate(
+                name, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=7, color="#d62728", va="center"
+            )
     if values.size:
         ax.axhline(np.median(values), color="#888888", linewidth=0.8, linestyle="--")
     ax.set_xlim(-0.6, 0.9)
@@ -213,8 +226,11 @@ def convergence_plot(rounds: dict[str, list[float]], width_px: int = 720, height
     and the template's change, each against the round."""
     fig = _figure(width_px, height_px, facecolor="white")
     x = rounds["round"]
-    panels = (("displacement (mm)", ("mean_displacement_mm", "max_displacement_mm")),
-              ("mean similarity", ("mean_similarity",)), ("template change", ("template_change",)))
+    panels = (
+        ("displacement (mm)", ("mean_displacement_mm", "max_displacement_mm")),
+        ("mean similarity", ("mean_similarity",)),
+        ("template change", ("template_change",)),
+    )
     for k, (title, columns) in enumerate(panels):
         ax = fig.add_axes((0.07 + k * 0.325, 0.17, 0.25, 0.7))
         for column in columns:

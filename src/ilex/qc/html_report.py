@@ -25,10 +25,30 @@ SCALE_WARN = (2 / 3, 3 / 2)
 SIMILARITY_LOSS = 0.005
 
 # qc.json keys the page shows in their own sections; any other key is listed under "how it was run".
-_SHOWN = {"moving", "fixed", "folding_fraction", "folding_voxels", "jacobian_min", "jacobian_max", "jacobian_mean",
-          "jacobian_p01", "jacobian_p99", "largest_expansions", "largest_compressions", "affine", "model", "hyper",
-          "steps", "extent", "head_folding_fraction", "head_log_jacobian_std", "head_log_jacobian_p01",
-          "head_log_jacobian_p99", "head_jacobian_min", "head_jacobian_max"}
+_SHOWN = {
+    "moving",
+    "fixed",
+    "folding_fraction",
+    "folding_voxels",
+    "jacobian_min",
+    "jacobian_max",
+    "jacobian_mean",
+    "jacobian_p01",
+    "jacobian_p99",
+    "largest_expansions",
+    "largest_compressions",
+    "affine",
+    "model",
+    "hyper",
+    "steps",
+    "extent",
+    "head_folding_fraction",
+    "head_log_jacobian_std",
+    "head_log_jacobian_p01",
+    "head_log_jacobian_p99",
+    "head_jacobian_min",
+    "head_jacobian_max",
+}
 
 
 def warnings(record: dict) -> list[str]:
@@ -36,8 +56,10 @@ def warnings(record: dict) -> list[str]:
     out = []
     before, after = record.get("similarity_nmi_before"), record.get("similarity_nmi_after")
     if before is not None and after is not None and after < before - SIMILARITY_LOSS:
-        out.append(f"the images agree less after registration than before it (normalised mutual information "
-                   f"{after:.3f} after, {before:.3f} with the headers alone)")
+        out.append(
+            f"the images agree less after registration than before it (normalised mutual information "
+            f"{after:.3f} after, {before:.3f} with the headers alone)"
+        )
     folding = record.get("head_folding_fraction", record.get("folding_fraction"))
     if folding:
         out.append(f"the warp folds: det J ≤ 0 in {100 * folding:.3g} % of the head's voxels")
@@ -48,26 +70,33 @@ def warnings(record: dict) -> list[str]:
         out.append(f"the affine part rotates by {affine['rotation_deg']:.0f}° (more than {ROTATION_WARN_DEG:.0f}°)")
     scales = affine.get("scales") or []
     if scales and (min(scales) < SCALE_WARN[0] or max(scales) > SCALE_WARN[1]):
-        out.append(f"the affine part scales by {min(scales):.2f}–{max(scales):.2f} "
-                   f"(outside {SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f})")
+        out.append(
+            f"the affine part scales by {min(scales):.2f}–{max(scales):.2f} "
+            f"(outside {SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f})"
+        )
     return out
 
 
 def _verdict(record: dict) -> str:
     found = warnings(record)
-    rules = (f"Rules: similarity (NMI) lower after than before by more than {SIMILARITY_LOSS}; any folded voxel in the head; an affine part that "
-             f"reflects, rotates more than {ROTATION_WARN_DEG:.0f}° or scales outside "
-             f"{SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f}.")
+    rules = (
+        f"Rules: similarity (NMI) lower after than before by more than {SIMILARITY_LOSS}; any folded voxel in the head; an affine part that "
+        f"reflects, rotates more than {ROTATION_WARN_DEG:.0f}° or scales outside "
+        f"{SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f}."
+    )
     if not found:
         return f'<div class="verdict ok" id="verdict"><b>Nothing looks wrong.</b> <span class="legend">{rules}</span></div>'
     items = "".join(f"<li>{escape(w)}</li>" for w in found)
-    return (f'<div class="verdict bad" id="verdict"><b>Check this registration:</b><ul>{items}</ul>'
-            f'<span class="legend">{rules}</span></div>')
+    return (
+        f'<div class="verdict bad" id="verdict"><b>Check this registration:</b><ul>{items}</ul>'
+        f'<span class="legend">{rules}</span></div>'
+    )
 
 
 def _position(entries) -> str:
-    return "<br>".join(f"{e['jacobian']:.3g} at RAS ({', '.join(f'{c:.0f}' for c in e['ras_mm'])}) mm"
-                       for e in entries or [])
+    return "<br>".join(
+        f"{e['jacobian']:.3g} at RAS ({', '.join(f'{c:.0f}' for c in e['ras_mm'])}) mm" for e in entries or []
+    )
 
 
 def _figures(record: dict) -> str:
@@ -75,34 +104,65 @@ def _figures(record: dict) -> str:
         return f"{100 * record[key]:.4g} %" if record.get(key) is not None else "–"
 
     similarity = []
-    for kind, label in (("nmi", "normalised mutual information (1 = independent, 2 = identical)"),
-                        ("correlation", "correlation (−1 to 1; negative across contrasts is normal)")):
+    for kind, label in (
+        ("nmi", "normalised mutual information (1 = independent, 2 = identical)"),
+        ("correlation", "correlation (−1 to 1; negative across contrasts is normal)"),
+    ):
         if f"similarity_{kind}_after" in record:
-            similarity.append((label, (f"<span class=mono>{number(record.get(f'similarity_{kind}_before'))}</span> before "
-                                       f"→ <b class=mono>{number(record.get(f'similarity_{kind}_after'))}</b> after")))
+            similarity.append(
+                (
+                    label,
+                    (
+                        f"<span class=mono>{number(record.get(f'similarity_{kind}_before'))}</span> before "
+                        f"→ <b class=mono>{number(record.get(f'similarity_{kind}_after'))}</b> after"
+                    ),
+                )
+            )
     chosen = [(k.replace("_", " "), escape(v)) for k, v in record.items() if "similarity" in k and isinstance(v, str)]
-    jac = [("folding (det J ≤ 0), head / whole grid", (f"{pct('head_folding_fraction')} / {pct('folding_fraction')} "
-                                                        f"({number(record.get('folding_voxels'))} voxels)")),
-           ("log det J in the head: spread (SD), 1st–99th percentile",
-            (f"{number(record.get('head_log_jacobian_std'))}, {number(record.get('head_log_jacobian_p01'))} to "
-             f"{number(record.get('head_log_jacobian_p99'))}")),
-           ("det J in the head: min, max", f"{number(record.get('head_jacobian_min'))}, {number(record.get('head_jacobian_max'))}"),
-           ("det J, whole grid: min, mean, max",
-            f"{number(record.get('jacobian_min'))}, {number(record.get('jacobian_mean'))}, {number(record.get('jacobian_max'))}"),
-           ("largest expansions in the head", _position(record.get("largest_expansions"))),
-           ("largest compressions in the head", _position(record.get("largest_compressions")))]
+    jac = [
+        (
+            "folding (det J ≤ 0), head / whole grid",
+            (
+                f"{pct('head_folding_fraction')} / {pct('folding_fraction')} "
+                f"({number(record.get('folding_voxels'))} voxels)"
+            ),
+        ),
+        (
+            "log det J in the head: spread (SD), 1st–99th percentile",
+            (
+                f"{number(record.get('head_log_jacobian_std'))}, {number(record.get('head_log_jacobian_p01'))} to "
+                f"{number(record.get('head_log_jacobian_p99'))}"
+            ),
+        ),
+        (
+            "det J in the head: min, max",
+            f"{number(record.get('head_jacobian_min'))}, {number(record.get('head_jacobian_max'))}",
+        ),
+        (
+            "det J, whole grid: min, mean, max",
+            f"{number(record.get('jacobian_min'))}, {number(record.get('jacobian_mean'))}, {number(record.get('jacobian_max'))}",
+        ),
+        ("largest expansions in the head", _position(record.get("largest_expansions"))),
+        ("largest compressions in the head", _position(record.get("largest_compressions"))),
+    ]
     affine = record.get("affine")
     parts = []
     if affine:
-        parts = [("affine part (moving → fixed, world; with -i)",
-                  f"rotation {affine['rotation_deg']:.2f}°, scales {', '.join(f'{s:.3f}' for s in affine['scales'])}, "
-                  f"translation ({', '.join(f'{t:.1f}' for t in affine['translation_mm'])}) mm"
-                  + (f", head centre moved {affine['centre_shift_mm']:.1f} mm" if "centre_shift_mm" in affine else "")
-                  + (", <span class=flag>reflects</span>" if affine.get("reflection") else ""))]
-    return ("<h2>Figures</h2><table>" + _html.rows(similarity + chosen + jac + parts) + "</table>"
-            '<p class="legend">Similarity is measured inside the head (the fixed image above 10 % of its 99th '
-            "percentile), on about a million voxels; “before” places the moving image by the two headers alone (no "
-            "registration, no -i).</p>")
+        parts = [
+            (
+                "affine part (moving → fixed, world; with -i)",
+                f"rotation {affine['rotation_deg']:.2f}°, scales {', '.join(f'{s:.3f}' for s in affine['scales'])}, "
+                f"translation ({', '.join(f'{t:.1f}' for t in affine['translation_mm'])}) mm"
+                + (f", head centre moved {affine['centre_shift_mm']:.1f} mm" if "centre_shift_mm" in affine else "")
+                + (", <span class=flag>reflects</span>" if affine.get("reflection") else ""),
+            )
+        ]
+    return (
+        "<h2>Figures</h2><table>" + _html.rows(similarity + chosen + jac + parts) + "</table>"
+        '<p class="legend">Similarity is measured inside the head (the fixed image above 10 % of its 99th '
+        "percentile), on about a million voxels; “before” places the moving image by the two headers alone (no "
+        "registration, no -i).</p>"
+    )
 
 
 def _run(record: dict, info: dict) -> str:
@@ -110,20 +170,32 @@ def _run(record: dict, info: dict) -> str:
 
     labels = {"model": "method (-m)", "hyper": "λ (-r)", "steps": "integration steps (-n)", "extent": "extent (-e, mm)"}
     items = [(labels[k], escape(record[k])) for k in labels if k in record]
-    items += [(k.replace("_", " "), escape(json.dumps(v) if isinstance(v, (dict, list)) else v))
-              for k, v in record.items() if k not in _SHOWN and not k.startswith("similarity_")
-              and not ("similarity" in k and isinstance(v, str))]
+    items += [
+        (k.replace("_", " "), escape(json.dumps(v) if isinstance(v, (dict, list)) else v))
+        for k, v in record.items()
+        if k not in _SHOWN and not k.startswith("similarity_") and not ("similarity" in k and isinstance(v, str))
+    ]
     items.append(("report drawn by", f"ilex {escape(__version__)}"))
     times, memory = info.get("times", {}), info.get("memory_gib", {})
-    stages = "".join(f"<tr><td>{escape(name)}</td><td class=num>{seconds:.2f} s</td>"
-                     f"<td class=num>{number(memory.get(name))}{' GiB' if name in memory else ''}</td></tr>"
-                     for name, seconds in times.items())
+    stages = "".join(
+        f"<tr><td>{escape(name)}</td><td class=num>{seconds:.2f} s</td>"
+        f"<td class=num>{number(memory.get(name))}{' GiB' if name in memory else ''}</td></tr>"
+        for name, seconds in times.items()
+    )
     total = f"<tr><th>total</th><th class=num>{sum(times.values()):.2f} s</th><th></th></tr>" if times else ""
-    table = (f"<table><tr><th>stage</th><th>time</th><th>peak memory so far</th></tr>{stages}{total}</table>"
-             if stages else "<p>No stage times were recorded.</p>")
-    return ("<h2>How it was run</h2><table>" + _html.rows(items) + "</table>" + table +
-            '<p class="legend">Stages up to the moment the page was drawn (writing the outputs, under way then, is '
-            "not in it). Peak memory is the process’s resident peak at the end of each stage.</p>")
+    table = (
+        f"<table><tr><th>stage</th><th>time</th><th>peak memory so far</th></tr>{stages}{total}</table>"
+        if stages
+        else "<p>No stage times were recorded.</p>"
+    )
+    return (
+        "<h2>How it was run</h2><table>"
+        + _html.rows(items)
+        + "</table>"
+        + table
+        + '<p class="legend">Stages up to the moment the page was drawn (writing the outputs, under way then, is '
+        "not in it). Peak memory is the process’s resident peak at the end of each stage.</p>"
+    )
 
 
 def render(record: dict, slices) -> str:
@@ -139,22 +211,26 @@ def render(record: dict, slices) -> str:
 <input type="checkbox" id="pin"><label for="pin" class="controls"> show moved</label>
 <input type="checkbox" id="sidebyside"><label for="sidebyside" class="controls"> both, one above the other</label>
 <br><div class="fade" tabindex="0">
-<img class="under" alt="fixed image" src="{_html.data_uri(layers['fixed'])}">
-<img class="over" alt="moved image with the fixed image's edges" src="{_html.data_uri(layers['moved'])}">
+<img class="under" alt="fixed image" src="{_html.data_uri(layers["fixed"])}">
+<img class="over" alt="moved image with the fixed image's edges" src="{_html.data_uri(layers["moved"])}">
 </div>
 <div class="legend">Rest: the fixed image. Hover: the moved image, with the fixed image's edges
 <span class="swatch" style="background:#ff3030"></span>on top: where anatomy and edges part, the registration missed.
 Slices are cut inside the head's bounding box; intensities windowed at the 0.5th–99.5th percentiles.</div>
 </div>"""
     jacobian = f"""<h2>Jacobian determinant</h2>
-<img class="plot" id="jacobian" alt="Jacobian determinant over the fixed image" src="{_html.data_uri(layers['jacobian'])}">
+<img class="plot" id="jacobian" alt="Jacobian determinant over the fixed image" src="{_html.data_uri(layers["jacobian"])}">
 <div class="legend">det J of the forward warp over the fixed image, inside the head: red expands, blue compresses
 (log scale, 0.5 to 2), <span class="swatch" style="background:#ffe600"></span>yellow folds (det J ≤ 0).</div>"""
-    files = ('<p class="legend">Files: <a href="qc.json">qc.json</a> · <a href="jacobian.nii.gz">jacobian.nii.gz</a> · '
-             '<a href="checkerboard.png">checkerboard.png</a></p>')
-    body = (f"<h1>Registration report</h1><p class=sub>{escape(title)}<br>moving <code>{escape(moving)}</code><br>"
-            f"fixed <code>{escape(fixed)}</code></p>{_verdict(record)}{panel}{_figures(record)}{jacobian}"
-            f"{_run(record, slices.info)}{files}<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>")
+    files = (
+        '<p class="legend">Files: <a href="qc.json">qc.json</a> · <a href="jacobian.nii.gz">jacobian.nii.gz</a> · '
+        '<a href="checkerboard.png">checkerboard.png</a></p>'
+    )
+    body = (
+        f"<h1>Registration report</h1><p class=sub>{escape(title)}<br>moving <code>{escape(moving)}</code><br>"
+        f"fixed <code>{escape(fixed)}</code></p>{_verdict(record)}{panel}{_figures(record)}{jacobian}"
+        f"{_run(record, slices.info)}{files}<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>"
+    )
     return _html.page(f"ilex QC: {title}", body)
 
 

@@ -19,6 +19,7 @@ def normalised_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = BINS
     """Studholme's NMI, (H(A) + H(B)) / H(A, B): 1 for independent images, 2 for images that are
     functions of each other; any contrasts. Each image is binned between its 0.5th and 99.5th
     percentiles."""
+
     def binned(x):
         lo, hi = np.percentile(x, [0.5, 99.5])
         return np.clip(((x - lo) / max(hi - lo, 1e-12) * bins).astype(np.int64), 0, bins - 1)
@@ -61,12 +62,15 @@ def header_aligned_values(moving, fixed_affine: np.ndarray, points: tuple[np.nda
 
 
 def similarity(fixed_values: np.ndarray, moving_values: np.ndarray) -> dict[str, float]:
-    return {"nmi": normalised_mutual_information(fixed_values, moving_values),
-            "correlation": correlation(fixed_values, moving_values)}
+    return {
+        "nmi": normalised_mutual_information(fixed_values, moving_values),
+        "correlation": correlation(fixed_values, moving_values),
+    }
 
 
-def jacobian_statistics(jacobian: np.ndarray, fixed: np.ndarray, affine: np.ndarray, extremes: int = 3,
-                        separation_mm: float = 20.0) -> dict:
+def jacobian_statistics(
+    jacobian: np.ndarray, fixed: np.ndarray, affine: np.ndarray, extremes: int = 3, separation_mm: float = 20.0
+) -> dict:
     """det J inside the head: folding, log-Jacobian spread and percentiles, and the `extremes`
     largest expansions and compressions (at least `separation_mm` apart), each with its RAS
     position. Whole-grid statistics are `QualityReport.statistics`."""
@@ -81,13 +85,19 @@ def jacobian_statistics(jacobian: np.ndarray, fixed: np.ndarray, affine: np.ndar
 
     def spread_out(order):
         chosen = []
-        for k in order[: 20000]:
+        for k in order[:20000]:
             if all(np.linalg.norm(ras[k] - ras[j]) >= separation_mm for j in chosen):
                 chosen.append(k)
                 if len(chosen) == extremes:
                     break
-        return [{"jacobian": float(det[k]), "ras_mm": [round(float(c), 1) for c in ras[k]],
-                 "voxel": [int(c) for c in xyz[k]]} for k in chosen]
+        return [
+            {
+                "jacobian": float(det[k]),
+                "ras_mm": [round(float(c), 1) for c in ras[k]],
+                "voxel": [int(c) for c in xyz[k]],
+            }
+            for k in chosen
+        ]
 
     order = np.argsort(det)
     return {
@@ -118,8 +128,12 @@ def affine_parts(matrix: np.ndarray, centre: np.ndarray | None = None) -> dict:
         u[:, -1] *= -1
         rotation = u @ vt
     angle = float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1, 1))))
-    out = {"rotation_deg": angle, "scales": [float(x) for x in s], "translation_mm": [float(x) for x in translation],
-           "reflection": reflection}
+    out = {
+        "rotation_deg": angle,
+        "scales": [float(x) for x in s],
+        "translation_mm": [float(x) for x in translation],
+        "reflection": reflection,
+    }
     if centre is not None:
         out["centre_shift_mm"] = float(np.linalg.norm(linear @ centre + translation - centre))
     return out
@@ -146,6 +160,10 @@ def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:
         out.update({f"similarity_{k}_before": v for k, v in before.items()})
         out.update({f"similarity_{k}_after": v for k, v in after.items()})
     out.update(jacobian_statistics(jacobian, fixed, result.fixed.affine))
-    centre = result.fixed.affine[:3, :3] @ np.mean(np.stack(points, 1), 0) + result.fixed.affine[:3, 3] if points[0].size else None
+    centre = (
+        result.fixed.affine[:3, :3] @ np.mean(np.stack(points, 1), 0) + result.fixed.affine[:3, 3]
+        if points[0].size
+        else None
+    )
     out["affine"] = affine_parts(world_affine(result), centre)
     return out

@@ -54,8 +54,13 @@ def quality_report(result) -> QualityReport:
     return QualityReport(det, float(folding_fraction(det)))
 
 
-def write_qc(directory: str | os.PathLike, result, report: QualityReport, settings: dict | None = None,
-             moved: np.ndarray | None = None) -> list[str]:
+def write_qc(
+    directory: str | os.PathLike,
+    result,
+    report: QualityReport,
+    settings: dict | None = None,
+    moved: np.ndarray | None = None,
+) -> list[str]:
     """Write the QC files (see module docstring) into `directory`, created if needed; returns their paths.
 
     `moved` is `result.moved()`'s voxels when the caller already has them.

@@ -92,8 +92,9 @@ class ReportSlices:
     info: dict = field(default_factory=dict)
 
 
-def cut_slices(fixed: np.ndarray, moved: np.ndarray, jacobian: np.ndarray, affine: np.ndarray,
-               cuts: int = CUTS) -> ReportSlices:
+def cut_slices(
+    fixed: np.ndarray, moved: np.ndarray, jacobian: np.ndarray, affine: np.ndarray, cuts: int = CUTS
+) -> ReportSlices:
     """Cut `cuts` slices per view through the head's bounding box (10-90 % of its extent).
 
     `fixed`, `moved`, `jacobian`: (x, y, z) volumes on the fixed grid, voxel-to-RAS `affine`.
@@ -162,8 +163,9 @@ def save_slices(path: str | os.PathLike, slices: ReportSlices) -> None:
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
             archive.writestr(zipfile.ZipInfo(f"{key}.npy", (1980, 1, 1, 0, 0, 0)), buf.getvalue(), zipfile.ZIP_DEFLATED)
-        archive.writestr(zipfile.ZipInfo("meta.json", (1980, 1, 1, 0, 0, 0)),
-                         json.dumps(meta, indent=1), zipfile.ZIP_DEFLATED)
+        archive.writestr(
+            zipfile.ZipInfo("meta.json", (1980, 1, 1, 0, 0, 0)), json.dumps(meta, indent=1), zipfile.ZIP_DEFLATED
+        )
 
 
 def load_slices(path: str | os.PathLike, layers=("fixed", "moved", "jacobian", "head"), views=VIEWS) -> ReportSlices:
@@ -176,15 +178,25 @@ def load_slices(path: str | os.PathLike, layers=("fixed", "moved", "jacobian", "
     try:
         with zipfile.ZipFile(path) as archive:
             meta = json.loads(archive.read("meta.json"))
-            out = ReportSlices({}, {}, {}, {}, {k: tuple(v) for k, v in meta["pixel_mm"].items()},
-                               meta["positions_mm"], meta.get("info", {}))
+            out = ReportSlices(
+                {},
+                {},
+                {},
+                {},
+                {k: tuple(v) for k, v in meta["pixel_mm"].items()},
+                meta["positions_mm"],
+                meta.get("info", {}),
+            )
             for name in layers:
                 for view in views:
                     with archive.open(f"{name}.{view}.npy") as f:
                         getattr(out, name)[view] = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
     except FileNotFoundError:
-        raise FileProblem(path, "does not exist; the QC directory was written by an ilex without reports, "
-                          "or is incomplete: run the registration again with --qc") from None
+        raise FileProblem(
+            path,
+            "does not exist; the QC directory was written by an ilex without reports, "
+            "or is incomplete: run the registration again with --qc",
+        ) from None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
         raise FileProblem(path, f"not a readable report data file ({e})") from None
     return out

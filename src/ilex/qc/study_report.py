@@ -43,11 +43,13 @@ METRICS = (
     Metric("peak_memory_gib", "memory", "peak GiB", "high"),
 )
 
-RULE = (f"A pair is flagged on a metric when its modified z-score, 0.6745 × (value − median) / MAD over the pairs "
-        f"that ran, is beyond {OUTLIER_Z} in the direction that is worse (more folding, wider log-Jacobian spread, "
-        f"lower similarity, more time or memory); when the MAD is 0, 0.7979 × (value − median) / (mean absolute "
-        f"deviation) takes its place; with fewer than {MIN_PAIRS_FOR_OUTLIERS} values nothing is flagged "
-        f"(Iglewicz and Hoaglin, 1993).")
+RULE = (
+    f"A pair is flagged on a metric when its modified z-score, 0.6745 × (value − median) / MAD over the pairs "
+    f"that ran, is beyond {OUTLIER_Z} in the direction that is worse (more folding, wider log-Jacobian spread, "
+    f"lower similarity, more time or memory); when the MAD is 0, 0.7979 × (value − median) / (mean absolute "
+    f"deviation) takes its place; with fewer than {MIN_PAIRS_FOR_OUTLIERS} values nothing is flagged "
+    f"(Iglewicz and Hoaglin, 1993)."
+)
 
 
 def outliers(values: list[float | None], worse: str) -> list[bool]:
@@ -79,8 +81,9 @@ def read_rounds(path: str | os.PathLike) -> dict[str, list[float]]:
             reader = csv.DictReader(f)
             missing = [c for c in ROUNDS_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise FileProblem(path, f"the rounds table has no {', '.join(missing)} column "
-                                  f"(expected {','.join(ROUNDS_COLUMNS)})")
+                raise FileProblem(
+                    path, f"the rounds table has no {', '.join(missing)} column (expected {','.join(ROUNDS_COLUMNS)})"
+                )
             table = {c: [] for c in ROUNDS_COLUMNS}
             for line, row in enumerate(reader, 2):
                 for c in ROUNDS_COLUMNS:
@@ -112,7 +115,9 @@ def _pair_facts(record: dict) -> dict:
             from .slices import load_slices
 
             try:
-                facts["slices"] = load_slices(os.path.join(qc_dir, "report.npz"), ("fixed", "moved", "head"), ("axial",))
+                facts["slices"] = load_slices(
+                    os.path.join(qc_dir, "report.npz"), ("fixed", "moved", "head"), ("axial",)
+                )
             except FileProblem:
                 facts["slices"] = None
     qc = facts["qc"] or {}
@@ -153,8 +158,14 @@ document.querySelectorAll('table.study th[data-sort]').forEach(function (th) {
 """
 
 
-def render_study(records: list[dict], page_dir: str, *, settings: dict | None = None,
-                 rounds: dict[str, list[float]] | None = None, title: str = "Study report") -> str:
+def render_study(
+    records: list[dict],
+    page_dir: str,
+    *,
+    settings: dict | None = None,
+    rounds: dict[str, list[float]] | None = None,
+    title: str = "Study report",
+) -> str:
     """The study page for `records` (dicts as `PairRecord.to_dict()` gives them); links are
     relative to `page_dir`, where the page will be written."""
     from .. import __version__
@@ -167,40 +178,64 @@ def render_study(records: list[dict], page_dir: str, *, settings: dict | None = 
     failed = [k for k, r in enumerate(records) if r.get("status") == "failed"]
     totals = {s: sum(r.get("status") == s for r in records) for s in ("done", "skipped", "failed")}
 
-    parts = [f"<h1>{escape(title)}</h1>",
-             (f"<p class=sub>{len(records)} pairs: {totals['done']} done, {totals['skipped']} skipped "
-              f"(outputs from an earlier run), {totals['failed']} failed.</p>")]
+    parts = [
+        f"<h1>{escape(title)}</h1>",
+        (
+            f"<p class=sub>{len(records)} pairs: {totals['done']} done, {totals['skipped']} skipped "
+            f"(outputs from an earlier run), {totals['failed']} failed.</p>"
+        ),
+    ]
     n_flagged = sum(bool(f) for f in flagged_by)
     cls = "bad" if failed else "warn" if n_flagged else "ok"
-    parts.append(f'<div class="verdict {cls}" id="verdict"><b>{len(failed)} failed, {n_flagged} flagged as outliers.</b> '
-                 f'<span class="legend">{escape(RULE)}</span></div>')
+    parts.append(
+        f'<div class="verdict {cls}" id="verdict"><b>{len(failed)} failed, {n_flagged} flagged as outliers.</b> '
+        f'<span class="legend">{escape(RULE)}</span></div>'
+    )
     if failed:
-        rows = "".join(f'<tr data-pair="{escape(labels[k])}"><td>{escape(labels[k])}</td>'
-                       f"<td><code>{escape(records[k].get('moving'))}</code> → <code>{escape(records[k].get('fixed'))}</code></td>"
-                       f'<td class="error">{escape(records[k].get("error") or "")}</td></tr>' for k in failed)
-        parts.append(f'<h2>Failed pairs</h2><table class="study" id="failed"><tr><th>pair</th><th>images</th>'
-                     f"<th>error</th></tr>{rows}</table>")
+        rows = "".join(
+            f'<tr data-pair="{escape(labels[k])}"><td>{escape(labels[k])}</td>'
+            f"<td><code>{escape(records[k].get('moving'))}</code> → <code>{escape(records[k].get('fixed'))}</code></td>"
+            f'<td class="error">{escape(records[k].get("error") or "")}</td></tr>'
+            for k in failed
+        )
+        parts.append(
+            f'<h2>Failed pairs</h2><table class="study" id="failed"><tr><th>pair</th><th>images</th>'
+            f"<th>error</th></tr>{rows}</table>"
+        )
     strips = []
     for m in METRICS:
         present = [k for k, f in enumerate(facts) if f["values"][m.key] is not None]
         if not present:
             continue
-        png = strip_plot(m.title, [facts[k]["values"][m.key] for k in present], [flags[m.key][k] for k in present],
-                         [labels[k] for k in present], m.unit)
+        png = strip_plot(
+            m.title,
+            [facts[k]["values"][m.key] for k in present],
+            [flags[m.key][k] for k in present],
+            [labels[k] for k in present],
+            m.unit,
+        )
         strips.append(f'<img class="plot strip" alt="{escape(m.title)} across pairs" src="{_html.data_uri(png)}">')
     if strips:
-        parts.append("<h2>Metrics across pairs</h2><div class=strips>" + "".join(strips) + "</div>"
-                     f'<p class="legend">One point per pair (sideways jitter only spreads them); dashed line: the median; '
-                     f"red: flagged. {escape(RULE)}</p>")
+        parts.append(
+            "<h2>Metrics across pairs</h2><div class=strips>" + "".join(strips) + "</div>"
+            f'<p class="legend">One point per pair (sideways jitter only spreads them); dashed line: the median; '
+            f"red: flagged. {escape(RULE)}</p>"
+        )
     if rounds is not None:
         png = convergence_plot(rounds)
-        parts.append(f'<h2>Convergence</h2><img class="plot" id="convergence" alt="convergence by round" '
-                     f'src="{_html.data_uri(png)}"><p class="legend">One point per round of the template.</p>')
-    order = sorted(range(len(records)), key=lambda k: (records[k].get("status") != "failed", -len(flagged_by[k]),
-                                                        records[k].get("index") or k))
-    head = ('<tr><th data-sort="text">pair</th><th data-sort="text">status</th><th>fixed | moved</th>'
-            + "".join(f'<th data-sort="number">{escape(m.title)}</th>' for m in METRICS)
-            + '<th data-sort="text">flags</th><th>images</th></tr>')
+        parts.append(
+            f'<h2>Convergence</h2><img class="plot" id="convergence" alt="convergence by round" '
+            f'src="{_html.data_uri(png)}"><p class="legend">One point per round of the template.</p>'
+        )
+    order = sorted(
+        range(len(records)),
+        key=lambda k: (records[k].get("status") != "failed", -len(flagged_by[k]), records[k].get("index") or k),
+    )
+    head = (
+        '<tr><th data-sort="text">pair</th><th data-sort="text">status</th><th>fixed | moved</th>'
+        + "".join(f'<th data-sort="number">{escape(m.title)}</th>' for m in METRICS)
+        + '<th data-sort="text">flags</th><th>images</th></tr>'
+    )
     body = []
     for k in order:
         r, f = records[k], facts[k]
@@ -212,7 +247,9 @@ def render_study(records: list[dict], page_dir: str, *, settings: dict | None = 
             thumb = f'<img class="thumb" alt="fixed and moved, axial" src="{_html.data_uri(thumbnail(f["slices"]))}">'
         cells = "".join(
             f'<td class="num{" flag" if flags[m.key][k] else ""}" data-value="{"" if f["values"][m.key] is None else f["values"][m.key]}">'
-            f"{number(f['values'][m.key])}</td>" for m in METRICS)
+            f"{number(f['values'][m.key])}</td>"
+            for m in METRICS
+        )
         status = escape(r.get("status"))
         error = ""
         if r.get("status") == "failed" and r.get("error"):  # in full under "Failed pairs"
@@ -220,25 +257,39 @@ def render_study(records: list[dict], page_dir: str, *, settings: dict | None = 
             error = f'<div class="error" title="{escape(r["error"])}">{escape(short)}</div>'
 
         cls = "failed" if r.get("status") == "failed" else "outlier" if flagged_by[k] else ""
-        body.append(f'<tr class="{cls}" data-pair="{escape(labels[k])}" data-status="{status}">'
-                    f'<td data-value="{escape(labels[k])}">{name}</td><td data-value="{status}">{status}</td>'
-                    f"<td>{thumb}</td>{cells}<td data-value=\"{escape(', '.join(flagged_by[k]))}\" class=flag>"
-                    f"{escape(', '.join(flagged_by[k]))}</td>"
-                    f"<td class=legend><code>{escape(os.path.basename(str(r.get('moving'))))}</code> → "
-                    f"<code>{escape(os.path.basename(str(r.get('fixed'))))}</code>{error}</td></tr>")
-    parts.append(f'<h2>All pairs</h2><p class="legend">Click a column title to sort. Each pair links to its report.</p>'
-                 f'<div class="wide"><table class="study" id="pairs"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>')
+        body.append(
+            f'<tr class="{cls}" data-pair="{escape(labels[k])}" data-status="{status}">'
+            f'<td data-value="{escape(labels[k])}">{name}</td><td data-value="{status}">{status}</td>'
+            f'<td>{thumb}</td>{cells}<td data-value="{escape(", ".join(flagged_by[k]))}" class=flag>'
+            f"{escape(', '.join(flagged_by[k]))}</td>"
+            f"<td class=legend><code>{escape(os.path.basename(str(r.get('moving'))))}</code> → "
+            f"<code>{escape(os.path.basename(str(r.get('fixed'))))}</code>{error}</td></tr>"
+        )
+    parts.append(
+        f'<h2>All pairs</h2><p class="legend">Click a column title to sort. Each pair links to its report.</p>'
+        f'<div class="wide"><table class="study" id="pairs"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
     shown = {k: v for k, v in (settings or {}).items() if v not in (None, "", ())}
-    parts.append("<h2>How it was run</h2><table>" + _html.rows(
-        [(k, escape(json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)) for k, v in shown.items()]
-        + [("report drawn by", f"ilex {escape(__version__)}")]) + "</table>")
+    parts.append(
+        "<h2>How it was run</h2><table>"
+        + _html.rows(
+            [(k, escape(json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)) for k, v in shown.items()]
+            + [("report drawn by", f"ilex {escape(__version__)}")]
+        )
+        + "</table>"
+    )
     parts.append("<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>")
     return _html.page(title, "\n".join(parts), _SORT_SCRIPT)
 
 
-def write_study_report(records, path: str | os.PathLike, *, settings: dict | None = None,
-                       rounds: dict[str, list[float]] | str | os.PathLike | None = None,
-                       title: str = "Study report") -> str:
+def write_study_report(
+    records,
+    path: str | os.PathLike,
+    *,
+    settings: dict | None = None,
+    rounds: dict[str, list[float]] | str | os.PathLike | None = None,
+    title: str = "Study report",
+) -> str:
     """Write the study page for `records` (`PairRecord`s or their dicts) to `path`, atomically;
     returns `path`. `rounds` is a template's convergence table (`read_rounds`' dict, or the path
     of its rounds.csv); when given, the page adds the convergence plot."""

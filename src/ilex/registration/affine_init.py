@@ -116,7 +116,9 @@ def _itk_text(text: str) -> np.ndarray:
     for key in ("Parameters", "FixedParameters"):
         if len(fields.get(key, [])) != 1:
             raise ValueError(f"expected one '{key}:' line, found {len(fields.get(key, []))}")
-    return _itk_matrix(_numbers(fields["Parameters"][0], "Parameters"), _numbers(fields["FixedParameters"][0], "FixedParameters"))
+    return _itk_matrix(
+        _numbers(fields["Parameters"][0], "Parameters"), _numbers(fields["FixedParameters"][0], "FixedParameters")
+    )
 
 
 def _itk_mat(path: str) -> np.ndarray:

@@ -28,7 +28,9 @@ def _warp_image(data, disp, target_affine, world_to_image, method: str, fill):
     return sample_image(data, apply_matrix(world_to_image, world), method, fill)
 
 
-def apply_warp(warp: Warp, image: Image, method: str = "linear", fill: float = 0.0, dtype: str = "float32") -> np.ndarray:
+def apply_warp(
+    warp: Warp, image: Image, method: str = "linear", fill: float = 0.0, dtype: str = "float32"
+) -> np.ndarray:
     """`image` resampled onto the warp's target grid: voxel p takes the value at world `A p + d(p)`.
 
     `method` is "linear" or "nearest" (label maps); integer `dtype`s round to nearest, clipped
@@ -51,8 +53,15 @@ def apply_warp(warp: Warp, image: Image, method: str = "linear", fill: float = 0
     return out.astype(dtype)
 
 
-def apply_affine(ras_moving_to_fixed: np.ndarray, image: Image, target_affine: np.ndarray, target_shape,
-                 method: str = "linear", fill: float = 0.0, dtype: str = "float32") -> np.ndarray:
+def apply_affine(
+    ras_moving_to_fixed: np.ndarray,
+    image: Image,
+    target_affine: np.ndarray,
+    target_shape,
+    method: str = "linear",
+    fill: float = 0.0,
+    dtype: str = "float32",
+) -> np.ndarray:
     """`image` resampled onto a target grid through a world matrix (moving RAS -> fixed RAS, as an LTA
     stores it): target voxel p takes the value at world `inv(M) A p`."""
     grid = voxel_grid(tuple(int(n) for n in target_shape))
@@ -103,8 +112,14 @@ def load_transform(path: str | os.PathLike, reference=None, header_only: bool = 
     return SavedTransform(path, matrix=ras, target_affine=geometry[0], target_shape=tuple(geometry[1]))
 
 
-def apply_saved(transform: SavedTransform, image: Image, method: str = "linear", fill: float = 0.0,
-                dtype: str = "float32", header_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def apply_saved(
+    transform: SavedTransform,
+    image: Image,
+    method: str = "linear",
+    fill: float = 0.0,
+    dtype: str = "float32",
+    header_only: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """(voxels, vox2ras) of `image` moved by `transform`: resampled onto its target grid or, with
     `header_only`, the same voxels under a new vox2ras."""
     if transform.warp is not None:
@@ -115,8 +130,16 @@ def apply_saved(transform: SavedTransform, image: Image, method: str = "linear",
     return data, transform.target_affine
 
 
-def apply(transform: str | os.PathLike, image, *, method: str = "linear", fill: float = 0.0, dtype: str = "float32",
-          reference=None, header_only: bool = False) -> nib.Nifti1Image:
+def apply(
+    transform: str | os.PathLike,
+    image,
+    *,
+    method: str = "linear",
+    fill: float = 0.0,
+    dtype: str = "float32",
+    reference=None,
+    header_only: bool = False,
+) -> nib.Nifti1Image:
     """`image` (a path, a nibabel image or an ilex `Image`) moved through the transform file `transform`
     (what `ilex register -t/-T` or `mri_synthmorph` wrote; see `load_transform`), as a nibabel image on
     the target grid: `nib.save(ilex.apply("warp.nii.gz", "aseg.mgz", method="nearest", dtype="int32"), ...)`.

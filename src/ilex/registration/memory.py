@@ -24,6 +24,8 @@ _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth aliv
 # image; its first layer's full-width output dominates. Fitted to one measurement, 9.5 GB peak RSS
 # of `register -m joint` at extent 256 (detector alone: 8.2 GB; bench/results/cpu_joint_256.json), with a margin.
 _DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0
+
+
 def runs_detector(method) -> bool:
     """Whether `method` (a name or an abbreviation of one, as `-m` takes it, or a Method object) runs the affine detector."""
     from .methods import method_info
@@ -49,8 +51,10 @@ def available_bytes() -> float:
     import psutil
 
     available = float(psutil.virtual_memory().available)
-    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             with open(limit_file) as f:
                 limit = f.read().strip()
@@ -73,8 +77,11 @@ def check_memory(extent: int, width: int = 256, available: float | None = None, 
     if need <= available:
         return need
     smaller = [e for e in range(extent - 32, 31, -32) if estimate_peak_bytes(e, width, detector) <= available]
-    hint = (f"try -e {smaller[0]} (about {estimate_peak_bytes(smaller[0], width, detector) / 1e9:.1f} GB)" if smaller
-            else "free some memory")
+    hint = (
+        f"try -e {smaller[0]} (about {estimate_peak_bytes(smaller[0], width, detector) / 1e9:.1f} GB)"
+        if smaller
+        else "free some memory"
+    )
     raise OptionError(
         f"-e {extent}: this registration needs about {need / 1e9:.1f} GB of memory but only {available / 1e9:.1f} GB "
         f"is available; {hint}, or pass --no-memory-check to try anyway"

@@ -99,4 +99,6 @@ def to_network(image: Image, net_to_vox: np.ndarray, extent: int, clip_percentil
     what any FreeSurfer release does. An image with no signal in the network field of view
     gives 0/0 here; the pipeline checks for it before the network runs.
     """
-    return _resample_normalised(jnp.asarray(image.data, jnp.float32), np.asarray(net_to_vox, np.float32), extent, clip_percentile)
+    return _resample_normalised(
+        jnp.asarray(image.data, jnp.float32), np.asarray(net_to_vox, np.float32), extent, clip_percentile
+    )

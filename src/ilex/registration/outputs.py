@@ -66,7 +66,9 @@ def outputs_complete(outputs: Mapping[str, str | os.PathLike | None]) -> bool:
     return bool(files) and all(os.path.isfile(f) for _, f in files)
 
 
-def check_outputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str | os.PathLike] = {}) -> None:
+def check_outputs(
+    outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str | os.PathLike] = {}
+) -> None:
     """Refuse, before any work, outputs that would overwrite an input (`inputs`: name -> path) or
     each other, images (`out_moving`, `out_fixed`) of an unknown format, and outputs whose
     directory cannot be made or written (`OptionError`/`FileProblem`). Every output's directory
@@ -106,15 +108,21 @@ def check_creatable(option: str, directory: str) -> None:
         raise OptionError(f"{option} {directory}: cannot create it ({ancestor} is not a writable directory)")
 
 
-def check_transform_outputs(outputs: Mapping[str, str | os.PathLike | None], method: str, header_only: bool = False,
-                            warp_format: str = "freesurfer") -> None:
+def check_transform_outputs(
+    outputs: Mapping[str, str | os.PathLike | None],
+    method: str,
+    header_only: bool = False,
+    warp_format: str = "freesurfer",
+) -> None:
     """Refuse transform names and `-H` that `method` cannot produce (a warp method has no matrix)."""
     from ..image.matrix_io import matrix_format
     from .methods import method_info
 
     is_matrix = method_info(method).yields_matrix
     if header_only and not is_matrix:
-        raise OptionError(f"header-only output is for the affine and rigid methods, not {method}", argument="header_only")
+        raise OptionError(
+            f"header-only output is for the affine and rigid methods, not {method}", argument="header_only"
+        )
     for kind in ("trans", "inverse"):
         path = outputs.get(kind)
         if not path:
@@ -127,12 +135,21 @@ def check_transform_outputs(outputs: Mapping[str, str | os.PathLike | None], met
         warps = (".nii.gz", ".nii") if warp_format == "itk" else IMAGE_SUFFIXES
         if not fmt and not os.fspath(path).lower().endswith(warps):
             matrices = " (or .lta, .txt, .tfm for a matrix)" if is_matrix else ""
-            raise OptionError(f"{flag} {path}: unknown warp format; name it {', '.join(warps)}{matrices}"
-                              + (" (the ITK warp format is NIfTI only)" if warp_format == "itk" else ""))
+            raise OptionError(
+                f"{flag} {path}: unknown warp format; name it {', '.join(warps)}{matrices}"
+                + (" (the ITK warp format is NIfTI only)" if warp_format == "itk" else "")
+            )
 
 
-def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, warp_format: str = "freesurfer",
-                  report=None, settings: Mapping | None = None, header_only: bool = False) -> list[str]:
+def write_outputs(
+    result,
+    outputs: Mapping[str, str | os.PathLike | None],
+    *,
+    warp_format: str = "freesurfer",
+    report=None,
+    settings: Mapping | None = None,
+    header_only: bool = False,
+) -> list[str]:
     """Write `result`'s (a `Registration`) outputs named in `outputs` (kind -> path, see the module
     docstring; None or '' skips a kind); returns the files written.
 
@@ -150,8 +167,11 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
     path = {kind: os.fspath(p) for kind, p in outputs.items() if p}
     moving, fixed = result.moving, result.fixed
     if "out_dir" in path and result.inputs is None:
-        raise OptionError("the network inputs were not kept; register with keep_inputs=True", argument="out_dir",
-                          value=path["out_dir"])
+        raise OptionError(
+            "the network inputs were not kept; register with keep_inputs=True",
+            argument="out_dir",
+            value=path["out_dir"],
+        )
     if "out_dir" in path:
         os.makedirs(path["out_dir"], exist_ok=True)  # as mri_synthmorph; its files land with the rest
     for _, file in files:  # every output's directory, as -d's (its files land with the rest)
@@ -161,8 +181,13 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
         if "qc" in path:
             from ..qc import quality_report, write_qc
 
-            write_qc(path["qc"], result, report if report is not None else quality_report(result),
-                     {**(settings or {}), "warp_format": warp_format}, moved)
+            write_qc(
+                path["qc"],
+                result,
+                report if report is not None else quality_report(result),
+                {**(settings or {}), "warp_format": warp_format},
+                moved,
+            )
         if "out_moving" in path:
             if header_only:
                 save_image(path["out_moving"], moving.data, result.moved_header())
@@ -187,6 +212,6 @@ def write_outputs(result, outputs: Mapping[str, str | os.PathLike | None], *, wa
         if "out_dir" in path:
             # Each input with its own network geometry, as mri_synthmorph writes them.
             geometries = (moving.affine @ result.space.net_to_mov, fixed.affine @ result.space.net_to_fix)
-            for k, (data, geometry) in enumerate(zip(result.inputs, geometries), 1):
+            for k, (data, geometry) in enumerate(zip(result.inputs, geometries, strict=False), 1):
                 save_image(os.path.join(path["out_dir"], f"inp_{k}.mgz"), np.asarray(data), geometry)
     return [f for _, f in files]

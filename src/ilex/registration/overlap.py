@@ -43,7 +43,9 @@ def shared_content(image: Image, to_other_vox: np.ndarray, other_shape) -> float
     return float(inside.mean())
 
 
-def check_overlap(moving: Image, fixed: Image, mov_to_fix_vox: np.ndarray, *, centred: bool = False) -> tuple[float, float]:
+def check_overlap(
+    moving: Image, fixed: Image, mov_to_fix_vox: np.ndarray, *, centred: bool = False
+) -> tuple[float, float]:
     """Raise `ImageFileError` when moving and fixed barely share any content; else return both fractions.
 
     `mov_to_fix_vox` is where the method starts from: world space, or, for methods that centre
@@ -60,7 +62,10 @@ def check_overlap(moving: Image, fixed: Image, mov_to_fix_vox: np.ndarray, *, ce
             f"{'even with each centred on its own field of view' if centred else 'in world space'}: "
             f"{moving_in_fixed:.0%} of the moving image's content lies inside the fixed field of view and "
             f"{fixed_in_moving:.0%} of the fixed image's inside the moving one (at least {MIN_SHARED_CONTENT:.0%} needed); "
-            + ("pass an initial affine with -i" if centred else
-               "align them affinely first (e.g. -m affine, which centres each image on itself) and pass the transform with -i"),
+            + (
+                "pass an initial affine with -i"
+                if centred
+                else "align them affinely first (e.g. -m affine, which centres each image on itself) and pass the transform with -i"
+            ),
         )
     return moving_in_fixed, fixed_in_moving

@@ -105,34 +105,50 @@ class Registration:
 
     @cached_property
     def forward(self) -> np.ndarray:
-        return np.asarray(_to_ras(self.forward_vox, self.moving.affine.astype(np.float32), self.fixed.affine.astype(np.float32)))
+        return np.asarray(
+            _to_ras(self.forward_vox, self.moving.affine.astype(np.float32), self.fixed.affine.astype(np.float32))
+        )
 
     @cached_property
     def inverse(self) -> np.ndarray:
-        return np.asarray(_to_ras(self.inverse_vox, self.fixed.affine.astype(np.float32), self.moving.affine.astype(np.float32)))
+        return np.asarray(
+            _to_ras(self.inverse_vox, self.fixed.affine.astype(np.float32), self.moving.affine.astype(np.float32))
+        )
 
     def moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
         """The moving image on the fixed grid (`-o`): a float32 NIfTI image with the fixed
         image's voxel-to-RAS matrix, ready for `nib.save` (`np.asarray(img.dataobj)`: the voxels).
         `method`: "linear" or "nearest" (labels); `fill`: the value outside the moving image."""
-        return _image(_resample(jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method,
-                                jnp.float32(fill)), self.fixed.affine)
+        return _image(
+            _resample(
+                jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method, jnp.float32(fill)
+            ),
+            self.fixed.affine,
+        )
 
     def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
         """The fixed image on the moving grid (`-O`), with the moving image's matrix (as `moved`)."""
-        return _image(_resample(jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method,
-                                jnp.float32(fill)), self.moving.affine)
+        return _image(
+            _resample(
+                jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method, jnp.float32(fill)
+            ),
+            self.moving.affine,
+        )
 
     def moved_header(self) -> np.ndarray:
         """`-H` for matrix methods: the moving image's new voxel-to-RAS matrix (voxels unchanged)."""
         if not self.is_matrix:
-            raise OptionError("header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only")
+            raise OptionError(
+                "header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only"
+            )
         return self.affine @ self.moving.affine
 
     def fixed_header(self) -> np.ndarray:
         """`-H` with `-O`: the fixed image's new voxel-to-RAS matrix."""
         if not self.is_matrix:
-            raise OptionError("header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only")
+            raise OptionError(
+                "header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only"
+            )
         return np.linalg.inv(self.affine) @ self.fixed.affine
 
 
@@ -161,8 +177,11 @@ def check_options(hyper: float, steps: int, extent: int) -> None:
     check_hyper(hyper)
     check_steps(steps)
     if extent < 32 or extent % 32:
-        raise OptionError("the extent must be a positive multiple of 32 (256 default, 192 to save memory)", argument="extent",
-                          value=extent)
+        raise OptionError(
+            "the extent must be a positive multiple of 32 (256 default, 192 to save memory)",
+            argument="extent",
+            value=extent,
+        )
 
 
 @jax.jit(static_argnames=("steps", "scale", "identity_pre"))
@@ -187,8 +206,16 @@ def network_fields(transform: NetworkTransform, steps: int) -> tuple[jax.Array, 
     identity_pre = all(m is None or np.array_equal(m, np.eye(4)) for m in (fw_pre, bw_pre))
     eye = np.eye(4)
     as32 = lambda m: np.asarray(eye if m is None else m, np.float32)
-    fw, bw = _network_fields(transform.velocity, as32(fw_pre), as32(fw_post), as32(bw_pre), as32(bw_post),
-                             steps, transform.scale, identity_pre)
+    fw, bw = _network_fields(
+        transform.velocity,
+        as32(fw_pre),
+        as32(fw_post),
+        as32(bw_pre),
+        as32(bw_post),
+        steps,
+        transform.scale,
+        identity_pre,
+    )
     return fw, bw
 
 
@@ -249,11 +276,14 @@ def register(
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
         fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
         try:
-            space = network_space(moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed,
-                                  mid_space=mid_space)
+            space = network_space(
+                moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed, mid_space=mid_space
+            )
         except ValueError as e:
             raise OptionError(str(e), argument="mid_space") from None
-        check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None)
+        check_overlap(
+            moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None
+        )
         mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
         fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
         _check_contrast(moving, fixed, mov_net, fix_net)
@@ -264,9 +294,17 @@ def register(
             fw.block_until_ready()
     inputs = (np.asarray(mov_net), np.asarray(fix_net)) if keep_inputs else None
     del mov_net, fix_net
-    result = Registration(moving, fixed, space, method.name, transform, inputs,
-                          stages.times, {} if transform.is_matrix else {"forward": fw, "inverse": bw},
-                          memory=stages.memory)
+    result = Registration(
+        moving,
+        fixed,
+        space,
+        method.name,
+        transform,
+        inputs,
+        stages.times,
+        {} if transform.is_matrix else {"forward": fw, "inverse": bw},
+        memory=stages.memory,
+    )
     if not transform.is_matrix:
         with stages("compose", "forward warp in native space"):
             _ = result.forward_vox  # every output but -T/-O needs it; the inverse waits until asked for

@@ -62,8 +62,18 @@ class Registrar:
     result, the optimiser's chosen similarity included, is its own).
     """
 
-    def __init__(self, model=None, *, method=None, hyper: float | None = None, steps: int | None = None,
-                 extent: int = 256, algorithm: str | None = None, clip_percentile: float | None = None, **options):
+    def __init__(
+        self,
+        model=None,
+        *,
+        method=None,
+        hyper: float | None = None,
+        steps: int | None = None,
+        extent: int = 256,
+        algorithm: str | None = None,
+        clip_percentile: float | None = None,
+        **options,
+    ):
         check_options(0.5 if hyper is None else hyper, 7 if steps is None else steps, extent)
         self.model = model
         self.method = method
@@ -78,8 +88,7 @@ class Registrar:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_weights(cls, weights=None, *, prepare: Iterable[tuple] | None = None,
-                     **kwargs) -> Registrar:
+    def from_weights(cls, weights=None, *, prepare: Iterable[tuple] | None = None, **kwargs) -> Registrar:
         """Load `weights` (bundle directory, Hugging Face repo id, or FreeSurfer .h5; a list of
         them for methods that take several models; default as `ilex register`'s default,
         `-m joint`: synthmorph.affine.2.h5 and synthmorph.deform.3.h5 from $FREESURFER_HOME,
@@ -140,14 +149,28 @@ class Registrar:
             if key not in self._methods:
                 if self.model is None and (method is None or method_info(method).weight_files):  # needs a model
                     ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h, _ in self._methods) or "none"
-                    raise OptionError(f"no model loaded for method {method or 'default'} at this λ (prepared: {ready})",
-                                      argument="hyper", value=hyper)
-                self._methods[key] = as_method(self.model, method, hyper=hyper, steps=self.steps,
-                                               algorithm=self.algorithm, **dict(key[2]))
+                    raise OptionError(
+                        f"no model loaded for method {method or 'default'} at this λ (prepared: {ready})",
+                        argument="hyper",
+                        value=hyper,
+                    )
+                self._methods[key] = as_method(
+                    self.model, method, hyper=hyper, steps=self.steps, algorithm=self.algorithm, **dict(key[2])
+                )
             return self._methods[key]
 
-    def register(self, moving, fixed, *, method=None, hyper: float | None = None, init=None,
-                 stages=None, keep_inputs: bool = False, **options) -> Registration:
+    def register(
+        self,
+        moving,
+        fixed,
+        *,
+        method=None,
+        hyper: float | None = None,
+        init=None,
+        stages=None,
+        keep_inputs: bool = False,
+        **options,
+    ) -> Registration:
         """Register `moving` onto `fixed` (paths, nibabel images or `Image`s); nothing is written.
 
         `init` is an initial affine, moving to fixed: a file (LTA, ITK .txt/.tfm, .mat) or a 4x4
@@ -160,12 +183,22 @@ class Registrar:
         moving = as_image(moving, "moving image")
         fixed = as_image(fixed, "fixed image")
         if init is not None and not isinstance(init, np.ndarray):
-            init = read_initial_affine(os.fspath(init), moving.affine, fixed.affine, moving_shape=moving.shape,
-                                       fixed_shape=fixed.shape)
+            init = read_initial_affine(
+                os.fspath(init), moving.affine, fixed.affine, moving_shape=moving.shape, fixed_shape=fixed.shape
+            )
         chosen = self.method_for(method, hyper, **options)
-        return register(moving, fixed, None, method=chosen, steps=getattr(chosen, "steps", self.steps),
-                        extent=self.extent, init_vox=init, clip_percentile=self.clip_percentile, stages=stages,
-                        keep_inputs=keep_inputs)
+        return register(
+            moving,
+            fixed,
+            None,
+            method=chosen,
+            steps=getattr(chosen, "steps", self.steps),
+            extent=self.extent,
+            init_vox=init,
+            clip_percentile=self.clip_percentile,
+            stages=stages,
+            keep_inputs=keep_inputs,
+        )
 
     def network_width(self) -> int:
         """The widest layer (channels) of the prepared U-Nets and the loaded model; 256 if unknown."""

@@ -40,8 +40,18 @@ from .shape import (
 )
 from .shape import sharpen as sharpen_image
 
-ROUND_COLUMNS = ("round", "mean_displacement_mm", "max_displacement_mm", "mean_similarity", "template_change",
-                 "averaged", "failed", "seconds", "reduce_seconds", "peak_memory_gib")
+ROUND_COLUMNS = (
+    "round",
+    "mean_displacement_mm",
+    "max_displacement_mm",
+    "mean_similarity",
+    "template_change",
+    "averaged",
+    "failed",
+    "seconds",
+    "reduce_seconds",
+    "peak_memory_gib",
+)
 STATE_VERSION = 1
 
 
@@ -77,16 +87,26 @@ class TemplateSettings:
         from ..registration.methods import needs_prior_affine
 
         if needs_prior_affine(self.method) and not (isinstance(self.weights, tuple) and len(self.weights) == 2):
-            raise OptionError(f"-m {self.method}: each round starts with an affine stage, which needs SynthMorph's affine "
-                              "weights too: give -w AFFINE -w DEFORM (as for joint)")
+            raise OptionError(
+                f"-m {self.method}: each round starts with an affine stage, which needs SynthMorph's affine "
+                "weights too: give -w AFFINE -w DEFORM (as for joint)"
+            )
 
     def batch(self, method=None):
         """The `BatchSettings` of a round's registrations (intermediate warps in FreeSurfer's format)."""
         from ..batch import BatchSettings
 
-        return BatchSettings(weights=self.weights, method=self.method if method is None else method, hyper=self.hyper,
-                             steps=self.steps, extent=self.extent, algorithm=self.algorithm,
-                             clip_percentile=self.clip_percentile, gpu=self.gpu, compilation_cache=self.compilation_cache)
+        return BatchSettings(
+            weights=self.weights,
+            method=self.method if method is None else method,
+            hyper=self.hyper,
+            steps=self.steps,
+            extent=self.extent,
+            algorithm=self.algorithm,
+            clip_percentile=self.clip_percentile,
+            gpu=self.gpu,
+            compilation_cache=self.compilation_cache,
+        )
 
     def affine_method(self):
         """The method of the affine stage: the weights' affine detector when they have one, else the
@@ -153,8 +173,11 @@ def _fingerprint(inputs: list[TemplateInput], settings: TemplateSettings, initia
         st = os.stat(path)
         return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
-    what = {"inputs": [[i.id, *stamp(i.path), i.init and stamp(i.init)] for i in inputs],
-            "initial": initial and stamp(initial), "settings": asdict(settings)}
+    what = {
+        "inputs": [[i.id, *stamp(i.path), i.init and stamp(i.init)] for i in inputs],
+        "initial": initial and stamp(initial),
+        "settings": asdict(settings),
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -169,13 +192,18 @@ def _write_rounds_csv(path: str, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, ROUND_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row[k], float) else row[k])
-                             for k in ROUND_COLUMNS})
+            writer.writerow(
+                {
+                    k: ("" if row.get(k) is None else round(row[k], 6) if isinstance(row[k], float) else row[k])
+                    for k in ROUND_COLUMNS
+                }
+            )
 
 
 class _Builder:
-    def __init__(self, inputs, outdir, settings: TemplateSettings, initial, keep_rounds, client, log, progress,
-                 on_round):
+    def __init__(
+        self, inputs, outdir, settings: TemplateSettings, initial, keep_rounds, client, log, progress, on_round
+    ):
         self.inputs = inputs
         self.outdir = outdir
         self.settings = settings
@@ -204,8 +232,10 @@ class _Builder:
         with open(self.state_path, encoding="utf-8") as f:
             state = json.load(f)
         if state.get("fingerprint") != fingerprint:
-            raise OptionError(f"{self.outdir}: holds a template built from other images or settings (state.json); "
-                              "choose another output directory, or remove it to start again")
+            raise OptionError(
+                f"{self.outdir}: holds a template built from other images or settings (state.json); "
+                "choose another output directory, or remove it to start again"
+            )
         return state
 
     def commit(self, state: dict, k: int, row: dict | None) -> None:
@@ -235,15 +265,18 @@ class _Builder:
             registrar = self._registrars.get(name)
             if registrar is None:
                 registrar = self._registrars[name] = settings.registrar(pairs)
-        return run_batch(pairs, settings, client=self.client, progress=self.progress, registrar=registrar,
-                         memory_bytes=memory)
+        return run_batch(
+            pairs, settings, client=self.client, progress=self.progress, registrar=registrar, memory_bytes=memory
+        )
 
     def report_failures(self, k: int, records) -> list[str]:
         failed = []
         for r in records:
             if r.status == "failed":
                 failed.append(r.pair)
-                self.log(f"ilex template: round {k}: {r.pair} ({r.moving}) failed and is left out of the average: {r.error}")
+                self.log(
+                    f"ilex template: round {k}: {r.pair} ({r.moving}) failed and is left out of the average: {r.error}"
+                )
         return failed
 
     # -- round 0: the affine average -----------------------------------------------------------------
@@ -263,8 +296,18 @@ class _Builder:
         method = self.settings.affine_method()
         directory = self.round_dir(0)
         os.makedirs(os.path.join(directory, "warps"), exist_ok=True)
-        pairs = [Pair(k, item.path, reference.path, {"trans": os.path.join(directory, "warps", f"{item.id}.nii.gz")},
-                      init=item.init, id=item.id) for k, item in enumerate(self.inputs) if k > 0]
+        pairs = [
+            Pair(
+                k,
+                item.path,
+                reference.path,
+                {"trans": os.path.join(directory, "warps", f"{item.id}.nii.gz")},
+                init=item.init,
+                id=item.id,
+            )
+            for k, item in enumerate(self.inputs)
+            if k > 0
+        ]
         records = self.run(pairs, method, "affine") if method is not None else []
         failed = self.report_failures(0, records)
         mask = head_mask(reference.data)
@@ -279,8 +322,9 @@ class _Builder:
             if record is None:
                 matrix = np.eye(4)  # no affine stage available: the plain average on the first image's grid
             else:
-                matrix = fit_affine(load_warp(pair.outputs["trans"]).displacement, reference.affine,
-                                    np.ones(reference.shape, bool))
+                matrix = fit_affine(
+                    load_warp(pair.outputs["trans"]).displacement, reference.affine, np.ones(reference.shape, bool)
+                )
             matrices[item.id] = matrix
             mean.add_matrix(matrix)
         if len(matrices) < 2:
@@ -300,14 +344,22 @@ class _Builder:
             template = sharpen_image(template)
         ref = normalised(reference.data)
         similarity = float(np.mean([correlation(a, ref, mask) for a in aligned[1:]])) if len(aligned) > 1 else None
-        size = np.linalg.norm(_world_displacement(matrix_power(mean.mean_log, 1.0), reference.affine, reference.shape)[mask],
-                              axis=-1)
+        size = np.linalg.norm(
+            _world_displacement(matrix_power(mean.mean_log, 1.0), reference.affine, reference.shape)[mask], axis=-1
+        )
         save_image(self.template_path(0), template, reference.affine)
         state["affines_round0"] = {key: m.tolist() for key, m in matrices.items()}
-        row = {"round": 0, "mean_displacement_mm": float(size.mean()), "max_displacement_mm": float(size.max()),
-               "mean_similarity": similarity, "template_change": None, "averaged": len(matrices),
-               "failed": " ".join(failed), "seconds": time.perf_counter() - start,
-               "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records), default=None)}
+        row = {
+            "round": 0,
+            "mean_displacement_mm": float(size.mean()),
+            "max_displacement_mm": float(size.max()),
+            "mean_similarity": similarity,
+            "template_change": None,
+            "averaged": len(matrices),
+            "failed": " ".join(failed),
+            "seconds": time.perf_counter() - start,
+            "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records), default=None),
+        }
         self.commit(state, 0, row)
         self.announce(row, 0)
 
@@ -315,9 +367,11 @@ class _Builder:
         similarity = "n/a" if row["mean_similarity"] is None else f"{row['mean_similarity']:.4f}"
         change = "" if row["template_change"] is None else f", template change {100 * row['template_change']:.2f} %"
         total = f"/{rounds}" if rounds else " (affine average)"
-        self.log(f"ilex template: round {row['round']}{total}: {row['averaged']} averaged, "
-                 f"{len(row['failed'].split()) if row['failed'] else 0} failed; mean transform {row['mean_displacement_mm']:.3f} mm "
-                 f"(max {row['max_displacement_mm']:.3f} mm); similarity {similarity}{change}; {row['seconds']:.1f} s")
+        self.log(
+            f"ilex template: round {row['round']}{total}: {row['averaged']} averaged, "
+            f"{len(row['failed'].split()) if row['failed'] else 0} failed; mean transform {row['mean_displacement_mm']:.3f} mm "
+            f"(max {row['max_displacement_mm']:.3f} mm); similarity {similarity}{change}; {row['seconds']:.1f} s"
+        )
         if self.on_round is not None:
             self.on_round(row)
 
@@ -338,14 +392,25 @@ class _Builder:
         records_before = []
         if self._needs_affine_stage():
             os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
-            stage = [Pair(j, item.path, previous.path, {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
-                          init=item.init, id=item.id) for j, item in enumerate(self.inputs)]
+            stage = [
+                Pair(
+                    j,
+                    item.path,
+                    previous.path,
+                    {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
+                    init=item.init,
+                    id=item.id,
+                )
+                for j, item in enumerate(self.inputs)
+            ]
             records_before = self.run(stage, "affine", "affine")
             inits = {r.pair: (r.outputs["trans"] if r.status != "failed" else None) for r in records_before}
         pairs = []
         for j, item in enumerate(self.inputs):
-            outputs = {"out_moving": os.path.join(directory, "moved", f"{item.id}.nii.gz"),
-                       "trans": os.path.join(directory, "warps", f"{item.id}.nii.gz")}
+            outputs = {
+                "out_moving": os.path.join(directory, "moved", f"{item.id}.nii.gz"),
+                "trans": os.path.join(directory, "warps", f"{item.id}.nii.gz"),
+            }
             if final:
                 outputs["inverse"] = os.path.join(directory, "inverse", f"{item.id}.nii.gz")
                 outputs["qc"] = self.path("qc", item.id)
@@ -361,12 +426,14 @@ class _Builder:
         reducing = time.perf_counter()
         done = [(item, pair) for item, pair, r in zip(self.inputs, pairs, records, strict=True) if r.status != "failed"]
         if len(done) < 2:
-            raise IlexError(f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)")
+            raise IlexError(
+                f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)"
+            )
         mask = head_mask(previous.data)
         mean = MeanTransform(previous.affine, mask)
         total = np.zeros(previous.shape, np.float32)
         similarities = []
-        for item, pair in done:
+        for _item, pair in done:
             mean.add(load_warp(pair.outputs["trans"]).displacement)
             moved = normalised(load_image(pair.outputs["out_moving"], what="moved image", check_values=False).data)
             similarities.append(correlation(moved, previous.data, mask))
@@ -376,10 +443,17 @@ class _Builder:
         if self.settings.sharpen:
             template = sharpen_image(template)
         mean_mm, max_mm = update.mean_displacement(mask)
-        row = {"round": k, "mean_displacement_mm": mean_mm, "max_displacement_mm": max_mm,
-               "mean_similarity": float(np.mean(similarities)), "template_change": relative_change(template, previous.data, mask),
-               "averaged": len(done), "failed": " ".join(failed), "seconds": 0.0,
-               "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records + records_before), default=None)}
+        row = {
+            "round": k,
+            "mean_displacement_mm": mean_mm,
+            "max_displacement_mm": max_mm,
+            "mean_similarity": float(np.mean(similarities)),
+            "template_change": relative_change(template, previous.data, mask),
+            "averaged": len(done),
+            "failed": " ".join(failed),
+            "seconds": 0.0,
+            "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records + records_before), default=None),
+        }
         with output_batch():
             save_image(self.template_path(k), template, previous.affine)
             if final:
@@ -415,11 +489,20 @@ class _Builder:
             inverse = update.inverse(load_warp(pair.outputs["inverse"]).displacement, image.affine)
             moved = update.image(load_image(pair.outputs["out_moving"], what="moved image", check_values=False).data)
             matrix = np.linalg.inv(fit_affine(forward, previous.affine, mask))  # image RAS -> template RAS
-            paths = {"forward": os.path.join(folder, "warp.nii.gz"), "inverse": os.path.join(folder, "inverse.nii.gz"),
-                     "moved": os.path.join(folder, "moved.nii.gz"),
-                     "affine": os.path.join(folder, "affine.txt" if itk else "affine.lta")}
-            save_warp(paths["forward"], Warp(forward, previous.affine, image.affine, image.shape), self.settings.warp_format)
-            save_warp(paths["inverse"], Warp(inverse, image.affine, previous.affine, previous.shape), self.settings.warp_format)
+            paths = {
+                "forward": os.path.join(folder, "warp.nii.gz"),
+                "inverse": os.path.join(folder, "inverse.nii.gz"),
+                "moved": os.path.join(folder, "moved.nii.gz"),
+                "affine": os.path.join(folder, "affine.txt" if itk else "affine.lta"),
+            }
+            save_warp(
+                paths["forward"], Warp(forward, previous.affine, image.affine, image.shape), self.settings.warp_format
+            )
+            save_warp(
+                paths["inverse"],
+                Warp(inverse, image.affine, previous.affine, previous.shape),
+                self.settings.warp_format,
+            )
             save_image(paths["moved"], moved, previous.affine)
             save_matrix(paths["affine"], matrix, image, template_image, "itk" if itk else "lta")
             folding = 100.0 * float(folding_fraction(jacobian_determinant(forward, previous.affine)))
@@ -435,8 +518,10 @@ class _Builder:
         fingerprint = _fingerprint(self.inputs, self.settings, self.initial)
         state = self.load_state(fingerprint)
         if state["completed"] > rounds:
-            raise OptionError(f"--rounds {rounds}: {self.outdir} already holds {state['completed']} rounds; "
-                              "ask for at least as many, or use another output directory")
+            raise OptionError(
+                f"--rounds {rounds}: {self.outdir} already holds {state['completed']} rounds; "
+                "ask for at least as many, or use another output directory"
+            )
         if state["completed"] >= 0:
             self.log(f"ilex template: resuming in {self.outdir} after round {state['completed']}")
         if state["completed"] < 0:
@@ -444,8 +529,10 @@ class _Builder:
         for k in range(state["completed"] + 1, rounds + 1):
             self.round(state, k, rounds)
         if state["completed"] == rounds and not os.path.isfile(self.path("template.nii.gz")):
-            raise IlexError(f"{self.outdir}: round {rounds} is complete but template.nii.gz is missing; remove state.json "
-                            "to start again")
+            raise IlexError(
+                f"{self.outdir}: round {rounds} is complete but template.nii.gz is missing; remove state.json "
+                "to start again"
+            )
         return self.result(state)
 
     def result(self, state: dict) -> TemplateResult:
@@ -455,8 +542,19 @@ class _Builder:
             if "error" in info:
                 images.append(TemplateImage(item.id, item.path, "failed", error=info["error"]))
             else:
-                images.append(TemplateImage(item.id, item.path, "done", info["forward"], info["inverse"], info["moved"],
-                                            info["affine"], info["matrix"], info["folding_percent"]))
+                images.append(
+                    TemplateImage(
+                        item.id,
+                        item.path,
+                        "done",
+                        info["forward"],
+                        info["inverse"],
+                        info["moved"],
+                        info["affine"],
+                        info["matrix"],
+                        info["folding_percent"],
+                    )
+                )
         return TemplateResult(self.path("template.nii.gz"), self.outdir, images, list(state["rounds"]))
 
 
@@ -478,12 +576,29 @@ def _world_displacement(matrix: np.ndarray, affine: np.ndarray, shape) -> np.nda
     return world @ matrix[:3, :3].T + matrix[:3, 3] - world
 
 
-def build_template(images, outdir: str | os.PathLike | None = None, *, method: str = "joint", weights=None,
-                   hyper: float = 0.5, steps: int = 7, extent: int = 256, rounds: int = 4, initial=None,
-                   step: float = 1.0, sharpen: bool = False, keep_rounds: bool = False, warp_format: str = "freesurfer",
-                   client=None, algorithm: str | None = None, clip_percentile: float | None = None,
-                   compilation_cache: bool = True, log: Callable[[str], None] | None = None, progress: bool = False,
-                   on_round: Callable[[dict], None] | None = None) -> TemplateResult:
+def build_template(
+    images,
+    outdir: str | os.PathLike | None = None,
+    *,
+    method: str = "joint",
+    weights=None,
+    hyper: float = 0.5,
+    steps: int = 7,
+    extent: int = 256,
+    rounds: int = 4,
+    initial=None,
+    step: float = 1.0,
+    sharpen: bool = False,
+    keep_rounds: bool = False,
+    warp_format: str = "freesurfer",
+    client=None,
+    algorithm: str | None = None,
+    clip_percentile: float | None = None,
+    compilation_cache: bool = True,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+) -> TemplateResult:
     """Build an unbiased template of `images` (paths, (id, path[, init]) tuples, or a CSV file).
 
     Each of `rounds` rounds registers every image to the current template with `method` ("joint",
@@ -507,8 +622,9 @@ def build_template(images, outdir: str | os.PathLike | None = None, *, method: s
     except ValueError as e:
         raise OptionError(str(e), argument="method", value=method) from None
     if method_info(method).yields_matrix:
-        raise OptionError("a template needs a method that gives a warp: joint, deform or optimize", argument="method",
-                          value=method)
+        raise OptionError(
+            "a template needs a method that gives a warp: joint, deform or optimize", argument="method", value=method
+        )
     if weights is None:
         # a method that needs prior alignment runs the affine detector first: it takes joint's two files
         weights = weights_for("joint" if needs_prior_affine(method) else method, None)
@@ -517,9 +633,20 @@ def build_template(images, outdir: str | os.PathLike | None = None, *, method: s
         weights = weights[0]
     if rounds < 1:
         raise OptionError("at least 1 round", argument="rounds", value=rounds)
-    settings = TemplateSettings(method=method, weights=weights, hyper=hyper, steps=steps, extent=extent, step=step,
-                                sharpen=sharpen, warp_format=warp_format, algorithm=algorithm,
-                                clip_percentile=clip_percentile, gpu=False, compilation_cache=compilation_cache)
+    settings = TemplateSettings(
+        method=method,
+        weights=weights,
+        hyper=hyper,
+        steps=steps,
+        extent=extent,
+        step=step,
+        sharpen=sharpen,
+        warp_format=warp_format,
+        algorithm=algorithm,
+        clip_percentile=clip_percentile,
+        gpu=False,
+        compilation_cache=compilation_cache,
+    )
     settings.check()
     inputs = as_inputs(images)
     initial = None if initial is None else os.path.abspath(os.fspath(initial))

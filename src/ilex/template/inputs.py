@@ -88,8 +88,13 @@ def as_inputs(images) -> list[TemplateInput]:
         if isinstance(item, TemplateInput):
             inputs.append(item)
         elif isinstance(item, (tuple, list)):
-            inputs.append(TemplateInput(_safe(str(item[0])), os.path.abspath(os.fspath(item[1])),
-                                        os.path.abspath(os.fspath(item[2])) if len(item) > 2 and item[2] else None))
+            inputs.append(
+                TemplateInput(
+                    _safe(str(item[0])),
+                    os.path.abspath(os.fspath(item[1])),
+                    os.path.abspath(os.fspath(item[2])) if len(item) > 2 and item[2] else None,
+                )
+            )
         else:
             inputs.append(TemplateInput("", os.path.abspath(os.fspath(item))))
     return _with_ids(inputs, None)

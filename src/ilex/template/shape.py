@@ -167,14 +167,20 @@ class ShapeUpdate:
         w = mean.mean_residual
         self.residual = np.zeros((*self.shape, 3), np.float32) if w is None else w
         self._residual_vox = _vox(self.residual, self.affine)
-        self.points = _update_points(self._residual_vox, _f32(self.affine), _f32(np.linalg.inv(self.affine)),
-                                     _f32(matrix_power(self.mean_log, -self.alpha)), jnp.float32(self.alpha),
-                                     INTEGRATION_STEPS)
+        self.points = _update_points(
+            self._residual_vox,
+            _f32(self.affine),
+            _f32(np.linalg.inv(self.affine)),
+            _f32(matrix_power(self.mean_log, -self.alpha)),
+            jnp.float32(self.alpha),
+            INTEGRATION_STEPS,
+        )
 
     def mean_displacement(self, mask: np.ndarray) -> tuple[float, float]:
         """Mean and max |M(x) - x| (mm) over `mask`: the size of the mean transform, 0 for an unbiased template."""
-        size = np.asarray(_mean_displacement(jnp.asarray(self.residual), _f32(self.affine),
-                                             _f32(matrix_power(self.mean_log, 1.0))))
+        size = np.asarray(
+            _mean_displacement(jnp.asarray(self.residual), _f32(self.affine), _f32(matrix_power(self.mean_log, 1.0)))
+        )
         inside = size[mask] if mask.any() else size.ravel()
         return float(inside.mean()), float(inside.max())
 
@@ -190,10 +196,18 @@ class ShapeUpdate:
     def inverse(self, displacement: np.ndarray, image_affine: np.ndarray) -> np.ndarray:
         """An inverse warp `phi^-1` (image -> template, RAS mm on the image grid) made to end in the updated
         template: `M^alpha o phi^-1`."""
-        return np.asarray(_compose_inverse(jnp.asarray(displacement, jnp.float32), _f32(image_affine), self._residual_vox,
-                                           _f32(self.affine), _f32(np.linalg.inv(self.affine)),
-                                           _f32(matrix_power(self.mean_log, self.alpha)), jnp.float32(self.alpha),
-                                           INTEGRATION_STEPS))
+        return np.asarray(
+            _compose_inverse(
+                jnp.asarray(displacement, jnp.float32),
+                _f32(image_affine),
+                self._residual_vox,
+                _f32(self.affine),
+                _f32(np.linalg.inv(self.affine)),
+                _f32(matrix_power(self.mean_log, self.alpha)),
+                jnp.float32(self.alpha),
+                INTEGRATION_STEPS,
+            )
+        )
 
 
 @jax.jit

@@ -17,7 +17,9 @@ def apply_matrix(matrix: Float[AnyArray, "r 4"], points: Float[AnyArray, "*s 3"]
     Element-wise sums in matrix-row order, never a matmul, so that GPUs' TF32 cannot round it.
     """
     m = jnp.asarray(matrix).astype(jnp.float32)
-    rows = [((m[r, 0] * points[..., 0] + m[r, 1] * points[..., 1]) + m[r, 2] * points[..., 2]) + m[r, 3] for r in range(3)]
+    rows = [
+        ((m[r, 0] * points[..., 0] + m[r, 1] * points[..., 1]) + m[r, 2] * points[..., 2]) + m[r, 3] for r in range(3)
+    ]
     return jnp.stack(rows, axis=-1)
 
 

@@ -43,12 +43,23 @@ def _determinant(disp: jax.Array, vox_per_mm: jax.Array) -> jax.Array:
     # faces (numpy.gradient's rule, which jnp.gradient follows).
     grads = jnp.gradient(disp, axis=(0, 1, 2))
     # d u_i / d x_k = sum_j (d u_i / d p_j)(d p_j / d x_k), as element-wise sums: no matmul, so no TF32 on GPUs.
-    jac = [[((grads[0][..., i] * vox_per_mm[0, k] + grads[1][..., i] * vox_per_mm[1, k]) + grads[2][..., i] * vox_per_mm[2, k])
-             + (1.0 if i == k else 0.0) for k in range(3)] for i in range(3)]
+    jac = [
+        [
+            (
+                (grads[0][..., i] * vox_per_mm[0, k] + grads[1][..., i] * vox_per_mm[1, k])
+                + grads[2][..., i] * vox_per_mm[2, k]
+            )
+            + (1.0 if i == k else 0.0)
+            for k in range(3)
+        ]
+        for i in range(3)
+    ]
     # Cofactor expansion, fused by XLA into one pass over the grid with the differences above.
-    return (jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-            - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-            + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0]))
+    return (
+        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
+    )
 
 
 def folding_fraction(det: Volume) -> Float[Array, ""]:

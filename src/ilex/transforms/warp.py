@@ -15,7 +15,9 @@ from .grid import voxel_grid
 from .interpolate import interpolate_clamped, sample_image
 
 
-def warp_image(image: Volume, displacement: Field, method: str = "linear", fill: float | Float[AnyArray, ""] = 0.0) -> Float[Array, "x y z"]:
+def warp_image(
+    image: Volume, displacement: Field, method: str = "linear", fill: float | Float[AnyArray, ""] = 0.0
+) -> Float[Array, "x y z"]:
     """`image` moved by `displacement`: `out[p] = image(p + displacement[p])`.
 
     `image` (x, y, z) and `displacement` (x, y, z, 3), in voxels by array axis, on one grid.

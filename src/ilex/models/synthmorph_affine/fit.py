@@ -35,14 +35,18 @@ def barycenter(features: Float[AnyArray, "x y z c"], extent: float | Float[AnyAr
     return centre * jnp.asarray(extent, features.dtype)
 
 
-def channel_weights(features_1: Float[AnyArray, "x y z c"], features_2: Float[AnyArray, "x y z c"]) -> Float[AnyArray, " c"]:
+def channel_weights(
+    features_1: Float[AnyArray, "x y z c"], features_2: Float[AnyArray, "x y z c"]
+) -> Float[AnyArray, " c"]:
     """`p1 * p2`, each `p` a channel's total feature mass over the sum of all channels' masses."""
     p1 = features_1.sum(axis=(0, 1, 2))
     p2 = features_2.sum(axis=(0, 1, 2))
     return (p1 / p1.sum()) * (p2 / p2.sum())
 
 
-def fit_affine(source: Float[AnyArray, "n 3"], target: Float[AnyArray, "n 3"], weights: Float[AnyArray, " n"] | None = None) -> Float[AnyArray, "4 4"]:
+def fit_affine(
+    source: Float[AnyArray, "n 3"], target: Float[AnyArray, "n 3"], weights: Float[AnyArray, " n"] | None = None
+) -> Float[AnyArray, "4 4"]:
     """The affine `M` minimising `sum_i w_i |M [target_i; 1] - source_i|^2` (weighted least squares).
 
     With `X = [target, 1]` (n x 4) and `W = diag(w)`: `M[:3] = ((X^T W X)^-1 X^T W source)^T`.

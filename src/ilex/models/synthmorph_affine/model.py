@@ -40,7 +40,11 @@ class AffineConv3d(eqx.Module):
 
     def __call__(self, x: Float[AnyArray, "x y z cin"]) -> Float[AnyArray, "x y z cout"]:
         out = lax.conv_general_dilated(
-            x[None], self.kernel, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            x[None],
+            self.kernel,
+            (1, 1, 1),
+            "SAME",
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
             precision=lax.Precision.HIGHEST,
         )[0]
         return out + self.bias[None, None, None, :]
@@ -80,25 +84,36 @@ class SynthMorphAffine(eqx.Module):
         if not self.enc_nf:
             raise ValueError("enc_nf must name at least one encoder level")
         if min(self.enc_nf + self.add_nf + (self.num_feat, self.num_chan)) < 1:
-            raise ValueError(f"channel counts must be positive: enc_nf={enc_nf}, add_nf={add_nf}, "
-                             f"num_feat={num_feat}, num_chan={num_chan}")
+            raise ValueError(
+                f"channel counts must be positive: enc_nf={enc_nf}, add_nf={add_nf}, "
+                f"num_feat={num_feat}, num_chan={num_chan}"
+            )
         widths = (self.num_chan, *self.enc_nf, *self.add_nf, self.num_feat)
         keys = jax.random.split(key, len(widths) - 1)
-        self.convs = [AffineConv3d(cin, cout, key=k) for cin, cout, k in zip(widths[:-1], widths[1:], keys)]
+        self.convs = [
+            AffineConv3d(cin, cout, key=k) for cin, cout, k in zip(widths[:-1], widths[1:], keys, strict=False)
+        ]
 
     def __check_init__(self):
         widths = (self.num_chan, *self.enc_nf, *self.add_nf, self.num_feat)
         if len(self.convs) != len(widths) - 1:
             raise ValueError(f"expected {len(widths) - 1} convolutions, got {len(self.convs)}")
-        for k, (conv, cin, cout) in enumerate(zip(self.convs, widths[:-1], widths[1:])):
+        for k, (conv, cin, cout) in enumerate(zip(self.convs, widths[:-1], widths[1:], strict=False)):
             if conv.kernel.shape != (3, 3, 3, cin, cout) or conv.bias.shape != (cout,):
-                raise ValueError(f"convolution {k}: expected kernel (3, 3, 3, {cin}, {cout}) and bias ({cout},), "
-                                 f"got {conv.kernel.shape} and {conv.bias.shape}")
+                raise ValueError(
+                    f"convolution {k}: expected kernel (3, 3, 3, {cin}, {cout}) and bias ({cout},), "
+                    f"got {conv.kernel.shape} and {conv.bias.shape}"
+                )
 
     @property
     def constructor_kwargs(self) -> dict:
-        return {"enc_nf": list(self.enc_nf), "add_nf": list(self.add_nf), "num_feat": self.num_feat,
-                    "num_chan": self.num_chan, "rigid": self.rigid}
+        return {
+            "enc_nf": list(self.enc_nf),
+            "add_nf": list(self.add_nf),
+            "num_feat": self.num_feat,
+            "num_chan": self.num_chan,
+            "rigid": self.rigid,
+        }
 
     @property
     def card(self) -> dict:
@@ -121,7 +136,9 @@ class SynthMorphAffine(eqx.Module):
 
     def features(self, image: Float[AnyArray, "x y z c"]) -> Float[AnyArray, "fx fy fz f"]:
         if any(n % 2**self.levels for n in image.shape[:3]):
-            raise ValueError(f"image shape {image.shape[:3]} must be divisible by 2^{self.levels} (one pooling per level)")
+            raise ValueError(
+                f"image shape {image.shape[:3]} must be divisible by 2^{self.levels} (one pooling per level)"
+            )
         x = image
         convs = iter(self.convs)
         for _ in self.enc_nf:
@@ -130,8 +147,13 @@ class SynthMorphAffine(eqx.Module):
             x = jax.nn.leaky_relu(next(convs)(x), 0.2)
         return jax.nn.relu(next(convs)(x))
 
-    def fit(self, moving: Float[AnyArray, "x y z c"], fixed: Float[AnyArray, "x y z c"], extent: int,
-            rigid: bool | None = None) -> np.ndarray:
+    def fit(
+        self,
+        moving: Float[AnyArray, "x y z c"],
+        fixed: Float[AnyArray, "x y z c"],
+        extent: int,
+        rigid: bool | None = None,
+    ) -> np.ndarray:
         """The matrix from fixed to moving index coordinates of a grid of side `extent` (float64 4x4).
 
         `moving`, `fixed`: the detector's inputs (what it sees; `extent` is the side of the grid

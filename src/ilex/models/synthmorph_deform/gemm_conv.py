@@ -68,7 +68,9 @@ def patch_conv3d(
     weights = kernel.reshape(27 * cin, cout)
 
     def products(block: AnyArray, planes: int) -> Array:
-        patches = jnp.concatenate([block[:, a : a + planes, b : b + sy, c : c + sz, :] for a, b, c in _OFFSETS], axis=-1)
+        patches = jnp.concatenate(
+            [block[:, a : a + planes, b : b + sy, c : c + sz, :] for a, b, c in _OFFSETS], axis=-1
+        )
         return jnp.einsum("nxyzk,kd->nxyzd", patches, weights, precision=lax.Precision.HIGHEST)
 
     return _in_slabs(x, cout, planes, bias, activation, products)

@@ -116,9 +116,7 @@ class SynthMorphDeform(eqx.Module):
         pairs = conv_channels(enc_nf, dec_nf, add_nf, flow_nf, self.src_feats + self.trg_feats)
         keys = jax.random.split(key, nb_hyp_layers + len(pairs))
         widths = [nb_hyp_params] + [nb_hyp_units] * nb_hyp_layers
-        self.hyper_layers = tuple(
-            HyperDense(widths[i], widths[i + 1], key=keys[i]) for i in range(nb_hyp_layers)
-        )
+        self.hyper_layers = tuple(HyperDense(widths[i], widths[i + 1], key=keys[i]) for i in range(nb_hyp_layers))
         self.convs = tuple(
             HyperConv3d(nb_hyp_units, cin, cout, key=k)
             for k, (cin, cout) in zip(keys[nb_hyp_layers:], pairs, strict=True)
@@ -148,7 +146,7 @@ class SynthMorphDeform(eqx.Module):
     def generate(self, hyper: float | AnyArray) -> tuple[list[Array], list[Array]]:
         """The kernels and biases of all convolutions for one λ."""
         h = self.embed(hyper)
-        kernels, biases = zip(*(conv.generate(h) for conv in self.convs))
+        kernels, biases = zip(*(conv.generate(h) for conv in self.convs), strict=False)
         return list(kernels), list(biases)
 
     def at_hyper(self, hyper: float) -> SynthMorphUNet:

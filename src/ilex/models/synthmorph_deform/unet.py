@@ -34,9 +34,7 @@ def conv_channels(
     """
     enc_nf, dec_nf, add_nf = list(enc_nf), list(dec_nf), list(add_nf)
     if not enc_nf or len(dec_nf) != len(enc_nf):
-        raise ValueError(
-            f"dec_nf must have one width per encoder level: enc_nf={enc_nf}, dec_nf={dec_nf}"
-        )
+        raise ValueError(f"dec_nf must have one width per encoder level: enc_nf={enc_nf}, dec_nf={dec_nf}")
     if any(int(w) < 1 for w in enc_nf + dec_nf + add_nf) or flow_nf < 1:
         raise ValueError(f"widths must be positive: {enc_nf}, {dec_nf}, {add_nf}, {flow_nf}")
     pairs = []
@@ -92,7 +90,9 @@ def _materialise(parts: list[tuple[Array, bool]]) -> Array:
     return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=-1)
 
 
-def _conv_parts(parts: list[tuple[Array, bool]], kernel: AnyArray, bias: AnyArray, algorithm: str, activate: bool) -> Array:
+def _conv_parts(
+    parts: list[tuple[Array, bool]], kernel: AnyArray, bias: AnyArray, algorithm: str, activate: bool
+) -> Array:
     """Convolution (then LeakyReLU if `activate`) of the concatenation of `parts`, which are
     (array, upsample) pairs as in winograd.py."""
     from .gemm_conv import patch_conv3d, shift_conv3d
@@ -136,9 +136,7 @@ def unet_forward(
         raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
     size = x.shape[1:4]
     if any(s % (2**n_levels) for s in size):
-        raise ValueError(
-            f"U-Net input size {size} must be divisible by 2**{n_levels} = {2**n_levels}"
-        )
+        raise ValueError(f"U-Net input size {size} must be divisible by 2**{n_levels} = {2**n_levels}")
     if len(kernels) < 2 * n_levels + 1:
         raise ValueError(
             f"a U-Net of {n_levels} levels needs at least {2 * n_levels + 1} (kernel, bias) pairs, got {len(kernels)}"
@@ -162,13 +160,9 @@ def unet_forward(
 def _prepare_pair(source: AnyArray, target: AnyArray, src_feats: int, trg_feats: int) -> Array:
     source, target = jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32)
     if source.ndim != target.ndim or source.shape[:-1] != target.shape[:-1]:
-        raise ValueError(
-            f"source and target must share a grid: {source.shape} vs {target.shape}"
-        )
+        raise ValueError(f"source and target must share a grid: {source.shape} vs {target.shape}")
     if source.ndim not in (4, 5):
-        raise ValueError(
-            f"expected (x, y, z, c) or (batch, x, y, z, c) arrays, got shape {source.shape}"
-        )
+        raise ValueError(f"expected (x, y, z, c) or (batch, x, y, z, c) arrays, got shape {source.shape}")
     if source.shape[-1] != src_feats or target.shape[-1] != trg_feats:
         raise ValueError(
             f"expected {src_feats} source and {trg_feats} target channels, "
@@ -265,7 +259,9 @@ class SynthMorphUNet(eqx.Module):
         """Raw velocity for (source, target); `algorithm` as in `unet_forward`."""
         x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
         single = x.ndim == 4
-        out = unet_forward([(c.kernel, c.bias) for c in self.convs], len(self.enc_nf), x[None] if single else x, algorithm)
+        out = unet_forward(
+            [(c.kernel, c.bias) for c in self.convs], len(self.enc_nf), x[None] if single else x, algorithm
+        )
         return out[0] if single else out
 
     def at_hyper(self, hyper: float) -> SynthMorphUNet:

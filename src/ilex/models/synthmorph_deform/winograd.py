@@ -39,11 +39,31 @@ _MATRICES = {
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32),  # A^T
     ),
     4: (
-        np.array([[1, -3 / 2, -2, 3 / 2, 1, 0], [0, -1, 1 / 2, 5 / 2, 1, 0], [0, 1, -5 / 2, 1 / 2, 1, 0],
-                  [0, -2, -1, 2, 1, 0], [0, 1 / 2, -1, -1 / 2, 1, 0], [0, 1, -3 / 2, -2, 3 / 2, 1]], np.float32),
-        np.array([[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [-1 / 3, 1 / 3, -1 / 3],
-                  [-16 / 15, -8 / 15, -4 / 15], [1 / 15, -2 / 15, 4 / 15], [0, 0, 1]], np.float32),
-        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 1 / 2, -2, 0], [0, 1, 1, 1 / 4, 4, 0], [0, 1, -1, 1 / 8, -8, 1]], np.float32),
+        np.array(
+            [
+                [1, -3 / 2, -2, 3 / 2, 1, 0],
+                [0, -1, 1 / 2, 5 / 2, 1, 0],
+                [0, 1, -5 / 2, 1 / 2, 1, 0],
+                [0, -2, -1, 2, 1, 0],
+                [0, 1 / 2, -1, -1 / 2, 1, 0],
+                [0, 1, -3 / 2, -2, 3 / 2, 1],
+            ],
+            np.float32,
+        ),
+        np.array(
+            [
+                [1, 0, 0],
+                [1 / 3, 1 / 3, 1 / 3],
+                [-1 / 3, 1 / 3, -1 / 3],
+                [-16 / 15, -8 / 15, -4 / 15],
+                [1 / 15, -2 / 15, 4 / 15],
+                [0, 0, 1],
+            ],
+            np.float32,
+        ),
+        np.array(
+            [[1, 1, 1, 1, 1, 0], [0, 1, -1, 1 / 2, -2, 0], [0, 1, 1, 1 / 4, 4, 0], [0, 1, -1, 1 / 8, -8, 1]], np.float32
+        ),
     ),
 }
 
@@ -118,7 +138,9 @@ def winograd_conv3d(
         sizes = [f"{tuple(a.shape)}{' upsampled' if u else ''}" for a, u in parts]
         raise ValueError(f"parts must be (n, x, y, z, c) arrays on one output grid (after upsampling), got {sizes}")
     if kernel.shape[:3] != (3, 3, 3) or kernel.ndim != 5 or bias.shape != (kernel.shape[-1],):
-        raise ValueError(f"expected a (3, 3, 3, cin, cout) kernel and a (cout,) bias, got {kernel.shape} and {bias.shape}")
+        raise ValueError(
+            f"expected a (3, 3, 3, cin, cout) kernel and a (cout,) bias, got {kernel.shape} and {bias.shape}"
+        )
     if m not in _MATRICES:
         raise ValueError(f"Winograd tiles of side {m} are not provided; use one of {sorted(_MATRICES)}")
     if any(s % m for s in shape) or shape[0] % (m * slab):

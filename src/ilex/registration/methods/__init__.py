@@ -61,14 +61,40 @@ def _infos() -> dict[str, MethodInfo]:
     from ...bundle.weights import WEIGHT_FILES
 
     rows = [  # name, matrix, detector, optimiser, refinable, class (for its cube centring), summary
-        ("joint", False, True, False, False, SynthMorphJointMethod, "SynthMorph's affine, then its deformable model in the affine mid-space"),
-        ("deform", False, False, False, True, SynthMorphDeformMethod, "SynthMorph's deformable model (images already affinely aligned)"),
+        (
+            "joint",
+            False,
+            True,
+            False,
+            False,
+            SynthMorphJointMethod,
+            "SynthMorph's affine, then its deformable model in the affine mid-space",
+        ),
+        (
+            "deform",
+            False,
+            False,
+            False,
+            True,
+            SynthMorphDeformMethod,
+            "SynthMorph's deformable model (images already affinely aligned)",
+        ),
         ("affine", True, True, False, True, SynthMorphAffineMethod, "SynthMorph's affine feature detector"),
         ("rigid", True, True, False, True, SynthMorphAffineMethod, "SynthMorph's rigid feature detector"),
-        ("optimize", False, False, True, False, OptimizeMethod, "an affine and a diffeomorphic warp optimised directly (no weights)"),
+        (
+            "optimize",
+            False,
+            False,
+            True,
+            False,
+            OptimizeMethod,
+            "an affine and a diffeomorphic warp optimised directly (no weights)",
+        ),
     ]
-    out = {name: MethodInfo(name, matrix, WEIGHT_FILES[name], detector, optimiser, refinable, cls.centre_on_fixed, summary)
-           for name, matrix, detector, optimiser, refinable, cls, summary in rows}
+    out = {
+        name: MethodInfo(name, matrix, WEIGHT_FILES[name], detector, optimiser, refinable, cls.centre_on_fixed, summary)
+        for name, matrix, detector, optimiser, refinable, cls, summary in rows
+    }
     # --refine: the optimiser started from a model's answer; always a warp.
     out["refine"] = MethodInfo("refine", False, (), False, True, False, False, "a model's answer optimised further")
     return out
@@ -139,8 +165,15 @@ def method_hyper(method) -> float | None:
     return None
 
 
-def as_method(model=None, method=None, *, hyper: float | None = None, steps: int | None = None,
-              algorithm: str | None = None, **options) -> Method:
+def as_method(
+    model=None,
+    method=None,
+    *,
+    hyper: float | None = None,
+    steps: int | None = None,
+    algorithm: str | None = None,
+    **options,
+) -> Method:
     """The `Method` that `register(..., model, method=...)` runs.
 
     `method` names what to do with `model` (inferred from it when None): a deformable model
@@ -158,8 +191,10 @@ def as_method(model=None, method=None, *, hyper: float | None = None, steps: int
     """
     unknown = sorted(set(options) - set(OPTIMISER_OPTIONS))
     if unknown:
-        raise TypeError(f"unknown method option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
-                        f"the optimiser takes {', '.join(OPTIMISER_OPTIONS)}")
+        raise TypeError(
+            f"unknown method option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"the optimiser takes {', '.join(OPTIMISER_OPTIONS)}"
+        )
     if isinstance(method, Method):
         _check_same(method, hyper, steps, options)
         return method
@@ -168,12 +203,14 @@ def as_method(model=None, method=None, *, hyper: float | None = None, steps: int
     if method == "optimize":
         return OptimizeMethod(hyper=hyper, steps=steps, **options)
     if method == "refine":
-        return RefineMethod(first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper, steps=steps,
-                            **options)
+        return RefineMethod(
+            first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper, steps=steps, **options
+        )
     name = method or infer_method_name(model)
     if options:
-        raise TypeError(f"-m {name} takes no optimiser options ({', '.join(options)}); they are for "
-                        "method='optimize' or 'refine'")
+        raise TypeError(
+            f"-m {name} takes no optimiser options ({', '.join(options)}); they are for method='optimize' or 'refine'"
+        )
     pair = isinstance(model, (tuple, list)) and len(model) == 2
     if name == "deform":
         return SynthMorphDeformMethod(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
@@ -182,7 +219,9 @@ def as_method(model=None, method=None, *, hyper: float | None = None, steps: int
     if name == "joint":
         if not isinstance(model, (tuple, list)) or len(model) != 2:
             raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")
-        return SynthMorphJointMethod(_detector(model[0], "-m joint (first model)"), _unet(model[1], hyper, "-m joint (second model)"), algorithm)
+        return SynthMorphJointMethod(
+            _detector(model[0], "-m joint (first model)"), _unet(model[1], hyper, "-m joint (second model)"), algorithm
+        )
     raise ValueError(f"unknown registration method {name!r}; known: {', '.join(SYNTHMORPH_METHODS)}")
 
 
@@ -190,12 +229,16 @@ def _check_same(method, hyper: float | None, steps: int | None, options: dict) -
     # A Method object is the one way its options arrive: a second, different value is an error.
     label = type(method).__name__
     if options:
-        raise TypeError(f"{', '.join(options)}: set {'them' if len(options) > 1 else 'it'} on the {label} itself, or pass "
-                        "the method by name (method='optimize', similarity=...)")
+        raise TypeError(
+            f"{', '.join(options)}: set {'them' if len(options) > 1 else 'it'} on the {label} itself, or pass "
+            "the method by name (method='optimize', similarity=...)"
+        )
     own = method_hyper(method)
     if hyper is not None and own is not None and float(hyper) != own:
-        raise OptionError(f"hyper={hyper:g}, but the {label} given was made for λ={own:g}: give λ once, on the "
-                          "method or with its name (method='optimize', hyper=...)")
+        raise OptionError(
+            f"hyper={hyper:g}, but the {label} given was made for λ={own:g}: give λ once, on the "
+            "method or with its name (method='optimize', hyper=...)"
+        )
     own_steps = getattr(method, "steps", None)
     if steps is not None and own_steps is not None and steps != own_steps:
         raise OptionError(f"steps={steps}, but the {label} given integrates with steps={own_steps}: give it once")

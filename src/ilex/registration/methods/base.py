@@ -90,7 +90,11 @@ class NetworkTransform:
         pre, post = self.forward_sides()
         s = scale_matrix(self.scale)
         inv_pre = self.inverse_pre if self.inverse_pre is not None else np.linalg.inv(post) @ s
-        inv_post = self.inverse_post if self.inverse_post is not None else s @ (np.eye(4) if pre is None else np.linalg.inv(pre))
+        inv_post = (
+            self.inverse_post
+            if self.inverse_post is not None
+            else s @ (np.eye(4) if pre is None else np.linalg.inv(pre))
+        )
         if pre is None and self.post is None:
             inv_pre = None  # the identity on both sides stays exact
         return inv_pre, inv_post

@@ -47,7 +47,9 @@ def _check(hyper: float, steps: int, similarity: str, levels, iterations, veloci
         raise OptionError(f"levels {levels} and iterations {iterations}: give one iteration count per level")
     for s, n in zip(levels, iterations, strict=True):
         if s not in (1, 2, 4, 8) or velocity_scale % s:
-            raise OptionError(f"level {s} mm: levels must be 1, 2, 4 or 8 mm and divide the velocity grid's {velocity_scale} mm")
+            raise OptionError(
+                f"level {s} mm: levels must be 1, 2, 4 or 8 mm and divide the velocity grid's {velocity_scale} mm"
+            )
         if n < 0:
             raise OptionError(f"level {s} mm: {n} iterations; the count must be >= 0")
 
@@ -61,8 +63,12 @@ def _choose_similarity(choice: str, pyr_mov, pyr_fix, matrix: np.ndarray, scale:
     if choice != "auto":
         return choice
     fix = pyr_fix[scale]
-    moved = moved_image(pyr_mov[scale], level_matrix(jnp.asarray(matrix, jnp.float32), scale), voxel_grid(fix.shape),
-                        jnp.zeros((*fix.shape, 3), jnp.float32))
+    moved = moved_image(
+        pyr_mov[scale],
+        level_matrix(jnp.asarray(matrix, jnp.float32), scale),
+        voxel_grid(fix.shape),
+        jnp.zeros((*fix.shape, 3), jnp.float32),
+    )
     return "lncc" if same_contrast(fix, moved) else "mi"
 
 
@@ -70,7 +76,9 @@ def _check_images(mov_net, fix_net) -> None:
     for net, what in ((mov_net, "moving"), (fix_net, "fixed")):
         a = np.asarray(net)
         if not np.isfinite(a).all() or a.max() - a.min() <= 0:
-            raise OptionError(f"-m optimize: the {what} image is flat in network space, so there is nothing to register")
+            raise OptionError(
+                f"-m optimize: the {what} image is flat in network space, so there is nothing to register"
+            )
 
 
 @dataclass
@@ -118,20 +126,42 @@ class OptimizeMethod:
         matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
         profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
         if self.affine:
-            matrix = optimise_affine(pyr_mov, pyr_fix, matrix, extent, scales=_affine_scales(extent),
-                                     progress=self.progress, profile=profile)
+            matrix = optimise_affine(
+                pyr_mov, pyr_fix, matrix, extent, scales=_affine_scales(extent), progress=self.progress, profile=profile
+            )
         return self._deformable(pyr_mov, pyr_fix, matrix, None, self.velocity_scale, profile)
 
     def _deformable(self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile: dict) -> NetworkTransform:
         similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(self.levels))
         sigma_update, sigma_field = regularisation(self.hyper)
-        levels = tuple(Level(s, n) for s, n in zip(self.levels, self.iterations, strict=True) if n > 0 and s <= velocity_scale)
-        v = optimise_velocity(pyr_mov, pyr_fix, matrix, similarity=similarity, levels=levels,
-                              velocity_scale=velocity_scale, sigma_update=sigma_update, sigma_field=sigma_field,
-                              velocity=velocity, steps=self.steps, progress=self.progress, profile=profile)
-        return NetworkTransform(velocity=v, scale=velocity_scale, post=matrix @ scale_matrix(velocity_scale),
-                                details={"similarity": similarity, "levels": [lv.scale for lv in levels],
-                                         "iterations": [lv.iterations for lv in levels], "profile": profile})
+        levels = tuple(
+            Level(s, n) for s, n in zip(self.levels, self.iterations, strict=True) if n > 0 and s <= velocity_scale
+        )
+        v = optimise_velocity(
+            pyr_mov,
+            pyr_fix,
+            matrix,
+            similarity=similarity,
+            levels=levels,
+            velocity_scale=velocity_scale,
+            sigma_update=sigma_update,
+            sigma_field=sigma_field,
+            velocity=velocity,
+            steps=self.steps,
+            progress=self.progress,
+            profile=profile,
+        )
+        return NetworkTransform(
+            velocity=v,
+            scale=velocity_scale,
+            post=matrix @ scale_matrix(velocity_scale),
+            details={
+                "similarity": similarity,
+                "levels": [lv.scale for lv in levels],
+                "iterations": [lv.iterations for lv in levels],
+                "profile": profile,
+            },
+        )
 
 
 @dataclass
@@ -166,8 +196,10 @@ class RefineMethod(OptimizeMethod):
         else:
             pre, post = first.forward_sides()
             if pre is not None and not np.allclose(pre, np.eye(4)):
-                raise OptionError(f"{self.first.name} gives a mid-space velocity, which cannot be refined; use deform",
-                                  argument="refine")
+                raise OptionError(
+                    f"{self.first.name} gives a mid-space velocity, which cannot be refined; use deform",
+                    argument="refine",
+                )
             matrix = np.asarray(post, np.float64) @ np.linalg.inv(scale_matrix(first.scale))
             velocity, velocity_scale = first.velocity, first.scale
         scales = {*self.levels, velocity_scale}
@@ -175,8 +207,16 @@ class RefineMethod(OptimizeMethod):
         return self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile)
 
 
-def method_from_options(*, hyper: float = 0.5, steps: int = 7, similarity: str = "auto", refine: Method | None = None,
-                        quiet: bool = False, levels=None, iterations=None) -> OptimizeMethod:
+def method_from_options(
+    *,
+    hyper: float = 0.5,
+    steps: int = 7,
+    similarity: str = "auto",
+    refine: Method | None = None,
+    quiet: bool = False,
+    levels=None,
+    iterations=None,
+) -> OptimizeMethod:
     """The Method the CLI builds from `-m optimize`/`--refine` and its options.
 
     `refine` is the first method (e.g. the SynthMorph `deform` method) to refine, or None for

@@ -30,8 +30,9 @@ def default_algorithm() -> str:
 
 @jax.jit(static_argnames=("algorithm",))
 def _deform_velocity(unet, mov_net, fix_net, algorithm: str):
-    return symmetric_velocity(unet, half_resolution(mov_net[..., None]), half_resolution(fix_net[..., None]),
-                              algorithm=algorithm)
+    return symmetric_velocity(
+        unet, half_resolution(mov_net[..., None]), half_resolution(fix_net[..., None]), algorithm=algorithm
+    )
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,9 @@ class SynthMorphDeformMethod:
         return f"2 passes at {extent // 2}^3, {steps} squaring steps"
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
-        v = _deform_velocity(self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net), self.algorithm or default_algorithm())
+        v = _deform_velocity(
+            self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net), self.algorithm or default_algorithm()
+        )
         return NetworkTransform(velocity=v, scale=2)
 
 
@@ -129,6 +132,14 @@ class SynthMorphJointMethod:
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
         to_mov, to_fix = self.mid_space(mov_net, fix_net)
         s = scale_matrix(2)
-        v, _, _ = _joint_velocity(self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net),
-                                  np.float32(s @ to_mov), np.float32(s @ to_fix), self.algorithm or default_algorithm())
-        return NetworkTransform(velocity=v, scale=2, pre=to_mov, post=s @ to_mov, inverse_pre=to_fix, inverse_post=s @ to_fix)
+        v, _, _ = _joint_velocity(
+            self.unet,
+            jnp.asarray(mov_net),
+            jnp.asarray(fix_net),
+            np.float32(s @ to_mov),
+            np.float32(s @ to_fix),
+            self.algorithm or default_algorithm(),
+        )
+        return NetworkTransform(
+            velocity=v, scale=2, pre=to_mov, post=s @ to_mov, inverse_pre=to_fix, inverse_post=s @ to_fix
+        )
