@@ -86,15 +86,9 @@ def run(args: argparse.Namespace) -> int:
         if not out.lower().endswith(IMAGE_SUFFIXES):
             raise OptionError(f"{out}: unknown image format; name it {', '.join(IMAGE_SUFFIXES)}")
         check_creatable(out, os.path.dirname(os.path.abspath(out)))
-    from ..errors import IlexError
     from ..registration.apply import apply_saved, load_transform
 
-    try:
-        transform = load_transform(args.warp, args.reference, args.header_only)
-    except IlexError:
-        raise  # names its file already
-    except ValueError as e:  # a request the transform cannot serve: the CLI names its flag
-        raise OptionError(f"{'-H' if args.header_only else '--reference'}: {e}") from None
+    transform = load_transform(args.warp, args.reference, args.header_only)  # errors name their flag (cli/main)
     images = [load_image(i, check_values=False) for i, _ in pairs]  # all readable before anything is written
     for _, out in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

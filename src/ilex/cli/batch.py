@@ -165,14 +165,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
     from ..batch.run import finished
-    from ..bundle.weights import peek_width, weights_for
-    from .register import resolve_model
+    from ..bundle.weights import peek_width
+    from .register import resolve_model, weights_option
 
     model = resolve_model(args.model)
-    try:
-        weights = weights_for(model, args.weights)  # the defaults, or -w checked against what the model takes
-    except OptionError as e:
-        raise OptionError(f"-w: -m {e}") from None
+    weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
     pairs = read_pairs(args.pairs)
     from ..batch.run import _takes_optimiser_options
 

@@ -208,6 +208,14 @@ def resolve_model(name: str) -> str:
         raise OptionError(f"-m {name}: {e}") from None
 
 
+def weights_option(model: str, given: list[str] | None) -> list[str]:
+    """`weights_for` with its complaint in the command line's words (`-w: -m joint takes ...`)."""
+    try:
+        return weights_for(model, given)
+    except OptionError as e:
+        raise OptionError(f"-w: -m {e}") from None
+
+
 def configure_devices(threads: int | None, gpu: bool) -> None:
     """Pick the device and thread count before JAX starts its backends."""
     import jax
@@ -260,10 +268,7 @@ def run(args: argparse.Namespace) -> int:
     check_optimiser_options(args, model)
     if args.mid_space and not args.init:
         raise OptionError("-M splits the initial affine between the images: it needs -i")
-    try:
-        weights = weights_for(model, args.weights)
-    except OptionError as e:
-        raise OptionError(f"-w: -m {e}") from None
+    weights = weights_option(model, args.weights)
     check_outputs(args, "refine" if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache

@@ -123,17 +123,14 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--scheduler and --local-workers: give one or the other")
     if args.local_workers is not None and args.local_workers < 1:
         raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
-    from ..bundle.weights import weights_for
     from ..registration.methods import method_info, needs_prior_affine
-    from .register import configure_devices, resolve_model
+    from .register import configure_devices, resolve_model, weights_option
 
     model = resolve_model(args.model)
     if method_info(model).yields_matrix:
         raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
-    try:  # a method that needs prior alignment runs SynthMorph's affine first: joint's two files
-        weights = weights_for("joint" if needs_prior_affine(model) else model, args.weights)
-    except OptionError as e:
-        raise OptionError(f"-w: -m {e}") from None
+    # a method that needs prior alignment runs SynthMorph's affine first: joint's two files
+    weights = weights_option("joint" if needs_prior_affine(model) else model, args.weights)
     configure_devices(args.threads, False)
     from .._cache import enable_compilation_cache
 

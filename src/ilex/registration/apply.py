@@ -91,9 +91,11 @@ def load_transform(path: str | os.PathLike, reference=None, header_only: bool = 
     path = os.fspath(path)
     if matrix_format(path) is None:
         if header_only:
-            raise ValueError(f"{path} is a warp; header-only output needs a matrix (.lta or .txt)")
+            raise OptionError(
+                f"{path} is a warp; header-only output needs a matrix (.lta or .txt)", argument="header_only"
+            )
         if reference is not None:
-            raise ValueError(f"a warp already fixes its target grid ({path}); drop the reference")
+            raise OptionError(f"a warp already fixes its target grid ({path}); drop it", argument="reference")
         if not os.path.isfile(path):
             raise FileProblem(path, "no such transform file")
         return SavedTransform(path, warp=load_warp(path))

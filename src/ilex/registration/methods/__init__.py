@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ...errors import OptionError
@@ -57,6 +58,7 @@ class MethodInfo:
     summary: str
 
 
+@functools.cache
 def _infos() -> dict[str, MethodInfo]:
     from ...bundle.weights import WEIGHT_FILES
 
