@@ -262,9 +262,10 @@ def markdown(d: dict) -> str:
         f"`python bench/{d['command']}`",
         "",
         (
-            f"Synthetic cohort: Colin27 at {c['voxel_mm']:g} mm ({' x '.join(map(str, c['shape']))} voxels) seen through "
-            f"{c['n']} random affines and smooth diffeomorphic warps (max {c['warp_max_mm']} mm) whose log-domain means are "
-            "the identity, with intensity curves and noise (tests/template_cohort.py). Truth: Colin27 and its 116 AAL regions."
+            f"Synthetic cohort: Colin27 at {c['voxel_mm']:g} mm ({' x '.join(map(str, c['shape']))} voxels) "
+            f"seen through {c['n']} random affines and smooth diffeomorphic warps (max {c['warp_max_mm']} mm) "
+            "whose log-domain means are the identity, with intensity curves and noise (tests/template_cohort.py). "
+            "Truth: Colin27 and its 116 AAL regions."
         ),
         "",
         "| tool | wall s | peak GiB | correlation with truth | label Dice |",

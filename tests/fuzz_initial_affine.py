@@ -54,7 +54,8 @@ def pristine_files(directory: str) -> dict[str, str]:
     params, centre = _itk_params(np.linalg.inv(MOV_TO_FIX), np.array([1.5, -20.0, 7.0]))
     itk = (
         "#Insight Transform File V1.0\n#Transform 0\nTransform: AffineTransform_double_3_3\n"
-        f"Parameters: {' '.join(str(float(p)) for p in params)}\nFixedParameters: {' '.join(str(float(c)) for c in centre)}\n"
+        f"Parameters: {' '.join(str(float(p)) for p in params)}\n"
+        f"FixedParameters: {' '.join(str(float(c)) for c in centre)}\n"
     )
     for name, text in (("ras.lta", format_lta(ras)), ("vox.lta", format_lta(vox)), ("itk.txt", itk)):
         files[name] = os.path.join(directory, name)

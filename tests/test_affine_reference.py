@@ -6,8 +6,9 @@ made by bench/reference/make_affine_fixtures.py. Measured agreement (this port, 
 detector features, barycentres and weights within 7e-7 of their maximum, the least-squares fits
 within 3.2e-6; the affine matrices within 4.6e-6, the rigid ones within 1.5e-5 (the rigid
 projection amplifies the fits' float32 rounding: from TensorFlow's own fit, ilex's rigid step
-reproduces its rigid matrix to 3e-7, and a float64 fit is no closer); joint's mid-space roots within 1.1e-5 (TensorFlow takes the square
-root in float32: the float64 root of its own fit already differs from its output by 7.8e-6);
+reproduces its rigid matrix to 3e-7, and a float64 fit is no closer); joint's mid-space roots
+within 1.1e-5 (TensorFlow takes the square root in float32: the float64 root of its own fit
+already differs from its output by 7.8e-6);
 joint network fields within 1.5e-4 voxel, native warps within 1.1e-4 mm (mean 2.4e-5 mm).
 Tolerances below are about 3x these.
 """

@@ -22,7 +22,10 @@ SHIFT = np.array([10.0, -6.0, 4.0])  # mm, RAS
 
 def _lta(matrix, kind=1):
     rows = "\n".join(" ".join(f"{v:.6f}" for v in row) for row in matrix)
-    return f"# transform file\ntype      = {kind} # LINEAR_RAS_TO_RAS\nnxforms   = 1\nmean      = 0.0 0.0 0.0\nsigma     = 1.0\n1 4 4\n{rows}\n"
+    return (
+        f"# transform file\ntype      = {kind} # LINEAR_RAS_TO_RAS\nnxforms   = 1\n"
+        f"mean      = 0.0 0.0 0.0\nsigma     = 1.0\n1 4 4\n{rows}\n"
+    )
 
 
 def _itk(matrix_fix_to_mov_ras):

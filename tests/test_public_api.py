@@ -17,6 +17,7 @@ def test_public_names():
         "register",
         "Registration",
         "Registrar",
+        "Settings",
         "load",
         "apply",
         "Method",

@@ -227,9 +227,9 @@ def test_rounds_table_and_convergence_plot(tmp_path):
 
 def test_report_command_bad_input(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 1
-    assert (
-        capsys.readouterr().err.strip()
-        == f"ilex report: error: {tmp_path / 'nothing'}: does not exist (give a QC directory or a batch summary PREFIX.json)"
+    assert capsys.readouterr().err.strip() == (
+        f"ilex report: error: {tmp_path / 'nothing'}: does not exist "
+        "(give a QC directory or a batch summary PREFIX.json)"
     )
     assert main(["report", str(tmp_path)]) == 1  # a directory without qc.json
     err = capsys.readouterr().err.strip().splitlines()

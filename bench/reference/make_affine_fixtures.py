@@ -103,7 +103,10 @@ def main():
         "nibabel": nib.__version__,
         "voxelmorph": "git ca28315 (package version {})".format(getattr(vxm, "__version__", "?")),
         "neurite": "git 95b2b56",
-        "registration_py": f"freesurfer/freesurfer @2015394 mri_synthmorph/synthmorph/registration.py, sha256 {sha256(args.registration)} (docstrings stripped)",
+        "registration_py": (
+            "freesurfer/freesurfer @2015394 mri_synthmorph/synthmorph/registration.py, "
+            f"sha256 {sha256(args.registration)} (docstrings stripped)"
+        ),
     }
     print(json.dumps(versions, indent=1))
 

@@ -6,6 +6,7 @@ The user-facing names are here; `ilex.transforms` and `ilex.losses` are the func
 
 __version__ = "0.1.0"
 
+from . import errors as errors
 from . import losses as losses
 from . import transforms as transforms
 from .bundle import DEFAULT_REPO_ID as DEFAULT_REPO_ID
@@ -25,6 +26,7 @@ from .registration.outputs import write_outputs as write_outputs
 from .registration.pipeline import Registration as Registration
 from .registration.pipeline import register as register
 from .registration.session import Registrar as Registrar
+from .registration.settings import Settings as Settings
 from .template import build_template as build_template
 
 convert_weights = _convert  # a FreeSurfer .h5 into a bundle; `ilex.convert` stays the subpackage

@@ -70,21 +70,7 @@ class IlexWorker(_WorkerPlugin):
     def registrar(self):
         with self._lock:
             if self._registrar is None:
-                from ..registration.session import Registrar, load_weights
-
-                s = self.settings
-                registrar = Registrar(
-                    load_weights(s.weights),
-                    method=s.method,
-                    hyper=s.hyper,
-                    steps=s.steps,
-                    extent=s.extent,
-                    algorithm=s.algorithm,
-                    clip_percentile=s.clip_percentile,
-                )
-                registrar.prepare(self.combinations)
-                registrar.model = None
-                self._registrar = registrar
+                self._registrar = self.settings.prepared_registrar(self.combinations)
             return self._registrar
 
 

@@ -14,7 +14,7 @@ Columns (header row required; order free; empty cells mean "not set"):
 | `out_dir`    | `d`   | `-d`: directory for the network inputs                          |
 | `init`       | `i`   | `-i`: initial affine, moving to fixed                           |
 | `hyper`      | `r`   | `-r`: λ for this row (default: the command's `-r`)              |
-| `method`     | `m`   | `-m`: method for this row (default: the command's `-m`); a start of a name will do, as for `-m` |
+| `method`     | `m`   | `-m`: method for this row (default: the command's `-m`; a start of a name will do) |
 | `similarity` |       | `--similarity` for this row (method optimize only)               |
 | `levels`     |       | `--levels` for this row, space-separated mm (e.g. `4 2`)        |
 | `iterations` |       | `--iterations` for this row, space-separated (e.g. `50 20`)     |

@@ -16,48 +16,39 @@ from dataclasses import asdict, dataclass, field
 from ..errors import IlexError, OptionError
 from ..registration.methods.base import Method
 from ..registration.outputs import check_outputs, check_transform_outputs, output_files, outputs_complete, write_outputs
+from ..registration.settings import Settings
 from .pairs import Pair
 
 STATUSES = ("done", "skipped", "failed")
 
 
 @dataclass(frozen=True)
-class BatchSettings:
-    """What every pair of a batch shares: the model and the command's defaults.
+class BatchSettings(Settings):
+    """What every pair of a batch shares: `ilex.Settings` (method, λ, steps, extent, ...: the
+    defaults of rows that leave them empty; `options`: the optimiser's, for rows whose method is
+    optimize) and what a study adds.
 
     `weights`: what `-w` names (a path or hub id, or a tuple of them; None for the default
     weights of the default method, joint's two, as `ilex batch`; () for none: `-m optimize`).
     Rows may pick any method the weights serve: with joint's two files, also deform, affine,
-    rigid; optimize always.
-    `method`/`hyper`: defaults for rows that leave them empty; `similarity`, `levels`,
-    `iterations`: the optimiser's, for rows whose method is optimize (None: its defaults). The
-    others are `ilex register`'s.
+    rigid; optimize always. `warp_format`, `gpu`, `compilation_cache`: `ilex batch`'s
+    `--warp-format`, `--gpu` and `--no-compilation-cache`.
     """
 
     weights: str | tuple[str, ...] | None = None
-    method: str | Method | None = None  # a name, or a Method object (ilex template's affine stage)
-    hyper: float = 0.5
-    steps: int = 7
-    extent: int = 256
-    algorithm: str | None = None
-    clip_percentile: float | None = None
     warp_format: str = "freesurfer"
     gpu: bool = False
     compilation_cache: bool = True
-    similarity: str | None = None
-    levels: tuple[int, ...] | None = None
-    iterations: tuple[int, ...] | None = None
 
     def combination(self, pair: Pair) -> tuple[str | Method | None, float, tuple]:
         """(method, λ, the optimiser's options as sorted items) that `pair` runs with."""
         method = pair.method or self.method
         options = {}
         if _takes_optimiser_options(method):
-            defaults = {"similarity": self.similarity, "levels": self.levels, "iterations": self.iterations}
-            options = {k: v for k, v in {**defaults, **pair.options}.items() if v is not None}
+            options = {k: v for k, v in {**self.optimiser_options, **pair.options}.items() if v is not None}
         return (
             method,
-            self.hyper if pair.hyper is None else pair.hyper,
+            self.effective_hyper if pair.hyper is None else pair.hyper,
             tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())),
         )
 
@@ -79,22 +70,20 @@ class BatchSettings:
     def registrar(self, pairs: Iterable[Pair] = ()):
         """A `Registrar` with the model loaded and the methods `pairs` need made; the loaded
         model is then let go (the hypernetwork is 3.5 GB; each λ's U-Net 1/33 of that)."""
-        from ..registration.session import Registrar, load_weights
+        combinations = sorted({self.combination(p) for p in pairs if p.problem is None}, key=_order)
+        return self.prepared_registrar(combinations)
 
-        registrar = Registrar(
-            load_weights(self.weights),
-            method=self.method,
-            hyper=self.hyper,
-            steps=self.steps,
-            extent=self.extent,
-            algorithm=self.algorithm,
-            clip_percentile=self.clip_percentile,
+    def prepared_registrar(self, combinations: list[tuple]):
+        """`Registrar.from_weights` for these settings with `combinations` prepared (a failed one
+        fails only its own pairs), the model let go; with none, the model is kept."""
+        from ..registration.session import Registrar
+
+        return Registrar.from_weights(
+            self.weights,
+            settings=self.registration_settings(),
+            prepare=list(combinations) or None,
+            strict=False,
         )
-        combinations = {self.combination(p) for p in pairs if p.problem is None}
-        if combinations:
-            registrar.prepare(sorted(combinations, key=_order))
-            registrar.model = None
-        return registrar
 
     def pair_settings(self, pair: Pair) -> dict:
         """Everything that decides `pair`'s outputs, as JSON values: recorded beside them
@@ -110,7 +99,7 @@ class BatchSettings:
             "method": method,
             "hyper": hyper,
             "options": dict(options),
-            "steps": self.steps,
+            "steps": self.effective_steps,
             "extent": self.extent,
             "weights": None if self.weights is None else [_absolute(w) for w in weights],
             "algorithm": self.algorithm,
@@ -323,7 +312,7 @@ def finish_pair(outcome: PairRecord | _Registered) -> PairRecord:
             settings={
                 "model": r.result.method,
                 "hyper": r.hyper,
-                "steps": r.settings.steps,
+                "steps": r.settings.effective_steps,
                 "extent": r.settings.extent,
             },
         )
@@ -403,8 +392,9 @@ def run_batch(
 
     A pair whose outputs all exist, made with these settings (`finished`), is skipped unless
     `overwrite` (so a rerun after a crash does only what is left); one whose outputs were made
-    otherwise, or not by ilex batch, is redone, and its record's `note` says why. Locally, pairs run one after another with one warm model (`registrar`,
-    or one made from `settings`); with a `distributed.Client`, on its workers (`ilex.batch.dask`).
+    otherwise, or not by ilex batch, is redone, and its record's `note` says why. Locally, pairs
+    run one after another with one warm model (`registrar`, or one made from `settings`); with a
+    `distributed.Client`, on its workers (`ilex.batch.dask`).
     `progress` shows one bar on stderr; `on_record` is called as each pair finishes.
     Raises only for problems of the whole batch (weights that cannot be loaded, a cluster where
     no worker has room for one registration); a pair's problem is in its record.

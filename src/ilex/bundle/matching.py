@@ -78,9 +78,8 @@ def match_tensors(expected: list[tuple[str, tuple]], found: dict[str, tuple]) ->
         for layer, file_layer in zip(fams[0], match[0], strict=False):
             by_shape = {tuple(found[n]): n for n in file_layer}
             if len(by_shape) != len(file_layer):
-                raise ValueError(
-                    f"layer {file_layer[0].rsplit('.', 1)[0]} has two tensors of the same shape; cannot pair by structure"
-                )
+                layer_name = file_layer[0].rsplit(".", 1)[0]
+                raise ValueError(f"layer {layer_name} has two tensors of the same shape; cannot pair by structure")
             for n in layer:
                 mapping[n] = by_shape[tuple(exp_shapes[n])]
     return mapping

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
     from ..batch.run import finished
     from ..bundle.weights import peek_width
-    from .register import resolve_model, weights_option
+    from .register import resolve_model, settings_from_args, weights_option
 
     model = resolve_model(args.model)
     weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
@@ -185,17 +185,15 @@ def run(args: argparse.Namespace) -> int:
     settings = BatchSettings(
         weights=weights[0] if len(weights) == 1 else tuple(weights),  # () for -m optimize: no model
         method=model,
-        hyper=args.hyper,
-        steps=args.steps,
-        extent=args.extent,
-        algorithm=None if args.conv == "auto" else args.conv,
-        clip_percentile=args.clip_percentile,
+        **settings_from_args(args),
         warp_format=args.warp_format,
         gpu=args.gpu,
         compilation_cache=not args.no_compilation_cache,
-        similarity=args.similarity,
-        levels=tuple(args.levels) if args.levels else None,
-        iterations=tuple(args.iterations) if args.iterations else None,
+        options={
+            k: v
+            for k, v in {"similarity": args.similarity, "levels": args.levels, "iterations": args.iterations}.items()
+            if v
+        },
     )
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
     todo = [p for p in pairs if args.overwrite or not finished(p, settings)[0]]

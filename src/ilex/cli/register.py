@@ -1,4 +1,5 @@
-"""`ilex register MOVING FIXED`: mri_synthmorph's `register` (joint, deform, affine, rigid) and ilex's `-m optimize`, option for option."""
+"""`ilex register MOVING FIXED`: mri_synthmorph's `register` (joint, deform, affine, rigid), option
+for option, and ilex's `-m optimize`."""
 
 from __future__ import annotations
 
@@ -140,7 +141,10 @@ def add_parser(sub) -> None:
         "--warp-format",
         choices=["freesurfer", "itk"],
         default="freesurfer",
-        help="transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk (default freesurfer)",
+        help=(
+            "transform file convention: freesurfer (warps as mri_synthmorph, matrices as LTA) or itk "
+            "(default freesurfer)"
+        ),
     )
     p.add_argument(
         "--clip-percentile",
@@ -216,6 +220,18 @@ def weights_option(model: str, given: list[str] | None) -> list[str]:
         raise OptionError(f"-w: -m {e}") from None
 
 
+def settings_from_args(args) -> dict:
+    """The `ilex.Settings` fields that -r, -n, -e, --conv and --clip-percentile give, as keywords
+    (register, batch and template read them the same way)."""
+    return {
+        "hyper": args.hyper,
+        "steps": args.steps,
+        "extent": args.extent,
+        "algorithm": None if args.conv == "auto" else args.conv,
+        "clip_percentile": getattr(args, "clip_percentile", None),
+    }
+
+
 def configure_devices(threads: int | None, gpu: bool) -> None:
     """Pick the device and thread count before JAX starts its backends."""
     import jax
@@ -285,6 +301,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.outputs import write_outputs
     from ..registration.overlap import check_overlap
     from ..registration.pipeline import register
+    from ..registration.settings import Settings
 
     stages = Stages(verbose=not args.quiet, stream=sys.stdout)
     with stages("load", "images and weights"):
@@ -310,15 +327,10 @@ def run(args: argparse.Namespace) -> int:
         moving,
         fixed,
         networks,
-        method=method,
-        hyper=args.hyper,
-        steps=args.steps,
-        extent=args.extent,
+        settings=Settings(method=method, **settings_from_args(args)),
         init_vox=init,
         mid_space=args.mid_space,
-        clip_percentile=args.clip_percentile,
         stages=stages,
-        algorithm=None if args.conv == "auto" else args.conv,
         keep_inputs=bool(args.out_dir),
     )
     report = None

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.local_workers is not None and args.local_workers < 1:
         raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
     from ..registration.methods import method_info, needs_prior_affine
-    from .register import configure_devices, resolve_model, weights_option
+    from .register import configure_devices, resolve_model, settings_from_args, weights_option
 
     model = resolve_model(args.model)
     if method_info(model).yields_matrix:
@@ -154,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
             args.out_dir,
             method=model,
             weights=weights,
-            hyper=args.hyper,
-            steps=args.steps,
-            extent=args.extent,
+            **settings_from_args(args),
             rounds=args.rounds,
             initial=args.initial,
             step=args.step,
@@ -164,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
             keep_rounds=args.keep_rounds,
             warp_format=args.warp_format,
             client=client,
-            algorithm=None if args.conv == "auto" else args.conv,
             compilation_cache=not args.no_compilation_cache,
             log=log,
             progress=not args.quiet,

@@ -113,7 +113,8 @@ def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
         fin = params if k == 0 else units
         if dense[2 * k] != (fin, units) or dense[2 * k + 1] != (units,):
             raise ValueError(
-                f"Dense layer {k}: expected ({fin}, {units}) and ({units},), found {dense[2 * k]} and {dense[2 * k + 1]}"
+                f"Dense layer {k}: expected ({fin}, {units}) and ({units},), "
+                f"found {dense[2 * k]} and {dense[2 * k + 1]}"
             )
     rest = shapes[2 * nd :]
     if not rest or len(rest) % 4:
@@ -124,8 +125,8 @@ def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
         ok = len(hk) == 2 and len(hb) == 2 and hk[0] == units == hb[0] and hkb == hk[1:] and hbb == hb[1:]
         if not ok or hk[1] % (27 * hb[1]):
             raise ValueError(
-                f"hyper-convolution {layer}: expected ({units}, 27*cin*cout), (27*cin*cout,), ({units}, cout), (cout,), "
-                f"found {hk}, {hkb}, {hb}, {hbb}"
+                f"hyper-convolution {layer}: expected ({units}, 27*cin*cout), (27*cin*cout,), ({units}, cout), "
+                f"(cout,), found {hk}, {hkb}, {hb}, {hbb}"
             )
         pairs.append((hk[1] // (27 * hb[1]), hb[1]))
     outs = [c for _, c in pairs]
@@ -144,7 +145,8 @@ def _parse_layout(shapes: list[tuple[int, ...]], nd: int) -> dict:
                 "trg_feats": pairs[0][0] // 2,
             }
     raise ValueError(
-        f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, add-convs and flow"
+        f"the {len(pairs)} convolutions (cin, cout) = {pairs} fit no U-Net of encoder, decoder with skips, "
+        "add-convs and flow"
     )
 
 

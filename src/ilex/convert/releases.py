@@ -49,6 +49,7 @@ def verify_release(path: str | os.PathLike, expected_sha256: str | None = None) 
         what = f"FreeSurfer's {name}" if expected == known else "the expected file"
         raise WeightsFileError(
             path,
-            f"SHA-256 {actual[:16]}… differs from {what} ({expected[:16]}…): the file is damaged or altered; download it again",
+            f"SHA-256 {actual[:16]}… differs from {what} ({expected[:16]}…): the file is damaged or altered; "
+            "download it again",
         )
     return actual

@@ -80,7 +80,8 @@ def from_nibabel(img, *, what: str = "image", check_values: bool = True) -> Imag
 
 
 def _checked(data, affine, path: str, what: str, check_values: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 data (x, y, z), float64 affine) after the checks `load_image` lists; `path` names the image in errors."""
+    """(float32 data (x, y, z), float64 affine) after the checks `load_image` lists; `path` names
+    the image in errors."""
     shape = data.shape
     if data.ndim == 4 and shape[3] == 1:
         data = data[..., 0]

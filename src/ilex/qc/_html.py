@@ -17,7 +17,8 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
        padding: 12px 20px 40px; color: #1d1d1f; background: #fff; }
 h1 { font-size: 20px; margin: 8px 0 2px; } h2 { font-size: 16px; margin: 26px 0 6px; border-bottom: 1px solid #ddd; }
 .sub { color: #555; margin: 0 0 10px; word-break: break-all; }
-table { border-collapse: collapse; margin: 6px 0; } td, th { padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; margin: 6px 0; }
+td, th { padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
 th { font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .verdict { padding: 8px 12px; border-radius: 6px; margin: 10px 0; }
 .verdict.ok { background: #e8f5e9; border: 1px solid #a5d6a7; }

@@ -80,12 +80,15 @@ def warnings(record: dict) -> list[str]:
 def _verdict(record: dict) -> str:
     found = warnings(record)
     rules = (
-        f"Rules: similarity (NMI) lower after than before by more than {SIMILARITY_LOSS}; any folded voxel in the head; an affine part that "
-        f"reflects, rotates more than {ROTATION_WARN_DEG:.0f}° or scales outside "
+        f"Rules: similarity (NMI) lower after than before by more than {SIMILARITY_LOSS}; any folded voxel in "
+        f"the head; an affine part that reflects, rotates more than {ROTATION_WARN_DEG:.0f}° or scales outside "
         f"{SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f}."
     )
     if not found:
-        return f'<div class="verdict ok" id="verdict"><b>Nothing looks wrong.</b> <span class="legend">{rules}</span></div>'
+        return (
+            '<div class="verdict ok" id="verdict"><b>Nothing looks wrong.</b> '
+            f'<span class="legend">{rules}</span></div>'
+        )
     items = "".join(f"<li>{escape(w)}</li>" for w in found)
     return (
         f'<div class="verdict bad" id="verdict"><b>Check this registration:</b><ul>{items}</ul>'
@@ -140,7 +143,7 @@ def _figures(record: dict) -> str:
         ),
         (
             "det J, whole grid: min, mean, max",
-            f"{number(record.get('jacobian_min'))}, {number(record.get('jacobian_mean'))}, {number(record.get('jacobian_max'))}",
+            ", ".join(number(record.get(k)) for k in ("jacobian_min", "jacobian_mean", "jacobian_max")),
         ),
         ("largest expansions in the head", _position(record.get("largest_expansions"))),
         ("largest compressions in the head", _position(record.get("largest_compressions"))),
@@ -219,7 +222,8 @@ def render(record: dict, slices) -> str:
 Slices are cut inside the head's bounding box; intensities windowed at the 0.5th–99.5th percentiles.</div>
 </div>"""
     jacobian = f"""<h2>Jacobian determinant</h2>
-<img class="plot" id="jacobian" alt="Jacobian determinant over the fixed image" src="{_html.data_uri(layers["jacobian"])}">
+<img class="plot" id="jacobian" alt="Jacobian determinant over the fixed image"
+ src="{_html.data_uri(layers["jacobian"])}">
 <div class="legend">det J of the forward warp over the fixed image, inside the head: red expands, blue compresses
 (log scale, 0.5 to 2), <span class="swatch" style="background:#ffe600"></span>yellow folds (det J ≤ 0).</div>"""
     files = (
@@ -229,7 +233,8 @@ Slices are cut inside the head's bounding box; intensities windowed at the 0.5th
     body = (
         f"<h1>Registration report</h1><p class=sub>{escape(title)}<br>moving <code>{escape(moving)}</code><br>"
         f"fixed <code>{escape(fixed)}</code></p>{_verdict(record)}{panel}{_figures(record)}{jacobian}"
-        f"{_run(record, slices.info)}{files}<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>"
+        f"{_run(record, slices.info)}{files}"
+        "<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>"
     )
     return _html.page(f"ilex QC: {title}", body)
 

@@ -135,6 +135,11 @@ def _pair_facts(record: dict) -> dict:
     return facts
 
 
+def _data_value(value) -> str:
+    # The sort key a cell carries: the number itself, empty where there is none.
+    return "" if value is None else str(value)
+
+
 def _link(target: str, page_dir: str) -> str:
     return urllib.parse.quote(os.path.relpath(target, page_dir).replace(os.sep, "/"))
 
@@ -246,7 +251,7 @@ def render_study(
         if f["slices"] is not None:
             thumb = f'<img class="thumb" alt="fixed and moved, axial" src="{_html.data_uri(thumbnail(f["slices"]))}">'
         cells = "".join(
-            f'<td class="num{" flag" if flags[m.key][k] else ""}" data-value="{"" if f["values"][m.key] is None else f["values"][m.key]}">'
+            f'<td class="num{" flag" if flags[m.key][k] else ""}" data-value="{_data_value(f["values"][m.key])}">'
             f"{number(f['values'][m.key])}</td>"
             for m in METRICS
         )
@@ -267,7 +272,8 @@ def render_study(
         )
     parts.append(
         f'<h2>All pairs</h2><p class="legend">Click a column title to sort. Each pair links to its report.</p>'
-        f'<div class="wide"><table class="study" id="pairs"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table></div>'
+        f'<div class="wide"><table class="study" id="pairs"><thead>{head}</thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
     shown = {k: v for k, v in (settings or {}).items() if v not in (None, "", ())}
     parts.append(

@@ -30,11 +30,11 @@ from ..transforms.compose import (
 from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
-from .methods import as_method
-from .methods.base import Method, NetworkTransform, check_hyper, check_steps, scale_matrix
+from .methods.base import Method, NetworkTransform, scale_matrix
 from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
+from .settings import Settings, check_options  # noqa: F401  (check_options: public since 0.1)
 
 
 @dataclass
@@ -173,17 +173,6 @@ def _matrix_field(matrix, shape):
     return apply_matrix(matrix, grid) - grid
 
 
-def check_options(hyper: float, steps: int, extent: int) -> None:
-    check_hyper(hyper)
-    check_steps(steps)
-    if extent < 32 or extent % 32:
-        raise OptionError(
-            "the extent must be a positive multiple of 32 (256 default, 192 to save memory)",
-            argument="extent",
-            value=extent,
-        )
-
-
 @jax.jit(static_argnames=("steps", "scale", "identity_pre"))
 def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool):
     """Forward and backward displacements on the full network grid, from a coarse velocity.
@@ -234,10 +223,11 @@ def register(
     fixed: Image | str | os.PathLike,
     model=None,
     *,
+    settings: Settings | None = None,
     method: Method | str | None = None,
     hyper: float | None = None,
     steps: int | None = None,
-    extent: int = 256,
+    extent: int | None = None,
     init_vox: np.ndarray | None = None,
     mid_space: bool = False,
     clip_percentile: float | None = None,
@@ -250,7 +240,10 @@ def register(
 
     `model` is a loaded SynthMorph model (`ilex.load`): the deformable hypernetwork or fixed-λ
     U-Net (`-m deform`), the affine/rigid feature detector (`-m affine`/`rigid`), or a pair
-    (affine, deformable) for `-m joint`. `method` overrides the choice: a name ("deform",
+    (affine, deformable) for `-m joint`. `settings` (`ilex.Settings`) says how to register;
+    the keywords `method`, `hyper`, `steps`, `extent`, `clip_percentile`, `algorithm` and the
+    optimiser's `options` are its fields, given here for short, and override it where not None.
+    `method` overrides the choice: a name ("deform",
     "affine", "rigid", "joint") applied to `model`, or any `Method` object
     (`ilex.registration.methods`). `hyper` is λ for the deformable models and the optimiser
     (default 0.5), `steps` the scaling-and-squaring steps (default 7; the optimiser optimises
@@ -268,9 +261,19 @@ def register(
     Raises `ImageFileError` for unusable images, `OptionError` for out-of-range or conflicting
     options and `TypeError` for options the method does not take.
     """
-    check_options(0.5 if hyper is None else hyper, 7 if steps is None else steps, extent)
-    method = as_method(model, method, hyper=hyper, steps=steps, algorithm=algorithm, **options)
-    steps = getattr(method, "steps", None) or (7 if steps is None else steps)  # the method's own, when it has one
+    settings = Settings.of(
+        settings,
+        method=method,
+        hyper=hyper,
+        steps=steps,
+        extent=extent,
+        clip_percentile=clip_percentile,
+        algorithm=algorithm,
+        **options,
+    )
+    method = settings.method_for(model)
+    steps = getattr(method, "steps", None) or settings.effective_steps  # the method's own, when it has one
+    extent, clip_percentile = settings.extent, settings.clip_percentile
     stages = stages or Stages()
     with stages("resample", f"to {extent}^3 network space"):
         moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")

@@ -33,7 +33,9 @@ from ..bundle.weights import load_weights
 from ..errors import OptionError
 from ..image.io import Image, from_nibabel, load_image
 from .methods import method_info
-from .pipeline import Registration, check_options, register
+from .methods.base import check_hyper
+from .pipeline import Registration, register
+from .settings import DEFAULT_HYPER, Settings
 
 _TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -53,56 +55,47 @@ def as_image(image, what: str = "image") -> Image:
 class Registrar:
     """Registers pair after pair with one model, keeping its per-λ U-Nets and compiled programs.
 
-    `model` is what `register` takes (`ilex.load(...)`); `method`, `hyper`, `steps`, `extent`,
-    `algorithm`, `clip_percentile` and the optimiser's `options` are the defaults of every
-    `register` call (see `ilex.registration.pipeline.register`: λ 0.5 and 7 steps unless set
-    here or on a `Method` object); `method`, `hyper` and `options` can change per call. A new
-    extent or steps value compiles the network again: make one `Registrar` per extent.
+    `model` is what `register` takes (`ilex.load(...)`); `settings` (`ilex.Settings`), or its
+    fields and the optimiser's options as keywords, are the defaults of every `register` call;
+    `method`, `hyper` and the optimiser's options can change per call. A new extent or steps
+    value compiles the network again: make one `Registrar` per extent.
     Thread-safe: calls may come from several threads (they then share the CPU; each call's
     result, the optimiser's chosen similarity included, is its own).
     """
 
-    def __init__(
-        self,
-        model=None,
-        *,
-        method=None,
-        hyper: float | None = None,
-        steps: int | None = None,
-        extent: int = 256,
-        algorithm: str | None = None,
-        clip_percentile: float | None = None,
-        **options,
-    ):
-        check_options(0.5 if hyper is None else hyper, 7 if steps is None else steps, extent)
+    def __init__(self, model=None, *, settings: Settings | None = None, **kwargs):
         self.model = model
-        self.method = method
-        self.hyper = None if hyper is None else float(hyper)
-        self.steps = steps
-        self.options = options
-        self.extent = extent
-        self.algorithm = algorithm
-        self.clip_percentile = clip_percentile
+        self.settings = Settings.of(settings, **kwargs)
         self._methods: dict[tuple, object] = {}
         self._failed: dict[tuple, Exception] = {}  # what `prepare` could not make, raised again when asked for
         self._lock = threading.Lock()
 
+    @property
+    def extent(self) -> int:
+        return self.settings.extent
+
     @classmethod
-    def from_weights(cls, weights=None, *, prepare: Iterable[tuple] | None = None, **kwargs) -> Registrar:
+    def from_weights(
+        cls, weights=None, *, prepare: Iterable[tuple] | None = None, strict: bool = True, **kwargs
+    ) -> Registrar:
         """Load `weights` (bundle directory, Hugging Face repo id, or FreeSurfer .h5; a list of
         them for methods that take several models; default as `ilex register`'s default,
         `-m joint`: synthmorph.affine.2.h5 and synthmorph.deform.3.h5 from $FREESURFER_HOME,
         else their hub bundles).
 
-        With `prepare`, (method, λ) pairs (method None: the default), the methods and their
-        U-Nets are made now and the loaded model (the 3.5 GB hypernetwork) is let go: later
-        calls must use one of them. Other keyword arguments are the constructor's. Raises
-        `BundleError` when the weights cannot be loaded, and the first error of `prepare`.
+        With `prepare`, (method, λ) or (method, λ, options) combinations (method None: the
+        default), the methods and their U-Nets are made now and the loaded model (the 3.5 GB
+        hypernetwork) is let go: later calls must use one of them. A combination that cannot be
+        made raises at once (`strict`), or, with `strict=False` (a batch, where it fails only its
+        own pairs), each time it is asked for. Other keyword arguments are the constructor's.
+        Raises `BundleError` when the weights cannot be loaded. This is the one place a warm
+        registrar is built: `register`, `ilex batch`, its Dask workers and `ilex template` all
+        come here.
         """
         registrar = cls(load_weights(weights), **kwargs)
         if prepare is not None:
             failed = registrar.prepare(prepare)
-            if failed:
+            if failed and strict:
                 raise next(iter(failed.values()))
             registrar.model = None
         return registrar
@@ -123,26 +116,25 @@ class Registrar:
         return failed
 
     def _key(self, method, hyper, options: dict) -> tuple:
-        method = self.method if method is None else method
-        hyper = self.hyper if hyper is None else float(hyper)
-        options = {**self.options, **options}
-        return method, 0.5 if hyper is None else hyper, _frozen(options)
+        s = self.settings
+        method = s.method if method is None else method
+        hyper = s.hyper if hyper is None else float(hyper)
+        return method, DEFAULT_HYPER if hyper is None else hyper, _frozen({**s.optimiser_options, **options})
 
     def method_for(self, method=None, hyper: float | None = None, **options):
         """The `Method` for `method` (a name, a `Method`, or None for the default) at λ=`hyper`
-        with the optimiser's `options` (added to the constructor's), made once and kept. Raises
+        with the optimiser's `options` (added to the settings'), made once and kept. Raises
         `OptionError` for a λ that was not prepared once the model has been let go
         (`from_weights(..., prepare=...)`), and what `as_method` raises for a `Method` given
         with a different λ or with options."""
-        from .methods import Method, as_method
+        from .methods import Method
 
-        chosen = self.method if method is None else method
+        chosen = self.settings.method if method is None else method
         if isinstance(chosen, Method):
-            explicit = hyper if hyper is not None else self.hyper
-            return as_method(None, chosen, hyper=explicit, steps=self.steps, **{**self.options, **options})
+            return self.settings.method_for(None, chosen, hyper, **options)
         key = self._key(method, hyper, options)
         method, hyper = key[0], key[1]
-        check_options(hyper, 7 if self.steps is None else self.steps, self.extent)
+        check_hyper(hyper)
         if key in self._failed:
             raise self._failed[key]
         with self._lock:
@@ -154,9 +146,7 @@ class Registrar:
                         argument="hyper",
                         value=hyper,
                     )
-                self._methods[key] = as_method(
-                    self.model, method, hyper=hyper, steps=self.steps, algorithm=self.algorithm, **dict(key[2])
-                )
+                self._methods[key] = self.settings.method_for(self.model, method, hyper, **dict(key[2]))
             return self._methods[key]
 
     def register(
@@ -190,12 +180,8 @@ class Registrar:
         return register(
             moving,
             fixed,
-            None,
-            method=chosen,
-            steps=getattr(chosen, "steps", self.steps),
-            extent=self.extent,
+            settings=self.settings.with_method(chosen),
             init_vox=init,
-            clip_percentile=self.clip_percentile,
             stages=stages,
             keep_inputs=keep_inputs,
         )
@@ -213,7 +199,7 @@ class Registrar:
         from .memory import estimate_peak_bytes, runs_detector
 
         detector = any(runs_detector(m.name) for m in self._methods.values())
-        return estimate_peak_bytes(self.extent, self.network_width(), detector=detector)
+        return estimate_peak_bytes(self.settings.extent, self.network_width(), detector=detector)
 
 
 def _frozen(options: dict) -> tuple:

@@ -20,11 +20,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .._atomic import atomic_file, output_batch
+from ..batch.run import BatchSettings
 from ..errors import IlexError, OptionError
 from ..registration.methods import OptimizeMethod
 from .inputs import TemplateInput, as_inputs, check_inputs
@@ -56,30 +57,18 @@ STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class TemplateSettings:
-    """What every round shares. `method`, `weights`, `hyper`, `steps`, `extent`, `algorithm`,
-    `clip_percentile`, `gpu`, `compilation_cache` are `ilex batch`'s (`weights`: () for no weights,
-    `-m optimize`; a pair (affine, deform) gives methods that need an affine stage their detector).
-    `step` is the shape update's step (1: the whole inverse of the mean transform); `sharpen` applies
-    Laplacian sharpening to each new template; `warp_format` is that of the final per-image warps."""
+class TemplateSettings(BatchSettings):
+    """What every round shares: `ilex batch`'s settings (`weights`: () for no weights,
+    `-m optimize`; a pair (affine, deform) gives methods that need an affine stage their
+    detector; `method` a name, joint by default), and the loop's own. `step` is the shape
+    update's step (1: the whole inverse of the mean transform); `sharpen` applies Laplacian
+    sharpening to each new template; `warp_format` is that of the final per-image warps."""
 
     method: str = "joint"
-    weights: str | tuple[str, ...] | None = None
-    hyper: float = 0.5
-    steps: int = 7
-    extent: int = 256
     step: float = 1.0
     sharpen: bool = False
-    warp_format: str = "freesurfer"
-    algorithm: str | None = None
-    clip_percentile: float | None = None
-    gpu: bool = False
-    compilation_cache: bool = True
 
     def check(self) -> None:
-        from ..registration.pipeline import check_options
-
-        check_options(self.hyper, self.steps, self.extent)
         if not 0.0 < self.step <= 1.0:
             raise OptionError(f"--step {self.step:g}: the shape update's step must lie in (0, 1]")
         if self.warp_format not in ("freesurfer", "itk"):
@@ -92,27 +81,18 @@ class TemplateSettings:
                 "weights too: give -w AFFINE -w DEFORM (as for joint)"
             )
 
-    def batch(self, method=None):
+    def batch(self, method=None) -> BatchSettings:
         """The `BatchSettings` of a round's registrations (intermediate warps in FreeSurfer's format)."""
-        from ..batch import BatchSettings
-
+        shared = {f.name: getattr(self, f.name) for f in fields(BatchSettings)}
         return BatchSettings(
-            weights=self.weights,
-            method=self.method if method is None else method,
-            hyper=self.hyper,
-            steps=self.steps,
-            extent=self.extent,
-            algorithm=self.algorithm,
-            clip_percentile=self.clip_percentile,
-            gpu=self.gpu,
-            compilation_cache=self.compilation_cache,
+            **{**shared, "method": self.method if method is None else method, "warp_format": "freesurfer"}
         )
 
     def affine_method(self):
         """The method of the affine stage: the weights' affine detector when they have one, else the
         optimiser's affine stage alone (no deformable iterations); None when neither is available."""
         if self.weights == ():
-            return _optimiser_affine_stage(self.hyper)
+            return _optimiser_affine_stage(self.effective_hyper)
         if isinstance(self.weights, tuple) and len(self.weights) == 2:
             return "affine"
         return None
@@ -369,7 +349,8 @@ class _Builder:
         total = f"/{rounds}" if rounds else " (affine average)"
         self.log(
             f"ilex template: round {row['round']}{total}: {row['averaged']} averaged, "
-            f"{len(row['failed'].split()) if row['failed'] else 0} failed; mean transform {row['mean_displacement_mm']:.3f} mm "
+            f"{len(row['failed'].split()) if row['failed'] else 0} failed; "
+            f"mean transform {row['mean_displacement_mm']:.3f} mm "
             f"(max {row['max_displacement_mm']:.3f} mm); similarity {similarity}{change}; {row['seconds']:.1f} s"
         )
         if self.on_round is not None:

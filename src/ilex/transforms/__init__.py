@@ -5,7 +5,8 @@ pull-back convention (output voxel p reads the input at p + d(p)); images are (x
 function here is jittable, vmappable over a leading batch axis with `jax.vmap`, and
 differentiable, as `tests/test_functional_api.py` checks.
 
-- `integrate_velocity` (= `scaling_and_squaring`): a stationary velocity to a diffeomorphic displacement (scaling and squaring)
+- `integrate_velocity` (= `scaling_and_squaring`): a stationary velocity to a diffeomorphic
+  displacement, by scaling and squaring
 - `warp_image`: an image moved by a displacement
 - `compose_fields`: two displacements as one
 - `jacobian_determinant`, `folding_fraction`: local volume change and where a warp folds
