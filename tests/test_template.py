@@ -193,6 +193,7 @@ def _carried_dice(cohort, warps, tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_template_comes_back_to_the_source_anatomy(cohort, built, tmp_path):
     source = nib.load(cohort["source"]).get_fdata()
     mask = source > 0.1 * np.percentile(source, 99)
@@ -235,6 +236,7 @@ def test_template_comes_back_to_the_source_anatomy(cohort, built, tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_rounds_csv_and_outputs(built, capsys):
     with open(os.path.join(built.outdir, "rounds.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
@@ -280,6 +282,7 @@ class _Killed(Exception):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_template(cohort, built, tmp_path, monkeypatch):
     outdir = tmp_path / "resumed"
 
@@ -327,6 +330,7 @@ def test_resume_after_a_kill_gives_the_same_template(cohort, built, tmp_path, mo
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_template(cohort, built, tmp_path):
     distributed = pytest.importorskip("distributed")
     from ilex.registration.memory import estimate_peak_bytes
@@ -349,6 +353,7 @@ def test_dask_local_cluster_gives_the_same_template(cohort, built, tmp_path):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_an_image_that_fails_is_left_out_of_the_average(cohort, tmp_path, capsys):
     (tmp_path / "broken.lta").write_text("not a transform\n")
     rows = (
@@ -389,6 +394,7 @@ def test_an_image_that_fails_is_left_out_of_the_average(cohort, tmp_path, capsys
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["joint", "deform"])
 def test_synthmorph_methods_plumbing(cohort, tmp_path, method):
     # Plumbing only: the reference's reduced random-weight networks (tests/fixtures) are no

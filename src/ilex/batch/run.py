@@ -495,7 +495,7 @@ def write_summary(
     totals = {status: sum(r.status == status for r in records) for status in STATUSES}
     document = {
         "totals": totals,
-        "settings": asdict(settings) if settings else None,
+        "settings": settings.as_record() if settings else None,
         "pairs": [r.to_dict() for r in records],
     }
     with atomic_file(json_path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:

@@ -225,11 +225,10 @@ def run(args: argparse.Namespace) -> int:
         if cluster is not None:
             cluster.close()
     csv_path, json_path = write_summary(records, prefix, settings)
-    from dataclasses import asdict
 
     from ..qc.study_report import write_study_report
 
-    report_path = write_study_report(records, f"{prefix}.report.html", settings=asdict(settings))
+    report_path = write_study_report(records, f"{prefix}.report.html", settings=settings.as_record())
     elapsed = time.perf_counter() - start
     failed = [r for r in records if r.status == "failed"]
     for record in failed:

@@ -135,6 +135,14 @@ def _pair_facts(record: dict) -> dict:
     return facts
 
 
+def _says_something(value) -> bool:
+    # Empty values are left out of "How it was run"; an empty list, tuple or mapping alike, as
+    # settings read back from JSON give lists where the batch had tuples.
+    if isinstance(value, (list, tuple, dict)):
+        return len(value) > 0
+    return value is not None and value != ""
+
+
 def _data_value(value) -> str:
     # The sort key a cell carries: the number itself, empty where there is none.
     return "" if value is None else str(value)
@@ -275,7 +283,7 @@ def render_study(
         f'<div class="wide"><table class="study" id="pairs"><thead>{head}</thead>'
         f"<tbody>{''.join(body)}</tbody></table></div>"
     )
-    shown = {k: v for k, v in (settings or {}).items() if v not in (None, "", ())}
+    shown = {k: v for k, v in (settings or {}).items() if _says_something(v)}
     parts.append(
         "<h2>How it was run</h2><table>"
         + _html.rows(

@@ -12,6 +12,7 @@ format, devices), so a setting is declared, defaulted and checked in this one pl
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,15 @@ class Settings:
         if options:
             fields_["options"] = {**base.optimiser_options, **options}
         return dataclasses.replace(base, **fields_) if fields_ else base
+
+    def as_record(self) -> dict:
+        """Every field as JSON-ready values (what a summary or report records): the optimiser's
+        options as a mapping, a Method object by its repr."""
+        record = dataclasses.asdict(self)
+        record["options"] = self.optimiser_options
+        if self.method is not None and not isinstance(self.method, str):
+            record["method"] = repr(self.method)
+        return json.loads(json.dumps(record))  # tuples as lists, as they read back
 
     def registration_settings(self) -> Settings:
         """The plain `Settings` part of an extended one (`BatchSettings`, `TemplateSettings`)."""
