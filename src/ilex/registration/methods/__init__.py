@@ -217,7 +217,9 @@ def as_method(
     if name == "deform":
         return SynthMorphDeformMethod(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
     if name in ("affine", "rigid"):
-        return SynthMorphAffineMethod(_detector(model[0] if pair else model, f"-m {name}"), rigid=name == "rigid")
+        return SynthMorphAffineMethod(
+            _detector(model[0] if pair else model, f"-m {name}"), rigid=name == "rigid", algorithm=algorithm
+        )
     if name == "joint":
         if not isinstance(model, (tuple, list)) or len(model) != 2:
             raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")
