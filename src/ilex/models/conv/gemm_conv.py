@@ -69,7 +69,7 @@ def patch_conv3d(
     planes: int = 4,
     activation: Callable[[Array], Array] | None = None,
     pool: bool = False,
-) -> Float[AnyArray, "n x y z cout"]:
+) -> Float[AnyArray, "n ox oy oz cout"]:  # halved by `pool`
     """conv_general_dilated(x, kernel, 'SAME') + bias, for small cin (im2col in slabs); `activation`
     and `pool` as in `winograd_conv3d`."""
     sy, sz, cin = x.shape[2:]
@@ -92,7 +92,7 @@ def shift_conv3d(
     planes: int = 16,
     activation: Callable[[Array], Array] | None = None,
     pool: bool = False,
-) -> Float[AnyArray, "n x y z cout"]:
+) -> Float[AnyArray, "n ox oy oz cout"]:  # halved by `pool`
     """conv_general_dilated(x, kernel, 'SAME') + bias, for small cout (products, then shifts);
     `activation` and `pool` as in `winograd_conv3d`."""
     sy, sz, cin = x.shape[2:]

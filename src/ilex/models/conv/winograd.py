@@ -116,7 +116,7 @@ def winograd_conv3d(
     activation: Callable[[Array], Array] | None = None,
     m: int = 2,
     pool: bool = False,
-) -> Float[AnyArray, "n x y z cout"]:
+) -> Float[AnyArray, "n ox oy oz cout"]:  # halved by `pool`
     """'same' 3x3x3 cross-correlation of the channel concatenation of `parts`, plus `bias`.
 
     `parts` are `(array, upsample)`: an array (n, x, y, z, c) on the output grid, or with
