@@ -23,8 +23,9 @@ _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth aliv
 # The affine/rigid detector (joint, affine, rigid) runs in slabs like the U-Net (models/conv), each
 # encoder level max-pooled as it is computed, so its full-resolution activations never exist: at
 # extent 256 the detector alone peaks at 1.25 GB RSS and `register -m affine` at 1.42 GB, under the
-# U-Net's peak. `-m joint` still peaked above `-m deform` run just after it, by 0.13 GB at 128
-# (2.58 against 2.45 GB) and 0.31 GB at 256 (5.78 against 5.47 GB; bench/results/*_slab_detector*.json):
+# U-Net's peak. `-m joint` still peaked above `-m deform` run beside it, by 0.13 GB at 128
+# (2.58 against 2.45 GB) and 0.31 and 0.30 GB at 256 (5.78 against 5.47 GB, 5.74 against 5.45 GB;
+# bench/results/*_slab_detector*.json):
 # what the pipeline keeps beside the U-Net once the detector has run. A constant covers it with a
 # margin. With XLA's direct convolution (`--conv direct`) the detector alone needs 5.1 GB at 256.
 _DETECTOR_EXTRA_BYTES = 0.5e9
