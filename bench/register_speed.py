@@ -110,10 +110,10 @@ def child_affine(extent: int, gpu: bool, algorithm: str, batched: bool) -> dict:
     keys = jax.random.split(jax.random.key(1), 2)
     mov, fix = (half_resolution(jax.random.uniform(k, (extent,) * 3 + (1,), jnp.float32)) for k in keys)
     t0 = time.perf_counter()
-    model.fit(mov, fix, extent)
+    model.fit(mov, fix, extent, algorithm=algorithm)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.fit(fix, mov, extent)
+    model.fit(fix, mov, extent, algorithm=algorithm)
     return {"build_s": build, "affine_first_s": first, "affine_s": time.perf_counter() - t0}
 
 
@@ -209,6 +209,7 @@ def child_register(extent: int, gpu: bool, algorithm: str, batched: bool, model:
             "affine": _affine_model,
             "joint": lambda: (_affine_model(), _model(gpu)),
         }[model]()
+    # None: each network's own default (the U-Net's and the detector's differ on CPU).
     result = register(moving, fixed, nets, method=model, extent=extent, stages=stages, algorithm=algorithm)
     with stages("moved", "moving image on the fixed grid"):
         result.moved()
@@ -251,7 +252,7 @@ def main() -> int:
     parser.add_argument(
         "--algorithm",
         choices=["direct", "winograd", "winograd4"],
-        help="convolution (default: ilex's choice for the device)",
+        help="convolution of both networks (default: ilex's choice for the device and network)",
     )
     parser.add_argument(
         "--batched", action="store_true", help="run the two passes as one batch (default: one after the other)"
@@ -268,10 +269,14 @@ def main() -> int:
     if not args.gpu:
         os.environ["JAX_PLATFORMS"] = "cpu"
     if args.child:
-        from ilex.registration.methods.synthmorph import default_algorithm
+        from ilex.registration.methods.synthmorph import default_algorithm, default_detector_algorithm
 
         what, extent = args.child[0], int(args.child[1])
-        algorithm = args.algorithm or default_algorithm()
+        algorithm = args.algorithm
+        if what == "affine":
+            algorithm = algorithm or default_detector_algorithm()
+        elif what != "register":  # register leaves the choice to each network
+            algorithm = algorithm or default_algorithm()
         child = {
             "network": child_network,
             "register": child_register,
@@ -281,7 +286,8 @@ def main() -> int:
         result = child(
             extent, args.gpu, algorithm, args.batched, **({"model": args.model} if what == "register" else {})
         )
-        result["algorithm"], result["batched"] = algorithm, args.batched
+        default = f"default (U-Net {default_algorithm()}, detector {default_detector_algorithm()})"
+        result["algorithm"], result["batched"] = algorithm or default, args.batched
         result["peak_rss_gb"] = _peak_rss_gb()
         result["peak_device_gb"] = _device_peak_gb() if args.gpu else None
         print(json.dumps(result))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ilex._sequencing import after
-from ilex.models.synthmorph_deform.gemm_conv import patch_conv3d
+from ilex.models.conv.gemm_conv import patch_conv3d
 from ilex.models.synthmorph_deform.velocity import symmetric_velocity
 from ilex.transforms.compose import upsample_half_field
 

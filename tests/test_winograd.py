@@ -8,7 +8,7 @@ from conftest import fixture_path
 from jax import lax
 
 import ilex
-from ilex.models.synthmorph_deform.winograd import winograd_conv3d
+from ilex.models.conv.winograd import winograd_conv3d
 
 # One F(2,3) layer in float32 differs from the direct sum by a few ulps of its largest terms:
 # 1e-5 of the output's maximum leaves a 10x margin over what we measure (~5e-7).
@@ -97,7 +97,7 @@ def test_writing_over_the_input_gives_the_same_result(getkey, m):
 
 @pytest.mark.parametrize("cin,cout,x", [(2, 16, 8), (2, 16, 6), (16, 3, 20), (16, 3, 7)])
 def test_narrow_layers_as_one_product_match_direct(getkey, cin, cout, x):
-    from ilex.models.synthmorph_deform.gemm_conv import patch_conv3d, shift_conv3d
+    from ilex.models.conv.gemm_conv import patch_conv3d, shift_conv3d
 
     inp = jax.random.normal(getkey(), (1, x, 10, 6, cin))
     kernel, bias = jax.random.normal(getkey(), (3, 3, 3, cin, cout)), jax.random.normal(getkey(), (cout,))
@@ -119,7 +119,7 @@ def test_parts_on_different_grids_are_refused(getkey, without_annotation_checks)
 
 
 def test_slabs_must_tile_the_axis():
-    from ilex.models.synthmorph_deform.slabs import fill_slabs
+    from ilex.models.conv.slabs import fill_slabs
 
     x = jnp.ones((1, 10, 2, 2, 1))
     with pytest.raises(ValueError, match="planes=4 must be a positive divisor of the output's x size 10"):

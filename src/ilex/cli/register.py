@@ -157,7 +157,8 @@ def add_parser(sub) -> None:
         "--conv",
         choices=["auto", "direct", "winograd", "winograd4"],
         default="auto",
-        help="deformable U-Net convolution: auto (winograd4 on CPU, XLA's own on GPU), or one of them: winograd4 "
+        help="convolution of the networks (deformable U-Net and affine detector): auto (on CPU winograd4 for the "
+        "U-Net, winograd for the detector; XLA's own on GPU), or one of them for both: winograd4 "
         "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)",
     )
     p.add_argument(

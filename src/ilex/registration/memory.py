@@ -20,10 +20,15 @@ _BASE_BYTES = 2.0e9
 _BYTES_PER_HALF_VOXEL_CHANNEL = 8.0  # about two float32 activations' worth alive at the peak
 
 
-# The affine/rigid detector (joint, affine, rigid) runs XLA's own convolution on the half-resolution
-# image; its first layer's full-width output dominates. Fitted to one measurement, 9.5 GB peak RSS
-# of `register -m joint` at extent 256 (detector alone: 8.2 GB; bench/results/cpu_joint_256.json), with a margin.
-_DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL = 15.0
+# The affine/rigid detector (joint, affine, rigid) runs in slabs like the U-Net (models/conv), each
+# encoder level max-pooled as it is computed, so its full-resolution activations never exist: at
+# extent 256 the detector alone peaks at 1.25 GB RSS and `register -m affine` at 1.42 GB, under the
+# U-Net's peak. `-m joint` still peaked above `-m deform` run beside it, by 0.13 GB at 128
+# (2.58 against 2.45 GB) and 0.31 and 0.30 GB at 256 (5.78 against 5.47 GB, 5.74 against 5.45 GB;
+# bench/results/*_slab_detector*.json):
+# what the pipeline keeps beside the U-Net once the detector has run. A constant covers it with a
+# margin. With XLA's direct convolution (`--conv direct`) the detector alone needs 5.1 GB at 256.
+_DETECTOR_EXTRA_BYTES = 0.5e9
 
 
 def runs_detector(method) -> bool:
@@ -38,11 +43,10 @@ def runs_detector(method) -> bool:
 
 def estimate_peak_bytes(extent: int, width: int = 256, detector: bool = False) -> float:
     """Estimated peak resident memory (bytes) of one registration at `extent` on CPU; with
-    `detector`, of one that also runs the affine feature detector (the larger of the two peaks)."""
+    `detector`, of one that also runs the affine feature detector (an upper bound for `-m affine`
+    and `rigid` too, whose peak is far lower)."""
     need = _BASE_BYTES + _BYTES_PER_HALF_VOXEL_CHANNEL * (extent // 2) ** 3 * width
-    if detector:
-        need = max(need, _BASE_BYTES + _DETECTOR_BYTES_PER_HALF_VOXEL_CHANNEL * (extent // 2) ** 3 * width)
-    return need
+    return need + _DETECTOR_EXTRA_BYTES if detector else need
 
 
 def available_bytes() -> float:

@@ -18,10 +18,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jaxtyping import Float
+from jaxtyping import Array, Float
 
 from ..._custom_types import AnyArray
+from ..._sequencing import after
+from ..conv import check_algorithm, conv_layer, direct_conv3d
 from .fit import barycenter, centring, channel_weights, rigid_part, symmetric_fit
 
 __all__ = ["AffineConv3d", "SynthMorphAffine", "fit_features"]
@@ -39,19 +40,11 @@ class AffineConv3d(eqx.Module):
         self.bias = jnp.zeros((cout,))
 
     def __call__(self, x: Float[AnyArray, "x y z cin"]) -> Float[AnyArray, "x y z cout"]:
-        out = lax.conv_general_dilated(
-            x[None],
-            self.kernel,
-            (1, 1, 1),
-            "SAME",
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-            precision=lax.Precision.HIGHEST,
-        )[0]
-        return out + self.bias[None, None, None, :]
+        return direct_conv3d(x[None], self.kernel, self.bias)[0]
 
 
-def _max_pool(x: Float[AnyArray, "x y z c"]) -> Float[AnyArray, "hx hy hz c"]:
-    return lax.reduce_window(x, -jnp.inf, lax.max, (2, 2, 2, 1), (2, 2, 2, 1), "VALID")
+def _leaky_relu(x: AnyArray) -> Array:
+    return jax.nn.leaky_relu(x, 0.2)
 
 
 class SynthMorphAffine(eqx.Module):
@@ -134,18 +127,27 @@ class SynthMorphAffine(eqx.Module):
     def levels(self) -> int:
         return len(self.enc_nf)
 
-    def features(self, image: Float[AnyArray, "x y z c"]) -> Float[AnyArray, "fx fy fz f"]:
+    def features(self, image: Float[AnyArray, "x y z c"], algorithm: str = "direct") -> Float[AnyArray, "fx fy fz f"]:
+        """The feature maps of one image. `algorithm` is the convolution (models/conv): "direct"
+        is XLA's own; "winograd" and "winograd4" run the wide layers by Winograd F(2,3) or F(4,3)
+        and the first layer as one wide matrix product, in slabs, each encoder level max-pooled
+        slab by slab so that its full-resolution output never exists (the same maps up to
+        float32 rounding, with a fraction of the memory and arithmetic on CPU)."""
+        check_algorithm(algorithm)
         if any(n % 2**self.levels for n in image.shape[:3]):
             raise ValueError(
                 f"image shape {image.shape[:3]} must be divisible by 2^{self.levels} (one pooling per level)"
             )
-        x = image
+        x = image[None]
         convs = iter(self.convs)
         for _ in self.enc_nf:
-            x = _max_pool(jax.nn.leaky_relu(next(convs)(x), 0.2))
+            conv = next(convs)
+            x = conv_layer([(x, False)], conv.kernel, conv.bias, algorithm, _leaky_relu, pool=True)
         for _ in self.add_nf:
-            x = jax.nn.leaky_relu(next(convs)(x), 0.2)
-        return jax.nn.relu(next(convs)(x))
+            conv = next(convs)
+            x = conv_layer([(x, False)], conv.kernel, conv.bias, algorithm, _leaky_relu)
+        conv = next(convs)
+        return conv_layer([(x, False)], conv.kernel, conv.bias, algorithm, jax.nn.relu)[0]
 
     def fit(
         self,
@@ -153,24 +155,31 @@ class SynthMorphAffine(eqx.Module):
         fixed: Float[AnyArray, "x y z c"],
         extent: int,
         rigid: bool | None = None,
+        algorithm: str = "direct",
     ) -> np.ndarray:
         """The matrix from fixed to moving index coordinates of a grid of side `extent` (float64 4x4).
 
         `moving`, `fixed`: the detector's inputs (what it sees; `extent` is the side of the grid
-        whose coordinates the barycentres are scaled to). `rigid` None uses `self.rigid`.
+        whose coordinates the barycentres are scaled to). `rigid` None uses `self.rigid`;
+        `algorithm` is `features`'.
         """
-        f1, f2 = _features_pair(self, moving, fixed)
+        check_algorithm(algorithm)
+        f1, f2 = _features_pair(self, moving, fixed, algorithm)
         return fit_features(f1, f2, extent, self.rigid if rigid is None else rigid)
 
-    def centred_fit(self, moving, fixed, extent: int, rigid: bool | None = None) -> np.ndarray:
+    def centred_fit(
+        self, moving, fixed, extent: int, rigid: bool | None = None, algorithm: str = "direct"
+    ) -> np.ndarray:
         """As `fit`, in coordinates centred on the grid's middle (the reference's own frame)."""
         cen, un_cen = centring(extent)
-        return cen @ self.fit(moving, fixed, extent, rigid) @ un_cen
+        return cen @ self.fit(moving, fixed, extent, rigid, algorithm) @ un_cen
 
 
 @eqx.filter_jit
-def _features_pair(model: SynthMorphAffine, moving, fixed):
-    return model.features(moving), model.features(fixed)
+def _features_pair(model: SynthMorphAffine, moving, fixed, algorithm: str):
+    # One image after the other, so that the second's layers do not overlap the first's peak.
+    first = model.features(moving, algorithm)
+    return first, model.features(after(fixed, first), algorithm)
 
 
 def fit_features(features_moving, features_fixed, extent: int, rigid: bool = False) -> np.ndarray:

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jaxtyping import Array, Float
 
 from ..._custom_types import AnyArray
+from ..conv import check_algorithm, conv_layer, max_pool
 
 _LEAKY_SLOPE = 0.2  # Keras LeakyReLU(0.2) = max(0.2 x, x)
 
@@ -53,69 +53,8 @@ def conv_channels(
     return pairs
 
 
-def _conv(x: AnyArray, kernel: AnyArray, bias: AnyArray) -> Array:
-    # Cross-correlation, DHWIO kernel straight from the C-order reshape, 'same' zero padding.
-    y = lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(1, 1, 1),
-        padding="SAME",
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        precision=lax.Precision.HIGHEST,
-    )
-    return y + bias[None, None, None, None, :]
-
-
 def _leaky_relu(x: AnyArray) -> Array:
     return jnp.maximum(_LEAKY_SLOPE * x, x)
-
-
-def _max_pool(x: AnyArray) -> Array:
-    n, a, b, c, ch = x.shape
-    return x.reshape(n, a // 2, 2, b // 2, 2, c // 2, 2, ch).max(axis=(2, 4, 6))
-
-
-def _upsample(x: AnyArray) -> Array:
-    for axis in (1, 2, 3):
-        x = jnp.repeat(x, 2, axis=axis)
-    return x
-
-
-CONV_ALGORITHMS = ("direct", "winograd", "winograd4")
-_WIDE = 8  # channels from which a layer counts as wide
-
-
-def _materialise(parts: list[tuple[Array, bool]]) -> Array:
-    arrays = [_upsample(a) if up else a for a, up in parts]
-    return arrays[0] if len(arrays) == 1 else jnp.concatenate(arrays, axis=-1)
-
-
-def _conv_parts(
-    parts: list[tuple[Array, bool]], kernel: AnyArray, bias: AnyArray, algorithm: str, activate: bool
-) -> Array:
-    """Convolution (then LeakyReLU if `activate`) of the concatenation of `parts`, which are
-    (array, upsample) pairs as in winograd.py."""
-    from .gemm_conv import patch_conv3d, shift_conv3d
-    from .winograd import winograd_conv3d
-
-    first, up = parts[0]
-    shape = [s * 2 if up else s for s in first.shape[1:4]]
-    cin, cout = kernel.shape[3], kernel.shape[4]
-    act = _leaky_relu if activate else None
-    if algorithm != "direct":
-        # Winograd pays off where the matrix products are wide; layers with few channels on one
-        # side (the first and the last) become one wide product instead. Odd sizes stay direct.
-        if min(cin, cout) >= _WIDE:
-            if algorithm == "winograd4" and all(s % 4 == 0 for s in shape):
-                return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=4)
-            if all(s % 2 == 0 for s in shape):
-                return winograd_conv3d(parts, kernel, bias, slab=1, activation=act, m=2)
-        elif cin < _WIDE:
-            return patch_conv3d(_materialise(parts), kernel, bias, activation=act)
-        else:
-            return shift_conv3d(_materialise(parts), kernel, bias, activation=act)
-    y = _conv(_materialise(parts), kernel, bias)
-    return _leaky_relu(y) if activate else y
 
 
 def unet_forward(
@@ -127,13 +66,12 @@ def unet_forward(
     """Run the U-Net of docs/spec-deform.md §2.5 on a batch `x`, given the (kernel, bias) of every conv.
 
     `algorithm` "direct" is XLA's convolution; "winograd" and "winograd4" compute the wide
-    layers by Winograd F(2,3) and F(4,3) in slabs (winograd.py) without materialising the
-    decoder's upsampled concatenations, and the first and last layers as wide matrix products
-    (gemm_conv.py): the same results up to float32 rounding (the output within ~1e-5 of the
+    layers by Winograd F(2,3) and F(4,3) in slabs (models/conv/winograd.py) without materialising
+    the decoder's upsampled concatenations, and the first and last layers as wide matrix products
+    (models/conv/gemm_conv.py): the same results up to float32 rounding (the output within ~1e-5 of the
     direct evaluation, F(4,3) about twice F(2,3)), with far less arithmetic and memory on CPU.
     """
-    if algorithm not in CONV_ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {CONV_ALGORITHMS}, got {algorithm!r}")
+    check_algorithm(algorithm)
     size = x.shape[1:4]
     if any(s % (2**n_levels) for s in size):
         raise ValueError(f"U-Net input size {size} must be divisible by 2**{n_levels} = {2**n_levels}")
@@ -145,16 +83,16 @@ def unet_forward(
     skips = []
     parts = [(x, False)]
     for _ in range(n_levels):
-        x = _conv_parts(parts, *next(layers), algorithm, activate=True)
+        x = conv_layer(parts, *next(layers), algorithm, _leaky_relu)
         skips.append(x)
-        parts = [(_max_pool(x), False)]
+        parts = [(max_pool(x), False)]
     for _ in range(n_levels):
-        x = _conv_parts(parts, *next(layers), algorithm, activate=True)
+        x = conv_layer(parts, *next(layers), algorithm, _leaky_relu)
         parts = [(x, True), (skips.pop(), False)]  # [upsample(x), skip], concatenated lazily
     remaining = list(layers)
     for kernel, bias in remaining[:-1]:
-        parts = [(_conv_parts(parts, kernel, bias, algorithm, activate=True), False)]
-    return _conv_parts(parts, *remaining[-1], algorithm, activate=False)
+        parts = [(conv_layer(parts, kernel, bias, algorithm, _leaky_relu), False)]
+    return conv_layer(parts, *remaining[-1], algorithm)
 
 
 def _prepare_pair(source: AnyArray, target: AnyArray, src_feats: int, trg_feats: int) -> Array:

@@ -185,7 +185,10 @@ def as_method(
     "refine" optimises a SynthMorph deformable model's answer further (`--refine`). `hyper` is
     λ (default 0.5), `steps` the integration steps the optimiser assumes (default 7, the
     pipeline's), `options` the optimiser's (`similarity`, `levels`, `iterations`, ...: see
-    `OptimizeMethod`); the SynthMorph methods take none.
+    `OptimizeMethod`); the SynthMorph methods take none. `algorithm` is the convolution of
+    SynthMorph's networks, the U-Net's and the affine detector's ("direct", "winograd",
+    "winograd4"; None: `default_algorithm()` for the U-Net, `default_detector_algorithm()` for
+    the detector).
 
     `method` may also be a ready `Method`, which carries its own options: it is returned as it
     is, and `hyper` or `steps` that differ from its own, or any `options`, raise `OptionError`
@@ -217,7 +220,9 @@ def as_method(
     if name == "deform":
         return SynthMorphDeformMethod(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
     if name in ("affine", "rigid"):
-        return SynthMorphAffineMethod(_detector(model[0] if pair else model, f"-m {name}"), rigid=name == "rigid")
+        return SynthMorphAffineMethod(
+            _detector(model[0] if pair else model, f"-m {name}"), rigid=name == "rigid", algorithm=algorithm
+        )
     if name == "joint":
         if not isinstance(model, (tuple, list)) or len(model) != 2:
             raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")

@@ -25,7 +25,7 @@ from jax import lax
 from jaxtyping import Array, Float
 
 from ..._custom_types import AnyArray
-from .slabs import fill_slabs, padded_rows
+from .slabs import bias_activate_pool, fill_slabs, padded_rows
 
 # 1-D F(m,3) for cross-correlation: y = A^T [(G g) * (B^T d)], d an (m+2)-tap window, g the 3 taps,
 # built by the Toom-Cook construction at interpolation points 0, ±1 and infinity (Lavin & Gray 2016),
@@ -115,7 +115,8 @@ def winograd_conv3d(
     slab: int = 2,
     activation: Callable[[Array], Array] | None = None,
     m: int = 2,
-) -> Float[AnyArray, "n x y z cout"]:
+    pool: bool = False,
+) -> Float[AnyArray, "n ox oy oz cout"]:  # halved by `pool`
     """'same' 3x3x3 cross-correlation of the channel concatenation of `parts`, plus `bias`.
 
     `parts` are `(array, upsample)`: an array (n, x, y, z, c) on the output grid, or with
@@ -123,7 +124,9 @@ def winograd_conv3d(
     sizes must be multiples of `m` (output tile side, 2 or 4) and the first one of `m * slab`. Equals
     `activation(conv_general_dilated(concatenate(...), kernel, 'SAME') + bias)` up to float32
     rounding. Bias and activation are applied per slab, so that the only full-size buffer a
-    layer writes is its output. Raises `ValueError` (at trace time) for parts on different grids,
+    layer writes is its output. With `pool`, the result is 2x2x2 max-pooled slab by slab (so
+    the full-resolution output never exists; `activation` must then be non-decreasing, as
+    LeakyReLU is). Raises `ValueError` (at trace time) for parts on different grids,
     sizes that the tiles do not divide, or kernel and bias shapes that do not fit the parts.
     """
     if not parts:
@@ -154,7 +157,7 @@ def winograd_conv3d(
 
     # The output is written over the last full-resolution part of its shape: in the U-Net every
     # input dies with its layer, so each layer then needs one full-size buffer, not two.
-    reusable = [k for k, (a, up) in enumerate(parts) if not up and a.shape == (n, *shape, cout)]
+    reusable = [k for k, (a, up) in enumerate(parts) if not up and a.shape == (n, *shape, cout) and not pool]
     reuse = reusable[-1] if reusable else None
 
     def one_slab(i: AnyArray, reused_block: AnyArray | None) -> Array:
@@ -169,7 +172,8 @@ def winograd_conv3d(
         products = products.reshape(m + 2, m + 2, m + 2, n, *tiles, cout)
         y = _output_along(_output_along(_output_along(products, 0, m), 1, m), 2, m)  # (mz, my, mx, n, s, ty, tz, cout)
         y = y.transpose(3, 4, 2, 5, 1, 6, 0, 7).reshape(n, m * slab, shape[1], shape[2], cout)
-        y = y + bias[None, None, None, None, :]
-        return y if activation is None else activation(y)
+        return bias_activate_pool(y, bias, activation, pool)
 
+    if pool:  # m * slab input planes make m * slab / 2 output planes (m is even)
+        return fill_slabs(one_slab, first, (n, *(s // 2 for s in shape), cout), m * slab // 2)
     return fill_slabs(one_slab, first, (n, *shape, cout), m * slab, None if reuse is None else parts[reuse][0])

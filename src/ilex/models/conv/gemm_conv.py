@@ -24,14 +24,16 @@ from jax import lax
 from jaxtyping import Array, Float
 
 from ..._custom_types import AnyArray
-from .slabs import fill_slabs, padded_rows
+from .slabs import bias_activate_pool, fill_slabs, padded_rows
 
 _OFFSETS = list(itertools.product(range(3), repeat=3))  # (a, b, c) in the kernel's DHW order
 
 
-def _slab_planes(x: int, planes: int) -> int:
-    # The largest divisor of x up to `planes`, so that slabs tile the axis exactly.
-    return max(d for d in range(1, min(planes, x) + 1) if x % d == 0)
+def _slab_planes(x: int, planes: int, even: bool = False) -> int:
+    # The largest (even, for pooling) divisor of x up to `planes` (at least 2 when even), so that
+    # slabs tile the axis exactly.
+    step = 2 if even else 1
+    return max(d for d in range(step, max(min(planes, x), step) + 1, step) if x % d == 0)
 
 
 def _in_slabs(
@@ -41,17 +43,22 @@ def _in_slabs(
     bias: AnyArray,
     activation: Callable[[Array], Array] | None,
     products: Callable[[Array, int], Array],
+    pool: bool = False,
 ) -> Array:
     # The scaffolding both convolutions share: slabs of `planes` planes along x, each computed by
-    # `products(padded block, planes)` from its padded input rows, then bias and activation.
+    # `products(padded block, planes)` from its padded input rows, then bias and activation (and
+    # 2x2x2 max-pooling with `pool`, for which a slab needs an even number of planes).
     n, sx, sy, sz, _ = x.shape
-    planes = _slab_planes(sx, planes)
+    if pool and any(s % 2 for s in (sx, sy, sz)):
+        raise ValueError(f"2x2x2 pooling needs even spatial sizes, got {(sx, sy, sz)}")
+    planes = _slab_planes(sx, planes, even=pool)
 
     def one_slab(i: AnyArray, _: None) -> Array:
         y = products(padded_rows(x, False, i * planes, planes + 2), planes)
-        y = y + bias[None, None, None, None, :]
-        return y if activation is None else activation(y)
+        return bias_activate_pool(y, bias, activation, pool)
 
+    if pool:
+        return fill_slabs(one_slab, x, (n, sx // 2, sy // 2, sz // 2, cout), planes // 2)
     return fill_slabs(one_slab, x, (n, sx, sy, sz, cout), planes)
 
 
@@ -61,8 +68,10 @@ def patch_conv3d(
     bias: Float[AnyArray, " cout"],
     planes: int = 4,
     activation: Callable[[Array], Array] | None = None,
-) -> Float[AnyArray, "n x y z cout"]:
-    """conv_general_dilated(x, kernel, 'SAME') + bias, for small cin (im2col in slabs)."""
+    pool: bool = False,
+) -> Float[AnyArray, "n ox oy oz cout"]:  # halved by `pool`
+    """conv_general_dilated(x, kernel, 'SAME') + bias, for small cin (im2col in slabs); `activation`
+    and `pool` as in `winograd_conv3d`."""
     sy, sz, cin = x.shape[2:]
     cout = kernel.shape[-1]
     weights = kernel.reshape(27 * cin, cout)
@@ -73,7 +82,7 @@ def patch_conv3d(
         )
         return jnp.einsum("nxyzk,kd->nxyzd", patches, weights, precision=lax.Precision.HIGHEST)
 
-    return _in_slabs(x, cout, planes, bias, activation, products)
+    return _in_slabs(x, cout, planes, bias, activation, products, pool)
 
 
 def shift_conv3d(
@@ -82,8 +91,10 @@ def shift_conv3d(
     bias: Float[AnyArray, " cout"],
     planes: int = 16,
     activation: Callable[[Array], Array] | None = None,
-) -> Float[AnyArray, "n x y z cout"]:
-    """conv_general_dilated(x, kernel, 'SAME') + bias, for small cout (products, then shifts)."""
+    pool: bool = False,
+) -> Float[AnyArray, "n ox oy oz cout"]:  # halved by `pool`
+    """conv_general_dilated(x, kernel, 'SAME') + bias, for small cout (products, then shifts);
+    `activation` and `pool` as in `winograd_conv3d`."""
     sy, sz, cin = x.shape[2:]
     cout = kernel.shape[-1]
     weights = kernel.transpose(3, 0, 1, 2, 4).reshape(cin, 27 * cout)
@@ -93,4 +104,4 @@ def shift_conv3d(
         taps = taps.reshape(*taps.shape[:4], 27, cout)
         return sum(taps[:, a : a + planes, b : b + sy, c : c + sz, t, :] for t, (a, b, c) in enumerate(_OFFSETS))
 
-    return _in_slabs(x, cout, planes, bias, activation, products)
+    return _in_slabs(x, cout, planes, bias, activation, products, pool)
