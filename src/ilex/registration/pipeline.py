@@ -254,8 +254,9 @@ def register(
     `init_vox` is an initial affine from moving to fixed voxels (`affine_init.read_initial_affine`);
     `mid_space` (mri_synthmorph's `-M`) splits it between both images by its matrix square root.
     `clip_percentile` enables the model card's percentile clipping (not FreeSurfer's behaviour).
-    `algorithm` ("direct", "winograd" or "winograd4", see `unet_forward`) picks the deformable
-    U-Net's convolution; by default Winograd F(4,3) on CPU and XLA's own on GPU.
+    `algorithm` ("direct", "winograd" or "winograd4", see `ilex.models.conv`) picks the
+    convolution of both networks; by default on CPU Winograd F(4,3) for the deformable U-Net and
+    F(2,3) for the affine detector (whose fit magnifies rounding), and XLA's own on GPU.
     `keep_inputs` keeps both network inputs on the result (`Registration.inputs`, what `-d`
     writes: 128 MB at extent 256); otherwise they are let go.
     Raises `ImageFileError` for unusable images, `OptionError` for out-of-range or conflicting

@@ -50,8 +50,8 @@ class Settings:
     "refine"), a ready `Method` object (which carries its own λ, steps and options), or None
     for what the model runs by default. `hyper` (λ, `-r`) and `steps` (`-n`): None means the
     Method object's own, else 0.5 and 7. `extent` (`-e`): the network cube side in mm.
-    `algorithm`: the deformable U-Net's convolution ("direct", "winograd", "winograd4"; None
-    picks per device). `clip_percentile`: the model card's percentile clipping (not
+    `algorithm`: the networks' convolution ("direct", "winograd", "winograd4"; None picks per
+    network and device). `clip_percentile`: the model card's percentile clipping (not
     FreeSurfer's). `options`: the optimiser's (`similarity`, `levels`, `iterations`, ...; see
     `OptimizeMethod`), for method "optimize" or "refine"; stored as sorted (name, value) items
     so that settings hash and compare by value (lists become tuples).
