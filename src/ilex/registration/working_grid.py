@@ -16,8 +16,8 @@ import numpy as np
 from ..image.geometry import LIA
 from ..image.io import Image
 
-# Voxel sizes within this fraction of each other count as equal (headers store them as float32).
-_SAME_SIZE = 1e-4
+# Each step of the cap's search coarsens the grid by at least this factor.
+_LEAST_STEP = 1.01
 
 
 @dataclass(frozen=True)
@@ -85,12 +85,11 @@ def image_grid(moving: Image, fixed: Image, extent: int) -> WorkingGrid:
     """
     rotation = _axes(fixed.affine)
     size = working_voxel_size(fixed.affine)
-    for _ in range(8):  # the ceilings make the first rescaling land a hair short now and then
+    while True:  # the ceilings make a rescaling land a hair short now and then: a few steps
         grid = WorkingGrid(size, rotation, _cover(fixed, rotation, size), _cover(moving, rotation, size))
         if grid.voxels <= extent**3:
             return grid
-        size *= max((grid.voxels / extent**3) ** (1 / 3), 1.0 + _SAME_SIZE)
-    raise AssertionError("unreachable: the voxel size grows until both grids fit")
+        size *= max((grid.voxels / extent**3) ** (1 / 3), _LEAST_STEP)
 
 
 def grid_for(method, moving: Image, fixed: Image, extent: int) -> WorkingGrid:
