@@ -123,10 +123,12 @@ def _sampled(source: Image, spacing, centre, size_mm, warp=None) -> tuple[Image,
 
 
 CASES = {
-    # name: moving spacing and field of view (mm), fixed spacing and field of view, warp, grid voxel
-    "2 mm": ((1, 1, 1), (120,) * 3, (2, 2, 2), (96,) * 3, (3.0, 12.0), 2.0),
-    "0.5 mm": ((0.5, 0.5, 0.5), (48,) * 3, (0.5, 0.5, 0.5), (40,) * 3, (1.5, 6.0), 0.5),
-    "1x1x3 mm": ((1, 1, 3), (96, 96, 96), (1, 1, 3), (80, 80, 81), (3.0, 12.0), 1.0),
+    # name: moving spacing and field of view (mm), fixed spacing and field of view, warp, grid
+    # voxel, largest mean error (mm): 1.5x the measured 0.45 mm (from 3.49 mm without the warp),
+    # 0.49 mm (from 1.78 mm) and 0.77 mm (from 3.51 mm).
+    "2 mm": ((1, 1, 1), (120,) * 3, (2, 2, 2), (96,) * 3, (3.0, 12.0), 2.0, 0.68),
+    "0.5 mm": ((0.5, 0.5, 0.5), (48,) * 3, (0.5, 0.5, 0.5), (40,) * 3, (1.5, 6.0), 0.5, 0.73),
+    "1x1x3 mm": ((1, 1, 3), (96, 96, 96), (1, 1, 3), (80, 80, 81), (3.0, 12.0), 1.0, 1.15),
 }
 
 
@@ -134,7 +136,7 @@ CASES = {
 @pytest.mark.realdata
 @pytest.mark.parametrize("case", CASES)
 def test_known_warp_recovered_on_the_images_grid(case):
-    mov_spacing, mov_fov, fix_spacing, fix_fov, warp, voxel = CASES[case]
+    mov_spacing, mov_fov, fix_spacing, fix_fov, warp, voxel, largest = CASES[case]
     colin = load_image(data_path("colin27_t1.nii.gz"))
     centre = (90, 110, 80)  # the middle of the brain, in Colin27's voxels (= mm)
     moving, _ = _sampled(colin, mov_spacing, centre, mov_fov)
@@ -155,6 +157,5 @@ def test_known_warp_recovered_on_the_images_grid(case):
     margin = np.zeros(fixed.shape, bool)
     margin[2:-2, 2:-2, 2:-2] = True  # the outermost voxels: clamped warps at the field of view's faces
     inside = brain & margin
-    print(case, "error", error[inside].mean(), np.percentile(error[inside], 95), "before", before[inside].mean())
-    assert error[inside].mean() < 0.5 * before[inside].mean()
+    assert error[inside].mean() < min(largest, 0.5 * before[inside].mean())
     assert folding_fraction(jacobian_determinant(result.forward, fixed.affine)) == 0.0
