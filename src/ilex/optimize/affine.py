@@ -127,12 +127,12 @@ def optimise_affine(
         with (
             tqdm(
                 total=iterations,
-                desc=f"affine {scale * voxel_size:g} mm",
+                desc=f"affine {scale * voxel_size:.3g} mm",
                 file=sys.stderr,
                 disable=None if progress else True,
                 leave=False,
             ) as bar,
-            LevelTimer(profile, f"affine {scale * voxel_size:g} mm") as count,
+            LevelTimer(profile, f"affine {scale * voxel_size:.3g} mm") as count,
         ):
             for _ in range(iterations):
                 params, opt_state, value = _affine_step(

@@ -192,12 +192,12 @@ def optimise_velocity(
         with (
             tqdm(
                 total=level.iterations,
-                desc=f"deformable {level.scale * voxel_size:g} mm",
+                desc=f"deformable {level.scale * voxel_size:.3g} mm",
                 file=sys.stderr,
                 disable=None if progress else True,
                 leave=False,
             ) as bar,
-            LevelTimer(profile, f"deformable {level.scale * voxel_size:g} mm") as count,
+            LevelTimer(profile, f"deformable {level.scale * voxel_size:.3g} mm") as count,
         ):
             for i in range(level.iterations):
                 v, opt_state, value, longest = _deformable_step(

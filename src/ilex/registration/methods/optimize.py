@@ -160,8 +160,8 @@ class OptimizeMethod:
     def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
         size = 1.0 if grid is None else grid.voxel_size
         levels, _, velocity_scale = self.plan(size)
-        mm = " -> ".join(f"{s * size:g} mm" for s in levels)
-        return f"affine, then a {velocity_scale * size:g} mm velocity over {mm}, λ {self.hyper:g}"
+        mm = " -> ".join(f"{s * size:.3g} mm" for s in levels)
+        return f"affine, then a {velocity_scale * size:.3g} mm velocity over {mm}, λ {self.hyper:g}"
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
         _check_images(mov_net, fix_net)
@@ -248,7 +248,7 @@ class RefineMethod(OptimizeMethod):
     def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
         first = self.first.describe(extent, steps) if hasattr(self.first, "describe") else self.first.name
         size = 1.0 if grid is None else grid.voxel_size
-        return f"{first}; refined over {' -> '.join(f'{s * size:g} mm' for s in self.levels)}"
+        return f"{first}; refined over {' -> '.join(f'{s * size:.3g} mm' for s in self.levels)}"
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
         _check_images(mov_net, fix_net)
