@@ -14,6 +14,7 @@ import numpy as np
 
 from ..image.geometry import world_centre
 from ..image.io import Image
+from ..optimize.smoothing import gaussian_matrix, smooth
 from ..transforms.compose import affine_displacement
 from ..transforms.grid import voxel_grid
 from ..transforms.interpolate import interpolate_clamped
@@ -134,7 +135,9 @@ def matrix_square_root(matrix: np.ndarray) -> np.ndarray:
 
 
 @jax.jit(static_argnames=("shape", "clip_percentile"))
-def _resample_normalised(data, matrix, shape: tuple[int, int, int], clip_percentile: float | None):
+def _resample_normalised(data, matrix, shape: tuple[int, int, int], clip_percentile: float | None, mats=None):
+    if mats is not None:
+        data = smooth(data, mats)
     grid = voxel_grid(shape)
     out = interpolate_clamped(data, grid + affine_displacement(matrix, grid), fill=0.0)
     if clip_percentile is not None:
@@ -144,18 +147,29 @@ def _resample_normalised(data, matrix, shape: tuple[int, int, int], clip_percent
 
 
 def to_network(
-    image: Image, net_to_vox: np.ndarray, shape: int | tuple[int, int, int], clip_percentile: float | None = None
+    image: Image,
+    net_to_vox: np.ndarray,
+    shape: int | tuple[int, int, int],
+    clip_percentile: float | None = None,
+    sigma=None,
 ) -> jax.Array:
     """`image` resampled onto the network grid of `shape` (an int: the cube of that side), min-max
     normalised to [0, 1] (docs/spec-deform.md §5.2).
 
     `clip_percentile` (e.g. 99) first clips at that percentile: the model card's variant, not
     what any FreeSurfer release does. An image with no signal in the network field of view
-    gives 0/0 here; the pipeline checks for it before the network runs.
+    gives 0/0 here; the pipeline checks for it before the network runs. `sigma` (per axis, in
+    the image's voxels; `working_grid.antialiasing`) smooths the image first.
     """
+    mats = (
+        None
+        if sigma is None
+        else tuple(gaussian_matrix(int(n), float(s)) for n, s in zip(image.shape[:3], sigma, strict=True))
+    )
     return _resample_normalised(
         jnp.asarray(image.data, jnp.float32),
         np.asarray(net_to_vox, np.float32),
         (shape,) * 3 if isinstance(shape, int) else tuple(int(n) for n in shape),
         clip_percentile,
+        mats,
     )

@@ -35,7 +35,7 @@ from .methods.base import Method, NetworkTransform, check_hyper, check_steps, sc
 from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
-from .working_grid import grid_for
+from .working_grid import antialiasing, grid_for
 
 
 @dataclass
@@ -303,8 +303,10 @@ def register(
             space.net_to_fix @ np.linalg.inv(space.start) @ space.mov_to_net,
             centred=not method.centre_on_fixed and init_vox is None,
         )
-        mov_net = to_network(moving, space.net_to_mov, space.moving_shape, clip_percentile)
-        fix_net = to_network(fixed, space.net_to_fix, space.shape, clip_percentile)
+        mov_net = to_network(
+            moving, space.net_to_mov, space.moving_shape, clip_percentile, antialiasing(grid, moving.affine)
+        )
+        fix_net = to_network(fixed, space.net_to_fix, space.shape, clip_percentile, antialiasing(grid, fixed.affine))
         _check_contrast(moving, fixed, mov_net, fix_net)
     with stages("network", method.describe(extent, steps, **own) if hasattr(method, "describe") else method.name):
         transform = method.estimate(mov_net, fix_net, **own)

@@ -31,6 +31,9 @@ class WorkingGrid:
     rotation: np.ndarray
     fixed_shape: tuple[int, int, int]
     moving_shape: tuple[int, int, int]
+    # Smooth an image whose voxels are finer than the grid's before sampling it (`antialiasing`);
+    # SynthMorph's cube samples without, as mri_synthmorph does.
+    antialias: bool = False
 
     @property
     def voxels(self) -> int:
@@ -81,15 +84,27 @@ def image_grid(moving: Image, fixed: Image, extent: int) -> WorkingGrid:
     The voxel size is `working_voxel_size(fixed.affine)`; where either grid would hold more than
     `extent`^3 voxels (the memory of SynthMorph's cube at `-e`), the voxel size grows until both
     fit, so the whole field of view is always registered (at a coarser grid). An isotropic fixed
-    image without shear gives its own voxel grid back (up to the rounding of its header).
+    image without shear gives its own voxel grid back (up to the rounding of its header). An image
+    with finer voxels than the grid's is smoothed before it is sampled (`antialiasing`).
     """
     rotation = _axes(fixed.affine)
     size = working_voxel_size(fixed.affine)
     while True:  # the ceilings make a rescaling land a hair short now and then: a few steps
-        grid = WorkingGrid(size, rotation, _cover(fixed, rotation, size), _cover(moving, rotation, size))
+        grid = WorkingGrid(size, rotation, _cover(fixed, rotation, size), _cover(moving, rotation, size), True)
         if grid.voxels <= extent**3:
             return grid
         size *= max((grid.voxels / extent**3) ** (1 / 3), _LEAST_STEP)
+
+
+def antialiasing(grid: WorkingGrid, affine: np.ndarray) -> np.ndarray | None:
+    """Per-axis Gaussian sigma (the image's voxels) to apply before sampling an image of voxel-to-RAS
+    `affine` onto `grid`, or None. For a grid `f` times coarser along an axis the variance is
+    `(f^2 - 1) / 6` voxels^2: exactly that of the optimiser's binomial pyramid at f = 2, 4, 8."""
+    if not grid.antialias:
+        return None
+    factor = grid.voxel_size / np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+    sigma = np.sqrt(np.maximum(factor**2 - 1.0, 0.0) / 6.0)
+    return sigma if (sigma > 0.05).any() else None
 
 
 def grid_for(method, moving: Image, fixed: Image, extent: int) -> WorkingGrid:
