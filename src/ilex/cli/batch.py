@@ -86,7 +86,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
     p.add_argument(
-        "-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)"
+        "-e",
+        "--extent",
+        type=int,
+        default=256,
+        help="network cube side in mm, a multiple of 32 (default 256); "
+        "-m optimize: the cap on its grid at the images' resolution, E^3 voxels",
     )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA)")
@@ -141,7 +146,11 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("-m optimize (rows whose method is optimize; as ilex register)")
     g.add_argument("--similarity", choices=["auto", "lncc", "mi"], help="lncc, mi or auto (default auto)")
     g.add_argument(
-        "--levels", type=int, nargs="+", metavar="MM", help="deformable levels in mm, coarse to fine (default 4 2)"
+        "--levels",
+        type=int,
+        nargs="+",
+        metavar="VOXELS",
+        help="deformable levels in voxels of the working grid, coarse to fine (default 4 2; 2 1 for voxels >= 1.5 mm)",
     )
     g.add_argument("--iterations", type=int, nargs="+", metavar="N", help="most iterations per level (default 50 20)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or closing summary, only errors")

@@ -115,7 +115,8 @@ def add_parser(sub) -> None:
         "--extent",
         type=int,
         default=256,
-        help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory)",
+        help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory); "
+        "-m optimize works at the fixed image's resolution instead, on at most E^3 voxels (coarser beyond)",
     )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument(
@@ -188,8 +189,9 @@ def add_parser(sub) -> None:
         "--levels",
         type=int,
         nargs="+",
-        metavar="MM",
-        help="deformable levels, coarse to fine, in mm of the network grid (default 4 2; --refine: 2)",
+        metavar="VOXELS",
+        help="deformable levels, coarse to fine, in voxels of the working grid (the fixed image's voxel size; "
+        "default 4 2, or 2 1 where the voxels are 1.5 mm or larger; --refine: 2, on the 1 mm cube)",
     )
     g.add_argument(
         "--iterations",

@@ -66,7 +66,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
     p.add_argument(
-        "-e", "--extent", type=int, default=256, help="network cube side in mm, a multiple of 32 (default 256)"
+        "-e",
+        "--extent",
+        type=int,
+        default=256,
+        help="network cube side in mm, a multiple of 32 (default 256); "
+        "-m optimize: the cap on its grid at the images' resolution, E^3 voxels",
     )
     p.add_argument(
         "--rounds", type=int, default=4, metavar="K", help="rounds of registration and averaging (default 4)"

@@ -1,9 +1,10 @@
 """The affine stage: centres of mass, then 12 parameters optimised on coarse copies of the images.
 
-Matrices map fixed-network voxels (1 mm) to moving-network voxels, as `NetworkTransform.matrix`.
-The parameters are `p` (12,): linear part `I + 0.2 p[:9]` acting about the fixed cube's centre
+Matrices map fixed-network voxels to moving-network voxels, as `NetworkTransform.matrix`.
+The parameters are `p` (12,): linear part `I + 0.2 p[:9]` acting about the fixed grid's centre
 and a translation of `20 p[9:]` mm on top of the centres-of-mass shift, so that Adam's step of
-about `lr` per parameter moves the linear part by `0.2 lr` and the origin by `20 lr` mm.
+about `lr` per parameter moves the linear part by `0.2 lr` and the origin by `20 lr` mm, whatever
+the grid's voxel size.
 """
 
 from __future__ import annotations
@@ -28,9 +29,16 @@ TRANSLATION_UNIT_MM = 20.0
 # The linear part moves 5x slower than the parameters: MI on images with a small field of view in
 # a large cube otherwise rewards shrinking the moving image (seen with avg152 as the fixed image).
 LINEAR_UNIT = 0.2
-# scale -> (maximum iterations, Adam's first learning rate, cosine-decayed to a tenth over the
-# level so that the parameters settle): the coarse level finds the pose, the next one polishes it.
+# Level voxel size (mm) -> (maximum iterations, Adam's first learning rate, cosine-decayed to a
+# tenth over the level so that the parameters settle): the coarse level finds the pose, the next
+# one polishes it. A level of another size takes the nearest entry (`schedule`).
 SCHEDULE = {8: (80, 0.01), 4: (30, 0.003), 2: (30, 0.002)}
+
+
+def schedule(level_mm: float) -> tuple[int, float]:
+    """`SCHEDULE`'s entry nearest to a level of `level_mm` mm voxels (on a log scale; ties: coarser)."""
+    key = min(SCHEDULE, key=lambda k: (abs(np.log2(k / level_mm)), -k))
+    return SCHEDULE[key]
 
 
 def centre_of_mass(image: jax.Array) -> np.ndarray:
@@ -48,10 +56,14 @@ def moments_matrix(mov: jax.Array, fix: jax.Array, scale: int = 1) -> np.ndarray
     return matrix
 
 
-def params_to_matrix(params, start: Float[AnyArray, "4 4"], centre: float | Float[AnyArray, ""]):
-    """The 4x4 matrix (jnp, float32) of `params` composed after the start matrix `start`."""
+def params_to_matrix(params, start: Float[AnyArray, "4 4"], centre, translation_unit: float = TRANSLATION_UNIT_MM):
+    """The 4x4 matrix (jnp, float32) of `params` composed after the start matrix `start`.
+
+    `centre`: the fixed grid's centre (voxels; one number for a cube, else three);
+    `translation_unit`: `TRANSLATION_UNIT_MM` in the grid's voxels."""
     lin = jnp.eye(3) + LINEAR_UNIT * params[:9].reshape(3, 3)
-    t = TRANSLATION_UNIT_MM * params[9:] + centre - lin @ jnp.full(3, centre)
+    c = jnp.broadcast_to(jnp.asarray(centre, jnp.float32), (3,))
+    t = translation_unit * params[9:] + c - lin @ c
     top = jnp.concatenate([lin, t[:, None]], axis=1)
     local = jnp.concatenate([top, jnp.array([[0.0, 0.0, 0.0, 1.0]])], axis=0)
     return jnp.asarray(start, jnp.float32) @ local
@@ -69,10 +81,10 @@ def _optimizer(learning_rate: float, iterations: int):
     return optax.adam(optax.cosine_decay_schedule(learning_rate, iterations, alpha=0.1))
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "centre", "learning_rate", "iterations", "bins"))
-def _affine_step(params, opt_state, start, fix, mov, grid, *, scale, centre, learning_rate, iterations, bins):
+@functools.partial(jax.jit, static_argnames=("scale", "centre", "unit", "learning_rate", "iterations", "bins"))
+def _affine_step(params, opt_state, start, fix, mov, grid, *, scale, centre, unit, learning_rate, iterations, bins):
     def loss(p):
-        m = level_matrix(params_to_matrix(p, start, centre), scale)
+        m = level_matrix(params_to_matrix(p, start, centre, unit), scale)
         return -mutual_information(fix, interpolate_clamped(mov, apply_matrix(m, grid)), bins)
 
     value, grad = jax.value_and_grad(loss)(params)
@@ -84,9 +96,10 @@ def optimise_affine(
     pyramid_mov: dict[int, jax.Array],
     pyramid_fix: dict[int, jax.Array],
     start: np.ndarray,
-    extent: int,
+    shape: int | tuple[int, int, int],
     *,
     scales=(8, 4),
+    voxel_size: float = 1.0,
     bins: int = 32,
     tolerance: float = 1e-4,
     progress: bool = False,
@@ -94,17 +107,19 @@ def optimise_affine(
 ) -> np.ndarray:
     """Affine matrix (fixed-network voxel -> moving-network voxel, float64) maximising MI.
 
-    `pyramid_*[s]` is the image `s` times coarser than the network grid; `scales` lists the
-    levels, coarse to fine, each with its maximum iterations and Adam learning rate in `SCHEDULE`. Each level stops early when
+    `pyramid_*[s]` is the image `s` times coarser than the fixed network grid of `shape` (an int:
+    a cube) and `voxel_size` mm; `scales` lists the levels, coarse to fine, each with the maximum
+    iterations and Adam learning rate `schedule` gives its voxel size. Each level stops early when
     MI rose by less than `tolerance` (relative) over the last iterations (`Convergence`).
     """
     from tqdm.auto import tqdm
 
     params = jnp.zeros(12, jnp.float32)
     start32 = np.asarray(start, np.float32)
-    centre = (extent - 1) / 2.0
+    centre = (shape - 1) / 2.0 if isinstance(shape, int) else tuple((n - 1) / 2.0 for n in shape)
+    unit = TRANSLATION_UNIT_MM / voxel_size
     for scale in scales:
-        iterations, lr = SCHEDULE[scale]
+        iterations, lr = schedule(scale * voxel_size)
         fix, mov = pyramid_fix[scale], pyramid_mov[scale]
         grid = voxel_grid(fix.shape)
         opt_state = _optimizer(lr, iterations).init(params)
@@ -112,12 +127,12 @@ def optimise_affine(
         with (
             tqdm(
                 total=iterations,
-                desc=f"affine {scale} mm",
+                desc=f"affine {scale * voxel_size:.3g} mm",
                 file=sys.stderr,
                 disable=None if progress else True,
                 leave=False,
             ) as bar,
-            LevelTimer(profile, f"affine {scale} mm") as count,
+            LevelTimer(profile, f"affine {scale * voxel_size:.3g} mm") as count,
         ):
             for _ in range(iterations):
                 params, opt_state, value = _affine_step(
@@ -129,6 +144,7 @@ def optimise_affine(
                     grid,
                     scale=scale,
                     centre=centre,
+                    unit=unit,
                     learning_rate=lr,
                     iterations=iterations,
                     bins=bins,
@@ -139,4 +155,4 @@ def optimise_affine(
                 bar.set_postfix(mi=f"{value:.4f}")
                 if stop(value):
                     break
-    return np.asarray(params_to_matrix(params, start32, centre), np.float64)
+    return np.asarray(params_to_matrix(params, start32, centre, unit), np.float64)

@@ -1,8 +1,8 @@
 """The deformable stage: a stationary velocity field grown by smoothed similarity forces.
 
 Log-domain, as diffeomorphic demons and SyN-like methods do it, with one stationary velocity
-`v` on a grid `velocity_scale` times coarser than the network (4 mm by default at 1 mm
-network voxels). As for SynthMorph's half-resolution velocity, the pipeline clamps the last
+`v` on a grid `velocity_scale` times coarser than the network grid (4 mm by default at 1 mm
+network voxels; the grid's voxels are the fixed image's, `registration.working_grid`). As for SynthMorph's half-resolution velocity, the pipeline clamps the last
 coarse voxel when it brings the warp to full resolution, so the last `s - 1` slices of each
 axis (the far faces of the cube, outside the head at extent 256) carry up to `(s - 1) / s`
 voxels of extrapolated displacement per axis. Each iteration, at image level `s` (the images `s` times coarser):
@@ -150,6 +150,7 @@ def optimise_velocity(
     steps: int = 5,
     momentum: float = 0.5,
     tolerance: float = 1e-3,
+    voxel_size: float = 1.0,
     progress: bool = False,
     profile: dict | None = None,
 ) -> jax.Array:
@@ -161,11 +162,13 @@ def optimise_velocity(
     `x -> matrix (x + exp(v)(x))`. `sigma_update` is in level voxels, `sigma_field` in velocity
     voxels. `velocity` starts the optimisation (zero by default). Each level stops early when
     the similarity rose by less than `tolerance` (relative) over its last iterations.
+    `voxel_size` (mm, the network grid's) only labels the levels in the progress and `profile`.
+    The velocity grid covers the network grid: `ceil(n / velocity_scale)` voxels along an axis of `n`.
     """
     from tqdm.auto import tqdm
 
     if velocity is None:
-        shape_v = tuple(n // velocity_scale for n in pyramid_fix[1].shape)
+        shape_v = tuple(-(-n // velocity_scale) for n in pyramid_fix[1].shape)
         v = jnp.zeros((*shape_v, 3), jnp.float32)
     else:
         v = jnp.array(velocity, jnp.float32)
@@ -189,12 +192,12 @@ def optimise_velocity(
         with (
             tqdm(
                 total=level.iterations,
-                desc=f"deformable {level.scale} mm",
+                desc=f"deformable {level.scale * voxel_size:.3g} mm",
                 file=sys.stderr,
                 disable=None if progress else True,
                 leave=False,
             ) as bar,
-            LevelTimer(profile, f"deformable {level.scale} mm") as count,
+            LevelTimer(profile, f"deformable {level.scale * voxel_size:.3g} mm") as count,
         ):
             for i in range(level.iterations):
                 v, opt_state, value, longest = _deformable_step(

@@ -35,6 +35,7 @@ from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
 from .settings import Settings, check_options  # noqa: F401  (check_options: public since 0.1)
+from .working_grid import antialiasing, grid_for
 
 
 @dataclass
@@ -173,23 +174,26 @@ def _matrix_field(matrix, shape):
     return apply_matrix(matrix, grid) - grid
 
 
-@jax.jit(static_argnames=("steps", "scale", "identity_pre"))
-def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool):
+@jax.jit(static_argnames=("steps", "scale", "identity_pre", "shape"))
+def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool, shape=None):
     """Forward and backward displacements on the full network grid, from a coarse velocity.
 
     One path for every method. `identity_pre` (no matrix before the warp) reads the warp at the grid
     points themselves, exactly; SynthMorph's deform (`post` = scale 2) then gives the reference's
-    `upsample_half_field` bit for bit (tests/test_pipeline_reference.py).
+    `upsample_half_field` bit for bit (tests/test_pipeline_reference.py). `shape` crops the fields
+    to the network grid where the velocity's grid, `scale` times coarser, overhangs it.
     """
     fields = []
     for v, pre, post in ((velocity, fw_pre, fw_post), (-velocity, bw_pre, bw_post)):
         disp = scaling_and_squaring(v, steps)
-        fields.append(to_full_resolution(coarse_total_displacement(disp, None if identity_pre else pre, post), scale))
+        full = to_full_resolution(coarse_total_displacement(disp, None if identity_pre else pre, post), scale)
+        fields.append(full if shape is None else full[: shape[0], : shape[1], : shape[2]])
     return fields
 
 
-def network_fields(transform: NetworkTransform, steps: int) -> tuple[jax.Array, jax.Array]:
-    """`transform`'s forward and backward displacement fields on the full network grid (voxels)."""
+def network_fields(transform: NetworkTransform, steps: int, shape=None) -> tuple[jax.Array, jax.Array]:
+    """`transform`'s forward and backward displacement fields on the full network grid (voxels),
+    cropped to `shape` (the network grid's) when given."""
     fw_pre, fw_post = transform.forward_sides()
     bw_pre, bw_post = transform.inverse_sides()
     identity_pre = all(m is None or np.array_equal(m, np.eye(4)) for m in (fw_pre, bw_pre))
@@ -204,6 +208,7 @@ def network_fields(transform: NetworkTransform, steps: int) -> tuple[jax.Array, 
         steps,
         transform.scale,
         identity_pre,
+        None if shape is None else tuple(int(n) for n in shape),
     )
     return fw, bw
 
@@ -247,7 +252,9 @@ def register(
     "affine", "rigid", "joint") applied to `model`, or any `Method` object
     (`ilex.registration.methods`). `hyper` is λ for the deformable models and the optimiser
     (default 0.5), `steps` the scaling-and-squaring steps (default 7; the optimiser optimises
-    with the same count), `extent` the network cube side (mm). `options` are the optimiser's,
+    with the same count), `extent` the network cube side (mm) for SynthMorph's models and, for the
+    optimiser (which works at the fixed image's resolution), the cap on its grid: at most
+    `extent`^3 voxels, coarser beyond (`working_grid.image_grid`). `options` are the optimiser's,
     for method "optimize" or "refine" (`similarity`, `levels`, `iterations`, ...: see
     `OptimizeMethod`). A `Method` object carries its own λ, steps and options: `hyper` or
     `steps` that differ from its own, or any `options`, are refused rather than ignored.
@@ -276,25 +283,39 @@ def register(
     steps = getattr(method, "steps", None) or settings.effective_steps  # the method's own, when it has one
     extent, clip_percentile = settings.extent, settings.clip_percentile
     stages = stages or Stages()
-    with stages("resample", f"to {extent}^3 network space"):
-        moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
-        fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
+    moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
+    fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
+    grid = grid_for(method, moving, fixed, extent)
+    # A method that chooses its own grid gets it back with the images (its voxel size in mm).
+    own = {"grid": grid} if hasattr(method, "working_grid") else {}
+    with stages("resample", f"to the {'x'.join(map(str, grid.fixed_shape))} grid of {grid.voxel_size:.3g} mm"):
         try:
             space = network_space(
-                moving, fixed, extent, init_vox, centre_on_fixed=method.centre_on_fixed, mid_space=mid_space
+                moving,
+                fixed,
+                extent,
+                init_vox,
+                centre_on_fixed=method.centre_on_fixed,
+                mid_space=mid_space,
+                grid=grid,
             )
         except ValueError as e:
             raise OptionError(str(e), argument="mid_space") from None
         check_overlap(
-            moving, fixed, space.net_to_fix @ space.mov_to_net, centred=not method.centre_on_fixed and init_vox is None
+            moving,
+            fixed,
+            space.net_to_fix @ np.linalg.inv(space.start) @ space.mov_to_net,
+            centred=not method.centre_on_fixed and init_vox is None,
         )
-        mov_net = to_network(moving, space.net_to_mov, extent, clip_percentile)
-        fix_net = to_network(fixed, space.net_to_fix, extent, clip_percentile)
+        mov_net = to_network(
+            moving, space.net_to_mov, space.moving_shape, clip_percentile, antialiasing(grid, moving.affine)
+        )
+        fix_net = to_network(fixed, space.net_to_fix, space.shape, clip_percentile, antialiasing(grid, fixed.affine))
         _check_contrast(moving, fixed, mov_net, fix_net)
-    with stages("network", method.describe(extent, steps) if hasattr(method, "describe") else method.name):
-        transform = method.estimate(mov_net, fix_net)
+    with stages("network", method.describe(extent, steps, **own) if hasattr(method, "describe") else method.name):
+        transform = method.estimate(mov_net, fix_net, **own)
         if transform.velocity is not None:
-            fw, bw = network_fields(transform, steps)
+            fw, bw = network_fields(transform, steps, space.shape)
             fw.block_until_ready()
     inputs = (np.asarray(mov_net), np.asarray(fix_net)) if keep_inputs else None
     del mov_net, fix_net
@@ -321,7 +342,7 @@ def _check_contrast(moving: Image, fixed: Image, mov_net, fix_net) -> None:
         if not np.isfinite(np.asarray(net)).all():
             raise ImageFileError(
                 image.path or what,
-                f"the {what} image is flat inside the network's {net.shape[0]} mm cube centred on the "
+                f"the {what} image is flat inside the network's {'x'.join(map(str, net.shape))} grid centred on the "
                 f"{'fixed' if what == 'fixed' else 'chosen'} image, so there is nothing to register; check that the "
                 "images overlap, or pass an initial affine with -i",
             )

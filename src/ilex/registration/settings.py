@@ -49,7 +49,9 @@ class Settings:
     `method`: a name as `-m` takes it ("joint", "deform", "affine", "rigid", "optimize",
     "refine"), a ready `Method` object (which carries its own λ, steps and options), or None
     for what the model runs by default. `hyper` (λ, `-r`) and `steps` (`-n`): None means the
-    Method object's own, else 0.5 and 7. `extent` (`-e`): the network cube side in mm.
+    Method object's own, else 0.5 and 7. `extent` (`-e`): the network cube side in mm
+    for SynthMorph's models; for the optimiser, which works at the fixed image's resolution, the
+    cap on its grid (at most extent^3 voxels).
     `algorithm`: the networks' convolution ("direct", "winograd", "winograd4"; None picks per
     network and device). `clip_percentile`: the model card's percentile clipping (not
     FreeSurfer's). `options`: the optimiser's (`similarity`, `levels`, `iterations`, ...; see

@@ -39,7 +39,7 @@ def upsample_half_field(half: Float[AnyArray, "hx hy hz 3"]) -> Float[AnyArray, 
 
 
 def compose_native(
-    field: Float[AnyArray, "e e e 3"],
+    field: Float[AnyArray, "nx ny nz 3"],
     target_to_net: Float[AnyArray, "4 4"],
     net_to_source: Float[AnyArray, "4 4"],
     target_shape,

@@ -1,7 +1,7 @@
 """The seam between registration methods and the one pipeline that runs them all.
 
-A method looks at the two images in network space (1 mm LIA cubes of side E, docs/spec-deform.md §5.1) and
-answers with a `NetworkTransform`: where each fixed-network voxel lands in the moving network
+A method looks at the two images in network space (SynthMorph's: 1 mm LIA cubes of side E,
+docs/spec-deform.md §5.1; a method may choose another grid, see `Method`) and answers with a `NetworkTransform`: where each fixed-network voxel lands in the moving network
 space. Matrices and velocity fields are all a method produces; the pipeline integrates the
 velocity, brings it to full resolution, to the images' own grids and to world space, and writes
 and checks every output the same way for every method.
@@ -110,6 +110,11 @@ class Method(Protocol):
     [0, 1], and returns a `NetworkTransform`. `name` labels the result. A method keeps nothing
     of one pair (a `Registrar` shares it between threads): what an estimate found besides the
     map goes in the answer's `details`.
+
+    Optionally, `working_grid(moving, fixed, extent)` returns the `WorkingGrid`
+    (`registration.working_grid`) the method works on instead of SynthMorph's cube; such a
+    method then gets it back as `grid=` in `estimate` and `describe`, and its network images
+    have that grid's shapes (the moving one's may differ from the fixed one's).
     """
 
     name: str

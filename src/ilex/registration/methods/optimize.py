@@ -1,9 +1,12 @@
 """`-m optimize`: registration by direct optimisation, no trained weights (`ilex.optimize`).
 
-`OptimizeMethod` runs the affine stage and the deformable stage on both network images, each
-cube centred on its own image, and answers with the velocity and the affine around it:
+`OptimizeMethod` works at the fixed image's resolution (`working_grid.image_grid`): it runs the
+affine stage and the deformable stage on both network images, each grid centred on its own
+image, and answers with the velocity and the affine around it:
 `forward(x) = A (x + exp(v)(x))`, i.e. `NetworkTransform(velocity=v, scale=s, post=A @ scale(s))`.
-`RefineMethod` starts the deformable stage from another method's answer (`--refine`).
+Its levels and velocity grid are counted in voxels of that grid (`default_levels`).
+`RefineMethod` starts the deformable stage from another method's answer (`--refine`), on that
+method's grid.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ...optimize.deformable import Level, moved_image, optimise_velocity
 from ...optimize.similarity import SIMILARITIES, same_contrast
 from ...optimize.smoothing import pyramid
 from ...transforms.integrate import voxel_grid
+from ..working_grid import WorkingGrid, grid_for, image_grid
 from .base import Method, NetworkTransform, check_hyper, check_steps, scale_matrix
 
 SIMILARITY_CHOICES = ("auto", *SIMILARITIES)
@@ -36,27 +40,51 @@ def regularisation(hyper: float) -> tuple[float, float]:
     return 1.0 + 4.0 * hyper, 1.5 * hyper
 
 
-def _check(hyper: float, steps: int, similarity: str, levels, iterations, velocity_scale: int) -> None:
+# Default iterations of the two default levels; a grid coarser than this (mm) gets its finest
+# level at 1 voxel rather than 2, so that the finest level is never coarser than today's 2 mm by
+# more than the images themselves are.
+DEFAULT_ITERATIONS = (50, 20)
+COARSE_VOXEL_MM = 1.5
+
+
+def default_levels(voxel_size: float) -> tuple[tuple[int, int], int]:
+    """(levels, velocity scale) in voxels of a working grid of `voxel_size` mm, by default.
+
+    The finest level is 2 voxels (a 2 mm level on 1 mm grids, 1 mm on 0.5 mm ones), or 1 voxel
+    on grids of `COARSE_VOXEL_MM` or coarser (2 mm images are registered at 2 mm, as ANTs does,
+    not halved to 4 mm); the other level and the velocity grid are twice as coarse.
+    """
+    finest = 1 if voxel_size >= COARSE_VOXEL_MM else 2
+    return (2 * finest, finest), 2 * finest
+
+
+def _check(hyper: float, steps: int, similarity: str, levels, iterations, velocity_scale) -> None:
+    # `levels`, `iterations` and `velocity_scale` may be None (by the grid's voxel size).
     check_hyper(hyper)
     check_steps(steps)
     if similarity not in SIMILARITY_CHOICES:
         raise OptionError(f"choose one of {', '.join(SIMILARITY_CHOICES)}", argument="similarity", value=similarity)
-    if velocity_scale not in (1, 2, 4, 8):
-        raise OptionError(f"velocity scale {velocity_scale}: choose 1, 2, 4 or 8 (voxels of the network grid)")
-    if not levels or len(levels) != len(iterations):
+    if velocity_scale is not None and velocity_scale not in (1, 2, 4, 8):
+        raise OptionError(f"velocity scale {velocity_scale}: choose 1, 2, 4 or 8 (voxels of the working grid)")
+    n_levels = len(DEFAULT_ITERATIONS) if levels is None else len(levels)
+    if (levels is not None and not levels) or n_levels != len(DEFAULT_ITERATIONS if iterations is None else iterations):
         raise OptionError(f"levels {levels} and iterations {iterations}: give one iteration count per level")
-    for s, n in zip(levels, iterations, strict=True):
-        if s not in (1, 2, 4, 8) or velocity_scale % s:
+    for s in levels or ():
+        if s not in (1, 2, 4, 8) or (velocity_scale is not None and velocity_scale % s):
             raise OptionError(
-                f"level {s} mm: levels must be 1, 2, 4 or 8 mm and divide the velocity grid's {velocity_scale} mm"
+                f"level {s}: levels are 1, 2, 4 or 8 voxels of the working grid and must divide the "
+                f"velocity grid's {velocity_scale} voxels"
             )
+    for n in iterations or ():
         if n < 0:
-            raise OptionError(f"level {s} mm: {n} iterations; the count must be >= 0")
+            raise OptionError(f"{n} iterations at a level; the count must be >= 0")
 
 
-def _affine_scales(extent: int) -> tuple[int, ...]:
-    # The coarse copies the affine stage runs on: between 16^3 and 64^3 voxels, coarse to fine.
-    return tuple(s for s in (8, 4, 2) if 16 <= extent // s <= 64)
+def _affine_scales(shape) -> tuple[int, ...]:
+    # The coarse copies the affine stage runs on: between 16 and 64 voxels along the grid's
+    # longest axis, coarse to fine.
+    longest = shape if isinstance(shape, int) else max(shape)
+    return tuple(s for s in (16, 8, 4, 2) if 16 <= longest // s <= 64)
 
 
 def _choose_similarity(choice: str, pyr_mov, pyr_fix, matrix: np.ndarray, scale: int) -> str:
@@ -89,8 +117,11 @@ class OptimizeMethod:
     normalised cross-correlation, 5^3-voxel windows at each level: same contrast), "mi" (mutual
     information, 32-bin Parzen histogram: any contrasts) or "auto" (LNCC when the affinely
     aligned images' intensities correlate positively inside both heads, else MI).
-    `levels` are the deformable levels' image voxel sizes (mm, coarse to fine) with at most
-    `iterations` each; the velocity lives on a grid of `velocity_scale` mm. `steps` is the
+    The method works on `working_grid.image_grid` (the fixed image's resolution; `extent` caps
+    it at extent^3 voxels). `levels` are the deformable levels' voxel sizes (coarse to fine) with
+    at most `iterations` each, and the velocity lives on a grid of `velocity_scale`, all in
+    voxels of that grid; None (the default) takes `default_levels` and `DEFAULT_ITERATIONS`
+    (4 and 2 voxels on 1 mm images, 50 and 20 iterations). `steps` is the
     scaling-and-squaring step count of exp(v), the pipeline's (`-n`), so that the warp written
     is the one optimised. `affine=False` skips the affine stage (centres of mass only).
     `progress` shows a bar per level (on a terminal). The answer's `details` hold what "auto"
@@ -100,43 +131,68 @@ class OptimizeMethod:
     hyper: float = 0.5
     steps: int = 7
     similarity: str = "auto"
-    levels: tuple[int, ...] = (4, 2)
-    iterations: tuple[int, ...] = (50, 20)
-    velocity_scale: int = 4
+    levels: tuple[int, ...] | None = None
+    iterations: tuple[int, ...] | None = None
+    velocity_scale: int | None = None
     affine: bool = True
     progress: bool = False
     name: str = "optimize"
     centre_on_fixed: bool = False
 
     def __post_init__(self):
-        self.levels, self.iterations = tuple(self.levels), tuple(self.iterations)
+        self.levels = None if self.levels is None else tuple(self.levels)
+        self.iterations = None if self.iterations is None else tuple(self.iterations)
         _check(self.hyper, self.steps, self.similarity, self.levels, self.iterations, self.velocity_scale)
 
-    def describe(self, extent: int, steps: int) -> str:
-        levels = " -> ".join(f"{s} mm" for s in self.levels)
-        return f"affine, then a {self.velocity_scale} mm velocity over {levels}, λ {self.hyper:g}"
+    def plan(self, voxel_size: float = 1.0) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """(levels, iterations, velocity scale) in voxels of a working grid of `voxel_size` mm:
+        the method's own, or the defaults for that voxel size."""
+        levels, velocity_scale = default_levels(voxel_size)
+        if self.levels is not None:
+            levels = self.levels
+            velocity_scale = max(velocity_scale, *levels)  # powers of two: every level divides it
+        return levels, self.iterations or DEFAULT_ITERATIONS, self.velocity_scale or velocity_scale
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+    def working_grid(self, moving, fixed, extent: int) -> WorkingGrid:
+        """The fixed image's resolution, at most `extent`^3 voxels (`working_grid.image_grid`)."""
+        return image_grid(moving, fixed, extent)
+
+    def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
+        size = 1.0 if grid is None else grid.voxel_size
+        levels, _, velocity_scale = self.plan(size)
+        mm = " -> ".join(f"{s * size:.3g} mm" for s in levels)
+        return f"affine, then a {velocity_scale * size:.3g} mm velocity over {mm}, λ {self.hyper:g}"
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
         _check_images(mov_net, fix_net)
-        extent = fix_net.shape[0]
+        size = 1.0 if grid is None else grid.voxel_size
+        levels, iterations, velocity_scale = self.plan(size)
+        shape = tuple(fix_net.shape)
         profile = {}  # this pair's own: the method may serve several threads at once
         start = time.perf_counter()
-        scales = {*_affine_scales(extent), *self.levels, 4}
+        scales = {*_affine_scales(shape), *levels, 4}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
         matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
         profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
         if self.affine:
             matrix = optimise_affine(
-                pyr_mov, pyr_fix, matrix, extent, scales=_affine_scales(extent), progress=self.progress, profile=profile
+                pyr_mov,
+                pyr_fix,
+                matrix,
+                shape,
+                scales=_affine_scales(shape),
+                voxel_size=size,
+                progress=self.progress,
+                profile=profile,
             )
-        return self._deformable(pyr_mov, pyr_fix, matrix, None, self.velocity_scale, profile)
+        return self._deformable(pyr_mov, pyr_fix, matrix, None, velocity_scale, levels, iterations, size, profile)
 
-    def _deformable(self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile: dict) -> NetworkTransform:
-        similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(self.levels))
+    def _deformable(
+        self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale, levels, iterations, size, profile: dict
+    ) -> NetworkTransform:
+        similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(levels))
         sigma_update, sigma_field = regularisation(self.hyper)
-        levels = tuple(
-            Level(s, n) for s, n in zip(self.levels, self.iterations, strict=True) if n > 0 and s <= velocity_scale
-        )
+        levels = tuple(Level(s, n) for s, n in zip(levels, iterations, strict=True) if n > 0 and s <= velocity_scale)
         v = optimise_velocity(
             pyr_mov,
             pyr_fix,
@@ -148,6 +204,7 @@ class OptimizeMethod:
             sigma_field=sigma_field,
             velocity=velocity,
             steps=self.steps,
+            voxel_size=size,
             progress=self.progress,
             profile=profile,
         )
@@ -157,6 +214,7 @@ class OptimizeMethod:
             post=matrix @ scale_matrix(velocity_scale),
             details={
                 "similarity": similarity,
+                "voxel_size": size,
                 "levels": [lv.scale for lv in levels],
                 "iterations": [lv.iterations for lv in levels],
                 "profile": profile,
@@ -167,8 +225,9 @@ class OptimizeMethod:
 @dataclass
 class RefineMethod(OptimizeMethod):
     """`--refine`: `first`'s answer (a SynthMorph model's velocity, or a matrix) is the start of
-    the deformable stage, at `first`'s velocity grid; its levels are those of `levels` no
-    coarser than that grid (by default the 2 mm level only, 20 iterations)."""
+    the deformable stage, on `first`'s grid (SynthMorph's 1 mm cube) and at its velocity grid;
+    its levels are those of `levels` no coarser than that grid (by default the 2 mm level only,
+    20 iterations)."""
 
     first: Method | None = None
     levels: tuple[int, ...] = (2,)
@@ -182,17 +241,23 @@ class RefineMethod(OptimizeMethod):
         self.centre_on_fixed = self.first.centre_on_fixed
         self.name = f"{self.first.name}+refine"
 
-    def describe(self, extent: int, steps: int) -> str:
-        first = self.first.describe(extent, steps) if hasattr(self.first, "describe") else self.first.name
-        return f"{first}; refined over {' -> '.join(f'{s} mm' for s in self.levels)}"
+    def working_grid(self, moving, fixed, extent: int) -> WorkingGrid:
+        """`first`'s grid: its answer is read there."""
+        return grid_for(self.first, moving, fixed, extent)
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+    def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
+        first = self.first.describe(extent, steps) if hasattr(self.first, "describe") else self.first.name
+        size = 1.0 if grid is None else grid.voxel_size
+        return f"{first}; refined over {' -> '.join(f'{s * size:.3g} mm' for s in self.levels)}"
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
         _check_images(mov_net, fix_net)
+        size = 1.0 if grid is None else grid.voxel_size
         start = time.perf_counter()
-        first = self.first.estimate(mov_net, fix_net)
+        first = self.first.estimate(mov_net, fix_net, **({"grid": grid} if hasattr(self.first, "working_grid") else {}))
         profile = {self.first.name: {"seconds": time.perf_counter() - start}}
         if first.is_matrix:
-            matrix, velocity, velocity_scale = np.asarray(first.matrix, np.float64), None, self.velocity_scale
+            matrix, velocity, velocity_scale = np.asarray(first.matrix, np.float64), None, self.plan(size)[2]
         else:
             pre, post = first.forward_sides()
             if pre is not None and not np.allclose(pre, np.eye(4)):
@@ -204,7 +269,9 @@ class RefineMethod(OptimizeMethod):
             velocity, velocity_scale = first.velocity, first.scale
         scales = {*self.levels, velocity_scale}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
-        return self._deformable(pyr_mov, pyr_fix, matrix, velocity, velocity_scale, profile)
+        return self._deformable(
+            pyr_mov, pyr_fix, matrix, velocity, velocity_scale, self.levels, self.iterations, size, profile
+        )
 
 
 def method_from_options(
