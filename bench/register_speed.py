@@ -14,7 +14,8 @@ Effective GFLOP/s counts convolution FLOPs as SPEC §6 does: voxels x 27 x cin x
 convolution, two passes. Prints a table and writes JSON (machine, versions, every figure).
 
     python bench/register_speed.py --extents 96 128 160 192 256 --json bench/results/cpu.json
-    python bench/register_speed.py --extents 256 --what affine register --model joint --json bench/results/cpu_joint.json
+    python bench/register_speed.py --extents 256 --what affine register --model joint \
+        --json bench/results/cpu_joint.json
 
 `--what affine` times the affine detector (FreeSurfer's widths) alone, compiled; `--model joint`
 makes `register` run joint (detector, mid-space, deformable) instead of deform.

@@ -2,10 +2,11 @@
 
 Log-domain, as diffeomorphic demons and SyN-like methods do it, with one stationary velocity
 `v` on a grid `velocity_scale` times coarser than the network grid (4 mm by default at 1 mm
-network voxels; the grid's voxels are the fixed image's, `registration.working_grid`). As for SynthMorph's half-resolution velocity, the pipeline clamps the last
-coarse voxel when it brings the warp to full resolution, so the last `s - 1` slices of each
-axis (the far faces of the cube, outside the head at extent 256) carry up to `(s - 1) / s`
-voxels of extrapolated displacement per axis. Each iteration, at image level `s` (the images `s` times coarser):
+network voxels; the grid's voxels are the fixed image's, `registration.working_grid`). As for
+SynthMorph's half-resolution velocity, the pipeline clamps the last coarse voxel when it brings
+the warp to full resolution, so the last `s - 1` slices of each axis (the far faces of the grid,
+outside the head) carry up to `(s - 1) / s` voxels of extrapolated displacement per axis. Each
+iteration, at image level `s` (the images `s` times coarser):
 
 1. `d = exp(v)` by scaling and squaring on the velocity grid (cheap: 64^3 at extent 256),
    brought to the level's grid by factor-2 trilinear upsampling;

@@ -32,7 +32,8 @@ _DETECTOR_EXTRA_BYTES = 0.5e9
 
 
 def runs_detector(method) -> bool:
-    """Whether `method` (a name or an abbreviation of one, as `-m` takes it, or a Method object) runs the affine detector."""
+    """Whether `method` (a name or an abbreviation of one, as `-m` takes it, or a Method object)
+    runs the affine detector."""
     from .methods import method_info
 
     try:

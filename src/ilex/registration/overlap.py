@@ -61,11 +61,13 @@ def check_overlap(
             f"the moving and fixed ({fixed.path or 'fixed image'}) images {verb} "
             f"{'even with each centred on its own field of view' if centred else 'in world space'}: "
             f"{moving_in_fixed:.0%} of the moving image's content lies inside the fixed field of view and "
-            f"{fixed_in_moving:.0%} of the fixed image's inside the moving one (at least {MIN_SHARED_CONTENT:.0%} needed); "
+            f"{fixed_in_moving:.0%} of the fixed image's inside the moving one "
+            f"(at least {MIN_SHARED_CONTENT:.0%} needed); "
             + (
                 "pass an initial affine with -i"
                 if centred
-                else "align them affinely first (e.g. -m affine, which centres each image on itself) and pass the transform with -i"
+                else "align them affinely first (e.g. -m affine, which centres each image on itself) and pass the "
+                "transform with -i"
             ),
         )
     return moving_in_fixed, fixed_in_moving

@@ -114,10 +114,11 @@ class SynthMorphAffine(eqx.Module):
         kind = "rigid" if self.rigid else "affine"
         return {
             "description": (
-                f"SynthMorph {kind} registration network (synthmorph.{'rigid.1' if self.rigid else 'affine.2'} layout) in "
-                "JAX/Equinox: a convolutional feature detector whose feature maps' barycentres, fitted by weighted least "
-                f"squares, give the {kind} transform between two images. Called on half-resolution network-space images "
-                "(1 mm LIA, min-max normalised); ilex.register runs the full mri_synthmorph pipeline."
+                f"SynthMorph {kind} registration network (synthmorph.{'rigid.1' if self.rigid else 'affine.2'} "
+                "layout) in JAX/Equinox: a convolutional feature detector whose feature maps' barycentres, fitted "
+                f"by weighted least squares, give the {kind} transform between two images. Called on "
+                "half-resolution network-space images (1 mm LIA, min-max normalised); ilex.register runs the "
+                "full mri_synthmorph pipeline."
             ),
             "intended_use": f"{kind.capitalize()} registration of two 3-D brain MR images of any contrast.",
             "task": f"{kind.capitalize()} image-to-image registration by feature barycentres",

@@ -1,10 +1,11 @@
 """The seam between registration methods and the one pipeline that runs them all.
 
 A method looks at the two images in network space (SynthMorph's: 1 mm LIA cubes of side E,
-docs/spec-deform.md §5.1; a method may choose another grid, see `Method`) and answers with a `NetworkTransform`: where each fixed-network voxel lands in the moving network
-space. Matrices and velocity fields are all a method produces; the pipeline integrates the
-velocity, brings it to full resolution, to the images' own grids and to world space, and writes
-and checks every output the same way for every method.
+docs/spec-deform.md §5.1; a method may choose another grid, see `Method`) and answers with a
+`NetworkTransform`: where each fixed-network voxel lands in the moving network space. Matrices
+and velocity fields are all a method produces; the pipeline integrates the velocity, brings it
+to full resolution, to the images' own grids and to world space, and writes and checks every
+output the same way for every method.
 """
 
 from __future__ import annotations
