@@ -97,6 +97,7 @@ def test_detector_matches_direct(getkey, algorithm, shape):
     assert np.abs(wa - wb).max() <= WEIGHT_TOL * np.abs(wb).max()
 
 
+@pytest.mark.slow
 def test_slab_paths_never_hold_a_full_resolution_activation(getkey):
     # The point of pooling slab by slab: the first level's 64^3 x 16 output (16.8 MB in float32)
     # never exists. XLA's temporary buffers for the whole detector, measured: 18.9 MB direct,

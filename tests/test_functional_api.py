@@ -185,6 +185,7 @@ def test_network_differentiable_in_its_input(network, getkey):
     assert abs(numeric) > 1e-6 and abs(auto - numeric) <= 0.02 * abs(numeric), (auto, numeric)
 
 
+@pytest.mark.slow
 def test_network_differentiable_in_its_weights(network):
     """The start of fine-tuning in JAX: gradients of a loss with respect to every weight array."""
     model, ref = network

@@ -33,6 +33,7 @@ def test_raw_passes(case):
     assert _rel(model(lam, ref["half_fix"][0], ref["half_mov"][0]), ref["unet_raw_2"][0]) <= RAW_RTOL
 
 
+@pytest.mark.slow
 def test_batch_with_per_element_lambda(case):
     model, ref = case
     lam = float(ref["hyper"][0])

@@ -172,6 +172,7 @@ def test_refine_improves_on_the_network():
     assert similarity(refined) > similarity(start) + 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_each_level_compiles_once():
     # Per grid shape: another pair on grids of the same shapes compiles nothing new.

@@ -36,6 +36,7 @@ def test_public_names():
     assert ilex.register is ilex.registration.pipeline.register
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("method, dtype", [("linear", "float32"), ("nearest", "int32")])
 def test_apply_matches_the_command(tmp_path, method, dtype):

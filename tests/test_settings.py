@@ -106,6 +106,7 @@ def test_one_place_builds_a_warm_registrar(monkeypatch):
         assert registrar.method_for("optimize").name == "optimize"
 
 
+@pytest.mark.slow
 def test_register_with_settings_is_register_with_keywords():
     data, affine = _head()
     moving, fixed = Image(data, affine, "moving"), Image(_head(seed=1)[0], affine, "fixed")

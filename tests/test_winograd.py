@@ -77,6 +77,7 @@ def test_four_by_four_tiles_match_direct_within_their_looser_bound(getkey):
         winograd_conv3d([(jnp.zeros((1, 6, 8, 8, 2)), False)], jnp.zeros((3, 3, 3, 2, 2)), jnp.zeros(2), slab=1, m=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("m", [2, 4])
 def test_writing_over_the_input_gives_the_same_result(getkey, m):
     # cin == cout: the output is written over the (dying) input slab by slab, one plane of the
@@ -126,6 +127,7 @@ def test_slabs_must_tile_the_axis():
         fill_slabs(lambda i, _: jnp.ones((1, 4, 2, 2, 1)), x, x.shape, 4)
 
 
+@pytest.mark.slow
 def test_unet_refuses_kernels_of_the_wrong_count_or_shape(getkey):
     widths = {"enc_nf": [4, 4], "dec_nf": [4, 4], "add_nf": [4], "flow_nf": 3}
     unet = ilex.SynthMorphUNet(**widths, key=getkey())
