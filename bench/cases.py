@@ -251,6 +251,16 @@ def folding_percent(warp: np.ndarray, affine: np.ndarray) -> float:
     return 100 * float(folding_fraction(jacobian_determinant(warp, affine)))
 
 
+def _dice_mean(spec: dict, warped: np.ndarray, fixed: np.ndarray) -> dict:
+    if spec["labels"] == "tissue":
+        d = {"dice_gm": dice(warped, fixed, 1), "dice_wm": dice(warped, fixed, 2)}
+        d["dice_mean"] = (d["dice_gm"] + d["dice_wm"]) / 2
+        return d
+    labels = [int(x) for x in np.unique(fixed) if x > 0]
+    per = [dice(warped, fixed, label) for label in labels]
+    return {"dice_mean": float(np.nanmean(per)), "regions": len(labels)}
+
+
 def score(spec: dict, out: str) -> dict:
     warped = np.load(out + "_labels.npy")
     fixed, affine = load(spec["fixed_labels"])
@@ -259,13 +269,9 @@ def score(spec: dict, out: str) -> dict:
     # The tool's own label warping against its saved map: checks that the map is read right.
     agree = float(np.mean(labels_through(spec, warp) == warped))
     d = {"folding_percent": folding_percent(warp, affine), "warp_label_agreement": agree}
-    if spec["labels"] == "tissue":
-        d |= {"dice_gm": dice(warped, fixed, 1), "dice_wm": dice(warped, fixed, 2)}
-        d["dice_mean"] = (d["dice_gm"] + d["dice_wm"]) / 2
-    else:
-        labels = [int(x) for x in np.unique(fixed) if x > 0]
-        per = [dice(warped, fixed, label) for label in labels]
-        d |= {"dice_mean": float(np.nanmean(per)), "regions": len(labels)}
+    d |= _dice_mean(spec, warped, fixed)
+    if os.path.exists(out + "_affine_labels.npy"):  # a tool that also left its affine stage's labels
+        d["dice_mean_affine_stage"] = _dice_mean(spec, np.load(out + "_affine_labels.npy"), fixed)["dice_mean"]
     if "true_warp" in spec:
         truth, head = np.load(spec["true_warp"]), np.load(spec["head_mask"])
         err = np.linalg.norm(warp - truth, axis=-1)[head]

@@ -234,6 +234,9 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds allowed to one registration")
     ap.add_argument("--syncc-timeout", type=float, default=600.0)
     ap.add_argument("--syncc-cases", nargs="+", default=["known_warp"], help="cases where SyNCC is tried")
+    ap.add_argument(
+        "--fireants-cases", nargs="+", default=list(CASES), help="cases where FireANTs runs (slow on a CPU)"
+    )
     ap.add_argument("--amplitude", type=float, default=8.0, help="largest displacement of the known warps, mm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="also time each operation of a deformable iteration")
@@ -267,7 +270,9 @@ def main() -> None:
                 spawn("ilex-cached", dict(spec, out=os.path.join(work, "warmup")), None)
             rows = {}
             for tool in args.tools:
-                if tool == "SyNCC" and case not in args.syncc_cases:
+                if (tool == "SyNCC" and case not in args.syncc_cases) or (
+                    tool == "fireants" and case not in args.fireants_cases
+                ):
                     continue
                 timeout = args.syncc_timeout if tool == "SyNCC" else args.timeout
                 rows[tool] = r = run_tool(tool, spec, work, args.repeat, timeout)

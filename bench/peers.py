@@ -8,7 +8,7 @@ ilex's own warps, so that the parent scores every tool alike (cases.score).
 
 * `SyN`: ANTs (antspyx), `ants.registration(type_of_transform="SyN")`, its defaults.
 * `greedy`: PICSL greedy (`picsl-greedy` wheel, Python API), as the issue's table: affine
-  (12 dof, image centres matched, 100x50x10) then deformable (100x40x20, `-s 1.732vox 0.7071vox`),
+  (12 dof, started from the headers' alignment, greedy's default `-ia-identity`; 100x50x10) then deformable (100x40x20, `-s 1.732vox 0.7071vox`),
   NCC 2x2x2 (MI on cross-contrast pairs), `-float`, 2 threads.
 * `fireants`: FireANTs on the CPU (PyTorch, no fused CUDA ops): `AffineRegistration` then
   `GreedyRegistration` (compositive), scales 4, 2, 1 with 200, 100, 50 iterations as its README's
@@ -74,7 +74,7 @@ def run_greedy(spec: dict, out: str) -> dict:
     common = f"-d 3 -threads {THREADS} -float"
     start = time.perf_counter()
     g = Greedy3D()
-    g.execute(f"{common} -a -dof 12 -ia-image-centers -i {fix} {mov} -m {metric} -n 100x50x10 -o {out}_affine.mat")
+    g.execute(f"{common} -a -dof 12 -ia-identity -i {fix} {mov} -m {metric} -n 100x50x10 -o {out}_affine.mat")
     g.execute(
         f"{common} -it {out}_affine.mat -i {fix} {mov} -m {metric} -n 100x40x20 -s 1.732vox 0.7071vox "
         f"-o {out}_deform.nii.gz"
@@ -88,6 +88,12 @@ def run_greedy(spec: dict, out: str) -> dict:
 
     np.save(out + "_labels.npy", np.rint(np.asarray(nib.load(out + "_moved_labels.nii.gz").dataobj)).astype(np.int16))
     g.execute(f"{common} -rf {fix} -rc {out}_full.nii.gz -r {out}_deform.nii.gz {out}_affine.mat")
+    # The affine stage's labels alone, to tell what the deformable stage added (cases.score).
+    g.execute(f"{common} -rf {fix} -ri NN -rm {spec['moving_labels']} {out}_affine_labels.nii.gz -r {out}_affine.mat")
+    np.save(
+        out + "_affine_labels.npy",
+        np.rint(np.asarray(nib.load(out + "_affine_labels.nii.gz").dataobj)).astype(np.int16),
+    )
     np.save(out + "_warp.npy", _itk_field_to_ras(out + "_full.nii.gz"))
     return {"seconds": seconds, "peak_rss_gb": rss, "metric": metric}
 
@@ -98,7 +104,8 @@ def run_fireants(spec: dict, out: str) -> dict:
 
     torch.set_num_threads(THREADS)
     from fireants.io import BatchedImages, Image
-    from fireants.registration import AffineRegistration, GreedyRegistration
+    from fireants.registration.affine import AffineRegistration
+    from fireants.registration.greedy import GreedyRegistration
 
     loss = "mi" if spec["cross_contrast"] else "cc"
     start = time.perf_counter()
