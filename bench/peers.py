@@ -28,8 +28,18 @@ THREADS = 2
 
 
 def peak_rss_gb() -> float:
-    # Taken when the registration and the label warping end, before the scoring's own arrays.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory (GiB), read when the registration and label warping end.
+
+    From /proc/self/status (VmHWM, the peak of this process's own memory map): Linux's ru_maxrss
+    also keeps the peak of the memory map that exec replaced, so a child started by a large
+    parent (vfork shares the parent's map until exec) would report at least the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 2**20
 
 
 def versions() -> dict:
