@@ -304,7 +304,7 @@ def _f(r: dict, key: str, fmt: str) -> str:
 def table(report: dict) -> str:
     """One markdown table per case, with each tool's seconds and memory as a ratio to SyN's."""
     m = report["machine"]
-    lines = [
+    lines = [*report.get("notes", [])] + [
         f"Machine: {m['platform']}, {m['cpus']} CPUs, JAX {m['jax']} ({m['backend']}), nice {m.get('nice')}; "
         f"load average (1, 5, 15 min) {tuple(round(x, 1) for x in m['load_average_at_start'])} at the start"
         + (f", {tuple(round(x, 1) for x in m['load_average_at_end'])} at the end" if "load_average_at_end" in m else "")
