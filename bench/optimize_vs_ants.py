@@ -1,22 +1,25 @@
-"""`-m optimize` beside ANTs SyN (antspyx) on real anatomy with labels, in one run.
+"""`-m optimize` beside its peers (ANTs SyN, greedy, FireANTs) on real anatomy with labels, in one run.
 
-Cases (images from `python -m tests.data --fetch`, or `--data DIR`):
+The cases and their scores are in bench/cases.py (images only from `python -m tests.data --fetch`,
+or `--data DIR`): spm_to_mni, mni_to_spm (2 mm fixed grid), known_warp, t2_to_mni (cross-contrast),
+mni_affine_contrast (known affine and warp, changed contrast), aniso_1x1x3 (3 mm slices) and
+half_mm (0.5 mm, upsampled 1 mm anatomy). The peers' runners are in bench/peers.py.
 
-* `spm_to_mni`, `mni_to_spm`: SPM's avg152T1 and MNI152 2009a, both directions; Dice of grey
-  and white matter (SPM's OldSeg priors on the avg152 grid, nilearn's 2009a maps; > 0.5).
-* `known_warp`: Colin27 onto itself deformed by a random smooth diffeomorphism (the
-  exponential of a Gaussian-smoothed random velocity, at most `--amplitude` mm); Dice over the
-  116 AAL regions deformed the same way, and the error of the recovered warp (mm) in the head.
-* `t2_to_mni`: SPM's avg152T2 onto MNI152 2009a (T1), a cross-contrast pair; grey/white Dice.
+Every registration runs in a fresh child process, which reports its own wall time (images read,
+registered, labels warped: `seconds`) and peak RSS at that point; the parent also times the whole
+child process (`process_seconds`: interpreter start, imports, compilation, writing). Each tool
+leaves its full map (affine and deformable composed, RAS mm on the fixed grid), which the parent
+scores alike for every tool: Dice, folding (share of fixed voxels where the map's Jacobian
+determinant is <= 0, `ilex.transforms.jacobian`), and on known-truth cases the warp's error.
+`none` is no registration at all (the moving labels through world identity), so that a reader
+sees what registration gained.
 
-Every registration runs in a fresh child process, which reports its own wall time (images
-read, registered, labels warped) and peak RSS at that point. Folding is the share of fixed voxels where the
-full warp's Jacobian determinant is <= 0. ANTs runs `SyN` (its default: affine then SyN with
-MI, 40 x 20 x 0 iterations at 4, 2, 1 mm) and, within `--syncc-timeout` seconds, `SyNCC`.
-The ilex child also reports the per-stage profile (`result.transform.details`), and one extra
-child times each operation of a deformable iteration at the level shapes of extent 256.
+Tools: `ilex` is `-m optimize` from a cold start with JAX's persistent compilation cache on in an
+empty folder of this run (so it also fills it), `ilex-cached` the same registration again with
+that cache; `SyN` (antspyx, its `SyN` preset), `SyNCC` (only on `--syncc-cases`, within
+`--syncc-timeout`), `greedy`, `fireants` (bench/peers.py says how each is run).
 
-    python bench/optimize_vs_ants.py --json bench/results/optimize_vs_ants.json
+    nice python bench/optimize_vs_ants.py --json bench/results/peers_DATE.json --markdown bench/results/peers_DATE.md
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import argparse
 import json
 import os
 import platform
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,140 +38,43 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CASES = ("spm_to_mni", "mni_to_spm", "known_warp", "t2_to_mni")
+sys.path.insert(0, HERE)
 
+from cases import CASES, identity_outputs, load, prepare, score
+from peers import PEERS, RUNNERS, peak_rss_gb, versions
 
-def _load(path):
-    import nibabel as nib
-
-    img = nib.load(path)
-    return np.asarray(img.dataobj, np.float32), img.affine
-
-
-def _save(path, data, affine):
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(np.asarray(data), affine), path)
-
-
-def _tissue_labels(grey, white, out, data):
-    # Hard labels from probability maps: 1 grey, 2 white where their probability exceeds 0.5.
-    g, affine = _load(os.path.join(data, grey))
-    w, _ = _load(os.path.join(data, white))
-    scale = 255.0 if g.max() > 1.5 else 1.0
-    labels = np.zeros(g.shape, np.int16)
-    labels[g / scale > 0.5] = 1
-    labels[w / scale > 0.5] = 2
-    _save(out, labels, affine)
-
-
-def prepare(case: str, data: str, work: str, amplitude: float, seed: int) -> dict:
-    """Paths of moving, fixed, moving labels, fixed labels (+ the true warp) for `case`."""
-    p = lambda name: os.path.join(data, name)
-    w = lambda name: os.path.join(work, name)
-    if case in ("spm_to_mni", "mni_to_spm", "t2_to_mni"):
-        _tissue_labels("spm_grey.nii", "spm_white.nii", w("spm_labels.nii.gz"), data)
-        _tissue_labels("mni2009a_gm.nii.gz", "mni2009a_wm.nii.gz", w("mni_labels.nii.gz"), data)
-        spm = (p("spm_avg152t2.nii") if case == "t2_to_mni" else p("spm_avg152t1.nii"), w("spm_labels.nii.gz"))
-        mni = (p("mni2009a_t1.nii.gz"), w("mni_labels.nii.gz"))
-        mov, fix = (mni, spm) if case == "mni_to_spm" else (spm, mni)
-        return {"moving": mov[0], "fixed": fix[0], "moving_labels": mov[1], "fixed_labels": fix[1], "labels": "tissue"}
-    if case == "known_warp":
-        import jax.numpy as jnp
-        from scipy.ndimage import gaussian_filter, map_coordinates
-
-        from ilex.transforms.integrate import scaling_and_squaring
-
-        t1, affine = _load(p("colin27_t1.nii.gz"))
-        aal, _ = _load(p("colin27_aal.nii.gz"))
-        rng = np.random.default_rng(seed)
-        v = np.stack([gaussian_filter(rng.standard_normal(t1.shape), 8.0) for _ in range(3)], -1)
-        v *= amplitude / np.abs(v).max()
-        disp = np.asarray(scaling_and_squaring(jnp.asarray(v, jnp.float32), 7))  # voxels; a diffeomorphism
-        grid = np.stack(np.meshgrid(*[np.arange(s) for s in t1.shape], indexing="ij"), 0).astype(np.float32)
-        coords = grid + np.moveaxis(disp, -1, 0)
-        _save(w("colin_warped.nii.gz"), map_coordinates(t1, coords, order=1), affine)
-        _save(w("aal_warped.nii.gz"), map_coordinates(aal, coords, order=0).astype(np.int16), affine)
-        true_ras = disp @ affine[:3, :3].T.astype(np.float32)  # fixed voxel p samples moving at p + disp
-        np.save(w("true_warp.npy"), true_ras)
-        return {
-            "moving": p("colin27_t1.nii.gz"),
-            "fixed": w("colin_warped.nii.gz"),
-            "moving_labels": p("colin27_aal.nii.gz"),
-            "fixed_labels": w("aal_warped.nii.gz"),
-            "labels": "aal",
-            "true_warp": w("true_warp.npy"),
-        }
-    raise ValueError(case)
+ILEX_TOOLS = ("ilex", "ilex-cached")
+DEFAULT_TOOLS = ("none", *ILEX_TOOLS, *PEERS)
 
 
 # -- children: one registration each -----------------------------------------------------------------
 
 
-def _peak_rss_gb() -> float:
-    # Taken when the registration and the label warping end, before the scoring's own arrays.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def run_ilex(spec: dict, out: str, cache: str | None = None) -> dict:
     if cache:
-        from ilex.compilation_cache import enable_compilation_cache
+        from ilex._cache import enable_compilation_cache
 
-        enable_compilation_cache(cache)
+        enable_compilation_cache(cache, enable=True)
+    import jax.numpy as jnp
+
     from ilex.registration.methods import OptimizeMethod
     from ilex.registration.pipeline import _resample, register
-    from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
 
     start = time.perf_counter()
     method = OptimizeMethod(similarity=spec.get("similarity", "auto"))
     result = register(spec["moving"], spec["fixed"], method=method, extent=256)
-    labels, _ = _load(spec["moving_labels"])
-    import jax.numpy as jnp
-
+    labels, _ = load(spec["moving_labels"])
     warped = np.asarray(_resample(jnp.asarray(labels), jnp.asarray(result.forward_vox), "nearest", jnp.float32(0)))
-    seconds, rss = time.perf_counter() - start, _peak_rss_gb()
+    seconds, rss = time.perf_counter() - start, peak_rss_gb()
     np.save(out + "_labels.npy", warped.astype(np.int16))
-    np.save(out + "_warp.npy", result.forward)
-    fold = folding_fraction(jacobian_determinant(result.forward, result.fixed.affine))
+    np.save(out + "_warp.npy", np.asarray(result.forward, np.float32))
     return {
         "seconds": seconds,
         "peak_rss_gb": rss,
         "stages": result.times,
         "profile": result.transform.details["profile"],
         "similarity": result.transform.details["similarity"],
-        "folding_percent": 100 * fold,
     }
-
-
-def run_ants(spec: dict, out: str, transform: str) -> dict:
-    import ants
-
-    start = time.perf_counter()
-    fixed, moving = ants.image_read(spec["fixed"]), ants.image_read(spec["moving"])
-    reg = ants.registration(fixed, moving, type_of_transform=transform)
-    labels = ants.image_read(spec["moving_labels"])
-    warped = ants.apply_transforms(fixed, labels, reg["fwdtransforms"], interpolator="nearestNeighbor")
-    seconds, rss = time.perf_counter() - start, _peak_rss_gb()
-    np.save(out + "_labels.npy", warped.numpy().astype(np.int16))
-    # The full warp (affine and SyN): moving's physical coordinates, resampled onto the fixed grid.
-    idx = np.stack(np.meshgrid(*[np.arange(s) for s in moving.shape], indexing="ij"), -1).astype(np.float64)
-    direction, spacing, origin = np.asarray(moving.direction), np.asarray(moving.spacing), np.asarray(moving.origin)
-    phys = idx * spacing @ direction.T + origin
-    mapped = [
-        ants.apply_transforms(fixed, moving.new_image_like(phys[..., d]), reg["fwdtransforms"]).numpy()
-        for d in range(3)
-    ]
-    fidx = np.stack(np.meshgrid(*[np.arange(s) for s in fixed.shape], indexing="ij"), -1).astype(np.float64)
-    fphys = fidx * np.asarray(fixed.spacing) @ np.asarray(fixed.direction).T + np.asarray(fixed.origin)
-    disp_lps = np.stack(mapped, -1) - fphys
-    disp_ras = (disp_lps * np.array([-1.0, -1.0, 1.0])).astype(np.float32)
-    np.save(out + "_warp.npy", disp_ras)
-    # Folding from ANTs' own Jacobian of its SyN field (the affine's determinant is positive):
-    # the resampled coordinates above are 0 outside the moving image's field of view, so their
-    # finite differences would count the field of view's edge as folding.
-    warp = next(t for t in reg["fwdtransforms"] if t.endswith(".nii.gz"))
-    det = ants.create_jacobian_determinant_image(fixed, warp).numpy()
-    return {"seconds": seconds, "peak_rss_gb": rss, "folding_percent": 100 * float(np.mean(det <= 0))}
 
 
 def profile_operations(extent: int = 256, velocity_scale: int = 4, repeats: int = 3) -> dict:
@@ -251,53 +157,20 @@ def child(argv) -> None:
     spec = json.loads(argv[1])
     if argv[0] == "profile":
         result = profile_operations()
-    elif argv[0] == "ilex":
-        result = run_ilex(spec, spec["out"])
-    elif argv[0] == "ilex-cached":
+    elif argv[0] in ILEX_TOOLS:
         result = run_ilex(spec, spec["out"], spec["cache"])
     else:
-        result = run_ants(spec, spec["out"], argv[0])
-    result.setdefault("peak_rss_gb", _peak_rss_gb())
+        result = RUNNERS[argv[0]](spec, spec["out"])
+    result.setdefault("peak_rss_gb", peak_rss_gb())
     print("RESULT " + json.dumps(result))
 
 
 # -- the parent: cases, children, scores -----------------------------------------------------------------
 
 
-def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
-    x, y = a == label, b == label
-    s = x.sum() + y.sum()
-    return float(2 * (x & y).sum() / s) if s else float("nan")
-
-
-def score(spec: dict, out: str) -> dict:
-    warped = np.load(out + "_labels.npy")
-    fixed, _ = _load(spec["fixed_labels"])
-    fixed = np.rint(fixed).astype(np.int16)
-    if spec["labels"] == "tissue":
-        d = {"dice_gm": dice(warped, fixed, 1), "dice_wm": dice(warped, fixed, 2)}
-        d["dice_mean"] = (d["dice_gm"] + d["dice_wm"]) / 2
-        return d
-    labels = [int(x) for x in np.unique(fixed) if x > 0]
-    per = [dice(warped, fixed, label) for label in labels]
-    d = {"dice_mean": float(np.nanmean(per)), "regions": len(labels)}
-    if "true_warp" in spec:
-        truth = np.load(spec["true_warp"])
-        est = np.load(out + "_warp.npy")
-        t1, _ = _load(spec["fixed"])
-        head = t1 > 0.1 * t1.max()
-        err = np.linalg.norm(est - truth, axis=-1)[head]
-        d.update(
-            warp_error_mean_mm=float(err.mean()),
-            warp_error_p95_mm=float(np.percentile(err, 95)),
-            true_warp_mean_mm=float(np.linalg.norm(truth, axis=-1)[head].mean()),
-        )
-    return d
-
-
 def spawn(tool: str, spec: dict, timeout: float | None) -> dict:
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t0 = time.perf_counter()
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
     try:
         proc = subprocess.run(
             [sys.executable, __file__, "--child", tool, json.dumps(spec)],
@@ -315,7 +188,31 @@ def spawn(tool: str, spec: dict, timeout: float | None) -> dict:
         return {"error": (proc.stderr or proc.stdout)[-2000:]}
     result = json.loads(line[7:])
     result["process_seconds"] = wall
+    result["load_average_1min"] = [load0, os.getloadavg()[0]]  # when the child started and ended
     return result
+
+
+def run_tool(tool: str, spec: dict, work: str, repeat: int, timeout: float | None) -> dict:
+    """One row: the tool on the case, `repeat` times (medians of the timings), scored once."""
+    out = os.path.join(work, f"{spec['case']}_{tool}")
+    if tool == "none":
+        identity_outputs(spec, out)
+        return score(spec, out)
+    runs = []
+    for _ in range(repeat):
+        r = spawn(tool, dict(spec, out=out), timeout)
+        if "error" in r:
+            return r
+        runs.append(r)
+    row = dict(runs[0])
+    if repeat > 1:
+        for key in ("seconds", "process_seconds", "peak_rss_gb"):
+            row[key] = statistics.median(r[key] for r in runs)
+        row["runs"] = [
+            {k: r[k] for k in ("seconds", "process_seconds", "peak_rss_gb", "load_average_1min")} for r in runs
+        ]
+    row.update(score(spec, out))
+    return row
 
 
 def main() -> None:
@@ -328,16 +225,26 @@ def main() -> None:
     ap.add_argument(
         "--tools",
         nargs="+",
-        default=["ilex", "ilex-cached", "SyN", "SyNCC"],
-        help="ilex-cached: with JAX's persistent compilation cache, warmed by one unscored run first",
+        default=list(DEFAULT_TOOLS),
+        choices=["none", *ILEX_TOOLS, *RUNNERS],
+        help="ilex-cached: with JAX's persistent compilation cache, filled by this case's `ilex` run (or by one "
+        "unscored run when `ilex` is not among the tools)",
     )
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each registration; timings are their medians")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds allowed to one registration")
     ap.add_argument("--syncc-timeout", type=float, default=600.0)
     ap.add_argument("--syncc-cases", nargs="+", default=["known_warp"], help="cases where SyNCC is tried")
-    ap.add_argument("--amplitude", type=float, default=8.0, help="largest displacement of the known warp, mm")
+    ap.add_argument(
+        "--fireants-cases", nargs="+", default=list(CASES), help="cases where FireANTs runs (slow on a CPU)"
+    )
+    ap.add_argument("--amplitude", type=float, default=8.0, help="largest displacement of the known warps, mm")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also time each operation of a deformable iteration")
+    ap.add_argument("--no-profile", action="store_true", help="(the default now; kept for old command lines)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "optimize_vs_ants.json"))
+    ap.add_argument("--markdown", default=None, help="also write the tables here (default: the JSON's name, .md)")
     args = ap.parse_args()
+    markdown = args.markdown or os.path.splitext(args.json)[0] + ".md"
 
     import jax
 
@@ -348,80 +255,92 @@ def main() -> None:
             "python": sys.version.split()[0],
             "jax": jax.__version__,
             "backend": jax.default_backend(),
+            "nice": os.nice(0),
             "load_average_at_start": os.getloadavg(),
-        },
+        }
+        | versions(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "markdown", "data")},
         "cases": {},
     }
-    try:
-        import ants
-
-        report["machine"]["antspyx"] = ants.__version__
-    except ImportError:
-        pass
     with tempfile.TemporaryDirectory() as work:
-        cache = os.path.join(work, "jax-cache")
-        if "ilex-cached" in args.tools:
-            spec = prepare(args.cases[0], args.data, work, args.amplitude, args.seed)
-            warm = spawn("ilex-cached", dict(spec, out=os.path.join(work, "warmup"), cache=cache), None)
-            report["cache_warmup"] = {"case": args.cases[0], "seconds": warm.get("seconds"), "error": warm.get("error")}
-            print("warm-up of the compilation cache:", report["cache_warmup"], flush=True)
         for case in args.cases:
             spec = prepare(case, args.data, work, args.amplitude, args.seed)
+            spec["cache"] = os.path.join(work, f"jax-cache-{case}")
+            if "ilex-cached" in args.tools and "ilex" not in args.tools:
+                spawn("ilex-cached", dict(spec, out=os.path.join(work, "warmup")), None)
             rows = {}
             for tool in args.tools:
-                if tool == "SyNCC" and case not in args.syncc_cases:
+                if (tool == "SyNCC" and case not in args.syncc_cases) or (
+                    tool == "fireants" and case not in args.fireants_cases
+                ):
                     continue
-                out = os.path.join(work, f"{case}_{tool}")
-                timeout = args.syncc_timeout if tool == "SyNCC" else None
-                r = spawn(tool, dict(spec, out=out, cache=cache), timeout)
-                if "error" not in r:
-                    r.update(score(spec, out))
-                rows[tool] = r
+                timeout = args.syncc_timeout if tool == "SyNCC" else args.timeout
+                rows[tool] = r = run_tool(tool, spec, work, args.repeat, timeout)
+                shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
                 print(
-                    case,
-                    tool,
-                    {
-                        k: (round(v, 4) if isinstance(v, float) else v)
-                        for k, v in r.items()
-                        if k not in ("profile", "stages")
-                    },
-                    flush=True,
+                    case, tool, {k: v for k, v in shown.items() if k not in ("profile", "stages", "runs")}, flush=True
                 )
-            for name in ("ilex", "ilex-cached"):
-                if "seconds" in rows.get(name, {}) and "seconds" in rows.get("SyN", {}):
-                    rows[f"speedup_vs_SyN ({name})"] = rows["SyN"]["seconds"] / rows[name]["seconds"]
             report["cases"][case] = rows
-            _write(args.json, report)  # after every case, so that a cut-short run still leaves its numbers
-        if not args.no_profile:
+            _write(args.json, markdown, report)  # after every case, so that a cut-short run still leaves its numbers
+        if args.profile:
             report["operation_profile"] = spawn("profile", {}, None)
     report["machine"]["load_average_at_end"] = os.getloadavg()
-    _write(args.json, report)
-    print_table(report)
+    _write(args.json, markdown, report)
+    print(table(report))
 
 
-def _write(path: str, report: dict) -> None:
+def _write(path: str, markdown: str, report: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
+    with open(markdown, "w") as f:
+        f.write(table(report))
 
 
-def print_table(report: dict) -> None:
-    print(f"\n{'case':<12} {'tool':<11} {'Dice':>6} {'GM':>6} {'WM':>6} {'err mm':>7} {'fold %':>7} {'s':>7} {'GB':>6}")
+def _f(r: dict, key: str, fmt: str) -> str:
+    return format(r[key], fmt) if isinstance(r.get(key), int | float) else ""
+
+
+def table(report: dict) -> str:
+    """One markdown table per case, with each tool's seconds and memory as a ratio to SyN's."""
+    m = report["machine"]
+    lines = [*report.get("notes", [])] + [
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, JAX {m['jax']} ({m['backend']}), nice {m.get('nice')}; "
+        f"load average (1, 5, 15 min) {tuple(round(x, 1) for x in m['load_average_at_start'])} at the start"
+        + (f", {tuple(round(x, 1) for x in m['load_average_at_end'])} at the end" if "load_average_at_end" in m else "")
+        + ".",
+        "Versions: "
+        + ", ".join(f"{k} {m[k]}" for k in ("antspyx", "picsl_greedy", "fireants", "torch") if m.get(k))
+        + ".",
+        "",
+    ]
     for case, rows in report["cases"].items():
+        syn = rows.get("SyN", {})
+        lines += [
+            f"### {case}",
+            "",
+            "| tool | Dice | GM | WM | warp err mm (p95) | fold % | s | process s | s / SyN | GB | GB / SyN | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for tool, r in rows.items():
-            if not isinstance(r, dict):
-                continue
             if "error" in r:
-                print(f"{case:<12} {tool:<11} {r['error'][:60]}")
+                lines.append(f"| {tool} | {r['error'].strip().splitlines()[-1][:120]} |" + " |" * 11)
                 continue
-            f = lambda k, fmt, r=r: format(r[k], fmt) if k in r else "-"
-            print(
-                f"{case:<12} {tool:<11} {f('dice_mean', '6.3f')} {f('dice_gm', '6.3f')} {f('dice_wm', '6.3f')} "
-                f"{f('warp_error_mean_mm', '7.2f')} {f('folding_percent', '7.3f')} {f('seconds', '7.1f')} {f('peak_rss_gb', '6.2f')}"
+            err = (
+                f"{_f(r, 'warp_error_mean_mm', '.2f')} ({_f(r, 'warp_error_p95_mm', '.2f')})"
+                if "warp_error_mean_mm" in r
+                else ""
             )
-        for key, value in rows.items():
-            if key.startswith("speedup"):
-                print(f"{'':<12} {key}: {value:.1f}x")
+            ratio = lambda key, r=r, syn=syn: f"{r[key] / syn[key]:.2f}" if key in r and syn.get(key) else ""
+            load_avg = "-".join(f"{x:.1f}" for x in r.get("load_average_1min", []))
+            lines.append(
+                f"| {tool} | {_f(r, 'dice_mean', '.3f')} | {_f(r, 'dice_gm', '.3f')} "
+                f"| {_f(r, 'dice_wm', '.3f')} | {err} "
+                f"| {_f(r, 'folding_percent', '.3f')} | {_f(r, 'seconds', '.1f')} | {_f(r, 'process_seconds', '.1f')} "
+                f"| {ratio('seconds')} | {_f(r, 'peak_rss_gb', '.2f')} | {ratio('peak_rss_gb')} | {load_avg} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
