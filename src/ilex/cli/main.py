@@ -36,6 +36,8 @@ FLAGS = {
     "method": "-m",
     "rounds": "--rounds",
     "reference": "--reference",
+    "step": "--step",
+    "warp_format": "--warp-format",
 }
 
 # mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.

@@ -70,9 +70,9 @@ class TemplateSettings(BatchSettings):
 
     def check(self) -> None:
         if not 0.0 < self.step <= 1.0:
-            raise OptionError(f"--step {self.step:g}: the shape update's step must lie in (0, 1]")
+            raise OptionError("the shape update's step must lie in (0, 1]", argument="step", value=self.step)
         if self.warp_format not in ("freesurfer", "itk"):
-            raise OptionError(f"--warp-format {self.warp_format}: choose freesurfer or itk")
+            raise OptionError("choose freesurfer or itk", argument="warp_format", value=self.warp_format)
         from ..registration.methods import needs_prior_affine
 
         if needs_prior_affine(self.method) and not (isinstance(self.weights, tuple) and len(self.weights) == 2):
