@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import IlexError, OptionError
 from ..registration.methods.base import Method
 from ..registration.outputs import check_outputs, check_transform_outputs, output_files, outputs_complete, write_outputs
-from ..registration.settings import Settings
+from ..registration.settings import Settings, option_items
 from .pairs import Pair
 
 STATUSES = ("done", "skipped", "failed")
@@ -49,7 +49,7 @@ class BatchSettings(Settings):
         return (
             method,
             self.effective_hyper if pair.hyper is None else pair.hyper,
-            tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items())),
+            option_items(options),
         )
 
     def runs_detector(self, pairs: Iterable[Pair]) -> bool:

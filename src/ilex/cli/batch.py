@@ -8,6 +8,7 @@ import sys
 import time
 
 from ..errors import OptionError
+from .register import add_conv_argument
 
 _DESCRIPTION = """\
 Register every pair listed in PAIRS.csv with one model load: the weights are read and the network
@@ -104,12 +105,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--clip-percentile", type=float, metavar="P", help="clip intensities at percentile P (as ilex register)"
     )
-    p.add_argument(
-        "--conv",
-        choices=["auto", "direct", "winograd", "winograd4"],
-        default="auto",
-        help="convolution algorithm (as ilex register)",
-    )
+    add_conv_argument(p)
     p.add_argument(
         "--summary",
         metavar="PREFIX",

@@ -154,14 +154,7 @@ def add_parser(sub) -> None:
         help="clip intensities at percentile P before min-max normalisation "
         "(the model card's variant; FreeSurfer does not clip)",
     )
-    p.add_argument(
-        "--conv",
-        choices=["auto", "direct", "winograd", "winograd4"],
-        default="auto",
-        help="convolution of the networks (deformable U-Net and affine detector): auto (on CPU winograd4 for the "
-        "U-Net, winograd for the detector; XLA's own on GPU), or one of them for both: winograd4 "
-        "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)",
-    )
+    add_conv_argument(p)
     p.add_argument(
         "--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory"
     )
@@ -221,6 +214,18 @@ def weights_option(model: str, given: list[str] | None) -> list[str]:
         return weights_for(model, given)
     except OptionError as e:
         raise OptionError(f"-w: -m {e}") from None
+
+
+def add_conv_argument(p) -> None:
+    """`--conv`, as register, batch and template take it (`settings_from_args` reads it)."""
+    p.add_argument(
+        "--conv",
+        choices=["auto", "direct", "winograd", "winograd4"],
+        default="auto",
+        help="convolution of the networks (deformable U-Net and affine detector): auto (on CPU winograd4 for the "
+        "U-Net, winograd for the detector; XLA's own on GPU), or one of them for both: winograd4 "
+        "(Winograd F(4,3), fastest on CPU), winograd (F(2,3): slower, half the rounding error), direct (XLA's)",
+    )
 
 
 def settings_from_args(args) -> dict:

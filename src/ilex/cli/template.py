@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..errors import OptionError
+from .register import add_conv_argument
 
 _DESCRIPTION = """\
 Build an unbiased template of a cohort: every image is registered to the current template (one
@@ -99,12 +100,7 @@ def add_parser(sub) -> None:
         help="format of the per-image warps and affines (default freesurfer)",
     )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
-    p.add_argument(
-        "--conv",
-        choices=["auto", "direct", "winograd", "winograd4"],
-        default="auto",
-        help="convolution algorithm (as ilex register)",
-    )
+    add_conv_argument(p)
     p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache")
     cluster = p.add_argument_group("Dask (pip install 'ilex[dask]'), as ilex batch")
     cluster.add_argument(

@@ -35,7 +35,7 @@ from ..image.io import Image, from_nibabel, load_image
 from .methods import method_info
 from .methods.base import check_hyper
 from .pipeline import Registration, register
-from .settings import DEFAULT_HYPER, Settings
+from .settings import DEFAULT_HYPER, Settings, option_items
 
 _TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -119,7 +119,7 @@ class Registrar:
         s = self.settings
         method = s.method if method is None else method
         hyper = s.hyper if hyper is None else float(hyper)
-        return method, DEFAULT_HYPER if hyper is None else hyper, _frozen({**s.optimiser_options, **options})
+        return method, DEFAULT_HYPER if hyper is None else hyper, option_items({**s.optimiser_options, **options})
 
     def method_for(self, method=None, hyper: float | None = None, **options):
         """The `Method` for `method` (a name, a `Method`, or None for the default) at λ=`hyper`
@@ -200,11 +200,6 @@ class Registrar:
 
         detector = any(runs_detector(m.name) for m in self._methods.values())
         return estimate_peak_bytes(self.settings.extent, self.network_width(), detector=detector)
-
-
-def _frozen(options: dict) -> tuple:
-    # Options as a hashable key: lists (levels, iterations) become tuples.
-    return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in options.items()))
 
 
 class CompileCounter:

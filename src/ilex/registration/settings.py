@@ -35,6 +35,13 @@ def check_extent(extent: int) -> None:
         )
 
 
+def option_items(options) -> tuple:
+    """The optimiser's options (a mapping or its items) as sorted (name, value) pairs, lists as
+    tuples: one hashable form, so that equal options compare, hash and key caches alike."""
+    items = options.items() if isinstance(options, Mapping) else options
+    return tuple(sorted((str(k), tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in items))
+
+
 def check_options(hyper: float, steps: int, extent: int) -> None:
     """Refuse a λ, step count or extent out of range (`OptionError` naming the argument)."""
     check_hyper(hyper)
@@ -71,9 +78,7 @@ class Settings:
     options: Any = ()
 
     def __post_init__(self):
-        items = self.options.items() if isinstance(self.options, Mapping) else self.options
-        frozen = tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in items))
-        object.__setattr__(self, "options", frozen)
+        object.__setattr__(self, "options", option_items(self.options))
         if self.hyper is not None:
             object.__setattr__(self, "hyper", float(self.hyper))
         check_options(self.effective_hyper, self.effective_steps, self.extent)
