@@ -71,7 +71,7 @@ class Registrar:
         self._lock = threading.Lock()
 
     @property
-    def extent(self) -> int:
+    def extent(self) -> int:  # the attribute it was before the settings became one object
         return self.settings.extent
 
     @classmethod

@@ -109,10 +109,6 @@ class Settings:
         """The plain `Settings` part of an extended one (`BatchSettings`, `TemplateSettings`)."""
         return Settings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Settings)})
 
-    def replace(self, **changes) -> Settings:
-        """A copy with `changes` (field values, None included)."""
-        return dataclasses.replace(self, **changes)
-
     @property
     def optimiser_options(self) -> dict:
         return dict(self.options)
