@@ -53,6 +53,26 @@ pairs.csv:
 """
 
 
+def add_dask_arguments(p, work: str, title: str = "Dask (pip install 'ilex[dask]')"):
+    """--scheduler, --local-workers and --memory-resource, as batch and template take them (`work`:
+    what runs on the workers); returns the group, for a command's own cluster options."""
+    cluster = p.add_argument_group(title)
+    cluster.add_argument(
+        "--scheduler", metavar="ADDRESS", help=f"run {work} on this Dask scheduler's workers (e.g. tcp://head:8786)"
+    )
+    cluster.add_argument(
+        "--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine"
+    )
+    cluster.add_argument(
+        "--memory-resource",
+        default="MEMORY",
+        metavar="NAME",
+        help=f"worker resource that limits how many of {work} run at once, by memory (default MEMORY: start "
+        "workers with --resources MEMORY=<bytes>)",
+    )
+    return cluster
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "batch",
@@ -122,20 +142,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--no-memory-check", action="store_true", help="run even if the memory estimate exceeds the free memory"
     )
-    cluster = p.add_argument_group("Dask (pip install 'ilex[dask]')")
-    cluster.add_argument(
-        "--scheduler", metavar="ADDRESS", help="run the pairs on this Dask scheduler's workers (e.g. tcp://head:8786)"
-    )
-    cluster.add_argument(
-        "--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine"
-    )
-    cluster.add_argument(
-        "--memory-resource",
-        default="MEMORY",
-        metavar="NAME",
-        help="worker resource that limits concurrent pairs by memory (default MEMORY: start workers "
-        "with --resources MEMORY=<bytes>)",
-    )
+    cluster = add_dask_arguments(p, "the pairs")
     cluster.add_argument(
         "--memory", type=float, metavar="BYTES", help="memory one registration needs (default: ilex's estimate)"
     )

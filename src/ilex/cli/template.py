@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..errors import OptionError
+from .batch import add_dask_arguments
 from .register import add_conv_argument
 
 _DESCRIPTION = """\
@@ -102,19 +103,7 @@ def add_parser(sub) -> None:
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     add_conv_argument(p)
     p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache")
-    cluster = p.add_argument_group("Dask (pip install 'ilex[dask]'), as ilex batch")
-    cluster.add_argument(
-        "--scheduler", metavar="ADDRESS", help="run each round's registrations on this Dask scheduler's workers"
-    )
-    cluster.add_argument(
-        "--local-workers", type=int, metavar="N", help="start a Dask cluster of N worker processes on this machine"
-    )
-    cluster.add_argument(
-        "--memory-resource",
-        default="MEMORY",
-        metavar="NAME",
-        help="worker resource that limits concurrent registrations by memory (default MEMORY)",
-    )
+    add_dask_arguments(p, "each round's registrations", "Dask (pip install 'ilex[dask]'), as ilex batch")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or round lines, only errors")
     p.set_defaults(run=run)
 
