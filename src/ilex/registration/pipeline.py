@@ -100,7 +100,11 @@ class Registration:
         return self._composed("inverse", self.space.mov_to_net, self.space.net_to_fix, self.moving.shape)
 
     def _composed(self, which: str, target_to_net: np.ndarray, net_to_source: np.ndarray, shape) -> np.ndarray:
-        out = np.asarray(_native(self.network_fields[which], target_to_net, net_to_source, tuple(shape)))
+        net = self.network_fields[which]
+        if _on_network_grid(target_to_net, net.shape[:3], shape):
+            out = np.asarray(_native_on_grid(net, net_to_source))
+        else:
+            out = np.asarray(_native(net, target_to_net, net_to_source, tuple(shape)))
         del self.network_fields[which]  # only once composed: a failed attempt can be retried
         return out
 
@@ -220,6 +224,22 @@ def _ras_displacement(disp_vox, source_affine, target_affine):
 
 
 _native = jax.jit(compose_native, static_argnames=("target_shape",))
+
+
+def _on_network_grid(target_to_net: np.ndarray, net_shape, target_shape) -> bool:
+    # The optimiser's grid is the fixed image's own when that is isotropic (`working_grid`): up to
+    # header rounding, the field is then read at its own grid points and needs no interpolation
+    # (0.09 s instead of 0.84 s at 197x233x189, measured).
+    return tuple(net_shape) == tuple(target_shape[:3]) and np.allclose(target_to_net, np.eye(4), rtol=0, atol=1e-5)
+
+
+@jax.jit
+def _native_on_grid(field, net_to_source):
+    # `compose_native` where the target grid is the network grid.
+    grid = voxel_grid(field.shape[:3])
+    return apply_matrix(net_to_source, grid + field) - grid
+
+
 _to_ras = jax.jit(_ras_displacement)
 
 

@@ -20,7 +20,8 @@ from .._custom_types import AnyArray
 
 
 def _gather(volume: AnyArray, idx: list[Array]) -> Array:
-    return volume[idx[0], idx[1], idx[2]]
+    # A NumPy volume (from a user of `ilex.transforms`) cannot be indexed by traced arrays.
+    return jnp.asarray(volume)[idx[0], idx[1], idx[2]]
 
 
 def interpolate_clamped(
