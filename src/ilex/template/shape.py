@@ -167,6 +167,7 @@ class ShapeUpdate:
         w = mean.mean_residual
         self.residual = np.zeros((*self.shape, 3), np.float32) if w is None else w
         self._residual_vox = _vox(self.residual, self.affine)
+        self._ahead = None
         self.points = _update_points(
             self._residual_vox,
             _f32(self.affine),
@@ -196,16 +197,16 @@ class ShapeUpdate:
     def inverse(self, displacement: np.ndarray, image_affine: np.ndarray) -> np.ndarray:
         """An inverse warp `phi^-1` (image -> template, RAS mm on the image grid) made to end in the updated
         template: `M^alpha o phi^-1`."""
+        if self._ahead is None:  # the same for every image: integrated once (0.8 s at 1 mm, measured)
+            self._ahead = _integrate(self._residual_vox, jnp.float32(self.alpha), INTEGRATION_STEPS)
         return np.asarray(
             _compose_inverse(
                 jnp.asarray(displacement, jnp.float32),
                 _f32(image_affine),
-                self._residual_vox,
+                self._ahead,
                 _f32(self.affine),
                 _f32(np.linalg.inv(self.affine)),
                 _f32(matrix_power(self.mean_log, self.alpha)),
-                jnp.float32(self.alpha),
-                INTEGRATION_STEPS,
             )
         )
 
@@ -222,10 +223,15 @@ def _compose_forward(disp, points, affine):
 
 
 @jax.jit(static_argnames=("steps",))
-def _compose_inverse(disp, image_affine, residual_vox, affine, inverse_affine, matrix, alpha, steps):
+def _integrate(residual_vox, alpha, steps):
+    # exp(alpha w): the residual's part of M^alpha, template voxels.
+    return scaling_and_squaring(alpha * residual_vox, steps)
+
+
+@jax.jit
+def _compose_inverse(disp, image_affine, ahead, affine, inverse_affine, matrix):
     z = apply_matrix(image_affine, voxel_grid(disp.shape[:3]))
     q_vox = apply_matrix(inverse_affine, z + disp)
-    ahead = scaling_and_squaring(alpha * residual_vox, steps)
     moved = apply_matrix(affine, q_vox + interpolate_clamped(ahead, q_vox))
     return apply_matrix(matrix, moved) - z
 
