@@ -206,6 +206,7 @@ def main() -> None:
     )
     print(f"cohort: {args.n} images, {args.step} mm, made in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     results = {}
+    load_at_start = os.getloadavg()
     for tool in args.tools:
         out = os.path.join(
             args.work,
@@ -215,7 +216,14 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(out)
+        before = os.getloadavg()[0]
         run = run_child(tool, cohort, out, args)
+        run["load_average_1min"] = [before, os.getloadavg()[0]]  # when the tool started and ended
+        if tool == "ilex" and os.path.exists(os.path.join(out, "rounds.csv")):
+            import csv
+
+            with open(os.path.join(out, "rounds.csv"), encoding="utf-8") as f:
+                run["rounds_csv"] = list(csv.DictReader(f))
         run.update(score(tool, cohort, out, run["template"]))
         results[tool] = run
         print(
@@ -240,7 +248,12 @@ def main() -> None:
         "rounds": args.rounds,
         "extent": args.extent,
         "workers": args.workers,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_end": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_at_start": load_at_start,
+            "load_at_end": os.getloadavg(),
+        },
         "results": results,
     }
     if "ilex" in results and "ants" in results:
@@ -289,8 +302,13 @@ def markdown(d: dict) -> str:
     lines += [
         "",
         (
-            f"Machine: {d['machine']['cpus']} CPUs, {d['machine']['platform']}; load average at the end "
-            f"{', '.join(f'{x:.1f}' for x in d['machine']['load_at_end'])} (shared with other jobs)."
+            f"Machine: {d['machine']['cpus']} CPUs, {d['machine']['platform']}; load average (1, 5, 15 min) "
+            + (
+                f"{', '.join(f'{x:.1f}' for x in d['machine']['load_at_start'])} at the start, "
+                if "load_at_start" in d["machine"]
+                else ""
+            )
+            + f"{', '.join(f'{x:.1f}' for x in d['machine']['load_at_end'])} at the end."
         ),
         "",
     ]
