@@ -23,7 +23,8 @@ iteration, at image level `s` (the images `s` times coarser):
    the first-order BCH approximation of `log(exp(v) ∘ exp(u))`.
 
 Nothing is differentiated through the interpolation or the integration, and every array that
-a level needs is an argument of one jitted step, so each level's shape compiles once.
+a level needs is an argument of the step's two jits (steps 1-2, then 3-5: see `_moved`), so each
+level's shape compiles once.
 """
 
 from __future__ import annotations
