@@ -169,7 +169,8 @@ def child(argv) -> None:
 
 
 def spawn(tool: str, spec: dict, timeout: float | None) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    src = spec.get("ilex_src") or os.path.join(ROOT, "src")  # another tree's ilex: a before/after comparison
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0, load0 = time.perf_counter(), os.getloadavg()[0]
     try:
         proc = subprocess.run(
@@ -239,6 +240,10 @@ def main() -> None:
     )
     ap.add_argument("--amplitude", type=float, default=8.0, help="largest displacement of the known warps, mm")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--ilex-src",
+        help="the src/ folder whose ilex runs (default: this tree's), e.g. a worktree of an earlier commit",
+    )
     ap.add_argument("--profile", action="store_true", help="also time each operation of a deformable iteration")
     ap.add_argument("--no-profile", action="store_true", help="(the default now; kept for old command lines)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "optimize_vs_ants.json"))
@@ -265,6 +270,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for case in args.cases:
             spec = prepare(case, args.data, work, args.amplitude, args.seed)
+            spec["ilex_src"] = args.ilex_src
             spec["cache"] = os.path.join(work, f"jax-cache-{case}")
             if "ilex-cached" in args.tools and "ilex" not in args.tools:
                 spawn("ilex-cached", dict(spec, out=os.path.join(work, "warmup")), None)
