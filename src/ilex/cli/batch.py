@@ -8,7 +8,7 @@ import sys
 import time
 
 from ..errors import OptionError
-from .register import add_conv_argument
+from .register import add_conv_argument, add_steps_and_extent_arguments
 
 _DESCRIPTION = """\
 Register every pair listed in PAIRS.csv with one model load: the weights are read and the network
@@ -105,15 +105,7 @@ def add_parser(sub) -> None:
         metavar="LAMBDA",
         help="λ for rows without a hyper column (default 0.5)",
     )
-    p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument(
-        "-e",
-        "--extent",
-        type=int,
-        default=256,
-        help="network cube side in mm, a multiple of 32 (default 256); "
-        "-m optimize: the cap on its grid at the images' resolution, E^3 voxels",
-    )
+    add_steps_and_extent_arguments(p)
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA)")
     p.add_argument(

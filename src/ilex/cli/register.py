@@ -109,15 +109,7 @@ def add_parser(sub) -> None:
         metavar="LAMBDA",
         help="regularisation weight λ in [0, 1]; higher is smoother (default 0.5)",
     )
-    p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument(
-        "-e",
-        "--extent",
-        type=int,
-        default=256,
-        help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory); "
-        "-m optimize works at the fixed image's resolution instead, on at most E^3 voxels (coarser beyond)",
-    )
+    add_steps_and_extent_arguments(p)
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument(
         "-g",
@@ -214,6 +206,19 @@ def weights_option(model: str, given: list[str] | None) -> list[str]:
         return weights_for(model, given)
     except OptionError as e:
         raise OptionError(f"-w: -m {e}") from None
+
+
+def add_steps_and_extent_arguments(p) -> None:
+    """`-n` and `-e`, as register, batch and template take them (`settings_from_args` reads them)."""
+    p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
+    p.add_argument(
+        "-e",
+        "--extent",
+        type=int,
+        default=256,
+        help="network cube side in mm, a multiple of 32 (default 256; 192 needs about 40 %% less memory); "
+        "-m optimize works at the fixed image's resolution instead, on at most E^3 voxels (coarser beyond)",
+    )
 
 
 def add_conv_argument(p) -> None:

@@ -8,7 +8,7 @@ import time
 
 from ..errors import OptionError
 from .batch import add_dask_arguments
-from .register import add_conv_argument
+from .register import add_conv_argument, add_steps_and_extent_arguments
 
 _DESCRIPTION = """\
 Build an unbiased template of a cohort: every image is registered to the current template (one
@@ -66,15 +66,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="regularisation weight λ (default 0.5)"
     )
-    p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
-    p.add_argument(
-        "-e",
-        "--extent",
-        type=int,
-        default=256,
-        help="network cube side in mm, a multiple of 32 (default 256); "
-        "-m optimize: the cap on its grid at the images' resolution, E^3 voxels",
-    )
+    add_steps_and_extent_arguments(p)
     p.add_argument(
         "--rounds", type=int, default=4, metavar="K", help="rounds of registration and averaging (default 4)"
     )
