@@ -12,7 +12,9 @@ from the last complete round, and inside a round the batch skips registrations t
 
 from __future__ import annotations
 
+import contextvars
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -27,13 +30,13 @@ import numpy as np
 from .._atomic import atomic_file, output_batch
 from ..batch.run import BatchSettings
 from ..errors import IlexError, OptionError
-from ..registration.methods import OptimizeMethod
+from ..registration.methods import OptimizeAffineMethod
 from .inputs import TemplateInput, as_inputs, check_inputs
 from .shape import (
+    AffineFit,
     MeanTransform,
     ShapeUpdate,
     correlation,
-    fit_affine,
     head_mask,
     matrix_power,
     normalised,
@@ -94,24 +97,12 @@ class TemplateSettings(BatchSettings):
 
     def affine_method(self):
         """The method of the affine stage: the weights' affine detector when they have one, else the
-        optimiser's affine stage alone (no deformable iterations); None when neither is available."""
+        optimiser's affine stage alone; None when neither is available. Both answer with a matrix."""
         if self.weights == ():
-            return _optimiser_affine_stage(self.effective_hyper)
+            return OptimizeAffineMethod(hyper=self.effective_hyper)
         if isinstance(self.weights, tuple) and len(self.weights) == 2:
             return "affine"
         return None
-
-
-class _AffineStage(OptimizeMethod):
-    """`-m optimize` with no deformable iterations: its affine stage alone (a zero velocity)."""
-
-    # The batch keys its prepared methods by (method, λ): a configured method must hash.
-    def __hash__(self):
-        return hash((self.name, self.hyper, self.levels, self.iterations))
-
-
-def _optimiser_affine_stage(hyper: float) -> _AffineStage:
-    return _AffineStage(hyper=hyper, iterations=(0, 0))
 
 
 @dataclass
@@ -184,6 +175,57 @@ def _write_rounds_csv(path: str, rows: list[dict]) -> None:
             )
 
 
+class _RoundSum:
+    """A round's sums (the mean transform, the sum of the moved images, their similarities to the
+    template), added on one thread beside the registrations: each pair as soon as its files have
+    landed and every pair before it is in, so that the sums are added in the pairs' order whatever
+    order the pairs finish in (a resumed or distributed round gives the same bits as a local one).
+    `offer` takes records as the batch reports them; `result` takes the rest (skipped pairs) and
+    waits. Failed pairs are left out."""
+
+    def __init__(self, previous, mask: np.ndarray, pairs):
+        self.previous = previous.data
+        self.mask = mask
+        self.mean = MeanTransform(previous.affine, mask)
+        self.total = np.zeros(previous.shape, np.float32)
+        self.similarities: list[float] = []
+        self._pairs = list(pairs)
+        self._status: dict[int, str] = {}
+        self._next = 0
+        self._added = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilex-template-sum")
+
+    def __enter__(self) -> _RoundSum:  # noqa: PYI034  final class in practice
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def offer(self, record) -> None:
+        self._status.setdefault(record.index, record.status)
+        while self._next < len(self._pairs) and self._pairs[self._next].index in self._status:
+            pair = self._pairs[self._next]
+            self._next += 1
+            if self._status[pair.index] != "failed":
+                self._added.append(self._pool.submit(self._add, pair))
+
+    def _add(self, pair) -> None:
+        from ..image.io import load_image
+        from ..image.warp_io import load_warp
+
+        self.mean.add(load_warp(pair.outputs["trans"]).displacement)
+        moved = normalised(load_image(pair.outputs["out_moving"], what="moved image", check_values=False).data)
+        self.similarities.append(correlation(moved, self.previous, self.mask))
+        self.total += moved
+
+    def result(self, records) -> tuple[MeanTransform, np.ndarray, list[float]]:
+        for record in records:
+            self.offer(record)
+        for added in self._added:
+            added.result()
+        return self.mean, self.total, self.similarities
+
+
 class _Builder:
     def __init__(
         self, inputs, outdir, settings: TemplateSettings, initial, keep_rounds, client, log, progress, on_round
@@ -232,8 +274,9 @@ class _Builder:
             shutil.rmtree(self.round_dir(k), ignore_errors=True)
 
     # -- batches ---------------------------------------------------------------------------------------
-    def run(self, pairs, method, name: str):
-        """One batch of registrations (local, or on the Dask client); returns its records."""
+    def run(self, pairs, method, name: str, on_record=None):
+        """One batch of registrations (local, or on the Dask client); returns its records.
+        `on_record` is called with each record as its pair finishes (skipped pairs: not)."""
         from ..batch import run_batch
         from ..registration.memory import estimate_peak_bytes
 
@@ -250,7 +293,13 @@ class _Builder:
             if registrar is None:
                 registrar = self._registrars[name] = settings.registrar(pairs)
         return run_batch(
-            pairs, settings, client=self.client, progress=self.progress, registrar=registrar, memory_bytes=memory
+            pairs,
+            settings,
+            client=self.client,
+            progress=self.progress,
+            registrar=registrar,
+            memory_bytes=memory,
+            on_record=on_record,
         )
 
     def report_failures(self, k: int, records) -> list[str]:
@@ -267,7 +316,6 @@ class _Builder:
     def round0(self, state: dict) -> None:
         from ..batch.pairs import Pair
         from ..image.io import load_image, save_image
-        from ..image.warp_io import load_warp
 
         start = time.perf_counter()
         if self.initial is not None:
@@ -279,13 +327,14 @@ class _Builder:
         reference = load_image(self.inputs[0].path, what="image")
         method = self.settings.affine_method()
         directory = self.round_dir(0)
-        os.makedirs(os.path.join(directory, "warps"), exist_ok=True)
+        os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
+        # The affine stage answers with a matrix (an LTA), never a warp to fit one to.
         pairs = [
             Pair(
                 k,
                 item.path,
                 reference.path,
-                {"trans": os.path.join(directory, "warps", f"{item.id}{INTERMEDIATE}")},
+                {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
                 init=item.init,
                 id=item.id,
             )
@@ -303,41 +352,44 @@ class _Builder:
             record = by_id.get(item.id)
             if record is not None and record.status == "failed":
                 continue
-            if record is None:
-                matrix = np.eye(4)  # no affine stage available: the plain average on the first image's grid
-            else:
-                matrix = fit_affine(
-                    load_warp(pair.outputs["trans"]).displacement, reference.affine, np.ones(reference.shape, bool)
-                )
+            # template (reference) world -> the image's world; no affine stage: the plain average
+            matrix = np.eye(4) if record is None else _lta_world(pair.outputs["trans"], item.path, reference)
             matrices[item.id] = matrix
             mean.add_matrix(matrix)
         if len(matrices) < 2:
             raise IlexError("round 0: fewer than 2 images could be aligned; see the errors above")
         back = matrix_power(mean.mean_log, -1.0)
-        total = np.zeros(reference.shape, np.float32)
-        aligned = []
-        for item in self.inputs:
-            if item.id not in matrices:
-                continue
+        ref = normalised(reference.data)
+
+        def aligned(item):
+            # The image moved to the unbiased mid-space, and its similarity to the first image once aligned.
             image = reference if item is self.inputs[0] else load_image(item.path, what="image")
             moved = normalised(_resample_world(image, matrices[item.id] @ back, reference.affine, reference.shape))
-            total += moved
-            aligned.append(normalised(_resample_world(image, matrices[item.id], reference.affine, reference.shape)))
-        template = total / len(aligned)
+            if item is self.inputs[0]:
+                return moved, None
+            on_first = normalised(_resample_world(image, matrices[item.id], reference.affine, reference.shape))
+            return moved, correlation(on_first, ref, mask)
+
+        total = np.zeros(reference.shape, np.float32)
+        similarities = []
+        kept = [item for item in self.inputs if item.id in matrices]
+        # Two images at once (the work leaves the GIL); summed in the images' order.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ilex-template-round0") as pool:
+            for moved, similarity in pool.map(aligned, kept):
+                total += moved
+                if similarity is not None:
+                    similarities.append(similarity)
+        template = total / len(kept)
         if self.settings.sharpen:
             template = sharpen_image(template)
-        ref = normalised(reference.data)
-        similarity = float(np.mean([correlation(a, ref, mask) for a in aligned[1:]])) if len(aligned) > 1 else None
-        size = np.linalg.norm(
-            _world_displacement(matrix_power(mean.mean_log, 1.0), reference.affine, reference.shape)[mask], axis=-1
-        )
+        size = _displacement_size(matrix_power(mean.mean_log, 1.0), reference.affine, reference.shape)[mask]
         save_image(self.template_path(0), template, reference.affine)
         state["affines_round0"] = {key: m.tolist() for key, m in matrices.items()}
         row = {
             "round": 0,
             "mean_displacement_mm": float(size.mean()),
             "max_displacement_mm": float(size.max()),
-            "mean_similarity": similarity,
+            "mean_similarity": float(np.mean(similarities)) if similarities else None,
             "template_change": None,
             "averaged": len(matrices),
             "failed": " ".join(failed),
@@ -364,7 +416,6 @@ class _Builder:
     def round(self, state: dict, k: int, rounds: int) -> None:
         from ..batch.pairs import Pair
         from ..image.io import load_image, save_image
-        from ..image.warp_io import load_warp
 
         start = time.perf_counter()
         final = k == rounds
@@ -401,28 +452,24 @@ class _Builder:
                 outputs["qc"] = self.path("qc", item.id)
             problem = None if not records_before or inits[item.id] else "its affine stage failed"
             pairs.append(Pair(j, item.path, previous.path, outputs, init=inits[item.id], id=item.id, problem=problem))
-        records = self.run(pairs, None, "main")
-        failed = self.report_failures(k, records)
-        if final:
-            from ..batch import write_summary
-
-            os.makedirs(self.path("qc"), exist_ok=True)
-            write_summary(records, self.path("qc", "summary"), self.settings.batch())
-        reducing = time.perf_counter()
-        done = [(item, pair) for item, pair, r in zip(self.inputs, pairs, records, strict=True) if r.status != "failed"]
-        if len(done) < 2:
-            raise IlexError(
-                f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)"
-            )
         mask = head_mask(previous.data)
-        mean = MeanTransform(previous.affine, mask)
-        total = np.zeros(previous.shape, np.float32)
-        similarities = []
-        for _item, pair in done:
-            mean.add(load_warp(pair.outputs["trans"]).displacement)
-            moved = normalised(load_image(pair.outputs["out_moving"], what="moved image", check_values=False).data)
-            similarities.append(correlation(moved, previous.data, mask))
-            total += moved
+        with _RoundSum(previous, mask, pairs) as summed:
+            records = self.run(pairs, None, "main", on_record=summed.offer)
+            failed = self.report_failures(k, records)
+            if final:
+                from ..batch import write_summary
+
+                os.makedirs(self.path("qc"), exist_ok=True)
+                write_summary(records, self.path("qc", "summary"), self.settings.batch())
+            reducing = time.perf_counter()
+            done = [
+                (item, pair) for item, pair, r in zip(self.inputs, pairs, records, strict=True) if r.status != "failed"
+            ]
+            if len(done) < 2:
+                raise IlexError(
+                    f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)"
+                )
+            mean, total, similarities = summed.result(records)
         update = ShapeUpdate(mean, previous.shape, self.settings.step)
         template = update.image(total / len(done))
         if self.settings.sharpen:
@@ -445,7 +492,8 @@ class _Builder:
                 state["images"] = self.final_outputs(done, failed, records, update, previous, template)
                 save_image(self.path("template.nii.gz"), template, previous.affine)
         row["seconds"] = time.perf_counter() - start
-        row["reduce_seconds"] = time.perf_counter() - reducing  # the serial part: averaging, update, final outputs
+        # The serial part after the registrations: what is left of the sums, the update, the final outputs.
+        row["reduce_seconds"] = time.perf_counter() - reducing
         self.commit(state, k, row)
         self.announce(row, rounds)
 
@@ -456,47 +504,78 @@ class _Builder:
 
     def final_outputs(self, done, failed, records, update: ShapeUpdate, previous, template) -> dict:
         """Each image's warps, moved image and affine, made to point at the final template (the last
-        round's registrations composed with its shape update); written with the template."""
-        from ..image.io import Image, load_image, save_image
-        from ..image.matrix_io import save_matrix
-        from ..image.warp_io import Warp, load_warp, save_warp
-        from ..transforms.jacobian import folding_fraction, jacobian_determinant
+        round's registrations composed with its shape update); written with the template. An image's
+        files are written on other threads, one file each, while the next image's transforms are made
+        (one image after another took 2.0 s each at 1 mm, half of it gzip); memory stays that of
+        about two images."""
+        from ..image.io import Image
 
-        itk = self.settings.warp_format == "itk"
         mask = head_mask(template)
         template_image = Image(template, previous.affine, self.path("template.nii.gz"))
-        out = {}
-        for item, pair in done:
-            folder = self.path("images", item.id)
-            os.makedirs(folder, exist_ok=True)
-            image = load_image(item.path, what="image")
-            forward = update.forward(load_warp(pair.outputs["trans"]).displacement)
-            inverse = update.inverse(load_warp(pair.outputs["inverse"]).displacement, image.affine)
-            moved = update.image(load_image(pair.outputs["out_moving"], what="moved image", check_values=False).data)
-            matrix = np.linalg.inv(fit_affine(forward, previous.affine, mask))  # image RAS -> template RAS
-            paths = {
-                "forward": os.path.join(folder, "warp.nii.gz"),
-                "inverse": os.path.join(folder, "inverse.nii.gz"),
-                "moved": os.path.join(folder, "moved.nii.gz"),
-                "affine": os.path.join(folder, "affine.txt" if itk else "affine.lta"),
-            }
-            save_warp(
-                paths["forward"], Warp(forward, previous.affine, image.affine, image.shape), self.settings.warp_format
-            )
-            save_warp(
-                paths["inverse"],
-                Warp(inverse, image.affine, previous.affine, previous.shape),
-                self.settings.warp_format,
-            )
-            save_image(paths["moved"], moved, previous.affine)
-            save_matrix(paths["affine"], matrix, image, template_image, "itk" if itk else "lta")
-            folding = 100.0 * float(folding_fraction(jacobian_determinant(forward, previous.affine)))
-            out[item.id] = {**paths, "matrix": matrix.tolist(), "folding_percent": folding}
+        fit = AffineFit(previous.affine, mask)
+        out, writing = {}, []
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="ilex-template-write") as writer:
+            for item, pair in done:
+                made = self._final_transforms(item, pair, update, previous, fit)
+                for written in writing:  # the image before has landed before this one is let out
+                    written.result()
+                entry, jobs = self._final_files(made, previous, template_image)
+                out.update(entry)
+                # Each in a copy of this context, so that the files join the caller's output batch.
+                writing = [writer.submit(contextvars.copy_context().run, job) for job in jobs]
+            for written in writing:
+                written.result()
         errors = {r.pair: r.error for r in records if r.status == "failed"}
         for item in self.inputs:
             if item.id in errors:
                 out[item.id] = {"error": errors[item.id]}
         return out
+
+    def _final_transforms(self, item, pair, update: ShapeUpdate, previous, fit: AffineFit) -> dict:
+        from ..image.io import load_image
+        from ..image.warp_io import load_warp
+        from ..transforms.jacobian import folding_fraction, jacobian_determinant
+
+        image = _grid_of(item.path)
+        forward = update.forward(load_warp(pair.outputs["trans"]).displacement)
+        return {
+            "item": item,
+            "image": image,
+            "forward": forward,
+            "inverse": update.inverse(load_warp(pair.outputs["inverse"]).displacement, image.affine),
+            "moved": update.image(load_image(pair.outputs["out_moving"], what="moved image", check_values=False).data),
+            "matrix": np.linalg.inv(fit(forward)),  # image RAS -> template RAS
+            "folding": 100.0 * float(folding_fraction(jacobian_determinant(forward, previous.affine))),
+        }
+
+    def _final_files(self, made: dict, previous, template_image) -> tuple[dict, list[Callable[[], None]]]:
+        """({id: paths and figures}, the jobs that write the files)."""
+        from ..image.io import save_image
+        from ..image.matrix_io import save_matrix
+        from ..image.warp_io import Warp, save_warp
+
+        item, image, fmt = made["item"], made["image"], self.settings.warp_format
+        folder = self.path("images", item.id)
+        os.makedirs(folder, exist_ok=True)
+        paths = {
+            "forward": os.path.join(folder, "warp.nii.gz"),
+            "inverse": os.path.join(folder, "inverse.nii.gz"),
+            "moved": os.path.join(folder, "moved.nii.gz"),
+            "affine": os.path.join(folder, "affine.txt" if fmt == "itk" else "affine.lta"),
+        }
+        forward = Warp(made["forward"], previous.affine, image.affine, image.shape)
+        inverse = Warp(made["inverse"], image.affine, previous.affine, previous.shape)
+
+        def moved_and_affine():
+            save_image(paths["moved"], made["moved"], previous.affine)
+            save_matrix(paths["affine"], made["matrix"], image, template_image, "itk" if fmt == "itk" else "lta")
+
+        jobs = [
+            functools.partial(save_warp, paths["forward"], forward, fmt),
+            functools.partial(save_warp, paths["inverse"], inverse, fmt),
+            moved_and_affine,
+        ]
+        return {item.id: {**paths, "matrix": made["matrix"].tolist(), "folding_percent": made["folding"]}}, jobs
 
     # -- the whole build ---------------------------------------------------------------------------------
     def build(self, rounds: int) -> TemplateResult:
@@ -543,6 +622,22 @@ class _Builder:
         return TemplateResult(self.path("template.nii.gz"), self.outdir, images, list(state["rounds"]))
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """An image's grid (what its transforms' files record), read from its header alone."""
+
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    path: str
+
+
+def _grid_of(path: str) -> _Grid:
+    import nibabel as nib
+
+    header = nib.load(path)  # checked by check_inputs before any work
+    return _Grid(np.asarray(header.affine, np.float64), tuple(int(n) for n in header.shape[:3]), path)
+
+
 def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:
     """`image` on a target grid through a world map: target voxel p takes the value at `M A_t p`."""
     import jax.numpy as jnp
@@ -554,11 +649,24 @@ def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, 
     return np.asarray(_resample(jnp.asarray(image.data, jnp.float32), disp, "linear", jnp.float32(0.0)))
 
 
-def _world_displacement(matrix: np.ndarray, affine: np.ndarray, shape) -> np.ndarray:
-    from .shape import world_points
+def _displacement_size(matrix: np.ndarray, affine: np.ndarray, shape) -> np.ndarray:
+    """|M x - x| (mm) at every voxel of a grid: how far the world matrix `M` moves it."""
+    import jax.numpy as jnp
 
-    world = world_points(affine, shape).astype(np.float64)
-    return world @ matrix[:3, :3].T + matrix[:3, 3] - world
+    from .shape import displacement_size
+
+    return np.asarray(displacement_size(jnp.zeros((*shape, 3), jnp.float32), affine, matrix))
+
+
+def _lta_world(path: str, image_path: str, reference) -> np.ndarray:
+    """The world matrix (the first image's world -> the image's) of round 0's LTA for an image."""
+    from ..registration.affine_init import read_initial_affine
+
+    image = _grid_of(image_path)
+    vox = read_initial_affine(
+        path, image.affine, reference.affine, moving_shape=image.shape, fixed_shape=reference.shape
+    )
+    return image.affine @ np.linalg.inv(vox) @ np.linalg.inv(reference.affine)
 
 
 def build_template(

@@ -7,6 +7,7 @@
 | rigid    | `synthmorph.py` | a matrix (the same, rotation and translation only)                    |
 | joint    | `synthmorph.py` | a velocity in the affine's mid-space, with the matrix roots around it  |
 | optimize | `optimize.py`   | an affine and a 4 mm velocity, optimised (no weights)                 |
+| (optimize-affine) | `optimize.py` | a matrix: the optimiser's affine stage (`ilex template`)     |
 | (refine) | `optimize.py`   | a model's velocity, optimised further (`--refine`)                    |
 """
 
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from ...errors import OptionError
 from .base import Method as Method
 from .base import NetworkTransform as NetworkTransform
+from .optimize import OptimizeAffineMethod as OptimizeAffineMethod
 from .optimize import OptimizeMethod as OptimizeMethod
 from .optimize import RefineMethod as RefineMethod
 from .synthmorph import SynthMorphAffineMethod as SynthMorphAffineMethod
@@ -99,6 +101,10 @@ def _infos() -> dict[str, MethodInfo]:
     }
     # --refine: the optimiser started from a model's answer; always a warp.
     out["refine"] = MethodInfo("refine", False, (), False, True, False, False, "a model's answer optimised further")
+    # The optimiser's affine stage alone (ilex template's first round without weights); a matrix.
+    out["optimize-affine"] = MethodInfo(
+        "optimize-affine", True, (), False, False, False, False, "an affine optimised directly (no weights)"
+    )
     return out
 
 

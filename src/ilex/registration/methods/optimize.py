@@ -222,6 +222,48 @@ class OptimizeMethod:
         )
 
 
+@dataclass(eq=False)
+class OptimizeAffineMethod(OptimizeMethod):
+    """The optimiser's affine stage alone, answered as a matrix (so written as an LTA or ITK text,
+    not a warp): what `ilex template`'s first round aligns the images with when there are no
+    weights. Of `OptimizeMethod`'s options it takes `hyper` (recorded only) and `progress`."""
+
+    name: str = "optimize-affine"
+
+    # The batch keys its prepared methods by (method, λ): a configured method must hash.
+    def __hash__(self):
+        return hash((self.name, self.hyper, self.affine))
+
+    def __eq__(self, other):
+        return type(other) is type(self) and (other.hyper, other.affine) == (self.hyper, self.affine)
+
+    def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
+        return "affine, optimised"
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
+        _check_images(mov_net, fix_net)
+        size = 1.0 if grid is None else grid.voxel_size
+        shape = tuple(fix_net.shape)
+        profile = {}
+        start = time.perf_counter()
+        scales = {*_affine_scales(shape), 4}
+        pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
+        matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
+        profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
+        if self.affine:
+            matrix = optimise_affine(
+                pyr_mov,
+                pyr_fix,
+                matrix,
+                shape,
+                scales=_affine_scales(shape),
+                voxel_size=size,
+                progress=self.progress,
+                profile=profile,
+            )
+        return NetworkTransform(matrix=np.asarray(matrix, np.float64), details={"voxel_size": size, "profile": profile})
+
+
 @dataclass
 class RefineMethod(OptimizeMethod):
     """`--refine`: `first`'s answer (a SynthMorph model's velocity, or a matrix) is the start of
