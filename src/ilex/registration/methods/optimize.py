@@ -164,13 +164,18 @@ class OptimizeMethod:
         return f"affine, then a {velocity_scale * size:.3g} mm velocity over {mm}, λ {self.hyper:g}"
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
-        _check_images(mov_net, fix_net)
         size = 1.0 if grid is None else grid.voxel_size
         levels, iterations, velocity_scale = self.plan(size)
-        shape = tuple(fix_net.shape)
         profile = {}  # this pair's own: the method may serve several threads at once
+        pyr_mov, pyr_fix, matrix = self._affine_stage(mov_net, fix_net, size, {*levels}, profile)
+        return self._deformable(pyr_mov, pyr_fix, matrix, None, velocity_scale, levels, iterations, size, profile)
+
+    def _affine_stage(self, mov_net, fix_net, size: float, scales: set, profile: dict):
+        """(pyramids of both images at `scales` and the affine stage's levels, the affine matrix)."""
+        _check_images(mov_net, fix_net)
+        shape = tuple(fix_net.shape)
         start = time.perf_counter()
-        scales = {*_affine_scales(shape), *levels, 4}
+        scales = {*_affine_scales(shape), *scales, 4}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
         matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
         profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
@@ -185,7 +190,7 @@ class OptimizeMethod:
                 progress=self.progress,
                 profile=profile,
             )
-        return self._deformable(pyr_mov, pyr_fix, matrix, None, velocity_scale, levels, iterations, size, profile)
+        return pyr_mov, pyr_fix, matrix
 
     def _deformable(
         self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale, levels, iterations, size, profile: dict
@@ -241,26 +246,9 @@ class OptimizeAffineMethod(OptimizeMethod):
         return "affine, optimised"
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
-        _check_images(mov_net, fix_net)
         size = 1.0 if grid is None else grid.voxel_size
-        shape = tuple(fix_net.shape)
         profile = {}
-        start = time.perf_counter()
-        scales = {*_affine_scales(shape), 4}
-        pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
-        matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
-        profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
-        if self.affine:
-            matrix = optimise_affine(
-                pyr_mov,
-                pyr_fix,
-                matrix,
-                shape,
-                scales=_affine_scales(shape),
-                voxel_size=size,
-                progress=self.progress,
-                profile=profile,
-            )
+        _, _, matrix = self._affine_stage(mov_net, fix_net, size, set(), profile)
         return NetworkTransform(matrix=np.asarray(matrix, np.float64), details={"voxel_size": size, "profile": profile})
 
 
