@@ -155,11 +155,11 @@ def test_orientation_of_the_inputs_does_not_matter():
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_affine_stage_alone_answers_with_the_matrix():
-    # Colin27's middle seen through a known affine (7 degrees about z, 4 % wider along x, a shift).
-    # The affine stage alone (ilex template's first round without weights) answers with a matrix:
-    # the same map as -m optimize with no deformable iterations (whose answer is a zero velocity
-    # around that matrix), and closer to the known one than no registration.
-    colin = _middle(load_image(data_path("colin27_t1.nii.gz")))
+    # Colin27 seen through a known affine (7 degrees about z, 4 % wider along x, a shift). The
+    # affine stage alone (ilex template's first round without weights) answers with a matrix: the
+    # same map as -m optimize with no deformable iterations (whose answer is a zero velocity around
+    # that matrix), and the known one.
+    colin = load_image(data_path("colin27_t1.nii.gz"))
     angle = np.deg2rad(7.0)
     known = np.eye(4)  # fixed world -> moving world
     known[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
@@ -171,22 +171,22 @@ def test_affine_stage_alone_answers_with_the_matrix():
     points = grid @ vox[:3, :3].T + vox[:3, 3]
     fixed = Image(map_coordinates(colin.data, np.moveaxis(points, -1, 0), order=1), colin.affine, "fixed")
     assert method_info("optimize-affine").yields_matrix
-    result = register(colin, fixed, method=OptimizeAffineMethod(), extent=EXTENT)
+    result = register(colin, fixed, method=OptimizeAffineMethod())
     assert result.is_matrix and result.transform.velocity is None
-    zero = register(colin, fixed, method=OptimizeMethod(iterations=(0, 0)), extent=EXTENT)
+    zero = register(colin, fixed, method=OptimizeMethod(iterations=(0, 0)))
     # Away from the grid's faces, where the velocity's path extends its coarse field by clamping
     # and the matrix's is exact. Measured: 1.1e-5 mm at most (float32 sums in another order).
     inside = _in_cube(zero)
     np.testing.assert_allclose(result.forward[inside], zero.forward[inside], atol=1e-3)
     # result.affine is moving RAS -> fixed RAS, the inverse of `known`. Measured over the head:
-    # 2.78 mm from the known map on average, from 4.87 mm with no registration (the stage works on
-    # 8 and 4 mm copies; the deformable stage does the rest).
+    # 0.12 mm from the known map on average, 0.27 mm at most (8.4 mm with no registration; 2.4 mm
+    # when the coarse level stopped at 80 iterations).
     head = colin.data > 0.1 * colin.data.max()
     world = grid[head] @ colin.affine[:3, :3].T + colin.affine[:3, 3]
     truth = world @ known[:3, :3].T + known[:3, 3]
     found = world @ np.linalg.inv(result.affine)[:3, :3].T + np.linalg.inv(result.affine)[:3, 3]
-    before, after = (np.linalg.norm(x - truth, axis=-1).mean() for x in (world, found))
-    assert after < 0.7 * before, (after, before)
+    error = np.linalg.norm(found - truth, axis=-1)
+    assert error.mean() < 0.5 and error.max() < 1.0, (error.mean(), error.max())
 
 
 @pytest.mark.slow
