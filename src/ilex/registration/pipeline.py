@@ -223,7 +223,7 @@ def _ras_displacement(disp_vox, source_affine, target_affine):
     return apply_matrix(source_affine, grid + disp_vox) - apply_matrix(target_affine, grid)
 
 
-_native = jax.jit(compose_native, static_argnames=("target_shape",))
+_native = compose_native  # its own programs (see there), not one jit around them
 
 
 def _on_network_grid(target_to_net: np.ndarray, net_shape, target_shape) -> bool:
