@@ -178,21 +178,33 @@ def _matrix_field(matrix, shape):
     return apply_matrix(matrix, grid) - grid
 
 
-@jax.jit(static_argnames=("steps", "scale", "identity_pre", "shape"))
 def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool, shape=None):
     """Forward and backward displacements on the full network grid, from a coarse velocity.
 
     One path for every method. `identity_pre` (no matrix before the warp) reads the warp at the grid
     points themselves, exactly; SynthMorph's deform (`post` = scale 2) then gives the reference's
     `upsample_half_field` bit for bit (tests/test_pipeline_reference.py). `shape` crops the fields
-    to the network grid where the velocity's grid, `scale` times coarser, overhangs it.
+    to the network grid where the velocity's grid, `scale` times coarser, overhangs it. Each step
+    is its own compiled program (one program made XLA evaluate producers again inside each
+    consumer: 2.7 -> 2.1 s for joint's fields at extent 256, measured; the same numbers).
     """
     fields = []
-    for v, pre, post in ((velocity, fw_pre, fw_post), (-velocity, bw_pre, bw_post)):
-        disp = scaling_and_squaring(v, steps)
-        full = to_full_resolution(coarse_total_displacement(disp, None if identity_pre else pre, post), scale)
-        fields.append(full if shape is None else full[: shape[0], : shape[1], : shape[2]])
+    for negate, pre, post in ((False, fw_pre, fw_post), (True, bw_pre, bw_post)):
+        disp = _integrate_velocity(velocity, steps, negate)
+        total = coarse_total_displacement(disp, None if identity_pre else pre, post)
+        fields.append(_full_resolution(total, scale, shape))
     return fields
+
+
+@jax.jit(static_argnames=("steps", "negate"))
+def _integrate_velocity(velocity, steps: int, negate: bool):
+    return scaling_and_squaring(-velocity if negate else velocity, steps)
+
+
+@jax.jit(static_argnames=("scale", "shape"))
+def _full_resolution(total, scale: int, shape):
+    full = to_full_resolution(total, scale)
+    return full if shape is None else full[: shape[0], : shape[1], : shape[2]]
 
 
 def network_fields(transform: NetworkTransform, steps: int, shape=None) -> tuple[jax.Array, jax.Array]:

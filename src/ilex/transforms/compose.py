@@ -90,13 +90,11 @@ def coarse_total_displacement(
     displacement from coarse indices to whatever grid `post` ends in (full-resolution network
     indices, for `to_full_resolution`).
     """
-    grid = voxel_grid(disp.shape[:3])
     if pre is None:
-        moved = disp
-    else:
-        shift = affine_displacement(pre, grid)
-        moved = shift + interpolate_clamped(disp, grid + shift)
-    return apply_matrix(post, grid + moved) - grid
+        return _to_source(jnp.asarray(post, jnp.float32), disp)
+    # As compose_native, in its programs: fused, XLA repeated the gather per component.
+    moved = _through_field(disp, _target_shift(jnp.asarray(pre, jnp.float32), tuple(disp.shape[:3])))
+    return _to_source(jnp.asarray(post, jnp.float32), moved)
 
 
 def to_full_resolution(coarse: Float[AnyArray, "cx cy cz 3"], scale: int) -> Float[AnyArray, "x y z 3"]:
