@@ -104,7 +104,7 @@ class Registration:
         if _on_network_grid(target_to_net, net.shape[:3], shape):
             out = np.asarray(_native_on_grid(net, net_to_source))
         else:
-            out = np.asarray(_native(net, target_to_net, net_to_source, tuple(shape)))
+            out = np.asarray(compose_native(net, target_to_net, net_to_source, tuple(shape)))
         del self.network_fields[which]  # only once composed: a failed attempt can be retried
         return out
 
@@ -233,9 +233,6 @@ def _ras_displacement(disp_vox, source_affine, target_affine):
     # disp = A_src (p + d) - A_trg p, in float32 as surfa's conversion does.
     grid = voxel_grid(disp_vox.shape[:3])
     return apply_matrix(source_affine, grid + disp_vox) - apply_matrix(target_affine, grid)
-
-
-_native = compose_native  # its own programs (see there), not one jit around them
 
 
 def _on_network_grid(target_to_net: np.ndarray, net_shape, target_shape) -> bool:

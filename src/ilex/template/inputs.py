@@ -139,7 +139,7 @@ def check_inputs(inputs: list[TemplateInput], initial: str | None = None) -> Non
             pass
 
 
-# Files whose voxels passed the checks in this process, as (path, size, mtime): the CLI checks the
+# Files whose voxels passed the checks in this process, as (path, size, mtime, what): the CLI checks the
 # images before a cluster starts and `build_template` again, and reading 10 images at 1 mm takes 2 s.
 _CHECKED: set[tuple] = set()
 
