@@ -58,6 +58,23 @@ def test_pooled_layers_match_conv_activation_pool(getkey, name, cin, cout, shape
     assert jnp.abs(out - ref).max() <= LAYER_TOL[name] * jnp.abs(ref).max()
 
 
+@pytest.mark.parametrize("tile_floats", [1, 13000])
+def test_pooled_patch_layer_in_tiles_matches_whole_slabs(getkey, monkeypatch, tile_floats):
+    # A pooled layer runs tile by tile along y (gemm_conv._TILE_FLOATS); with tiny budgets the 12
+    # rows split into 6 tiles of 2 (1 float) or 2 tiles of 6 (13000 floats): the same sums as one
+    # tile per slab, bit for bit, since every output's products are the same.
+    from ilex.models.conv import gemm_conv
+
+    x = jax.random.normal(getkey(), (1, 8, 12, 6, 1))
+    kernel, bias = jax.random.normal(getkey(), (3, 3, 3, 1, 16)), jax.random.normal(getkey(), (16,))
+    whole = patch_conv3d(x, kernel, bias, activation=_leaky, pool=True)
+    assert gemm_conv._tile_rows(12, 6 * 8 * 43, even=True) == 12
+    monkeypatch.setattr(gemm_conv, "_TILE_FLOATS", tile_floats)
+    assert gemm_conv._tile_rows(12, 6 * 8 * 43, even=True) == (2 if tile_floats == 1 else 6)
+    tiled = patch_conv3d(x, kernel, bias, activation=_leaky, pool=True)
+    assert jnp.array_equal(tiled, whole)
+
+
 def test_pooling_refuses_odd_sizes(getkey):
     x = jax.random.normal(getkey(), (1, 6, 5, 4, 1))
     with pytest.raises(ValueError, match="even spatial sizes"):
