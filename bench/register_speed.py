@@ -75,7 +75,9 @@ def _model(gpu: bool):
     from ilex.models.synthmorph_deform.unet import SynthMorphUNet, conv_channels
 
     rng = np.random.default_rng(0)
-    pairs = conv_channels(FULL["enc_nf"], FULL["dec_nf"], FULL["add_nf"], FULL["flow_nf"], 2)
+    pairs = conv_channels(
+        FULL["enc_nf"], FULL["dec_nf"], FULL["add_nf"], FULL["flow_nf"], FULL["src_feats"] + FULL["trg_feats"]
+    )
     kernels = [
         rng.standard_normal((3, 3, 3, cin, cout), np.float32) / np.float32(np.sqrt(27.0 * cin)) for cin, cout in pairs
     ]

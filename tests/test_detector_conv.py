@@ -68,9 +68,9 @@ def test_pooled_patch_layer_in_tiles_matches_whole_slabs(getkey, monkeypatch, ti
     x = jax.random.normal(getkey(), (1, 8, 12, 6, 1))
     kernel, bias = jax.random.normal(getkey(), (3, 3, 3, 1, 16)), jax.random.normal(getkey(), (16,))
     whole = patch_conv3d(x, kernel, bias, activation=_leaky, pool=True)
-    assert gemm_conv._tile_rows(12, 6 * 8 * 43, even=True) == 12
+    assert gemm_conv._tile_rows(12, 6 * 8 * 43) == 12
     monkeypatch.setattr(gemm_conv, "_TILE_FLOATS", tile_floats)
-    assert gemm_conv._tile_rows(12, 6 * 8 * 43, even=True) == (2 if tile_floats == 1 else 6)
+    assert gemm_conv._tile_rows(12, 6 * 8 * 43) == (2 if tile_floats == 1 else 6)
     tiled = patch_conv3d(x, kernel, bias, activation=_leaky, pool=True)
     assert jnp.array_equal(tiled, whole)
 
