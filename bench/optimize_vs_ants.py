@@ -84,6 +84,7 @@ def profile_operations(extent: int = 256, velocity_scale: int = 4, repeats: int 
     import jax.numpy as jnp
 
     from ilex.optimize.deformable import (
+        MI_BINS,
         _deformable_step,
         _optimizer,
         level_displacement,
@@ -132,7 +133,14 @@ def profile_operations(extent: int = 256, velocity_scale: int = 4, repeats: int 
         ops["Gaussian smoothing (velocity grid)"], _ = timed(smooth, force, mats)
         for similarity in ("lncc", "mi"):
             state = _optimizer(0.5).init(v)
-            args = {"similarity": similarity, "radius": 2, "factor": factor, "steps": 5, "momentum": 0.5}
+            args = {
+                "similarity": similarity,
+                "radius": 2,
+                "bins": MI_BINS,
+                "factor": factor,
+                "steps": 5,
+                "momentum": 0.5,
+            }
             t0 = time.perf_counter()
             r = _deformable_step(
                 v + 0, state, fix, mov, eye, grid, grid_v, mats, mats, jnp.float32(0.5), jnp.float32(0.0), **args

@@ -115,8 +115,9 @@ class OptimizeMethod:
 
     `hyper` (`-r`, λ in [0, 1]): smoothness, see `regularisation`. `similarity`: "lncc" (local
     normalised cross-correlation, 5^3-voxel windows at each level: same contrast), "mi" (mutual
-    information, 32-bin Parzen histogram: any contrasts) or "auto" (LNCC when the affinely
-    aligned images' intensities correlate positively inside both heads, else MI).
+    information from a Parzen joint histogram, 64 bins per image; the affine stage's has 32: any
+    contrasts) or "auto" (LNCC when the affinely aligned images' intensities correlate
+    positively inside both heads, else MI).
     The method works on `working_grid.image_grid` (the fixed image's resolution; `extent` caps
     it at extent^3 voxels). `levels` are the deformable levels' voxel sizes (coarse to fine) with
     at most `iterations` each, and the velocity lives on a grid of `velocity_scale`, all in
