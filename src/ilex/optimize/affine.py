@@ -158,4 +158,8 @@ def optimise_affine(
                 bar.set_postfix(mi=f"{value:.4f}")
                 if stop(value):
                     break
-    return np.asarray(params_to_matrix(params, start32, centre, unit), np.float64)
+    return np.asarray(_final_matrix(params, start32, centre, unit), np.float64)
+
+
+# One program (eagerly, its dozen operations were each compiled on a process's first call).
+_final_matrix = jax.jit(params_to_matrix, static_argnums=(2, 3))

@@ -110,6 +110,11 @@ def same_contrast(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z
     intensities over the voxels where both are above 10 % (the heads' overlap, background
     excluded) exceeds `threshold`. T1 onto T1 of another brain gives 0.6-0.9 after affine
     alignment; T2 onto T1 is negative inside the brain (bright CSF, dark white matter)."""
+    return bool(_overlap_correlation(fixed, moved) > threshold)
+
+
+@jax.jit  # one program rather than a dozen small eager ones, each compiled on a first run
+def _overlap_correlation(fixed, moved):
     mask = (fixed > 0.1) & (moved > 0.1)
     n = jnp.maximum(mask.sum(), 1)
     mf = jnp.sum(jnp.where(mask, fixed, 0)) / n
@@ -117,4 +122,4 @@ def same_contrast(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z
     cov = jnp.sum(jnp.where(mask, (fixed - mf) * (moved - mm), 0))
     vf = jnp.sum(jnp.where(mask, (fixed - mf) ** 2, 0))
     vm = jnp.sum(jnp.where(mask, (moved - mm) ** 2, 0))
-    return bool(cov / jnp.sqrt(vf * vm + 1e-12) > threshold)
+    return cov / jnp.sqrt(vf * vm + 1e-12)

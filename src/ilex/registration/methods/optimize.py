@@ -11,6 +11,7 @@ method's grid.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
@@ -91,13 +92,15 @@ def _choose_similarity(choice: str, pyr_mov, pyr_fix, matrix: np.ndarray, scale:
     if choice != "auto":
         return choice
     fix = pyr_fix[scale]
-    moved = moved_image(
-        pyr_mov[scale],
-        level_matrix(jnp.asarray(matrix, jnp.float32), scale),
-        voxel_grid(fix.shape),
-        jnp.zeros((*fix.shape, 3), jnp.float32),
-    )
+    moved = _affine_moved(pyr_mov[scale], jnp.asarray(matrix, jnp.float32), shape=tuple(fix.shape), scale=scale)
     return "lncc" if same_contrast(fix, moved) else "mi"
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "scale"))
+def _affine_moved(mov, matrix, *, shape, scale):
+    # One program: run eagerly, the sampling was some thirty small ones, each compiled on a
+    # process's first call (about 0.5 s of a first run, measured).
+    return moved_image(mov, level_matrix(matrix, scale), voxel_grid(shape), jnp.zeros((*shape, 3), jnp.float32))
 
 
 def _check_images(mov_net, fix_net) -> None:
