@@ -48,7 +48,8 @@ from .smoothing import downsample2, gaussian_matrices, smooth, upsample2
 
 # MI's histogram bins per image in this stage. Finer than the affine stage's 32: with linear
 # Parzen windows, 64 bins gained 0.0027 Dice on the benchmark's known-affine contrast pair and
-# 0.0018 on avg152 T2 -> MNI, and more bins gained under 0.001 (bench/results, 2026-12-01).
+# 0.0018 on avg152 T2 -> MNI; 96 or 128 gained at most 0.0012 more, 16 lost 0.005 (README,
+# bench/results/peers_2026-12-01_c.md).
 MI_BINS = 64
 
 
