@@ -124,7 +124,7 @@ def profile_operations(extent: int = 256, velocity_scale: int = 4, repeats: int 
         )
         ops["warp moving image"], warped = timed(moved_image, mov, eye, grid, disp)
         ops["LNCC + gradient"], _ = timed(similarity_function("lncc"), fix, warped)
-        ops["MI + gradient"], (_, dsim) = timed(similarity_function("mi"), fix, warped)
+        ops["MI + gradient"], (_, dsim) = timed(similarity_function("mi", bins=MI_BINS), fix, warped)
         ops["image gradient"], grad = timed(spatial_gradient, warped)
 
         ops["force to velocity grid"], force = timed(

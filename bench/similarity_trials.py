@@ -49,7 +49,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as work:
         for case in cases:
-            spec = prepare(case, data, work, 8.0, 0)
+            spec = prepare(case, data, work, amplitude=8.0, seed=0)
             start = time.perf_counter()
             result = register(spec["moving"], spec["fixed"], method=method.OptimizeMethod(**options), extent=256)
             labels, _ = load(spec["moving_labels"])

@@ -21,7 +21,7 @@ from ilex.errors import ImageFileError, OptionError
 from ilex.image.io import Image, load_image
 from ilex.optimize.deformable import _moved, _update
 from ilex.optimize.similarity import lncc, lncc_and_gradient, mutual_information
-from ilex.optimize.smoothing import downsample2, gaussian_matrix, smooth, upsample2
+from ilex.optimize.smoothing import downsample2, gaussian_matrix, pyramid, smooth, upsample2
 from ilex.registration.methods import OptimizeAffineMethod, OptimizeMethod, RefineMethod, as_method, method_info
 from ilex.registration.methods.optimize import method_from_options
 from ilex.registration.pipeline import network_fields, register
@@ -74,6 +74,22 @@ def test_smoothing_and_resampling_match_scipy():
     padded = np.pad(x, 1, mode="edge")
     slow = np.einsum("a,b,c,ijkabc->ijk", k, k, k, np.lib.stride_tricks.sliding_window_view(padded, (3, 3, 3)))
     np.testing.assert_allclose(down, slow[::2, ::2, ::2], atol=1e-6)
+
+
+def test_odd_sizes_downsample_and_the_pyramid_keeps_the_asked_levels():
+    # Odd sizes take the strided slices' last window up to the replicated edge: (n + 1) // 2 voxels.
+    x = np.random.default_rng(2).random((11, 9, 7)).astype(np.float32)
+    k = np.array([0.25, 0.5, 0.25])
+    padded = np.pad(x, 1, mode="edge")
+    slow = np.einsum("a,b,c,ijkabc->ijk", k, k, k, np.lib.stride_tricks.sliding_window_view(padded, (3, 3, 3)))
+    down = np.asarray(downsample2(jnp.asarray(x)))
+    assert down.shape == (6, 5, 4)
+    np.testing.assert_allclose(down, slow[::2, ::2, ::2], atol=1e-6)
+    levels = pyramid(jnp.asarray(x), {4, 8})
+    assert sorted(levels) == [1, 4, 8]
+    twice = downsample2(downsample2(jnp.asarray(x)))
+    np.testing.assert_array_equal(np.asarray(levels[4]), np.asarray(twice))
+    np.testing.assert_array_equal(np.asarray(levels[8]), np.asarray(downsample2(twice)))
 
 
 def test_similarities():

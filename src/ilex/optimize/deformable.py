@@ -48,8 +48,8 @@ from .smoothing import downsample2, gaussian_matrices, smooth, upsample2
 
 # MI's histogram bins per image in this stage. Finer than the affine stage's 32: with linear
 # Parzen windows, 64 bins gained 0.0027 Dice on the benchmark's known-affine contrast pair and
-# 0.0018 on avg152 T2 -> MNI; 96 or 128 gained at most 0.0012 more, 16 lost 0.005 (README,
-# bench/results/peers_2026-12-01_c.md).
+# 0.0018 on avg152 T2 -> MNI; 96 or 128 gained at most 0.0012 more, 16 lost 0.004-0.005
+# (bench/similarity_trials.py, bench/results/mi_bins_2026-12-01.txt).
 MI_BINS = 64
 
 
@@ -196,7 +196,8 @@ def optimise_velocity(
     `pyramid_*[s]` are the images `s` times coarser; `matrix` maps fixed-network voxels to
     moving-network voxels (the affine stage's answer), so the forward map is
     `x -> matrix (x + exp(v)(x))`. `sigma_update` is in level voxels, `sigma_field` in velocity
-    voxels. `velocity` starts the optimisation (zero by default). Each level stops early when
+    voxels. `velocity` starts the optimisation (zero by default). `radius` is LNCC's window
+    half-width and `bins` MI's histogram bins per image (`MI_BINS`). Each level stops early when
     the similarity rose by less than `tolerance` (relative) over its last iterations.
     `voxel_size` (mm, the network grid's) only labels the levels in the progress and `profile`.
     The velocity grid covers the network grid: `ceil(n / velocity_scale)` voxels along an axis of `n`.

@@ -117,9 +117,9 @@ class OptimizeMethod:
     """Affine, then a diffeomorphic stationary velocity, by optimisation (no weights needed).
 
     `hyper` (`-r`, λ in [0, 1]): smoothness, see `regularisation`. `similarity`: "lncc" (local
-    normalised cross-correlation, 5^3-voxel windows at each level: same contrast), "mi" (mutual
-    information from a Parzen joint histogram, 64 bins per image; the affine stage's has 32: any
-    contrasts) or "auto" (LNCC when the affinely aligned images' intensities correlate
+    normalised cross-correlation, 5^3-voxel windows at each level: same contrast), "mi" (any
+    contrasts: mutual information from a Parzen joint histogram, 64 bins per image; the affine
+    stage's has 32) or "auto" (LNCC when the affinely aligned images' intensities correlate
     positively inside both heads, else MI).
     The method works on `working_grid.image_grid` (the fixed image's resolution; `extent` caps
     it at extent^3 voxels). `levels` are the deformable levels' voxel sizes (coarse to fine) with
