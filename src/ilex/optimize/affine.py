@@ -72,6 +72,11 @@ def params_to_matrix(params, start: Float[AnyArray, "4 4"], centre, translation_
     return jnp.asarray(start, jnp.float32) @ local
 
 
+# The affine stage's answer as one program (eagerly, its dozen operations were each compiled on a
+# process's first call).
+_final_matrix = jax.jit(params_to_matrix, static_argnums=(2, 3))
+
+
 def level_matrix(matrix, scale: int):
     """`matrix` (full-resolution voxels) acting on the voxels of a grid `scale` times coarser."""
     s = jnp.diag(jnp.array([scale, scale, scale, 1.0], jnp.float32))
@@ -159,7 +164,3 @@ def optimise_affine(
                 if stop(value):
                     break
     return np.asarray(_final_matrix(params, start32, centre, unit), np.float64)
-
-
-# One program (eagerly, its dozen operations were each compiled on a process's first call).
-_final_matrix = jax.jit(params_to_matrix, static_argnums=(2, 3))
