@@ -535,3 +535,90 @@ def test_study_report_in_the_browser(study, browser):
     screenshot = page.screenshot()
     assert screenshot.std() > 20
     _assert_clean(page)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile names: HTML and matplotlib both read some characters as markup
+
+HOSTILE = ("<script>alert(1)</script>", "R&D", "$x$", "sub-$x_$")  # "$x_$" is broken mathtext
+
+
+def test_hostile_names_are_shown_literally(tmp_path, monkeypatch):
+    """Pair ids and file names with `<script>`, `&` and `$...$` on the study page and the pair page:
+    no crash, HTML escaped, and the strip plots' outlier names drawn as text, not mathtext.
+
+    Before the fix, the study page raised matplotlib's ValueError ("$x_$" ... ParseSyntaxException)
+    as soon as a pair so named was an outlier, and `ilex batch` ended with "internal error" and no report.
+    """
+    from ilex.qc import figures
+    from ilex.qc.html_report import write_pair_report
+
+    drawn = []
+    original_png = figures._png
+
+    def recording_png(fig, *args, **kwargs):
+        drawn.extend((t.get_text(), t.get_parse_math(), t.get_usetex()) for ax in fig.axes for t in ax.texts)
+        return original_png(fig, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "_png", recording_png)
+    data = np.zeros((24, 24, 24), np.float32)
+    data[4:20, 5:19, 6:18] = np.linspace(10, 100, 16)[:, None, None]
+    slices = cut_slices(data, data, np.ones_like(data), np.eye(4), cuts=3)
+    records = []
+    for k in range(8):  # ordinary pairs, 9-11 s
+        records.append({"index": k + 1, "pair": f"ok{k}", "status": "done", "seconds": 9.0 + k % 3})
+    for k, name in enumerate(HOSTILE):  # each one an outlier in time (500 s), with a pair page of its own
+        qc_dir = tmp_path / f"{name.replace('/', '_')}_qc"
+        qc_dir.mkdir()
+        record = {
+            "moving": f"/data/{name}.nii.gz",
+            "fixed": f"/data/{name} & fixed.nii.gz",
+            "options": {"note": name},
+            "similarity_nmi_before": 1.1,
+            "similarity_nmi_after": 1.2,
+        }
+        (qc_dir / "qc.json").write_text(json.dumps(record))
+        pair_page = pathlib.Path(write_pair_report(qc_dir, record, slices)).read_text(encoding="utf-8")
+        assert "<script>" not in pair_page  # the pair page has no script of its own
+        if "<" in name or "&" in name:
+            assert _html_escaped(name) in pair_page and name not in pair_page
+        else:
+            assert name in pair_page  # $ is not HTML: shown as typed
+        records.append(
+            {
+                "index": 9 + k,
+                "pair": name,
+                "status": "done",
+                "seconds": 500.0,
+                "moving": record["moving"],
+                "fixed": record["fixed"],
+                "outputs": {"qc": str(qc_dir)},
+            }
+        )
+    records.append({"index": 13, "pair": "<b>failed</b> & $y_$", "status": "failed", "error": "<i>boom</i> & $z_$"})
+    path = write_study_report(records, tmp_path / "study.report.html", settings={"note": "<script>&$x_$"})
+    page = pathlib.Path(path).read_text(encoding="utf-8")
+    assert page.count("<script>") == page.count("</script>") == 1  # the page's own sort script only
+    for name in (*HOSTILE, "<b>failed</b> & $y_$", "<i>boom</i> & $z_$"):
+        assert _html_escaped(name) in page, name
+    assert "<b>failed</b>" not in page and "<i>boom</i>" not in page
+    # Every hostile pair is flagged, named beside its point, as typed.
+    flagged = _flags(pathlib.Path(path))
+    assert all(flagged[_html_escaped(name)] == {"time"} for name in HOSTILE), flagged
+    named = {text: (math, tex) for text, math, tex in drawn}
+    for name in HOSTILE:
+        assert named.get(name) == (False, False), (name, named.get(name))
+    # Each hostile pair's link opens its own pair page (the directory name percent-encoded).
+    import re
+    import urllib.parse
+
+    hrefs = [urllib.parse.unquote(h) for h in re.findall(r'<a href="([^"]+)">', page)]
+    assert sorted(hrefs) == sorted(f"{name.replace('/', '_')}_qc/report.html" for name in HOSTILE)
+    for href in hrefs:
+        assert (tmp_path / href).is_file()
+
+
+def _html_escaped(text):
+    import html
+
+    return html.escape(text, quote=True)

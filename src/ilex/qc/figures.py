@@ -206,8 +206,18 @@ def strip_plot(
     ax.scatter(jitter[flagged], values[flagged], s=22, color="#d62728", linewidths=0)
     for x, y, name, flag in zip(jitter, values, labels, flagged, strict=False):
         if flag:
+            # A pair's name is the user's text: drawn as typed, never read as mathtext ("sub-$x_$" would
+            # not parse) or TeX, whatever the user's matplotlibrc says.
             ax.annotate(
-                name, (x, y), xytext=(4, 0), textcoords="offset points", fontsize=7, color="#d62728", va="center"
+                name,
+                (x, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=7,
+                color="#d62728",
+                va="center",
+                parse_math=False,
+                usetex=False,
             )
     if values.size:
         ax.axhline(np.median(values), color="#888888", linewidth=0.8, linestyle="--")
