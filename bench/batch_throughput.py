@@ -235,12 +235,15 @@ def main() -> int:
         os.environ["JAX_PLATFORMS"] = "cpu"
         print(json.dumps(child_network(args.child[0], int(args.child[1]), args.child[2], args.breakdown)))
         return 0
+    import provenance
     from register_speed import machine
 
+    prov = provenance.collect()
     os.environ["JAX_PLATFORMS"] = "cpu"
     work = tempfile.mkdtemp(prefix="ilex-batch-bench-")
     bundle, all_pairs = make_inputs(work, max(args.pairs))
     report = {
+        "provenance": prov,
         "machine": machine(),
         "load_average_start": os.getloadavg(),
         "model": "full width (all 256), random weights, fixed λ=0.5 U-Net bundle",
@@ -292,10 +295,12 @@ def main() -> int:
             if args.json:  # after every measurement: a long run that is cut short keeps what it has
                 report["results"] = [r for r in report["results"] if r["extent"] != extent] + [row]
                 report["load_average_end"] = os.getloadavg()
+                provenance.finish(prov)
                 os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
                 with open(args.json, "w") as f:
                     json.dump(report, f, indent=2)
         report["results"] = [r for r in report["results"] if r["extent"] != extent] + [row]
+    provenance.finish(prov)
     print(json.dumps(report, indent=2))
     return 0
 

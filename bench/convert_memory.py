@@ -2,9 +2,12 @@
 
 Writes a 3.5 GB Keras-layout h5 with random values (never the real weights), converts it to
 the hypernetwork bundle and to the fixed-λ bundle in child processes, and reports each child's
-peak RSS and the output sizes as JSON.
+peak RSS and the output sizes as JSON (with the run's provenance, bench/provenance.py).
 
-    python bench/convert_memory.py --workdir /tmp/ilex-convert-bench
+    python bench/convert_memory.py --json convert_memory.json
+
+The h5 and the bundles go to a fresh temporary folder, removed at the end; `--workdir DIR` keeps
+them in DIR instead (and reuses DIR's h5 on the next run).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -67,11 +71,21 @@ def child_peak(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", default="/tmp/ilex-convert-bench")
-    ap.add_argument("--mode", choices=["all", "one"], default="all")
-    ap.add_argument("--hyper", type=float, default=None)
+    ap.add_argument("--workdir", help="keep the h5 and bundles here (default: a temporary folder, removed)")
+    ap.add_argument("--json", metavar="FILE", help="also write the results here")
+    ap.add_argument("--mode", choices=["all", "one"], default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--hyper", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    os.makedirs(args.workdir, exist_ok=True)
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="ilex-convert-bench-") as work:
+            args.workdir = work
+            _run(args)
+    else:
+        os.makedirs(args.workdir, exist_ok=True)
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     h5 = os.path.join(args.workdir, "full_width_random.h5")
     if args.mode == "one":  # child: convert once, report own peak RSS
         out = os.path.join(args.workdir, "fixed" if args.hyper is not None else "hyper")
@@ -90,11 +104,15 @@ def main() -> None:
             )
         )
         return
+    import provenance
+
+    prov = provenance.collect()
     if not os.path.exists(h5):
         t = time.perf_counter()
         write_full_width(h5)
         print(f"wrote {h5} ({os.path.getsize(h5) / 1e9:.2f} GB) in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     results = {
+        "provenance": prov,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
         "h5_bytes": os.path.getsize(h5),
     }
@@ -106,7 +124,11 @@ def main() -> None:
             text=True,
         ).stdout
         results[label] = json.loads(out.strip().splitlines()[-1])
+    provenance.finish(prov)
     print(json.dumps(results, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ that cache; `SyN` (antspyx, its `SyN` preset), `SyNCC` (only on `--syncc-cases`,
 `--syncc-timeout`), `greedy`, `fireants` (bench/peers.py says how each is run).
 
     nice python bench/optimize_vs_ants.py --json bench/results/peers_DATE.json --markdown bench/results/peers_DATE.md
+
+Both files start with the run's provenance (commit, dirty flag, command, machine, load; bench/provenance.py);
+a result committed to bench/results/ is listed in bench/results/README.md.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import provenance
 from cases import CASES, identity_outputs, load, prepare, score
 from peers import PEERS, RUNNERS, peak_rss_gb, versions
 
@@ -254,14 +258,16 @@ def main() -> None:
     )
     ap.add_argument("--profile", action="store_true", help="also time each operation of a deformable iteration")
     ap.add_argument("--no-profile", action="store_true", help="(the default now; kept for old command lines)")
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "optimize_vs_ants.json"))
+    ap.add_argument("--json", required=True, help="write every figure here (bench/results/peers_DATE.json)")
     ap.add_argument("--markdown", default=None, help="also write the tables here (default: the JSON's name, .md)")
     args = ap.parse_args()
     markdown = args.markdown or os.path.splitext(args.json)[0] + ".md"
+    prov = provenance.collect()
 
     import jax
 
     report = {
+        "provenance": prov,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -304,6 +310,7 @@ def main() -> None:
 
 
 def _write(path: str, markdown: str, report: dict) -> None:
+    provenance.finish(report["provenance"])
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
@@ -318,7 +325,10 @@ def _f(r: dict, key: str, fmt: str) -> str:
 def table(report: dict) -> str:
     """One markdown table per case, with each tool's seconds and memory as a ratio to SyN's."""
     m = report["machine"]
-    lines = [*report.get("notes", [])] + [
+    lines = [*report.get("notes", [])]
+    if "provenance" in report:
+        lines.append(provenance.markdown(report["provenance"]))
+    lines += [
         f"Machine: {m['platform']}, {m['cpus']} CPUs, JAX {m['jax']} ({m['backend']}), nice {m.get('nice')}; "
         f"load average (1, 5, 15 min) {tuple(round(x, 1) for x in m['load_average_at_start'])} at the start"
         + (f", {tuple(round(x, 1) for x in m['load_average_at_end'])} at the end" if "load_average_at_end" in m else "")

@@ -11,7 +11,8 @@ registration). Each measurement runs in a fresh child process, so that its peak 
   `python -m tests.data --fetch`, else two synthetic heads), with the time of every stage.
 
 Effective GFLOP/s counts convolution FLOPs as SPEC §6 does: voxels x 27 x cin x cout x 2 per
-convolution, two passes. Prints a table and writes JSON (machine, versions, every figure).
+convolution, two passes. Prints a table and writes JSON (machine, versions, every figure, and the
+run's provenance: commit, dirty flag, command, load; bench/provenance.py).
 
     python bench/register_speed.py --extents 96 128 160 192 256 --json bench/results/cpu.json
     python bench/register_speed.py --extents 256 --what affine register --model joint \
@@ -317,6 +318,9 @@ def main() -> int:
         result["peak_device_gb"] = _device_peak_gb() if args.gpu else None
         print(json.dumps(result))
         return 0
+    import provenance
+
+    prov = provenance.collect()
     rows = []
     for extent in args.extents:
         row = {"extent": extent, "tflop": conv_flops(extent) / 1e12}
@@ -332,6 +336,7 @@ def main() -> int:
             print(f"  extent {extent} {what}: {row[what]}", file=sys.stderr, flush=True)
         rows.append(row)
     report = {
+        "provenance": provenance.finish(prov),
         "machine": machine(),
         "model": "full width (all 256), random weights, fixed λ=0.5 U-Net",
         "register_model": args.model,

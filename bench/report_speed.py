@@ -80,6 +80,9 @@ def main() -> int:
         help="also time the study page of N pairs (each pointing at this pair's QC directory)",
     )
     args = parser.parse_args()
+    import provenance
+
+    prov = provenance.collect()
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from data import data_path
 
@@ -164,6 +167,7 @@ def main() -> int:
     # write_pair_report renders again: its time includes render's, so the page costs metrics +
     # slices + write (write = render + encoding to disk).
     figures = {
+        "provenance": provenance.finish(prov),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

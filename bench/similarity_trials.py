@@ -3,15 +3,17 @@
     python bench/similarity_trials.py VARIANT [CASE ...]
 
 VARIANT is `base` or comma-separated `bins=N` (MI's histogram bins per image in the deformable
-stage), `hyper=λ`, `mom=M` (the update's momentum). Prints one JSON line: each case's scores
-(`cases.score`) and seconds. Dice is deterministic, so one run per variant is enough; the
-seconds include compilation and are not a timing. The MI bins of `optimize/deformable.py`
-were chosen from these (`results/mi_bins_2026-12-01.txt`, run when the stage's bins were a
-constant 32 and the trials patched them in).
+stage), `hyper=λ`, `mom=M` (the update's momentum). Prints one line, VARIANT and a JSON object:
+`cases`, each case's scores (`cases.score`) and seconds, and `provenance`, the run's commit, dirty
+flag, command, machine and load (bench/provenance.py). Dice is deterministic, so one run per
+variant is enough; the seconds include compilation and are not a timing. The MI bins of
+`optimize/deformable.py` were chosen from these (`results/mi_bins_2026-12-01.txt`, run when the
+stage's bins were a constant 32 and the trials patched them in; its lines predate `provenance`).
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -23,11 +25,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import numpy as np
-from cases import load, prepare, score
+import provenance
+from cases import CASES, load, prepare, score
 
 
 def main() -> None:
-    variant, cases = sys.argv[1], sys.argv[2:] or ["mni_affine_contrast", "t2_to_mni"]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variant", help="base, or comma-separated bins=N, hyper=λ, mom=M")
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=f"default: mni_affine_contrast t2_to_mni; of {CASES}")
+    args = parser.parse_args()
+    if unknown := set(args.cases) - set(CASES):
+        parser.error(f"unknown cases {sorted(unknown)}")
+    variant, cases = args.variant, args.cases or ["mni_affine_contrast", "t2_to_mni"]
+    prov = provenance.collect()
     import jax.numpy as jnp
 
     from ilex.registration.methods import optimize as method
@@ -59,7 +69,7 @@ def main() -> None:
             np.save(out + "_warp.npy", np.asarray(result.forward, np.float32))
             scores = {k: round(v, 4) for k, v in score(spec, out).items() if isinstance(v, float)}
             results[case] = scores | {"seconds": round(time.perf_counter() - start, 1)}
-    print(variant, json.dumps(results), flush=True)
+    print(variant, json.dumps({"cases": results, "provenance": provenance.finish(prov)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ of every subject's labels carried to the template by that tool's own per-image t
 
     # the full-size run the issue asks for (10 images, 1 mm, 4 rounds; ANTs' default 3 iterations
     # raised to the same 4); hours on 2 cores:
-    python bench/template_vs_ants.py --n 10 --step 1 --rounds 4 --extent 256 --out bench/results/template_vs_ants
-    # what this session ran: see bench/results/template_vs_ants.md for the exact command
+    python bench/template_vs_ants.py --n 10 --step 1 --rounds 4 --extent 256 --out bench/results/template_vs_ants_10x4
+    # the runs behind the committed figures: bench/results/README.md (each .md states its command)
+
+OUT.json and OUT.md start with the run's provenance (commit, dirty flag, command, machine, load;
+bench/provenance.py). The cohort and each tool's outputs go to `--work` (default: a fresh temporary
+folder, printed and left in place, e.g. for `--ants-initial` from it).
 
 ANTs runs `build_template(iterations=K, type_of_transform="SyN")`, its defaults otherwise
 (gradient step 0.2, blending with its sharpened template 0.75); ilex runs `ilex template -m optimize
@@ -30,12 +34,16 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, HERE)
+
+import provenance
 
 
 def _peak_rss_gib() -> float:
@@ -175,7 +183,7 @@ def main() -> None:
         help="ANTs' starting template (default: its own voxelwise "
         "average), e.g. ilex's affine average WORK/ilex_w1/template_round0.nii.gz from an earlier run",
     )
-    parser.add_argument("--work", default="/tmp/ilex-template-bench", help="scratch directory")
+    parser.add_argument("--work", help="scratch directory (default: a fresh temporary folder, left in place)")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,6 +199,10 @@ def main() -> None:
     from data import data_path
     from template_cohort import make_cohort
 
+    prov = provenance.collect()
+    if args.work is None:
+        args.work = tempfile.mkdtemp(prefix="ilex-template-bench-")
+    print(f"work folder: {args.work}", file=sys.stderr)
     start = time.perf_counter()
     cohort = make_cohort(
         os.path.join(args.work, "cohort"),
@@ -234,6 +246,7 @@ def main() -> None:
     import nibabel as nib
 
     document = {
+        "provenance": provenance.finish(prov),
         "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
         "cohort": {
             "n": args.n,
@@ -272,6 +285,7 @@ def markdown(d: dict) -> str:
     lines = [
         f"# Template building: ilex against ANTs ({c['n']} images, {c['voxel_mm']:g} mm, {d['rounds']} rounds)",
         "",
+        *([provenance.markdown(d["provenance"])] if "provenance" in d else []),
         f"`python bench/{d['command']}`",
         "",
         (
