@@ -457,3 +457,65 @@ def test_second_process_reads_the_compiled_network_from_the_cache(images, tmp_pa
     (hits_first, _), (hits_second, _) = runs
     assert int(hits_first) == 0 and int(hits_second) >= 1  # at least the network, the one slow compilation
     assert os.listdir(tmp_path / "cache")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a row's paths point, and rows that depend on each other
+
+
+def test_paths_mean_what_they_mean_in_a_shell_in_the_csv_folder(tmp_path):
+    """Relative paths resolve against the CSV's folder; absolute paths are kept; `..` climbs out of
+    it as the operating system climbs (from the folder itself, not from the name it was reached by),
+    so `../derivatives/...` beside a study reached through a symbolic link lands beside the study.
+
+    Before: `..` was removed from the text (os.path.normpath), so through the link the output went
+    to the link's parent, `tmp/derivatives`, a folder the user never named.
+    """
+    study = tmp_path / "disk" / "study"
+    study.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(study)
+    elsewhere = tmp_path / "elsewhere" / "x_warp.nii.gz"
+    (study / "pairs.csv").write_text(
+        "moving,fixed,o,t,qc\n"
+        f"sub-01.nii.gz,../templates/mni.nii.gz,../derivatives/sub-01.nii.gz,{elsewhere},./qc/../qc/sub-01\n"
+    )
+    (pair,) = read_pairs(tmp_path / "link" / "pairs.csv")
+    assert os.path.realpath(tmp_path / "link" / "..") == str(tmp_path / "disk")  # what a shell's `ls ..` lists
+    assert pair.moving == str(tmp_path / "link" / "sub-01.nii.gz")  # no `..`: the name as the user gave it
+    assert pair.fixed == str(tmp_path / "disk" / "templates" / "mni.nii.gz")
+    assert pair.outputs["out_moving"] == str(tmp_path / "disk" / "derivatives" / "sub-01.nii.gz")
+    assert pair.outputs["trans"] == str(elsewhere)
+    assert pair.outputs["qc"] == str(study / "qc" / "sub-01")
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "batch.md"), encoding="utf-8") as f:
+        docs = f.read()
+    assert "Absolute paths are used as they are" in docs and "`..`" in docs
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (  # the reader after the writer
+            "moving,fixed,o\na.nii.gz,b.nii.gz,out/a.nii.gz\nout/a.nii.gz,c.nii.gz,out/c.nii.gz\n",
+            r"row 2 reads .*/out/a\.nii\.gz, which row 1 writes",
+        ),
+        (  # the reader before the writer, named by id, through its initial affine
+            (
+                "id,moving,fixed,t,init\nlate,a.nii.gz,b.nii.gz,out/a_warp.nii.gz,out/b.lta\n"
+                "early,b.nii.gz,c.nii.gz,out/b.lta,\n"
+            ),
+            r"late reads .*/out/b\.lta, which early writes",
+        ),
+        (  # a file inside another row's QC folder
+            "moving,fixed,o,qc\na.nii.gz,b.nii.gz,out/a.nii.gz,qc_a\nqc_a/jacobian.nii.gz,b.nii.gz,out/j.nii.gz,\n",
+            r"row 2 reads .*/qc_a/jacobian\.nii\.gz, which row 1 writes",
+        ),
+    ],
+)
+def test_a_row_reading_another_rows_output_is_refused(tmp_path, text, message):
+    """One row's output as another row's input would make the result depend on the rows' order (and
+    on Dask, on timing): refused before any work, naming both rows and the file. Before: read
+    without complaint (only two rows writing one file were refused)."""
+    (tmp_path / "pairs.csv").write_text(text)
+    with pytest.raises(OptionError, match=message) as caught:
+        read_pairs(tmp_path / "pairs.csv")
+    assert "\n" not in str(caught.value)

@@ -112,12 +112,32 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
         _pair(k, {names[n]: (v or "").strip() for n, v in row.items() if n in names}, base)
         for k, row in enumerate(rows, 1)
     ]
-    _check_no_shared_outputs(path, pairs)
+    _check_files_between_rows(path, pairs)
     return pairs
 
 
+def _resolve_path(value: str, base: str) -> str:
+    """The absolute path a CSV cell `value` names, read from the folder `base` as a shell there would.
+
+    A path in the pairs file means what it means to a shell opened in the CSV's folder: relative
+    paths start there, absolute paths are kept, and `..` may climb out of it (a BIDS study writes to
+    `../derivatives/...`; the CSV is the user's own file, run with the user's rights, as `ilex
+    register -o ../x` is). Missing output folders are created when the pair's outputs are written.
+    `..` is resolved by the file system, from the folder a symbolic link leads to, not by deleting
+    text (`os.path.normpath` would send `link/../x` to the link's own parent); the rest of the path,
+    and the file itself, keep the names the user gave. docs/batch.md says the same.
+    """
+    path = os.path.join(base, value)
+    parts = path.split(os.sep)
+    if ".." not in parts:
+        return os.path.normpath(path)
+    last = len(parts) - 1 - parts[::-1].index("..")
+    head, tail = os.sep.join(parts[: last + 1]) or os.sep, os.sep.join(parts[last + 1 :])
+    return os.path.normpath(os.path.join(os.path.realpath(head), tail))
+
+
 def _pair(index: int, row: dict[str, str], base: str) -> Pair:
-    values = {c: (os.path.normpath(os.path.join(base, v)) if c in _PATH_COLUMNS and v else v) for c, v in row.items()}
+    values = {c: (_resolve_path(v, base) if c in _PATH_COLUMNS and v else v) for c, v in row.items()}
     outputs = {kind: values[kind] for kind in OUTPUT_KINDS if values.get(kind)}
     problem = None
     hyper = None
@@ -162,11 +182,22 @@ def _pair(index: int, row: dict[str, str], base: str) -> Pair:
     )
 
 
-def _check_no_shared_outputs(path: str, pairs: list[Pair]) -> None:
-    writers: dict[str, str] = {}
+def _check_files_between_rows(path: str, pairs: list[Pair]) -> None:
+    """Refuse two rows writing one file, and a row reading (moving, fixed, init) a file another row
+    writes: its result would depend on the rows' order, and on Dask on which worker is faster.
+    A row's outputs against its own inputs are `check_outputs`' (that row fails alone)."""
+    writers: dict[str, tuple[str, str]] = {}
     for pair in pairs:
         for _, file in output_files(pair.outputs):
             real = os.path.realpath(file)
-            if real in writers and writers[real] != pair.label:
-                raise OptionError(f"{path}: {pair.label} and {writers[real]} both write {file}")
-            writers[real] = pair.label
+            if real in writers and writers[real][0] != pair.label:
+                raise OptionError(f"{path}: {pair.label} and {writers[real][0]} both write {file}")
+            writers[real] = (pair.label, file)
+    for pair in pairs:
+        for file in (pair.moving, pair.fixed, pair.init):
+            writer = writers.get(os.path.realpath(file)) if file else None
+            if writer is not None and writer[0] != pair.label:
+                raise OptionError(
+                    f"{path}: {pair.label} reads {file}, which {writer[0]} writes; a row cannot use another "
+                    "row's output (run it in a second batch)"
+                )
