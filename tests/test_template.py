@@ -424,3 +424,27 @@ def test_synthmorph_methods_plumbing(cohort, tmp_path, method):
         assert intent == (1007 if warp_format == "itk" else 1006)  # ITK vector field / FreeSurfer displacement
     stage = sorted(os.listdir(tmp_path / method / "round1"))
     assert stage == (["affine", "inverse", "moved", "warps"] if method == "deform" else ["inverse", "moved", "warps"])
+
+
+def test_template_inputs_from_python_get_the_ids_a_csv_would_give(tmp_path, monkeypatch):
+    """Ids name output files and folders: `TemplateInput`s passed from Python are made safe exactly as
+    the CSV's ids are (no `/`, no `..`), and their paths made absolute as tuples' are.
+
+    Before: `TemplateInput("../x", ...)` kept "../x", a path part that leaves the output folder.
+    """
+    from ilex.template import TemplateInput
+    from ilex.template.inputs import as_inputs, read_image_list
+
+    monkeypatch.chdir(tmp_path)
+    ids = ["../x", "a/b", "sub 01/../..", "..", "ok-1.v2"]
+    (tmp_path / "list.csv").write_text("id,image\n" + "".join(f'"{i}",im{k}.nii.gz\n' for k, i in enumerate(ids)))
+    from_csv = read_image_list(tmp_path / "list.csv")
+    from_python = as_inputs([TemplateInput(i, f"im{k}.nii.gz") for k, i in enumerate(ids)])
+    assert [i.id for i in from_python] == [i.id for i in from_csv] == ["x", "a_b", "sub_01", "image", "ok-1.v2"]
+    assert (
+        [i.path for i in from_python]
+        == [i.path for i in from_csv]
+        == [str(tmp_path / f"im{k}.nii.gz") for k in range(len(ids))]
+    )
+    for item in from_python:
+        assert os.path.dirname(os.path.normpath(os.path.join("out", item.id))) == "out"

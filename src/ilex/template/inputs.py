@@ -78,7 +78,9 @@ def read_image_list(path: str | os.PathLike) -> list[TemplateInput]:
 
 def as_inputs(images) -> list[TemplateInput]:
     """`images` as `TemplateInput`s: a CSV path, or a list of paths, `TemplateInput`s or
-    (id, path[, init]) tuples. Ids default to file names; repeated file names get _2, _3, ..."""
+    (id, path[, init]) tuples. Ids default to file names; repeated file names get _2, _3, ...
+    Every id is made safe as a file name, as the CSV's are (`a/b` -> `a_b`, `../x` -> `x`), and
+    every path absolute."""
     if isinstance(images, (str, os.PathLike)):
         if os.fspath(images).lower().endswith(".csv"):
             return read_image_list(images)
@@ -86,7 +88,14 @@ def as_inputs(images) -> list[TemplateInput]:
     inputs = []
     for item in images:
         if isinstance(item, TemplateInput):
-            inputs.append(item)
+            # Ids become file and folder names: made safe as the CSV's and tuples' are, never trusted.
+            inputs.append(
+                TemplateInput(
+                    _safe(item.id) if item.id else "",
+                    os.path.abspath(os.fspath(item.path)),
+                    os.path.abspath(os.fspath(item.init)) if item.init else None,
+                )
+            )
         elif isinstance(item, (tuple, list)):
             inputs.append(
                 TemplateInput(
