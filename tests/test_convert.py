@@ -121,3 +121,29 @@ def test_output_directory_kept_on_failure(tmp_path):
     with pytest.raises(Exception, match="not empty"):
         ilex.convert_weights(E64, out, progress=False)
     assert os.listdir(out) == ["mine.txt"]
+
+
+def test_writing_weights_is_atomic(arrays, tmp_path):
+    """`write_keras_weights` writes beside the target and renames: a write that fails midway (here the
+    fifth array's fill raises) leaves an existing file byte for byte and nothing else in the folder;
+    a write that succeeds replaces it whole.
+
+    Before: h5py opened the target itself with "w", so the same failure left a truncated,
+    half-written file in place of the good one.
+    """
+    path = tmp_path / "weights.h5"
+    write_keras_weights(path, arrays)
+    before = path.read_bytes()
+
+    def broken(dataset):
+        raise OSError("disk full")
+
+    items = [(a.shape, (lambda d, a=a: d.__setitem__(..., a))) for a in arrays]
+    items[4] = (arrays[4].shape, broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_keras_weights(path, items)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["weights.h5"]
+    write_keras_weights(path, items[:4] + [(arrays[4].shape, lambda d: d.__setitem__(..., 0.0))] + items[5:])
+    with open_keras_weights(path) as ws:
+        assert not np.asarray(ws[4].dataset[()]).any() and np.array_equal(ws[5].dataset[()], arrays[5])

@@ -213,6 +213,7 @@ def write_keras_weights(
     `layout` is "nested" (one model group holding all layers, as `save_weights` writes a model
     with a nested sub-model), "flat" (one group per layer) or "model_weights" (a whole-model
     file). `layer_suffixes` sets the Keras name suffix of each conv layer (default 0, 1, 2, ...).
+    The file is written atomically: whole, or not at all (an existing file is then left as it was).
     """
     items = [(a.shape, None, a) if isinstance(a, np.ndarray) else (a[0], a[1], None) for a in arrays]
     n = len(items)
@@ -231,7 +232,10 @@ def write_keras_weights(
         wn = ["hyperkernel_kernel:0", "hyperkernel_bias:0", "hyperbias_kernel:0", "hyperbias_bias:0"]
         layers.append((name, wn, items[i : i + 4]))
         i, n_conv = i + 4, n_conv + 1
-    with h5py.File(path, "w") as f:
+    from .._atomic import atomic_file
+
+    # Beside the target, renamed into place when complete: a failure leaves an existing file as it was.
+    with atomic_file(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
         root = f.create_group("model_weights") if layout == "model_weights" else f
         root.attrs["backend"] = b"tensorflow"
         root.attrs["keras_version"] = b"2.13.1"
