@@ -15,6 +15,7 @@ from .bundle import save as save  # the same as save_bundle, the name that says 
 from .bundle import save_bundle as save_bundle
 from .convert import convert as _convert
 from .image.io import Image as Image
+from .models.synthmorph_affine import SynthMorphAffine as SynthMorphAffine
 from .models.synthmorph_deform import SynthMorphDeform as SynthMorphDeform
 from .models.synthmorph_deform import SynthMorphUNet as SynthMorphUNet
 from .models.synthmorph_deform import symmetric_velocity as symmetric_velocity
@@ -30,3 +31,30 @@ from .registration.settings import Settings as Settings
 from .template import build_template as build_template
 
 convert_weights = _convert  # a FreeSurfer .h5 into a bundle; `ilex.convert` stays the subpackage
+
+# The public API, as docs/api.md lists it by what each name is (tests/test_exports.py checks the three agree).
+__all__ = [
+    "DEFAULT_REPO_ID",
+    "Image",
+    "Method",
+    "NetworkTransform",
+    "Registrar",
+    "Registration",
+    "Settings",
+    "SynthMorphAffine",
+    "SynthMorphDeform",
+    "SynthMorphUNet",
+    "apply",
+    "as_method",
+    "build_template",
+    "convert_weights",
+    "errors",
+    "load",
+    "losses",
+    "register",
+    "save",
+    "save_bundle",
+    "symmetric_velocity",
+    "transforms",
+    "write_outputs",
+]
