@@ -1,24 +1,9 @@
 """The pairs file of `ilex batch`: one registration per CSV row.
 
-Columns (header row required; order free; empty cells mean "not set"):
-
-| column       | alias | meaning                                                        |
-|--------------|-------|----------------------------------------------------------------|
-| `moving`     |       | moving image (required)                                         |
-| `fixed`      |       | fixed image (required)                                          |
-| `out_moving` | `o`   | `-o`: moving image resampled onto the fixed grid                |
-| `out_fixed`  | `O`   | `-O`: fixed image resampled onto the moving grid                |
-| `trans`      | `t`   | `-t`: forward warp                                              |
-| `inverse`    | `T`   | `-T`: inverse warp                                              |
-| `qc`         |       | `--qc`: QC directory                                            |
-| `out_dir`    | `d`   | `-d`: directory for the network inputs                          |
-| `init`       | `i`   | `-i`: initial affine, moving to fixed                           |
-| `hyper`      | `r`   | `-r`: λ for this row (default: the command's `-r`)              |
-| `method`     | `m`   | `-m`: method for this row (default: the command's `-m`; a start of a name will do) |
-| `similarity` |       | `--similarity` for this row (method optimize only)               |
-| `levels`     |       | `--levels` for this row, space-separated mm (e.g. `4 2`)        |
-| `iterations` |       | `--iterations` for this row, space-separated (e.g. `50 20`)     |
-| `id`         |       | a label for the summary (default: the row number)               |
+Columns: `COLUMNS`, with the short names `ALIASES` (header row required; order free; empty cells
+mean "not set"). What each means is in docs/batch.md, whose table tests/test_docs.py checks
+against these two constants. `levels` and `iterations` are space-separated whole numbers; levels are
+in voxels of the optimiser's working grid, as `--levels` (e.g. `4 2`).
 
 Aliases are case-sensitive, as the flags are (`o` is `-o`, `O` is `-O`). Relative paths are
 relative to the directory of the CSV file. Every row needs at least one output.

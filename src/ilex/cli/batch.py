@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 
+from ..batch.pairs import ALIASES, COLUMNS
 from ..errors import OptionError
 from .register import add_conv_argument, add_steps_and_extent_arguments
 
@@ -24,22 +26,22 @@ PREFIX.json: pair, status, seconds, peak memory, folding %, error, note) and a p
 pair linked to its QC report) are written; the exit status is 1 if any pair failed.
 
 PAIRS.csv has a header row. Columns (empty cell = not set; relative paths are relative to the
-CSV file's directory):
-  moving, fixed          the images (required)
-  out_moving or o        -o: moving image on the fixed grid
-  out_fixed or O         -O: fixed image on the moving grid
-  trans or t             -t: forward warp
-  inverse or T           -T: inverse warp
-  qc                     --qc: QC directory
-  out_dir or d           -d: directory for the network inputs
-  init or i              -i: initial affine, moving to fixed
-  hyper or r             -r: λ for this row
-  method or m            -m: method for this row
-  similarity             --similarity for this row (method optimize)
-  levels, iterations     --levels, --iterations for this row, space-separated (e.g. "4 2")
-  id                     a label for the summary (default: the row number)
+CSV file's directory; a column stands for the `ilex register` option of its name or short name,
+and docs/batch.md says what each means):
+{columns}
 Every row needs at least one output.
 """
+
+_SHORT = {column: alias for alias, column in ALIASES.items()}
+# The column list from the code's own constants, so that `-h` cannot drift from what read_pairs accepts.
+_DESCRIPTION = _DESCRIPTION.format(
+    columns=textwrap.fill(
+        ", ".join(f"{c}\N{NO-BREAK SPACE}({_SHORT[c]})" if c in _SHORT else c for c in COLUMNS),
+        96,
+        initial_indent="  ",
+        subsequent_indent="  ",
+    ).replace("\N{NO-BREAK SPACE}", " ")
+)
 
 _EPILOG = """\
 Examples:
