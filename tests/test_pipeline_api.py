@@ -34,7 +34,7 @@ def test_moved_images_do_not_recompile(result, caplog):
         result.fixed_moved()
         result.moved("nearest")
         result.moved("nearest")
-    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(_resample)")]
+    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(resample)")]
     # One compilation for the new interpolation method, none for the repeated calls (each call
     # compiled afresh before the resampler became one module-level jit).
     assert len(compiles) == 1, compiles

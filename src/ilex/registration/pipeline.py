@@ -25,6 +25,8 @@ from ..transforms.compose import (
     apply_matrix,
     coarse_total_displacement,
     compose_native,
+    matrix_after_field,
+    matrix_field,
     to_full_resolution,
 )
 from ..transforms.grid import voxel_grid
@@ -90,19 +92,19 @@ class Registration:
     @cached_property
     def forward_vox(self) -> np.ndarray:
         if self.is_matrix:
-            return np.asarray(_matrix_field(self.matrix_vox, tuple(self.fixed.shape)))
+            return np.asarray(matrix_field(self.matrix_vox, self.fixed.shape))
         return self._composed("forward", self.space.fix_to_net, self.space.net_to_mov, self.fixed.shape)
 
     @cached_property
     def inverse_vox(self) -> np.ndarray:
         if self.is_matrix:
-            return np.asarray(_matrix_field(np.linalg.inv(self.matrix_vox), tuple(self.moving.shape)))
+            return np.asarray(matrix_field(np.linalg.inv(self.matrix_vox), self.moving.shape))
         return self._composed("inverse", self.space.mov_to_net, self.space.net_to_fix, self.moving.shape)
 
     def _composed(self, which: str, target_to_net: np.ndarray, net_to_source: np.ndarray, shape) -> np.ndarray:
         net = self.network_fields[which]
         if _on_network_grid(target_to_net, net.shape[:3], shape):
-            out = np.asarray(_native_on_grid(net, net_to_source))
+            out = np.asarray(matrix_after_field(net_to_source, net))  # compose_native without interpolation
         else:
             out = np.asarray(compose_native(net, target_to_net, net_to_source, tuple(shape)))
         del self.network_fields[which]  # only once composed: a failed attempt can be retried
@@ -125,7 +127,7 @@ class Registration:
         image's voxel-to-RAS matrix, ready for `nib.save` (`np.asarray(img.dataobj)`: the voxels).
         `method`: "linear" or "nearest" (labels); `fill`: the value outside the moving image."""
         return _image(
-            _resample(
+            resample(
                 jnp.asarray(self.moving.data, jnp.float32), jnp.asarray(self.forward_vox), method, jnp.float32(fill)
             ),
             self.fixed.affine,
@@ -134,7 +136,7 @@ class Registration:
     def fixed_moved(self, method: str = "linear", fill: float = 0.0) -> nib.Nifti1Image:
         """The fixed image on the moving grid (`-O`), with the moving image's matrix (as `moved`)."""
         return _image(
-            _resample(
+            resample(
                 jnp.asarray(self.fixed.data, jnp.float32), jnp.asarray(self.inverse_vox), method, jnp.float32(fill)
             ),
             self.moving.affine,
@@ -166,16 +168,15 @@ def _image(data, affine: np.ndarray) -> nib.Nifti1Image:
     return img
 
 
-# Module-level jits: one compilation per shape and method, reused across calls and results.
+# A module-level jit: one compilation per shape and method, reused across calls and results.
 @jax.jit(static_argnames=("method",))
-def _resample(data, disp_vox, method, fill):
+def resample(data, disp_vox, method, fill):
+    """`data` (x, y, z) read at `p + disp_vox[p]` for every voxel `p` of `disp_vox`'s grid
+    (voxels of `data`); `method` "linear" or "nearest", `fill` outside (`sample_image`)."""
     return sample_image(data, voxel_grid(disp_vox.shape[:3]) + disp_vox, method, fill)
 
 
-@jax.jit(static_argnames=("shape",))
-def _matrix_field(matrix, shape):
-    grid = voxel_grid(shape)
-    return apply_matrix(matrix, grid) - grid
+_resample = resample  # the name bench/similarity_trials.py and bench/optimize_vs_ants.py still import
 
 
 def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool, shape=None):
@@ -240,13 +241,6 @@ def _on_network_grid(target_to_net: np.ndarray, net_shape, target_shape) -> bool
     # header rounding, the field is then read at its own grid points and needs no interpolation
     # (0.09 s instead of 0.84 s at 197x233x189, measured).
     return tuple(net_shape) == tuple(target_shape[:3]) and np.allclose(target_to_net, np.eye(4), rtol=0, atol=1e-5)
-
-
-@jax.jit
-def _native_on_grid(field, net_to_source):
-    # `compose_native` where the target grid is the network grid.
-    grid = voxel_grid(field.shape[:3])
-    return apply_matrix(net_to_source, grid + field) - grid
 
 
 _to_ras = jax.jit(_ras_displacement)

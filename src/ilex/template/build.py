@@ -642,11 +642,12 @@ def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, 
     """`image` on a target grid through a world map: target voxel p takes the value at `M A_t p`."""
     import jax.numpy as jnp
 
-    from ..registration.pipeline import _matrix_field, _resample
+    from ..registration.pipeline import resample
+    from ..transforms import matrix_field
 
     vox = np.linalg.inv(image.affine) @ world_matrix @ target_affine
-    disp = _matrix_field(np.asarray(vox, np.float32), tuple(int(n) for n in target_shape))
-    return np.asarray(_resample(jnp.asarray(image.data, jnp.float32), disp, "linear", jnp.float32(0.0)))
+    disp = matrix_field(np.asarray(vox, np.float32), target_shape)
+    return np.asarray(resample(jnp.asarray(image.data, jnp.float32), disp, "linear", jnp.float32(0.0)))
 
 
 def _displacement_size(matrix: np.ndarray, affine: np.ndarray, shape) -> np.ndarray:

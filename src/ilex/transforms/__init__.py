@@ -11,10 +11,13 @@ differentiable, as `tests/test_functional_api.py` checks.
 - `compose_fields`: two displacements as one
 - `jacobian_determinant`, `folding_fraction`: local volume change and where a warp folds
 - `voxel_grid`, `interpolate_clamped`, `sample_image`: the grid and the two samplers under them
+- `matrix_field`, `matrix_after_field`: a voxel matrix as a displacement, alone or after a field
 """
 
 from .compose import affine_displacement as affine_displacement
 from .compose import compose_native as compose_native
+from .compose import matrix_after_field as matrix_after_field
+from .compose import matrix_field as matrix_field
 from .compose import upsample_half_field as upsample_half_field
 from .grid import voxel_grid as voxel_grid
 from .integrate import scaling_and_squaring as scaling_and_squaring
