@@ -20,8 +20,8 @@ from conftest import fixture_path
 from data import data_path
 
 from ilex.batch import BatchSettings, read_pairs, run_batch
+from ilex.batch.manifest import MANIFEST_SUFFIX
 from ilex.batch.pairs import Pair
-from ilex.batch.run import MANIFEST_SUFFIX
 from ilex.bundle import weights as bundle_weights
 from ilex.cli.main import main
 from ilex.errors import OptionError
@@ -277,16 +277,16 @@ def test_rerun_skips_done_pairs(local_batch, images, capsys, monkeypatch):
 def test_a_pair_that_fails_while_its_outputs_are_written_fails_alone(images, tmp_path, monkeypatch):
     # Outputs are written on a second thread while the next pair registers: a failure there is
     # that pair's alone, records keep the pairs' order, and no file of the failed pair lands.
-    import ilex.batch.run as batch_run
+    from ilex.batch import one_pair
 
-    write = batch_run.write_outputs
+    write = one_pair.write_outputs
 
     def failing_write(result, outputs, **kwargs):
         if "p2_" in str(outputs["out_moving"]):
             raise OSError("disk full")
         return write(result, outputs, **kwargs)
 
-    monkeypatch.setattr(batch_run, "write_outputs", failing_write)
+    monkeypatch.setattr(one_pair, "write_outputs", failing_write)
     pairs = [
         Pair(k, str(images / m), str(images / f), {"out_moving": str(tmp_path / f"p{k}_moved.nii.gz")})
         for k, (m, f) in enumerate(GOOD, 1)

@@ -2,7 +2,7 @@
 
 from .pairs import Pair as Pair
 from .pairs import read_pairs as read_pairs
-from .run import BatchSettings as BatchSettings
-from .run import PairRecord as PairRecord
+from .records import PairRecord as PairRecord
 from .run import run_batch as run_batch
-from .run import write_summary as write_summary
+from .settings import BatchSettings as BatchSettings
+from .summary import write_summary as write_summary

@@ -25,8 +25,10 @@ from collections.abc import Iterator
 
 from ..errors import OptionError
 from ..registration.methods.base import Method
+from .one_pair import run_pair
 from .pairs import Pair
-from .run import BatchSettings, PairRecord, _record, error_text, run_pair
+from .records import PairRecord, error_text, record
+from .settings import BatchSettings
 
 try:
     from distributed import WorkerPlugin as _WorkerPlugin
@@ -83,7 +85,7 @@ def register_pair_task(plugin_name: str, pair: Pair) -> dict:
     try:
         registrar = plugin.registrar()
     except Exception as e:  # noqa: BLE001 — weights that do not load here fail this worker's pairs, with the reason
-        return _record(pair, "failed", error=error_text(e), worker=worker.address).to_dict()
+        return record(pair, "failed", error=error_text(e), worker=worker.address).to_dict()
     return run_pair(registrar, pair, plugin.settings, worker=worker.address).to_dict()
 
 
@@ -157,6 +159,32 @@ def iter_cluster(
         try:
             yield PairRecord(**future.result())
         except Exception as e:  # noqa: BLE001 — KilledWorker, a lost connection: the pair is reported, never dropped
-            yield _record(pair, "failed", error=error_text(e))
+            yield record(pair, "failed", error=error_text(e))
         finally:
             future.release()
+
+
+def dask_client(scheduler: str | None = None, local_workers: int | None = None, memory_resource: str = "MEMORY"):
+    """(client, cluster): a `distributed.Client` of the scheduler at `scheduler` (cluster None),
+    or of a new cluster of `local_workers` processes on this machine, one thread each, that
+    share the free memory as the resource `memory_resource`. The caller closes both."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise OptionError("--scheduler/--local-workers: Dask is not installed; pip install 'ilex[dask]'") from None
+    if scheduler:
+        return Client(scheduler), None
+    from ..registration.memory import available_bytes
+
+    # Memory is shared by the workers and limited by the MEMORY resource, not by Dask's own
+    # per-worker limit (which would restart a worker in the middle of a large registration).
+    per_worker = available_bytes() / local_workers
+    cluster = LocalCluster(
+        n_workers=local_workers,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit=0,
+        resources={memory_resource: per_worker},
+        dashboard_address=None,
+    )
+    return Client(cluster), cluster

@@ -170,14 +170,14 @@ def run(args: argparse.Namespace) -> int:
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # Dask workers: BatchSettings
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
-    from ..batch.run import finished
+    from ..batch.manifest import finished
     from ..bundle.weights import peek_width
     from .register import resolve_model, settings_from_args, weights_option
 
     model = resolve_model(args.model)
     weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
     pairs = read_pairs(args.pairs)
-    from ..batch.run import _takes_optimiser_options
+    from ..batch.settings import _takes_optimiser_options
 
     if (
         (args.similarity or args.levels or args.iterations)
@@ -207,7 +207,9 @@ def run(args: argparse.Namespace) -> int:
     client = cluster = registrar = None
     try:
         if args.scheduler or args.local_workers:
-            client, cluster = _dask_client(args)
+            from ..batch.dask import dask_client
+
+            client, cluster = dask_client(args.scheduler, args.local_workers, args.memory_resource)
         elif any(p.problem is None for p in todo):
             if weights and not args.gpu and not args.no_memory_check:
                 # Before the weights, as `ilex register`: a run that cannot fit fails in seconds, not after 3.5 GB.
@@ -252,26 +254,3 @@ def run(args: argparse.Namespace) -> int:
             f"summary in {csv_path} and {json_path}; report {report_path}"
         )
     return 1 if failed else 0
-
-
-def _dask_client(args):
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise OptionError("--scheduler/--local-workers: Dask is not installed; pip install 'ilex[dask]'") from None
-    if args.scheduler:
-        return Client(args.scheduler), None
-    from ..registration.memory import available_bytes
-
-    # Memory is shared by the workers and limited by the MEMORY resource, not by Dask's own
-    # per-worker limit (which would restart a worker in the middle of a large registration).
-    per_worker = available_bytes() / args.local_workers
-    cluster = LocalCluster(
-        n_workers=args.local_workers,
-        threads_per_worker=1,
-        processes=True,
-        memory_limit=0,
-        resources={args.memory_resource: per_worker},
-        dashboard_address=None,
-    )
-    return Client(cluster), cluster

@@ -128,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
     client = cluster = None
     try:
         if args.scheduler or args.local_workers:
-            from .batch import _dask_client
+            from ..batch.dask import dask_client
 
-            client, cluster = _dask_client(args)
+            client, cluster = dask_client(args.scheduler, args.local_workers, args.memory_resource)
         result = build_template(
             images,
             args.out_dir,
