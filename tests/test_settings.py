@@ -12,7 +12,7 @@ from ilex.batch.pairs import Pair
 from ilex.errors import OptionError
 from ilex.image.io import Image
 from ilex.registration.session import Registrar
-from ilex.template.build import TemplateSettings
+from ilex.template import TemplateSettings
 
 FAST = {"levels": (4,), "iterations": (2,)}
 

@@ -1,0 +1,51 @@
+"""What every round of a template shares (`TemplateSettings`): `ilex batch`'s settings and the loop's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..batch.settings import BatchSettings
+from ..errors import OptionError
+from ..registration.methods import OptimizeAffineMethod
+
+
+@dataclass(frozen=True)
+class TemplateSettings(BatchSettings):
+    """What every round shares: `ilex batch`'s settings (`weights`: () for no weights,
+    `-m optimize`; a pair (affine, deform) gives methods that need an affine stage their
+    detector; `method` a name, joint by default), and the loop's own. `step` is the shape
+    update's step (1: the whole inverse of the mean transform); `sharpen` applies Laplacian
+    sharpening to each new template; `warp_format` is that of the final per-image warps."""
+
+    method: str = "joint"
+    step: float = 1.0
+    sharpen: bool = False
+
+    def check(self) -> None:
+        if not 0.0 < self.step <= 1.0:
+            raise OptionError("the shape update's step must lie in (0, 1]", argument="step", value=self.step)
+        if self.warp_format not in ("freesurfer", "itk"):
+            raise OptionError("choose freesurfer or itk", argument="warp_format", value=self.warp_format)
+        from ..registration.methods import needs_prior_affine
+
+        if needs_prior_affine(self.method) and not (isinstance(self.weights, tuple) and len(self.weights) == 2):
+            raise OptionError(
+                f"-m {self.method}: each round starts with an affine stage, which needs SynthMorph's affine "
+                "weights too: give -w AFFINE -w DEFORM (as for joint)"
+            )
+
+    def batch(self, method=None) -> BatchSettings:
+        """The `BatchSettings` of a round's registrations (intermediate warps in FreeSurfer's format)."""
+        shared = {f.name: getattr(self, f.name) for f in fields(BatchSettings)}
+        return BatchSettings(
+            **{**shared, "method": self.method if method is None else method, "warp_format": "freesurfer"}
+        )
+
+    def affine_method(self):
+        """The method of the affine stage: the weights' affine detector when they have one, else the
+        optimiser's affine stage alone; None when neither is available. Both answer with a matrix."""
+        if self.weights == ():
+            return OptimizeAffineMethod(hyper=self.effective_hyper)
+        if isinstance(self.weights, tuple) and len(self.weights) == 2:
+            return "affine"
+        return None
