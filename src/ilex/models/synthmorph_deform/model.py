@@ -18,7 +18,7 @@ from jax import lax
 from jaxtyping import Array, Float
 
 from ..._custom_types import AnyArray
-from .unet import SynthMorphUNet, _prepare_pair, conv_channels, unet_forward
+from .unet import SynthMorphUNet, conv_channels, prepare_pair, unet_forward
 
 __all__ = ["HyperConv3d", "HyperDense", "SynthMorphDeform", "SynthMorphUNet"]
 
@@ -158,7 +158,7 @@ class SynthMorphDeform(eqx.Module):
         return SynthMorphUNet(**kw, hyper=float(hyper), key=jax.random.key(0), kernels=kernels, biases=biases)
 
     def __call__(self, hyper: float | AnyArray, source: AnyArray, target: AnyArray) -> Array:
-        x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
+        x = prepare_pair(source, target, self.src_feats, self.trg_feats)
         n_levels = len(self.enc_nf)
 
         def one(lam: AnyArray, pair: AnyArray) -> Array:

@@ -95,7 +95,10 @@ def unet_forward(
     return conv_layer(parts, *remaining[-1], algorithm)
 
 
-def _prepare_pair(source: AnyArray, target: AnyArray, src_feats: int, trg_feats: int) -> Array:
+def prepare_pair(source: AnyArray, target: AnyArray, src_feats: int, trg_feats: int) -> Array:
+    """The network input: `source` and `target` (x, y, z, c) or (batch, x, y, z, c), float32,
+    joined along the channel axis. Raises `ValueError` when their grids or channel counts
+    (`src_feats`, `trg_feats`) do not fit the network."""
     source, target = jnp.asarray(source, jnp.float32), jnp.asarray(target, jnp.float32)
     if source.ndim != target.ndim or source.shape[:-1] != target.shape[:-1]:
         raise ValueError(f"source and target must share a grid: {source.shape} vs {target.shape}")
@@ -195,7 +198,7 @@ class SynthMorphUNet(eqx.Module):
 
     def __call__(self, source: AnyArray, target: AnyArray, *, algorithm: str = "direct") -> Array:
         """Raw velocity for (source, target); `algorithm` as in `unet_forward`."""
-        x = _prepare_pair(source, target, self.src_feats, self.trg_feats)
+        x = prepare_pair(source, target, self.src_feats, self.trg_feats)
         single = x.ndim == 4
         out = unet_forward(
             [(c.kernel, c.bias) for c in self.convs], len(self.enc_nf), x[None] if single else x, algorithm
