@@ -62,13 +62,13 @@ def run_ilex(spec: dict, out: str, cache: str | None = None) -> dict:
     import jax.numpy as jnp
 
     from ilex.registration.methods import OptimizeMethod
-    from ilex.registration.pipeline import _resample, register
+    from ilex.registration.pipeline import register, resample
 
     start = time.perf_counter()
     method = OptimizeMethod(similarity=spec.get("similarity", "auto"))
     result = register(spec["moving"], spec["fixed"], method=method, extent=256)
     labels, _ = load(spec["moving_labels"])
-    warped = np.asarray(_resample(jnp.asarray(labels), jnp.asarray(result.forward_vox), "nearest", jnp.float32(0)))
+    warped = np.asarray(resample(jnp.asarray(labels), jnp.asarray(result.forward_vox), "nearest", jnp.float32(0)))
     seconds, rss = time.perf_counter() - start, peak_rss_gb()
     np.save(out + "_labels.npy", warped.astype(np.int16))
     np.save(out + "_warp.npy", np.asarray(result.forward, np.float32))

@@ -41,7 +41,7 @@ def main() -> None:
     import jax.numpy as jnp
 
     from ilex.registration.methods import optimize as method
-    from ilex.registration.pipeline import _resample, register
+    from ilex.registration.pipeline import register, resample
 
     options, overrides = {}, {}  # the method's, and optimise_velocity's
     for part in variant.split(","):
@@ -63,7 +63,7 @@ def main() -> None:
             start = time.perf_counter()
             result = register(spec["moving"], spec["fixed"], method=method.OptimizeMethod(**options), extent=256)
             labels, _ = load(spec["moving_labels"])
-            warped = _resample(jnp.asarray(labels), jnp.asarray(result.forward_vox), "nearest", jnp.float32(0))
+            warped = resample(jnp.asarray(labels), jnp.asarray(result.forward_vox), "nearest", jnp.float32(0))
             out = os.path.join(work, case)
             np.save(out + "_labels.npy", np.asarray(warped).astype(np.int16))
             np.save(out + "_warp.npy", np.asarray(result.forward, np.float32))

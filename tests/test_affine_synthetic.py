@@ -9,6 +9,7 @@ composition, world conversion, LTA direction) have to give back the transform th
 """
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from data import data_path
 
 from ilex.image.io import Image, load_image
 from ilex.models.synthmorph_affine.fit import centring, rigid_part, rotation_from_angles, symmetric_fit
-from ilex.registration.methods.base import NetworkTransform
+from ilex.registration.methods.base import Method, NetworkTransform
 from ilex.registration.network_space import network_space
 from ilex.registration.pipeline import register
 
@@ -34,20 +35,20 @@ def _region_centres(labels: Image, vox_to_net: np.ndarray) -> tuple[np.ndarray, 
 
 
 @dataclass(frozen=True)
-class KnownBarycentres:
+class KnownBarycentres(Method):
     """`-m affine`/`rigid` whose detector is replaced by exact region barycentres (module docstring)."""
 
     moving: Image
     fixed: Image
     extent: int
     rigid: bool = False
-    centre_on_fixed: bool = False
+    yields_matrix: ClassVar[bool] = True
 
     @property
     def name(self):
         return "rigid" if self.rigid else "affine"
 
-    def estimate(self, mov_net, fix_net):
+    def estimate(self, mov_net, fix_net, grid=None):
         space = network_space(self.moving, self.fixed, self.extent, centre_on_fixed=False)
         c_mov, m_mov = _region_centres(self.moving, space.mov_to_net)
         c_fix, m_fix = _region_centres(self.fixed, space.fix_to_net)

@@ -22,8 +22,7 @@ from ilex.image.io import Image, load_image
 from ilex.optimize.deformable import _moved, _update
 from ilex.optimize.similarity import lncc, lncc_and_gradient, mutual_information
 from ilex.optimize.smoothing import downsample2, gaussian_matrix, pyramid, smooth, upsample2
-from ilex.registration.methods import OptimizeAffineMethod, OptimizeMethod, RefineMethod, as_method, method_info
-from ilex.registration.methods.optimize import method_from_options
+from ilex.registration.methods import OptimizeAffineMethod, OptimizeMethod, RefineMethod, as_method, method_class
 from ilex.registration.pipeline import network_fields, register
 from ilex.transforms.integrate import voxel_grid
 from ilex.transforms.interpolate import interpolate_clamped
@@ -189,7 +188,7 @@ def test_affine_stage_alone_answers_with_the_matrix():
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in colin.shape], indexing="ij"), -1).astype(np.float64)
     points = grid @ vox[:3, :3].T + vox[:3, 3]
     fixed = Image(map_coordinates(colin.data, np.moveaxis(points, -1, 0), order=1), colin.affine, "fixed")
-    assert method_info("optimize-affine").yields_matrix
+    assert method_class("optimize-affine").yields_matrix
     result = register(colin, fixed, method=OptimizeAffineMethod())
     assert result.is_matrix and result.transform.velocity is None
     zero = register(colin, fixed, method=OptimizeMethod(iterations=(0, 0)))
@@ -261,7 +260,7 @@ def test_bad_options(kwargs, expected):
 def test_refine_needs_a_method():
     with pytest.raises(OptionError, match="refine: needs a first method"):
         RefineMethod(first=None)
-    assert isinstance(method_from_options(hyper=0.2, similarity="mi", quiet=True), OptimizeMethod)
+    assert isinstance(as_method(None, "optimize", hyper=0.2, similarity="mi", progress=False), OptimizeMethod)
 
 
 def test_constant_image_is_refused():

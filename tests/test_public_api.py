@@ -85,15 +85,59 @@ def test_library_errors_name_arguments_and_the_cli_its_flags(capsys):
     assert "ilex register: error: -r 1.5: the regularisation weight" in capsys.readouterr().err
 
 
-def test_no_code_outside_the_methods_branches_on_a_methods_name():
-    """The seam: what a method is (matrix or warp, weights, detector, options) comes from its
-    `MethodInfo`, never from comparing its name, anywhere but in `registration/methods/`."""
+def _method_name_literals(names: set[str]) -> list[str]:
+    """Every string literal, docstrings aside, that is exactly one of `names`, in ilex outside
+    `registration/methods/` (where `-m` is resolved) and the networks' own packages (where
+    "rigid" is a model's configuration, not a method)."""
+    import ast
+    import pathlib
+
+    src = pathlib.Path(ilex.__file__).parent
+    found = []
+    for path in sorted(src.rglob("*.py")):
+        rel = path.relative_to(src)
+        if rel.parts[:2] == ("registration", "methods") or rel.parts[0] in ("models", "convert"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        found += [
+            f"{rel}:{node.lineno}: {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings
+        ]
+    return found
+
+
+def test_no_code_outside_the_methods_names_a_method():
+    """The seam: what a method is (matrix or warp, weights, detector, options, its prior affine)
+    is read from the `Method` object or the class `-m` resolves to, never from a table keyed by
+    method names or a comparison with one, anywhere but in `registration/methods/`.
+
+    Any literal method name counts, not only comparisons: a `{"joint": ...}` table or a
+    `"joint" if ... else "deform"` default is found as surely as `== "deform"`. "affine" is also
+    a word of geometry (`image.affine`, the `affine` output), so it is checked by the comparison
+    rule below only. Mutation check: putting back `WEIGHT_FILES = {"joint": ...}` in
+    bundle/weights.py, or `template_weights = "joint" if ...` in the template, fails this test
+    (both were there before the facts moved onto the classes)."""
     import pathlib
     import re
 
+    from ilex.registration.methods import METHOD_NAMES
+
+    names = {*METHOD_NAMES, "refine", "optimize-affine"} - {"affine"}
+    # An argument's name, not a method's: the flag `refine=` is given by (--refine).
+    allowed = {("cli/main.py", "'refine'")}
+    found = _method_name_literals(names)
+    assert [line for line in found if (line.split(":")[0], line.split(": ")[-1]) not in allowed] == []
     src = pathlib.Path(ilex.__file__).parent
-    names = "joint|deform|affine|rigid|optimize|refine"
-    pattern = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']""")
+    pattern = re.compile(r"""(==|!=|\bin)\s*\(?\s*["']affine["']""")
     offenders = [
         f"{path.relative_to(src)}:{n}: {line.strip()}"
         for path in src.rglob("*.py")
@@ -104,15 +148,27 @@ def test_no_code_outside_the_methods_branches_on_a_methods_name():
     assert offenders == []
 
 
-def test_method_info_agrees_with_the_methods():
-    from ilex.bundle.weights import WEIGHT_FILES
-    from ilex.registration.methods import METHOD_NAMES, method_info
+def test_the_methods_declare_their_facts():
+    from ilex.registration.methods import (
+        METHOD_NAMES,
+        METHODS,
+        Method,
+        SynthMorphDeformMethod,
+        method_class,
+        unaligned_weight_files,
+    )
 
-    for name in METHOD_NAMES:
-        info = method_info(name)
-        assert info.weight_files == WEIGHT_FILES[name]
-        assert info.optimiser == (info.weight_files == ())  # the optimiser is the one method without weights
-    assert method_info("def") == method_info("deform") and method_info("deform").centre_on_fixed
-    assert [n for n in METHOD_NAMES if method_info(n).yields_matrix] == ["affine", "rigid"]
+    assert METHOD_NAMES == ("joint", "deform", "affine", "rigid", "optimize")  # mri_synthmorph's, then ilex's
+    for name, cls in METHODS.items():
+        assert issubclass(cls, Method) and cls.name == name and cls.summary
+        assert len(cls.weight_roles) == len(cls.weight_files)
+        # The optimiser is the one method without weights, and the one that takes its options.
+        assert cls.takes_optimiser_options == (cls.weight_files == ())
+    assert method_class("def") is SynthMorphDeformMethod and SynthMorphDeformMethod.centre_on_fixed
+    assert [n for n in METHOD_NAMES if method_class(n).yields_matrix] == ["affine", "rigid"]
+    assert [n for n in METHOD_NAMES if method_class(n).runs_detector] == ["joint", "affine", "rigid"]
+    # deform's affine stage (ilex template) is SynthMorph's detector: joint's two files, in -w order.
+    assert unaligned_weight_files("deform") == method_class("joint").weight_files
+    assert unaligned_weight_files("optimize") == ()
     with pytest.raises(ValueError, match="unknown model"):
-        method_info("banana")
+        method_class("banana")

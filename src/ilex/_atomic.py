@@ -42,7 +42,7 @@ def _mode_of_new(path: str, base: int) -> int:
         return base & ~_umask()
 
 
-def _check_parent(path: str) -> str:
+def check_parent(path: str) -> str:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileProblem(path, f"the output directory {parent} does not exist")
@@ -58,7 +58,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     `suffix` keeps the extension so that writers which infer the format from it still work.
     """
     path = os.fspath(path)
-    parent = _check_parent(path)
+    parent = check_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=".ilex-", suffix=suffix or os.path.basename(path), dir=parent)
     os.close(fd)
     try:
@@ -146,7 +146,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
     new directory is complete.
     """
     path = os.path.abspath(os.fspath(path))
-    parent = _check_parent(path)
+    parent = check_parent(path)
     if os.path.exists(path):
         if not os.path.isdir(path):
             raise FileProblem(path, "exists and is not a directory")

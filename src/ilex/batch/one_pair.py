@@ -14,7 +14,7 @@ from ..registration.outputs import check_outputs, check_transform_outputs, write
 from .manifest import manifest_path, write_manifest
 from .pairs import Pair
 from .records import PairRecord, PeakMemory, error_text, record
-from .settings import BatchSettings, _takes_optimiser_options
+from .settings import BatchSettings, rows_set_optimiser_options
 
 
 @dataclass
@@ -40,7 +40,7 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
     method, hyper, options = settings.combination(pair)
     memory = PeakMemory().start()
     try:
-        if pair.options and not _takes_optimiser_options(method):
+        if pair.options and not rows_set_optimiser_options(method):
             raise OptionError(
                 f"{', '.join(pair.options)}: the optimiser's options, for method optimize (this row runs "
                 f"{method or 'the default method'})"
@@ -48,7 +48,7 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
         check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
         # Names the method cannot write (an LTA from a warp method) fail now, not after the network.
         chosen = registrar.method_for(method, hyper, **dict(options))
-        check_transform_outputs(pair.outputs, chosen.name, warp_format=settings.warp_format)
+        check_transform_outputs(pair.outputs, chosen, warp_format=settings.warp_format)
         result = registrar.register(
             pair.moving,
             pair.fixed,

@@ -34,7 +34,7 @@ class BatchSettings(Settings):
         """(method, λ, the optimiser's options as sorted items) that `pair` runs with."""
         method = pair.method or self.method
         options = {}
-        if _takes_optimiser_options(method):
+        if rows_set_optimiser_options(method):
             options = {k: v for k, v in {**self.optimiser_options, **pair.options}.items() if v is not None}
         return (
             method,
@@ -44,11 +44,12 @@ class BatchSettings(Settings):
 
     def runs_detector(self, pairs: Iterable[Pair]) -> bool:
         """Whether any of `pairs` runs the affine detector (joint, affine, rigid), whose peak
-        memory is above the deformable network's. No method anywhere means the weights' own:
-        joint for several weight files or the defaults, deform for one."""
+        memory is above the deformable network's. No method anywhere means the weights' own
+        (`methods.default_method_name`)."""
         from ..registration.memory import runs_detector
+        from ..registration.methods import default_method_name
 
-        default = "joint" if self.weights is None or isinstance(self.weights, tuple) else "deform"
+        default = default_method_name(self.weights)
         return any(runs_detector(self.combination(p)[0] or default) for p in pairs if p.problem is None)
 
     def memory_estimate(self, pairs: Iterable[Pair], width: int = 256) -> float:
@@ -109,11 +110,12 @@ def _absolute(path: str) -> str:
     return os.path.abspath(path) if os.path.exists(path) else path
 
 
-def _takes_optimiser_options(method: str | Method | None) -> bool:
-    """Whether rows may set the optimiser's options for `method` (a Method object carries its own)."""
-    from ..registration.methods import method_info
+def rows_set_optimiser_options(method: str | Method | None) -> bool:
+    """Whether rows may set the optimiser's options for `method`, a name (its class's
+    `takes_optimiser_options`); a Method object carries its own, so rows set none."""
+    from ..registration.methods import method_class
 
     try:
-        return isinstance(method, str) and method_info(method).optimiser
+        return isinstance(method, str) and method_class(method).takes_optimiser_options
     except ValueError:  # an unknown method: its row fails with the resolver's message
         return False

@@ -11,15 +11,6 @@ import os
 
 from ..errors import BundleError, OptionError, WeightsFileError, WeightsNotFound
 
-# Weight files per model, in -w order (FreeSurfer's registration.py).
-WEIGHT_FILES = {
-    "joint": ("synthmorph.affine.2.h5", "synthmorph.deform.3.h5"),
-    "deform": ("synthmorph.deform.3.h5",),
-    "affine": ("synthmorph.affine.2.h5",),
-    "rigid": ("synthmorph.rigid.1.h5",),
-    "optimize": (),  # ilex's own method: no trained weights
-}
-
 
 def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
     """FreeSurfer's own copy of a weight file when installed, else its hub bundle."""
@@ -31,20 +22,25 @@ def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
     return "ilex-hub/" + file.removesuffix(".h5")
 
 
-def weights_for(model: str, given: list[str] | None) -> list[str]:
-    """The weight paths for `model`: `given` (checked against what the model needs) or the defaults.
+def weights_for(method, given: list[str] | None) -> list[str]:
+    """The weight paths for `method` (a `Method` or its class: its `name` and `weight_files`):
+    `given` (checked against what the method needs) or the defaults.
 
-    Raises `OptionError` saying what the model takes (the CLI adds its flag, -w).
+    Raises `OptionError` saying what the method takes (the CLI adds its flag, -w).
     """
-    files = WEIGHT_FILES[model]
+    return weight_paths(method.name, method.weight_files, given)
+
+
+def weight_paths(name: str, files: tuple[str, ...], given: list[str] | None) -> list[str]:
+    """`given` checked against `files`, the weight files that `name` needs, or their defaults."""
     if not files and given:
-        raise OptionError(f"{model} needs no weights; drop them (or pick a SynthMorph model and refine its result)")
+        raise OptionError(f"{name} needs no weights; drop them (or pick a SynthMorph model and refine its result)")
     if not given:
         return [default_weights(f) for f in files]
     if len(given) != len(files):
         need = " then ".join(files)
         raise OptionError(
-            f"{model} takes {len(files)} weight file{'s' if len(files) > 1 else ''} ({need}), got {len(given)}"
+            f"{name} takes {len(files)} weight file{'s' if len(files) > 1 else ''} ({need}), got {len(given)}"
         )
     return list(given)
 
@@ -71,18 +67,9 @@ def peek_width(weights: str) -> int:
         return 256
 
 
-# What each model needs from each weight file, in order, and what the file is called in messages.
-ROLES = {
-    "joint": (("detector", "synthmorph.affine.2.h5"), ("deformable", "synthmorph.deform.3.h5")),
-    "deform": (("deformable", "synthmorph.deform.3.h5"),),
-    "affine": (("detector", "synthmorph.affine.2.h5"),),
-    "rigid": (("detector", "synthmorph.rigid.1.h5"),),
-}
-
-
-def load_networks(model: str, weights: list[str], explicit: bool, hyper: float):
-    """The networks `model` runs, loaded from `weights` and checked to be the right kind (one loader
-    for the CLI, the batch and Python).
+def load_networks(method, weights: list[str], explicit: bool, hyper: float):
+    """The networks `method` (a `Method` or its class) runs, loaded from `weights` and checked to
+    hold what its `weight_roles` say, file by file (one loader for the CLI, the batch and Python).
 
     The deformable hypernetwork is reduced to its U-Net for λ = `hyper` at once, so that its
     3.5 GB leave memory before the registration runs.
@@ -91,21 +78,22 @@ def load_networks(model: str, weights: list[str], explicit: bool, hyper: float):
     from ..models.synthmorph_deform import SynthMorphDeform
 
     loaded = []
-    for (role, file), path in zip(ROLES[model], weights, strict=False):
+    roles = method.weight_roles
+    for role, file, path in zip(roles, method.weight_files, weights, strict=False):
         net = load_weights_file(path, explicit)
         kind = "detector" if isinstance(net, SynthMorphAffine) else "deformable"
         if kind != role:
             words = {"detector": ("affine/rigid", "affine"), "deformable": ("deformable", "deformable")}
-            order = f"; {model} takes the affine weights first" if len(ROLES[model]) > 1 else ""
+            order = f"; {method.name} takes the affine weights first" if len(roles) > 1 else ""
             raise WeightsFileError(
                 path,
-                f"holds SynthMorph's {words[kind][0]} network, but {model} needs the "
+                f"holds SynthMorph's {words[kind][0]} network, but {method.name} needs the "
                 f"{words[role][1]} one here ({file}){order}",
             )
         if isinstance(net, SynthMorphDeform):
             net = net.at_hyper(hyper)
         loaded.append(net)
-    return tuple(loaded) if len(ROLES[model]) > 1 else loaded[0]
+    return tuple(loaded) if len(roles) > 1 else loaded[0]
 
 
 def load_weights_file(weights: str, explicit: bool):
@@ -135,7 +123,10 @@ def load_weights(weights=None):
     an empty one None (no model: `-m optimize`); None gives `ilex register`'s default, joint's
     (affine, deformable) pair."""
     if weights is None:
-        return tuple(load_weights_file(default_weights(file), explicit=False) for file in WEIGHT_FILES["joint"])
+        from ..registration.methods import DEFAULT_METHOD, method_class
+
+        files = method_class(DEFAULT_METHOD).weight_files
+        return tuple(load_weights_file(default_weights(file), explicit=False) for file in files)
     if isinstance(weights, (list, tuple)):
         if not weights:  # a method that needs no weights (-m optimize)
             return None

@@ -10,6 +10,7 @@ import time
 
 from ..batch.pairs import ALIASES, COLUMNS
 from ..errors import OptionError
+from ..registration.methods import DEFAULT_METHOD, METHOD_NAMES
 from .register import add_conv_argument, add_steps_and_extent_arguments
 
 _DESCRIPTION = """\
@@ -95,9 +96,9 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-m",
         "--model",
-        default="joint",
-        help="method for rows without a method column: joint (default, as "
-        "ilex register), deform, affine, rigid, optimize",
+        default=DEFAULT_METHOD,
+        help=f"method for rows without a method column: {', '.join(METHOD_NAMES)} (default {DEFAULT_METHOD}, "
+        "as ilex register), or a Method subclass of your own by its import path (package.module:Class)",
     )
     p.add_argument(
         "-r",
@@ -177,12 +178,12 @@ def run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
     pairs = read_pairs(args.pairs)
-    from ..batch.settings import _takes_optimiser_options
+    from ..batch.settings import rows_set_optimiser_options
 
     if (
         (args.similarity or args.levels or args.iterations)
-        and not _takes_optimiser_options(model)
-        and not any(_takes_optimiser_options(p.method) for p in pairs)
+        and not rows_set_optimiser_options(model)
+        and not any(rows_set_optimiser_options(p.method) for p in pairs)
     ):
         raise OptionError(
             "--similarity, --levels and --iterations set the optimiser: use them with -m optimize "

@@ -49,6 +49,7 @@ Examples:
 """
 
 from ..bundle.weights import default_weights, load_networks, peek_width, weights_for  # noqa: F401
+from ..registration.methods import DEFAULT_METHOD
 from ..registration.methods import METHOD_NAMES as MODELS
 
 
@@ -65,9 +66,10 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-m",
         "--model",
-        default="joint",
+        default=DEFAULT_METHOD,
         metavar="MODEL",
-        help=f"registration model: {', '.join(MODELS)} (default joint); unambiguous abbreviations work",
+        help=f"registration model: {', '.join(MODELS)} (default {DEFAULT_METHOD}); unambiguous abbreviations "
+        "work, and a Method subclass of your own by its import path (package.module:Class)",
     )
     p.add_argument("-o", "--out-moving", metavar="FILE", help="moving image resampled onto the fixed grid")
     p.add_argument("-O", "--out-fixed", metavar="FILE", help="fixed image resampled onto the moving grid")
@@ -200,10 +202,14 @@ def resolve_model(name: str) -> str:
         raise OptionError(f"-m {name}: {e}") from None
 
 
-def weights_option(model: str, given: list[str] | None) -> list[str]:
-    """`weights_for` with its complaint in the command line's words (`-w: -m joint takes ...`)."""
+def weights_option(model: str, given: list[str] | None, files: tuple[str, ...] | None = None) -> list[str]:
+    """The weight files -m `model` loads (`files`, default its `weight_files`): -w checked
+    against them, or their defaults; complaints in the command line's words (`-w: -m joint takes ...`)."""
+    from ..bundle.weights import weight_paths
+    from ..registration.methods import method_class
+
     try:
-        return weights_for(model, given)
+        return weight_paths(model, method_class(model).weight_files if files is None else files, given)
     except OptionError as e:
         raise OptionError(f"-w: -m {e}") from None
 
@@ -277,9 +283,9 @@ def _outputs(args) -> dict:
     }
 
 
-def check_outputs(args, model: str = "deform") -> None:
+def check_outputs(args, model) -> None:
     """Refuse, before any work, outputs that clash with the inputs or each other, that cannot be
-    written, or that -m `model` cannot produce."""
+    written, or that -m `model` (a name, or the `Method` class that answers) cannot produce."""
     from ..registration.outputs import check_outputs as check
     from ..registration.outputs import check_transform_outputs
 
@@ -298,7 +304,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mid_space and not args.init:
         raise OptionError("-M splits the initial affine between the images: it needs -i")
     weights = weights_option(model, args.weights)
-    check_outputs(args, "refine" if args.refine else model)  # a refined result is a warp
+    from ..registration.methods import RefineMethod
+
+    check_outputs(args, RefineMethod if args.refine else model)  # a refined result is a warp
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache
 
@@ -308,8 +316,8 @@ def run(args: argparse.Namespace) -> int:
     from ..progress import Stages
     from ..qc import quality_report
     from ..registration.affine_init import read_initial_affine
-    from ..registration.memory import check_memory, runs_detector
-    from ..registration.methods import centres_on_fixed
+    from ..registration.memory import check_memory
+    from ..registration.methods import method_class
     from ..registration.network_space import network_space
     from ..registration.outputs import write_outputs
     from ..registration.overlap import check_overlap
@@ -329,12 +337,13 @@ def run(args: argparse.Namespace) -> int:
         )
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB. Where
         # the method centres each image on itself, the pair starts from the centres laid on each other.
-        centred = not centres_on_fixed(model)
+        facts = method_class(model)
+        centred = not facts.centre_on_fixed
         space = network_space(moving, fixed, args.extent, init, centre_on_fixed=not centred)
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=centred and init is None)
         if weights and not args.gpu and not args.no_memory_check:
-            check_memory(args.extent, max(peek_width(w) for w in weights), detector=runs_detector(model))
-        networks = load_networks(model, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
+            check_memory(args.extent, max(peek_width(w) for w in weights), detector=facts.runs_detector)
+        networks = load_networks(facts, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
         method = _method(args, model, networks)
     result = register(
         moving,
@@ -361,9 +370,7 @@ def run(args: argparse.Namespace) -> int:
             header_only=args.header_only,
         )
     if not args.quiet:
-        from ..registration.methods import method_info
-
-        deformable = not method_info(model).yields_matrix or args.refine
+        deformable = not facts.yields_matrix or args.refine
         what = f"λ={args.hyper:g}, " if deformable else ""
         steps = f", {args.steps} steps" if deformable else ""
         print(stages.summary(f"{report.summary()}; -m {model}, {what}extent {args.extent}{steps}"))
@@ -372,15 +379,15 @@ def run(args: argparse.Namespace) -> int:
 
 def check_optimiser_options(args, model: str) -> None:
     """-m optimize, --refine and the optimiser's options fit together (checked before any work)."""
-    from ..registration.methods import method_info
+    from ..registration.methods import method_class
 
-    info = method_info(model)
+    info = method_class(model)
     optimiser_options = args.levels or args.iterations or args.similarity != "auto"
-    if optimiser_options and not (info.optimiser or args.refine):
+    if optimiser_options and not (info.takes_optimiser_options or args.refine):
         raise OptionError(
             "--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine"
         )
-    if args.refine and info.optimiser:
+    if args.refine and info.takes_optimiser_options:
         raise OptionError(f"--refine refines a SynthMorph model's result; -m {model} already optimises")
     if args.refine and not info.refinable:
         raise OptionError(
@@ -391,22 +398,15 @@ def check_optimiser_options(args, model: str) -> None:
 
 def _method(args, model: str, networks):
     """The registration method -m, --refine and the optimiser's options ask for."""
-    from ..registration.methods import method_info
+    from ..registration.methods import method_class
 
-    if not (method_info(model).optimiser or args.refine):
+    if not (method_class(model).takes_optimiser_options or args.refine):
         return model
-    from ..registration.methods import as_method
-    from ..registration.methods.optimize import method_from_options
+    from ..registration.methods import RefineMethod, as_method
 
-    first = None
+    options = {"similarity": args.similarity, "progress": not args.quiet}
+    options.update({k: tuple(v) for k, v in (("levels", args.levels), ("iterations", args.iterations)) if v})
     if args.refine:
         first = as_method(networks, model, hyper=args.hyper, algorithm=None if args.conv == "auto" else args.conv)
-    return method_from_options(
-        hyper=args.hyper,
-        steps=args.steps,
-        similarity=args.similarity,
-        refine=first,
-        quiet=args.quiet,
-        levels=args.levels,
-        iterations=args.iterations,
-    )
+        return RefineMethod(first=first, hyper=args.hyper, steps=args.steps, **options)
+    return as_method(networks, model, hyper=args.hyper, steps=args.steps, **options)

@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..errors import OptionError
+from ..registration.methods import DEFAULT_METHOD
 from .batch import add_dask_arguments
 from .register import add_conv_argument, add_steps_and_extent_arguments
 
@@ -52,9 +53,10 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-m",
         "--model",
-        default="joint",
-        help="method: joint (default, as ilex register), deform (with an "
-        "affine stage each round: takes joint's two weight files), optimize (no weights)",
+        default=DEFAULT_METHOD,
+        help="a method that gives a warp: joint (default, as ilex register), deform (with an "
+        "affine stage each round: takes joint's two weight files), optimize (no weights), or a Method "
+        "subclass of your own by its import path (package.module:Class)",
     )
     p.add_argument(
         "-w",
@@ -105,14 +107,14 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError("--scheduler and --local-workers: give one or the other")
     if args.local_workers is not None and args.local_workers < 1:
         raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
-    from ..registration.methods import method_info, needs_prior_affine
+    from ..registration.methods import method_class, unaligned_weight_files
     from .register import configure_devices, resolve_model, settings_from_args, weights_option
 
     model = resolve_model(args.model)
-    if method_info(model).yields_matrix:
+    if method_class(model).yields_matrix:
         raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
-    # a method that needs prior alignment runs SynthMorph's affine first: joint's two files
-    weights = weights_option("joint" if needs_prior_affine(model) else model, args.weights)
+    # A method that assumes prior alignment runs its prior affine method first, and takes its files too.
+    weights = weights_option(model, args.weights, unaligned_weight_files(model))
     configure_devices(args.threads, False)
     from .._cache import enable_compilation_cache
 

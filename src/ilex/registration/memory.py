@@ -32,12 +32,12 @@ _DETECTOR_EXTRA_BYTES = 0.5e9
 
 
 def runs_detector(method) -> bool:
-    """Whether `method` (a name or an abbreviation of one, as `-m` takes it, or a Method object)
+    """Whether `method` (a name or an abbreviation of one, as `-m` takes it, or a `Method`)
     runs the affine detector."""
-    from .methods import method_info
+    from .methods import method_facts
 
     try:
-        return method_info(method).runs_detector
+        return method_facts(method).runs_detector
     except ValueError:  # not a method at all: nothing runs
         return False
 

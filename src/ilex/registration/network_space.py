@@ -69,7 +69,7 @@ def network_space(
 ) -> NetworkSpace:
     """Both images' network spaces (docs/mri_synthmorph.md, *Network space*).
 
-    `grid` is the method's working grid (`working_grid.grid_for`); by default SynthMorph's 1 mm
+    `grid` is the method's working grid (`Method.working_grid`); by default SynthMorph's 1 mm
     LIA cube of side `extent`.
 
     With `centre_on_fixed` (`-m deform`, which assumes prior affine alignment) both cubes are

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._atomic import _check_parent, output_batch
+from .._atomic import check_parent, output_batch
 from ..errors import OptionError
 from ..image.io import IMAGE_SUFFIXES
 
@@ -99,7 +99,7 @@ def check_creatable(option: str, directory: str) -> None:
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise OptionError(f"{option} {directory}: exists and is not a directory")
     if os.path.isdir(directory):
-        _check_parent(os.path.join(directory, "x"))
+        check_parent(os.path.join(directory, "x"))
         return
     ancestor = os.path.abspath(directory)
     while not os.path.exists(ancestor):
@@ -110,15 +110,17 @@ def check_creatable(option: str, directory: str) -> None:
 
 def check_transform_outputs(
     outputs: Mapping[str, str | os.PathLike | None],
-    method: str,
+    method,
     header_only: bool = False,
     warp_format: str = "freesurfer",
 ) -> None:
-    """Refuse transform names and `-H` that `method` cannot produce (a warp method has no matrix)."""
+    """Refuse transform names and `-H` that `method` (a name as `-m` takes it, or a `Method`)
+    cannot produce (a warp method has no matrix)."""
     from ..image.matrix_io import matrix_format
-    from .methods import method_info
+    from .methods import method_facts
 
-    is_matrix = method_info(method).yields_matrix
+    facts = method_facts(method)
+    is_matrix, method = facts.yields_matrix, facts.name
     if header_only and not is_matrix:
         raise OptionError(
             f"header-only output is for the affine and rigid methods, not {method}", argument="header_only"

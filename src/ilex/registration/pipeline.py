@@ -37,7 +37,7 @@ from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0
 from .network_space import NetworkSpace, network_space, to_network
 from .overlap import check_overlap
 from .settings import Settings, check_options  # noqa: F401  (check_options: public since 0.1)
-from .working_grid import antialiasing, grid_for
+from .working_grid import antialiasing
 
 
 @dataclass
@@ -176,9 +176,6 @@ def resample(data, disp_vox, method, fill):
     return sample_image(data, voxel_grid(disp_vox.shape[:3]) + disp_vox, method, fill)
 
 
-_resample = resample  # the name bench/similarity_trials.py and bench/optimize_vs_ants.py still import
-
-
 def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scale: int, identity_pre: bool, shape=None):
     """Forward and backward displacements on the full network grid, from a coarse velocity.
 
@@ -303,14 +300,13 @@ def register(
         **options,
     )
     method = settings.method_for(model)
-    steps = getattr(method, "steps", None) or settings.effective_steps  # the method's own, when it has one
+    steps = method.steps or settings.effective_steps  # the method's own, when it has one
     extent, clip_percentile = settings.extent, settings.clip_percentile
     stages = stages or Stages()
     moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
     fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
-    grid = grid_for(method, moving, fixed, extent)
-    # A method that chooses its own grid gets it back with the images (its voxel size in mm).
-    own = {"grid": grid} if hasattr(method, "working_grid") else {}
+    # The method gets its grid back with the images (its voxel size in mm).
+    grid = method.working_grid(moving, fixed, extent)
     with stages("resample", f"to the {'x'.join(map(str, grid.fixed_shape))} grid of {grid.voxel_size:.3g} mm"):
         try:
             space = network_space(
@@ -335,8 +331,8 @@ def register(
         )
         fix_net = to_network(fixed, space.net_to_fix, space.shape, clip_percentile, antialiasing(grid, fixed.affine))
         _check_contrast(moving, fixed, mov_net, fix_net)
-    with stages("network", method.describe(extent, steps, **own) if hasattr(method, "describe") else method.name):
-        transform = method.estimate(mov_net, fix_net, **own)
+    with stages("network", method.describe(extent, steps, grid)):
+        transform = method.estimate(mov_net, fix_net, grid)
         if transform.velocity is not None:
             fw, bw = network_fields(transform, steps, space.shape)
             fw.block_until_ready()

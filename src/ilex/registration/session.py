@@ -32,7 +32,7 @@ import numpy as np
 from ..bundle.weights import load_weights
 from ..errors import OptionError
 from ..image.io import Image, from_nibabel, load_image
-from .methods import method_info
+from .methods import method_facts
 from .methods.base import check_hyper
 from .pipeline import Registration, register
 from .settings import DEFAULT_HYPER, Settings, option_items
@@ -139,7 +139,7 @@ class Registrar:
             raise self._failed[key]
         with self._lock:
             if key not in self._methods:
-                if self.model is None and (method is None or method_info(method).weight_files):  # needs a model
+                if self.model is None and (method is None or method_facts(method).weight_files):  # needs a model
                     ready = ", ".join(f"{m or 'default'} at λ={h:g}" for m, h, _ in self._methods) or "none"
                     raise OptionError(
                         f"no model loaded for method {method or 'default'} at this λ (prepared: {ready})",
@@ -188,17 +188,20 @@ class Registrar:
 
     def network_width(self) -> int:
         """The widest layer (channels) of the prepared U-Nets and the loaded model; 256 if unknown."""
-        nets = [m.unet for m in self._methods.values() if hasattr(m, "unet")] + [self.model]
-        widths = [max(n.enc_nf + n.dec_nf + n.add_nf) for n in nets if hasattr(n, "enc_nf")]
+        from ..models.synthmorph_deform import SynthMorphDeform, SynthMorphUNet
+
+        nets = [n for m in self._methods.values() for n in m.networks()] + [self.model]
+        unets = [n for n in nets if isinstance(n, (SynthMorphUNet, SynthMorphDeform))]  # the detector peaks lower
+        widths = [max(n.enc_nf + n.dec_nf + n.add_nf) for n in unets]
         return max(widths, default=256)
 
     def memory_estimate(self) -> float:
         """Estimated peak resident memory (bytes) of one registration on CPU with any prepared
         method, the affine detector's peak included where one runs it
         (`ilex.registration.memory.estimate_peak_bytes`)."""
-        from .memory import estimate_peak_bytes, runs_detector
+        from .memory import estimate_peak_bytes
 
-        detector = any(runs_detector(m.name) for m in self._methods.values())
+        detector = any(m.runs_detector for m in self._methods.values())
         return estimate_peak_bytes(self.settings.extent, self.network_width(), detector=detector)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import OptionError
-from .methods.base import check_hyper, check_steps
+from .methods.base import Method, check_hyper, check_steps
 
 DEFAULT_HYPER = 0.5  # mri_synthmorph's -r
 DEFAULT_STEPS = 7  # mri_synthmorph's -n
@@ -118,11 +118,7 @@ class Settings:
         """The λ a registration runs with: this one, else the Method object's own, else 0.5."""
         if self.hyper is not None:
             return self.hyper
-        own = None
-        if self.method is not None and not isinstance(self.method, str):
-            from .methods import method_hyper
-
-            own = method_hyper(self.method)
+        own = self.method.hyper if isinstance(self.method, Method) else None
         return DEFAULT_HYPER if own is None else float(own)
 
     @property
@@ -130,7 +126,7 @@ class Settings:
         """The integration steps a registration runs with: these, the Method object's own, or 7."""
         if self.steps is not None:
             return self.steps
-        own = None if isinstance(self.method, str) else getattr(self.method, "steps", None)
+        own = self.method.steps if isinstance(self.method, Method) else None
         return DEFAULT_STEPS if own is None else int(own)
 
     def method_for(self, model, method=None, hyper: float | None = None, **options):
@@ -151,5 +147,5 @@ class Settings:
     def with_method(self, method) -> Settings:
         """These settings for a ready `Method` object: its own λ, options and (where it has them)
         integration steps replace ours."""
-        steps = None if getattr(method, "steps", None) is not None else self.steps
+        steps = None if method.steps is not None else self.steps
         return dataclasses.replace(self, method=method, hyper=None, steps=steps, options=())

@@ -4,7 +4,7 @@ SynthMorph's networks were trained on one grid, a 1 mm LIA cube of side E (`cube
 The optimiser has no such constraint and works at the fixed image's own resolution (`image_grid`):
 an isotropic grid along the fixed image's axes that covers the fixed field of view, and a grid of the
 same voxel size and axes around the moving image. A method says which grid it wants through its
-`working_grid(moving, fixed, extent)` (`methods.base.Method`); `grid_for` asks it, or gives the cube.
+`working_grid(moving, fixed, extent)` (`methods.base.Method`; the base class gives the cube).
 """
 
 from __future__ import annotations
@@ -105,9 +105,3 @@ def antialiasing(grid: WorkingGrid, affine: np.ndarray) -> np.ndarray | None:
     factor = grid.voxel_size / np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
     sigma = np.sqrt(np.maximum(factor**2 - 1.0, 0.0) / 6.0)
     return sigma if (sigma > 0.05).any() else None
-
-
-def grid_for(method, moving: Image, fixed: Image, extent: int) -> WorkingGrid:
-    """The grid `method` works on: its `working_grid(moving, fixed, extent)`, else SynthMorph's cube."""
-    choose = getattr(method, "working_grid", None)
-    return cube_grid(extent) if choose is None else choose(moving, fixed, extent)

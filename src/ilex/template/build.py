@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable
 
 from ..errors import IlexError, OptionError
+from ..registration.methods import DEFAULT_METHOD
 from .inputs import as_inputs, check_inputs
 from .result import TemplateResult, template_result
 from .rounds import Rounds
@@ -54,7 +55,7 @@ def build_template(
     images,
     outdir: str | os.PathLike | None = None,
     *,
-    method: str = "joint",
+    method: str = DEFAULT_METHOD,
     weights=None,
     hyper: float = 0.5,
     steps: int = 7,
@@ -88,20 +89,20 @@ def build_template(
     work (fewer than 2 images; a missing, 4-D, 2-D, NaN or constant image), and `IlexError` when a
     round has fewer than 2 images registered.
     """
-    from ..bundle.weights import weights_for
-    from ..registration.methods import method_info, needs_prior_affine, resolve_method_name
+    from ..bundle.weights import weight_paths
+    from ..registration.methods import method_class, resolve_method_name, unaligned_weight_files
 
     try:
         method = resolve_method_name(method)
     except ValueError as e:
         raise OptionError(str(e), argument="method", value=method) from None
-    if method_info(method).yields_matrix:
+    if method_class(method).yields_matrix:
         raise OptionError(
             "a template needs a method that gives a warp: joint, deform or optimize", argument="method", value=method
         )
     if weights is None:
-        # a method that needs prior alignment runs the affine detector first: it takes joint's two files
-        weights = weights_for("joint" if needs_prior_affine(method) else method, None)
+        # A method that assumes prior alignment runs its prior affine method first: its files too.
+        weights = weight_paths(method, unaligned_weight_files(method), None)
     weights = tuple(weights) if isinstance(weights, (list, tuple)) else weights
     if isinstance(weights, tuple) and len(weights) == 1:
         weights = weights[0]

@@ -202,7 +202,7 @@ class Rounds:
             os.makedirs(os.path.join(directory, kind), exist_ok=True)
         inits = {item.id: item.init for item in self.inputs}
         records_before = []
-        if self._needs_affine_stage():
+        if self.settings.prior_affine:
             os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
             stage = [
                 Pair(
@@ -215,7 +215,7 @@ class Rounds:
                 )
                 for j, item in enumerate(self.inputs)
             ]
-            records_before = self.run(stage, "affine", "affine")
+            records_before = self.run(stage, self.settings.prior_affine, "affine")
             inits = {r.pair: (r.outputs["trans"] if r.status != "failed" else None) for r in records_before}
         pairs = []
         for j, item in enumerate(self.inputs):
@@ -274,11 +274,6 @@ class Rounds:
         row["reduce_seconds"] = time.perf_counter() - reducing
         self.folder.commit(state, k, row)
         self.announce(row, rounds)
-
-    def _needs_affine_stage(self) -> bool:
-        from ..registration.methods import needs_prior_affine
-
-        return needs_prior_affine(self.settings.method)
 
 
 def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:

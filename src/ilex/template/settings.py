@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 from ..batch.settings import BatchSettings
 from ..errors import OptionError
-from ..registration.methods import OptimizeAffineMethod
+from ..registration.methods import DEFAULT_METHOD, OptimizeAffineMethod, SynthMorphAffineMethod
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class TemplateSettings(BatchSettings):
     update's step (1: the whole inverse of the mean transform); `sharpen` applies Laplacian
     sharpening to each new template; `warp_format` is that of the final per-image warps."""
 
-    method: str = "joint"
+    method: str = DEFAULT_METHOD
     step: float = 1.0
     sharpen: bool = False
 
@@ -26,12 +26,14 @@ class TemplateSettings(BatchSettings):
             raise OptionError("the shape update's step must lie in (0, 1]", argument="step", value=self.step)
         if self.warp_format not in ("freesurfer", "itk"):
             raise OptionError("choose freesurfer or itk", argument="warp_format", value=self.warp_format)
-        from ..registration.methods import needs_prior_affine
+        from ..registration.methods import method_class, unaligned_weight_files
 
-        if needs_prior_affine(self.method) and not (isinstance(self.weights, tuple) and len(self.weights) == 2):
+        facts = method_class(self.method)
+        files = unaligned_weight_files(facts)
+        if facts.prior_affine and not (isinstance(self.weights, tuple) and len(self.weights) == len(files)):
             raise OptionError(
-                f"-m {self.method}: each round starts with an affine stage, which needs SynthMorph's affine "
-                "weights too: give -w AFFINE -w DEFORM (as for joint)"
+                f"-m {self.method}: each round starts with an affine stage (-m {facts.prior_affine}), which "
+                f"needs its weights too: give -w {' -w '.join(files)}"
             )
 
     def batch(self, method=None) -> BatchSettings:
@@ -42,10 +44,18 @@ class TemplateSettings(BatchSettings):
         )
 
     def affine_method(self):
-        """The method of the affine stage: the weights' affine detector when they have one, else the
-        optimiser's affine stage alone; None when neither is available. Both answer with a matrix."""
+        """The method of round 0's affine stage: the weights' affine detector when they have one
+        (an (affine, deformable) pair), else the optimiser's affine stage alone; None when
+        neither is available. Both answer with a matrix."""
         if self.weights == ():
             return OptimizeAffineMethod(hyper=self.effective_hyper)
         if isinstance(self.weights, tuple) and len(self.weights) == 2:
-            return "affine"
+            return SynthMorphAffineMethod.name
         return None
+
+    @property
+    def prior_affine(self) -> str | None:
+        """The method each round's affine stage runs before `method` (`Method.prior_affine`), or None."""
+        from ..registration.methods import method_class
+
+        return method_class(self.method).prior_affine

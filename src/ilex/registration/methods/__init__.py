@@ -9,12 +9,14 @@
 | optimize | `optimize.py`   | an affine and a 4 mm velocity, optimised (no weights)                 |
 | (optimize-affine) | `optimize.py` | a matrix: the optimiser's affine stage (`ilex template`)     |
 | (refine) | `optimize.py`   | a model's velocity, optimised further (`--refine`)                    |
+
+Each is a `Method` subclass that declares what it is (`base.Method`); names serve only to find the
+class `-m` asks for (`method_class`), which may also be a user's own, by import path.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
+import importlib
 
 from ...errors import OptionError
 from .base import Method as Method
@@ -25,130 +27,88 @@ from .optimize import RefineMethod as RefineMethod
 from .synthmorph import SynthMorphAffineMethod as SynthMorphAffineMethod
 from .synthmorph import SynthMorphDeformMethod as SynthMorphDeformMethod
 from .synthmorph import SynthMorphJointMethod as SynthMorphJointMethod
+from .synthmorph import SynthMorphRigidMethod as SynthMorphRigidMethod
 
-SYNTHMORPH_METHODS = ("joint", "deform", "affine", "rigid")
-METHOD_NAMES = (*SYNTHMORPH_METHODS, "optimize")
+# What `-m` chooses from, in mri_synthmorph's order, then ilex's own.
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls
+    for cls in (SynthMorphJointMethod, SynthMorphDeformMethod, SynthMorphAffineMethod, SynthMorphRigidMethod)
+}
+METHODS[OptimizeMethod.name] = OptimizeMethod
+METHOD_NAMES = tuple(METHODS)
+DEFAULT_METHOD = SynthMorphJointMethod.name  # mri_synthmorph's default
+# Reached by --refine and by `ilex template`'s first round, not by -m.
+_INTERNAL = {"refine": RefineMethod, OptimizeAffineMethod.name: OptimizeAffineMethod}
+
+
+def _is_import_path(name: str) -> bool:
+    return ":" in name or "." in name
 
 
 def resolve_method_name(name: str) -> str:
     """The method that `name`, or an unambiguous start of one, names (`def` -> deform), as
-    mri_synthmorph resolves `-m`. Raises `ValueError` saying what is wrong."""
-    if name in METHOD_NAMES:
+    mri_synthmorph resolves `-m`; an import path (`package.module:Class`) is kept as it is once
+    it names a `Method` subclass. Raises `ValueError` saying what is wrong."""
+    if name in METHOD_NAMES or name in _INTERNAL:
+        return name
+    if _is_import_path(name):
+        method_class(name)
         return name
     matches = [m for m in METHOD_NAMES if name and m.startswith(name)]
     if len(matches) != 1:
-        raise ValueError(f"{'ambiguous' if matches else 'unknown'} model; choose one of {', '.join(METHOD_NAMES)}")
+        raise ValueError(
+            f"{'ambiguous' if matches else 'unknown'} model; choose one of {', '.join(METHOD_NAMES)}, "
+            "or give a Method subclass by its import path (package.module:Class)"
+        )
     return matches[0]
 
 
-@dataclass(frozen=True)
-class MethodInfo:
-    """What a method is, known before it runs or any weights load.
-
-    The output writer (which transform files it can write), the memory estimate (the detector's
-    peak), the registrar (whether it needs a model), the batch and the CLI (which options apply)
-    read these instead of testing a method's name.
-    """
-
-    name: str
-    yields_matrix: bool  # a matrix only (LTA, ITK text, -H); else a warp
-    weight_files: tuple[str, ...]  # FreeSurfer's files it loads, in -w order; () for none
-    runs_detector: bool  # runs SynthMorph's affine feature detector (its memory peak)
-    optimiser: bool  # takes the optimiser's options (similarity, levels, iterations)
-    refinable: bool  # the optimiser can start from its answer (--refine)
-    centre_on_fixed: bool  # both network cubes centred on the fixed image (assumes prior alignment)
-    summary: str
+def method_class(name: str) -> type[Method]:
+    """The `Method` subclass `name` names: one of `METHOD_NAMES` or an unambiguous start of one,
+    "refine" (--refine), "optimize-affine", or an import path `package.module:Class` (or
+    `package.module.Class`) of a user's own. Raises `ValueError` saying what is wrong."""
+    if not _is_import_path(name):
+        name = resolve_method_name(name)
+        return METHODS[name] if name in METHODS else _INTERNAL[name]
+    module, _, attribute = name.partition(":") if ":" in name else name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import the method {name!r} ({type(e).__name__}: {e})") from None
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"{name!r} is not a subclass of ilex.Method")  # noqa: TRY004  a bad -m value, as above
+    return cls
 
 
-@functools.cache
-def _infos() -> dict[str, MethodInfo]:
-    from ...bundle.weights import WEIGHT_FILES
-
-    rows = [  # name, matrix, detector, optimiser, refinable, class (for its cube centring), summary
-        (
-            "joint",
-            False,
-            True,
-            False,
-            False,
-            SynthMorphJointMethod,
-            "SynthMorph's affine, then its deformable model in the affine mid-space",
-        ),
-        (
-            "deform",
-            False,
-            False,
-            False,
-            True,
-            SynthMorphDeformMethod,
-            "SynthMorph's deformable model (images already affinely aligned)",
-        ),
-        ("affine", True, True, False, True, SynthMorphAffineMethod, "SynthMorph's affine feature detector"),
-        ("rigid", True, True, False, True, SynthMorphAffineMethod, "SynthMorph's rigid feature detector"),
-        (
-            "optimize",
-            False,
-            False,
-            True,
-            False,
-            OptimizeMethod,
-            "an affine and a diffeomorphic warp optimised directly (no weights)",
-        ),
-    ]
-    out = {
-        name: MethodInfo(name, matrix, WEIGHT_FILES[name], detector, optimiser, refinable, cls.centre_on_fixed, summary)
-        for name, matrix, detector, optimiser, refinable, cls, summary in rows
-    }
-    # --refine: the optimiser started from a model's answer; always a warp.
-    out["refine"] = MethodInfo("refine", False, (), False, True, False, False, "a model's answer optimised further")
-    # The optimiser's affine stage alone (ilex template's first round without weights); a matrix.
-    out["optimize-affine"] = MethodInfo(
-        "optimize-affine", True, (), False, False, False, False, "an affine optimised directly (no weights)"
-    )
-    return out
+def method_facts(method) -> Method | type[Method]:
+    """What to read a method's facts from (`yields_matrix`, `weight_files`, ...): a `Method`
+    object itself, a subclass itself, or the class a name resolves to (`method_class`).
+    Raises `ValueError` for a name that resolves to none, `TypeError` for anything else."""
+    if isinstance(method, Method) or (isinstance(method, type) and issubclass(method, Method)):
+        return method
+    if isinstance(method, str):
+        return method_class(method)
+    raise TypeError(f"not a method name or Method: {type(method).__name__}")
 
 
-def method_info(name) -> MethodInfo:
-    """The `MethodInfo` of the method `name` names (abbreviations as `-m` takes them; "refine" for
-    --refine), or of a `Method` object's `name`. Raises `ValueError` for an unknown or ambiguous name."""
-    if not isinstance(name, str):
-        name = getattr(name, "name", None)
-        if not isinstance(name, str):
-            raise TypeError(f"not a method name or Method object: {type(name).__name__}")
-    infos = _infos()
-    return infos[name] if name in infos else infos[resolve_method_name(name)]
+def default_method_name(weights) -> str:
+    """The method weights run when no method is named, known from what names them before they
+    load (`ilex batch`'s `-w`): None (the defaults) or several files, `DEFAULT_METHOD`; one
+    file, SynthMorph's deformable model (a detector alone is named with -m affine or rigid);
+    none, the optimiser."""
+    if weights is None or (isinstance(weights, (tuple, list)) and len(weights) > 1):
+        return DEFAULT_METHOD
+    if isinstance(weights, (tuple, list)) and not weights:
+        return OptimizeMethod.name
+    return SynthMorphDeformMethod.name
 
 
-def centres_on_fixed(name: str) -> bool:
-    """Whether the method `name` (`--refine` included: it keeps its first method's cubes) centres
-    both network cubes on the fixed image, so that the images must already overlap in world
-    space, rather than each cube on its own image. Known before any model is loaded."""
-    return method_info(name).centre_on_fixed
-
-
-def needs_prior_affine(name: str) -> bool:
-    """Whether the method `name` assumes the images are already affinely aligned (SynthMorph's
-    `deform`, whose network cubes are both centred on the fixed image), so that a caller that has
-    no initial affine must run an affine stage first (`ilex template`)."""
-    return method_info(name).centre_on_fixed
-
-
-def _unet(model, hyper: float, what: str):
-    from ...models.synthmorph_deform import SynthMorphDeform, SynthMorphUNet
-
-    if isinstance(model, SynthMorphDeform):
-        model = model.at_hyper(hyper)
-    if not isinstance(model, SynthMorphUNet):
-        raise TypeError(f"{what} needs a SynthMorph deformable model, got {type(model).__name__}")
-    return model
-
-
-def _detector(model, what: str):
-    from ...models.synthmorph_affine import SynthMorphAffine
-
-    if not isinstance(model, SynthMorphAffine):
-        raise TypeError(f"{what} needs a SynthMorph affine or rigid model, got {type(model).__name__}")
-    return model
+def unaligned_weight_files(method) -> tuple[str, ...]:
+    """The weight files `method` needs for images that are not aligned yet (`ilex template`):
+    those of the method giving its prior affine (`Method.prior_affine`), then its own."""
+    facts = method_facts(method)
+    prior = method_class(facts.prior_affine).weight_files if facts.prior_affine else ()
+    return (*prior, *facts.weight_files)
 
 
 def infer_method_name(model) -> str:
@@ -163,14 +123,6 @@ def infer_method_name(model) -> str:
 
 
 OPTIMISER_OPTIONS = ("similarity", "levels", "iterations", "velocity_scale", "affine", "progress")
-
-
-def method_hyper(method) -> float | None:
-    """The λ a `Method` object was made for (its own, or its U-Net's), None for one without λ."""
-    for owner in (method, getattr(method, "unet", None), getattr(method, "first", None)):
-        if owner is not None and getattr(owner, "hyper", None) is not None:
-            return float(owner.hyper)
-    return None
 
 
 def as_method(
@@ -209,33 +161,16 @@ def as_method(
     if isinstance(method, Method):
         _check_same(method, hyper, steps, options)
         return method
-    hyper = 0.5 if hyper is None else hyper
-    steps = 7 if steps is None else steps
-    if method == "optimize":
-        return OptimizeMethod(hyper=hyper, steps=steps, **options)
-    if method == "refine":
-        return RefineMethod(
-            first=as_method(model, "deform", hyper=hyper, algorithm=algorithm), hyper=hyper, steps=steps, **options
-        )
-    name = method or infer_method_name(model)
-    if options:
-        raise TypeError(
-            f"-m {name} takes no optimiser options ({', '.join(options)}); they are for method='optimize' or 'refine'"
-        )
-    pair = isinstance(model, (tuple, list)) and len(model) == 2
-    if name == "deform":
-        return SynthMorphDeformMethod(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
-    if name in ("affine", "rigid"):
-        return SynthMorphAffineMethod(
-            _detector(model[0] if pair else model, f"-m {name}"), rigid=name == "rigid", algorithm=algorithm
-        )
-    if name == "joint":
-        if not isinstance(model, (tuple, list)) or len(model) != 2:
-            raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")
-        return SynthMorphJointMethod(
-            _detector(model[0], "-m joint (first model)"), _unet(model[1], hyper, "-m joint (second model)"), algorithm
-        )
-    raise ValueError(f"unknown registration method {name!r}; known: {', '.join(SYNTHMORPH_METHODS)}")
+    if method is not None and not isinstance(method, str):
+        raise TypeError(f"method must be a name or an ilex.Method object, got {type(method).__name__}")
+    cls = method_class(method or infer_method_name(model))
+    return cls.create(
+        model,
+        hyper=0.5 if hyper is None else hyper,
+        steps=7 if steps is None else steps,
+        algorithm=algorithm,
+        **options,
+    )
 
 
 def _check_same(method, hyper: float | None, steps: int | None, options: dict) -> None:
@@ -246,12 +181,12 @@ def _check_same(method, hyper: float | None, steps: int | None, options: dict) -
             f"{', '.join(options)}: set {'them' if len(options) > 1 else 'it'} on the {label} itself, or pass "
             "the method by name (method='optimize', similarity=...)"
         )
-    own = method_hyper(method)
+    own = method.hyper
     if hyper is not None and own is not None and float(hyper) != own:
         raise OptionError(
             f"hyper={hyper:g}, but the {label} given was made for λ={own:g}: give λ once, on the "
             "method or with its name (method='optimize', hyper=...)"
         )
-    own_steps = getattr(method, "steps", None)
+    own_steps = method.steps
     if steps is not None and own_steps is not None and steps != own_steps:
         raise OptionError(f"steps={steps}, but the {label} given integrates with steps={own_steps}: give it once")

@@ -11,7 +11,6 @@ output the same way for every method.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import jax
 import numpy as np
@@ -101,24 +100,57 @@ class NetworkTransform:
         return inv_pre, inv_post
 
 
-@runtime_checkable
-class Method(Protocol):
-    """A registration method: anything with these two members plugs into `register`.
+class Method:
+    """A registration method: subclass this, implement `estimate`, and declare what the method is.
 
-    `centre_on_fixed`: whether both network spaces are centred on the fixed image (a method
-    that assumes prior affine alignment, like SynthMorph's `deform`) or each on its own image.
-    `estimate(mov_net, fix_net)` gets both images in network space, (E, E, E) float32 in
-    [0, 1], and returns a `NetworkTransform`. `name` labels the result. A method keeps nothing
-    of one pair (a `Registrar` shares it between threads): what an estimate found besides the
-    map goes in the answer's `details`.
+    `estimate(mov_net, fix_net, grid)` gets both images in network space, float32 in [0, 1], of
+    `grid`'s shapes (SynthMorph's cube: (E, E, E)), and returns a `NetworkTransform`. A method
+    keeps nothing of one pair (a `Registrar` shares it between threads): what an estimate found
+    besides the map goes in the answer's `details`.
 
-    Optionally, `working_grid(moving, fixed, extent)` returns the `WorkingGrid`
-    (`registration.working_grid`) the method works on instead of SynthMorph's cube; such a
-    method then gets it back as `grid=` in `estimate` and `describe`, and its network images
-    have that grid's shapes (the moving one's may differ from the fixed one's).
+    What a method is, the CLI, the batch, the template, the output checks and the memory estimate
+    read from its class attributes below, known before any weights load; so `-m NAME` resolves to
+    a class (`methods.method_class`), and nothing outside `registration/methods/` compares names.
+    A subclass overrides the ones that differ from these defaults (an instance may too, where a
+    fact depends on how it was made, as `RefineMethod`'s centring follows its first method's).
     """
 
-    name: str
-    centre_on_fixed: bool
+    name: str = "method"  # labels the result; `-m` resolves it
+    summary: str = ""  # one line for messages and `--help`
+    yields_matrix: bool = False  # a matrix only (LTA, ITK text, -H); else a warp
+    weight_files: tuple[str, ...] = ()  # FreeSurfer's files it loads, in -w order
+    weight_roles: tuple[str, ...] = ()  # what each file must hold: "detector" or "deformable"
+    runs_detector: bool = False  # runs SynthMorph's affine feature detector (its memory peak)
+    takes_optimiser_options: bool = False  # similarity, levels, iterations, ... apply
+    refinable: bool = False  # the optimiser can start from its answer (--refine)
+    centre_on_fixed: bool = False  # both network grids centred on the fixed image (assumes prior alignment)
+    # Where the affine comes from when the images are not aligned yet (`ilex template`'s first
+    # round): None, the method finds it itself; else the name of the method that gives it first.
+    prior_affine: str | None = None
+    hyper: float | None = None  # the λ it was made for, None for a method without one
+    steps: int | None = None  # its own integration steps, None for the pipeline's
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform: ...
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options) -> Method:
+        """The method `-m NAME` makes: from `model` (the loaded networks, or None), λ, the
+        integration steps, the networks' convolution and the optimiser's `options`. The default
+        makes `cls(**options)`; a method that needs the others overrides it."""
+        return cls(**options)
+
+    def networks(self) -> tuple:
+        """The networks it runs (their widths size the memory estimate)."""
+        return ()
+
+    def working_grid(self, moving, fixed, extent: int):
+        """The `WorkingGrid` (`registration.working_grid`) it works on; by default SynthMorph's
+        1 mm LIA cube of side `extent`."""
+        from ..working_grid import cube_grid
+
+        return cube_grid(extent)
+
+    def describe(self, extent: int, steps: int, grid=None) -> str:
+        """What it does, for the progress line of its stage."""
+        return self.name
+
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
+        raise NotImplementedError(f"{type(self).__name__} must implement estimate(mov_net, fix_net, grid)")

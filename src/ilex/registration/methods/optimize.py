@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from ...optimize.deformable import Level, moved_image, optimise_velocity
 from ...optimize.similarity import SIMILARITIES, same_contrast
 from ...optimize.smoothing import pyramid
 from ...transforms.integrate import voxel_grid
-from ..working_grid import WorkingGrid, grid_for, image_grid
+from ..working_grid import WorkingGrid, image_grid
 from .base import Method, NetworkTransform, check_hyper, check_steps, scale_matrix
 
 SIMILARITY_CHOICES = ("auto", *SIMILARITIES)
@@ -113,7 +114,7 @@ def _check_images(mov_net, fix_net) -> None:
 
 
 @dataclass
-class OptimizeMethod:
+class OptimizeMethod(Method):
     """Affine, then a diffeomorphic stationary velocity, by optimisation (no weights needed).
 
     `hyper` (`-r`, λ in [0, 1]): smoothness, see `regularisation`. `similarity`: "lncc" (local
@@ -140,8 +141,14 @@ class OptimizeMethod:
     velocity_scale: int | None = None
     affine: bool = True
     progress: bool = False
-    name: str = "optimize"
-    centre_on_fixed: bool = False
+    name: ClassVar[str] = "optimize"
+    summary: ClassVar[str] = "an affine and a diffeomorphic warp optimised directly (no weights)"
+    takes_optimiser_options: ClassVar[bool] = True
+
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
+        """The optimiser alone, whatever `model` is (as `-m optimize`)."""
+        return cls(hyper=hyper, steps=steps, **options)
 
     def __post_init__(self):
         self.levels = None if self.levels is None else tuple(self.levels)
@@ -237,7 +244,14 @@ class OptimizeAffineMethod(OptimizeMethod):
     not a warp): what `ilex template`'s first round aligns the images with when there are no
     weights. Of `OptimizeMethod`'s options it takes `hyper` (recorded only) and `progress`."""
 
-    name: str = "optimize-affine"
+    name: ClassVar[str] = "optimize-affine"
+    summary: ClassVar[str] = "an affine optimised directly (no weights)"
+    yields_matrix: ClassVar[bool] = True
+    takes_optimiser_options: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
+        return cls(hyper=hyper, **options)
 
     # The batch keys its prepared methods by (method, λ): a configured method must hash.
     def __hash__(self):
@@ -266,7 +280,19 @@ class RefineMethod(OptimizeMethod):
     first: Method | None = None
     levels: tuple[int, ...] = (2,)
     iterations: tuple[int, ...] = (20,)
+    # Made from `first` (below); the class's own say what any refined answer is before one exists.
     name: str = "refine"
+    centre_on_fixed: bool = False
+    summary: ClassVar[str] = "a model's answer optimised further"
+    refinable: ClassVar[bool] = False
+
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
+        """SynthMorph's deformable model's answer (from `model`), optimised further (`--refine`)."""
+        from . import as_method
+
+        first = as_method(model, "deform", hyper=hyper, algorithm=algorithm)
+        return cls(first=first, hyper=hyper, steps=steps, **options)
 
     def __post_init__(self):
         super().__post_init__()
@@ -275,12 +301,15 @@ class RefineMethod(OptimizeMethod):
         self.centre_on_fixed = self.first.centre_on_fixed
         self.name = f"{self.first.name}+refine"
 
+    def networks(self) -> tuple:
+        return self.first.networks()
+
     def working_grid(self, moving, fixed, extent: int) -> WorkingGrid:
         """`first`'s grid: its answer is read there."""
-        return grid_for(self.first, moving, fixed, extent)
+        return self.first.working_grid(moving, fixed, extent)
 
     def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
-        first = self.first.describe(extent, steps) if hasattr(self.first, "describe") else self.first.name
+        first = self.first.describe(extent, steps, grid)
         size = 1.0 if grid is None else grid.voxel_size
         return f"{first}; refined over {' -> '.join(f'{s * size:.3g} mm' for s in self.levels)}"
 
@@ -288,7 +317,7 @@ class RefineMethod(OptimizeMethod):
         _check_images(mov_net, fix_net)
         size = 1.0 if grid is None else grid.voxel_size
         start = time.perf_counter()
-        first = self.first.estimate(mov_net, fix_net, **({"grid": grid} if hasattr(self.first, "working_grid") else {}))
+        first = self.first.estimate(mov_net, fix_net, grid)
         profile = {self.first.name: {"seconds": time.perf_counter() - start}}
         if first.is_matrix:
             matrix, velocity, velocity_scale = np.asarray(first.matrix, np.float64), None, self.plan(size)[2]
@@ -306,28 +335,3 @@ class RefineMethod(OptimizeMethod):
         return self._deformable(
             pyr_mov, pyr_fix, matrix, velocity, velocity_scale, self.levels, self.iterations, size, profile
         )
-
-
-def method_from_options(
-    *,
-    hyper: float = 0.5,
-    steps: int = 7,
-    similarity: str = "auto",
-    refine: Method | None = None,
-    quiet: bool = False,
-    levels=None,
-    iterations=None,
-) -> OptimizeMethod:
-    """The Method the CLI builds from `-m optimize`/`--refine` and its options.
-
-    `refine` is the first method (e.g. the SynthMorph `deform` method) to refine, or None for
-    `-m optimize` alone. `levels`/`iterations` override the defaults.
-    """
-    kwargs = {"hyper": hyper, "steps": steps, "similarity": similarity, "progress": not quiet}
-    if levels is not None:
-        kwargs["levels"] = tuple(levels)
-    if iterations is not None:
-        kwargs["iterations"] = tuple(iterations)
-    if refine is not None:
-        return RefineMethod(first=refine, **kwargs)
-    return OptimizeMethod(**kwargs)

@@ -7,6 +7,7 @@ Network spaces, matrices and the joint mid-space follow FreeSurfer's `mri_synthm
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from ...models.synthmorph_deform.velocity import half_resolution, symmetric_velo
 from ...transforms.compose import affine_displacement
 from ...transforms.integrate import voxel_grid
 from ...transforms.interpolate import interpolate_clamped
-from .base import NetworkTransform, scale_matrix
+from .base import Method, NetworkTransform, scale_matrix
 
 
 def default_algorithm() -> str:
@@ -46,20 +47,64 @@ def _deform_velocity(unet, mov_net, fix_net, algorithm: str):
     )
 
 
+def _unet(model, hyper: float, what: str):
+    from ...models.synthmorph_deform import SynthMorphDeform, SynthMorphUNet
+
+    if isinstance(model, SynthMorphDeform):
+        model = model.at_hyper(hyper)
+    if not isinstance(model, SynthMorphUNet):
+        raise TypeError(f"{what} needs a SynthMorph deformable model, got {type(model).__name__}")
+    return model
+
+
+def _detector(model, what: str):
+    from ...models.synthmorph_affine import SynthMorphAffine
+
+    if not isinstance(model, SynthMorphAffine):
+        raise TypeError(f"{what} needs a SynthMorph affine or rigid model, got {type(model).__name__}")
+    return model
+
+
+def _no_options(name: str, options: dict) -> None:
+    if options:
+        raise TypeError(
+            f"-m {name} takes no optimiser options ({', '.join(options)}); they are for method='optimize' or 'refine'"
+        )
+
+
 @dataclass(frozen=True)
-class SynthMorphDeformMethod:
+class SynthMorphDeformMethod(Method):
     """`mri_synthmorph -m deform`: both images centred on the fixed one, the U-Net's symmetric
     velocity at half resolution (docs/spec-deform.md §2). `unet` is the U-Net generated for one λ."""
 
     unet: object
     algorithm: str | None = None
-    name: str = "deform"
-    centre_on_fixed: bool = True
+    name: ClassVar[str] = "deform"
+    summary: ClassVar[str] = "SynthMorph's deformable model (images already affinely aligned)"
+    weight_files: ClassVar[tuple[str, ...]] = ("synthmorph.deform.3.h5",)
+    weight_roles: ClassVar[tuple[str, ...]] = ("deformable",)
+    refinable: ClassVar[bool] = True
+    centre_on_fixed: ClassVar[bool] = True
+    prior_affine: ClassVar[str] = "affine"  # SynthMorph's detector, as joint runs it
 
-    def describe(self, extent: int, steps: int) -> str:
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
+        """From a deformable model, or the second of an (affine, deformable) pair."""
+        _no_options(cls.name, options)
+        pair = isinstance(model, (tuple, list)) and len(model) == 2
+        return cls(_unet(model[1] if pair else model, hyper, "-m deform"), algorithm)
+
+    @property
+    def hyper(self) -> float:
+        return self.unet.hyper
+
+    def networks(self) -> tuple:
+        return (self.unet,)
+
+    def describe(self, extent: int, steps: int, grid=None) -> str:
         return f"2 passes at {extent // 2}^3, {steps} squaring steps"
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
         v = _deform_velocity(
             self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net), self.algorithm or default_algorithm()
         )
@@ -67,29 +112,52 @@ class SynthMorphDeformMethod:
 
 
 @dataclass(frozen=True)
-class SynthMorphAffineMethod:
-    """`mri_synthmorph -m affine` / `-m rigid`: each image centred on itself; the detector sees
-    the half-resolution inputs and fits a matrix in full-resolution network coordinates."""
+class SynthMorphAffineMethod(Method):
+    """`mri_synthmorph -m affine`: each image centred on itself; the detector sees the
+    half-resolution inputs and fits a matrix in full-resolution network coordinates."""
 
     model: object
-    rigid: bool = False
-    centre_on_fixed: bool = False
     algorithm: str | None = None
+    rigid: ClassVar[bool] = False
+    name: ClassVar[str] = "affine"
+    summary: ClassVar[str] = "SynthMorph's affine feature detector"
+    yields_matrix: ClassVar[bool] = True
+    weight_files: ClassVar[tuple[str, ...]] = ("synthmorph.affine.2.h5",)
+    weight_roles: ClassVar[tuple[str, ...]] = ("detector",)
+    runs_detector: ClassVar[bool] = True
+    refinable: ClassVar[bool] = True
 
-    @property
-    def name(self) -> str:
-        return "rigid" if self.rigid else "affine"
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
+        """From a detector, or the first of an (affine, deformable) pair."""
+        _no_options(cls.name, options)
+        pair = isinstance(model, (tuple, list)) and len(model) == 2
+        return cls(_detector(model[0] if pair else model, f"-m {cls.name}"), algorithm)
 
-    def describe(self, extent: int, steps: int) -> str:
+    def networks(self) -> tuple:
+        return (self.model,)
+
+    def describe(self, extent: int, steps: int, grid=None) -> str:
         return f"{self.name} feature detector at {extent // 2}^3"
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
         extent = mov_net.shape[0]
         half = [half_resolution(jnp.asarray(x)[..., None]) for x in (mov_net, fix_net)]
         matrix = self.model.fit(
             *half, extent, rigid=self.rigid, algorithm=self.algorithm or default_detector_algorithm()
         )
         return NetworkTransform(matrix=matrix)
+
+
+@dataclass(frozen=True)
+class SynthMorphRigidMethod(SynthMorphAffineMethod):
+    """`mri_synthmorph -m rigid`: the affine method's fit with rotation and translation only,
+    from the rigid model's detector."""
+
+    rigid: ClassVar[bool] = True
+    name: ClassVar[str] = "rigid"
+    summary: ClassVar[str] = "SynthMorph's rigid feature detector"
+    weight_files: ClassVar[tuple[str, ...]] = ("synthmorph.rigid.1.h5",)
 
 
 def matrix_sqrt(m: np.ndarray) -> np.ndarray:
@@ -116,7 +184,7 @@ def _joint_velocity(unet, mov_net, fix_net, to_mov, to_fix, algorithm: str):
 
 
 @dataclass(frozen=True)
-class SynthMorphJointMethod:
+class SynthMorphJointMethod(Method):
     """`mri_synthmorph -m joint` (its default): affine, then deformable in the affine mid-space.
 
     The detector runs on the half-resolution inputs as if they were the whole images (so its
@@ -128,10 +196,30 @@ class SynthMorphJointMethod:
     affine: object
     unet: object
     algorithm: str | None = None
-    name: str = "joint"
-    centre_on_fixed: bool = False
+    name: ClassVar[str] = "joint"
+    summary: ClassVar[str] = "SynthMorph's affine, then its deformable model in the affine mid-space"
+    weight_files: ClassVar[tuple[str, ...]] = ("synthmorph.affine.2.h5", "synthmorph.deform.3.h5")
+    weight_roles: ClassVar[tuple[str, ...]] = ("detector", "deformable")
+    runs_detector: ClassVar[bool] = True
 
-    def describe(self, extent: int, steps: int) -> str:
+    @classmethod
+    def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
+        """From an (affine detector, deformable model) pair."""
+        _no_options(cls.name, options)
+        if not isinstance(model, (tuple, list)) or len(model) != 2:
+            raise TypeError("-m joint needs a pair of models: (affine detector, deformable model)")
+        return cls(
+            _detector(model[0], "-m joint (first model)"), _unet(model[1], hyper, "-m joint (second model)"), algorithm
+        )
+
+    @property
+    def hyper(self) -> float:
+        return self.unet.hyper
+
+    def networks(self) -> tuple:
+        return (self.affine, self.unet)
+
+    def describe(self, extent: int, steps: int, grid=None) -> str:
         return f"affine, then 2 passes at {extent // 2}^3 in mid-space, {steps} squaring steps"
 
     def mid_space(self, mov_net: jax.Array, fix_net: jax.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +233,7 @@ class SynthMorphJointMethod:
         to_fix = un_cen @ matrix_sqrt(np.linalg.inv(centred)) @ cen
         return to_mov, to_fix
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array) -> NetworkTransform:
+    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
         to_mov, to_fix = self.mid_space(mov_net, fix_net)
         s = scale_matrix(2)
         v, _, _ = _joint_velocity(
