@@ -138,8 +138,8 @@ def child_network(bundle: str, extent: int, pairs_json: str, breakdown: bool) ->
     import jax
 
     from ilex.batch import BatchSettings
+    from ilex.batch.local import iter_local
     from ilex.batch.pairs import Pair
-    from ilex.batch.run import iter_local
     from ilex.image.io import load_image
     from ilex.progress import Stages
     from ilex.qc import quality_report

@@ -260,7 +260,7 @@ def test_bad_initial_affine_is_one_line_exit_1(work, capsys, name, text, problem
         (["-m", "affine"], "but affine needs the affine one"),
         (["-m", "fancy"], "-m fancy: unknown model"),
         (["-m", "joint"], "-m joint takes 2 weight files"),
-        (["-H"], "-H: header-only output is for the affine and rigid methods"),
+        (["-H"], "-H: header-only output is for methods that give a matrix (affine, rigid)"),
         (["-T", "inverse.lta"], "-m deform gives a warp, not a matrix"),
         (["-m", "optimize"], "-m optimize needs no weights"),
         (["-m", "joint", "--refine"], "refining -m joint"),

@@ -71,3 +71,31 @@ def test_markdown_header():
     assert "at the start" in text and "at the end" in text
     block.update(dirty=False, dirty_paths=[])
     assert "`0123abc`, clean" in provenance.markdown(block)
+
+
+def test_every_harness_writes_the_block():
+    """Each bench script that runs on its own (`__main__`) collects the block and finishes it
+    before writing: a new harness without it, or one that drops it, fails here. (A check of the
+    source, as running a harness takes minutes to hours.)"""
+    import ast
+
+    bench = os.path.join(ROOT, "bench")
+    harnesses = []
+    for name in sorted(os.listdir(bench)):
+        if not name.endswith(".py") or name == "provenance.py":
+            continue
+        with open(os.path.join(bench, name), encoding="utf-8") as f:
+            source = f.read()
+        if "__main__" not in source:
+            continue  # a module the harnesses import (cases.py, peers.py)
+        harnesses.append(name)
+        calls = {
+            node.func.attr
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "provenance"
+        }
+        assert {"collect", "finish"} <= calls, f"bench/{name} calls provenance.{sorted(calls)} only"
+    assert len(harnesses) >= 7, harnesses

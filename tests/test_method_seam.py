@@ -116,21 +116,58 @@ def test_run_batch_with_a_method_object(heads, tmp_path):
     assert (tmp_path / "w.nii.gz").is_file()
 
 
+def test_configured_methods_key_a_batch():
+    """A batch keys its prepared methods by (method, λ, options), so every Method object must hash:
+    `OptimizeMethod`, a mutable dataclass, did not, and `run_batch` with one failed as a whole."""
+    from ilex.batch.pairs import Pair
+    from ilex.registration.methods import OptimizeMethod, RefineMethod
+
+    assert hash(OptimizeMethod(hyper=0.3)) == hash(OptimizeMethod(hyper=0.3))
+    pairs = [
+        Pair(0, "m.nii.gz", "f.nii.gz", {"trans": "w.nii.gz"}),
+        Pair(1, "m.nii.gz", "f.nii.gz", {"trans": "v.nii.gz"}),
+    ]
+    registrar = BatchSettings(method=OptimizeMethod(hyper=0.3), weights=()).registrar(pairs)
+    assert registrar.memory_estimate() > 0
+    assert isinstance(hash(RefineMethod(first=method_class(MATRIX)())), int)
+
+
+def test_ilex_register_by_import_path(heads, tmp_path, capsys):
+    """`ilex register -m package.module:Class` writes the LTA the API gives, and refuses what the
+    class says it cannot do (a warp from a matrix method is fine, -H from a warp method is not;
+    --refine of a method that is not `refinable`)."""
+    h1, h0 = str(heads / "h1.nii.gz"), str(heads / "h0.nii.gz")
+    assert main(["register", h1, h0, "-m", MATRIX, "-t", str(tmp_path / "cli.lta"), "-e", "32", "-q"]) == 0
+    result = ilex.register(h1, h0, method=method_class(MATRIX)(), extent=32)
+    np.testing.assert_allclose(_lta(tmp_path / "cli.lta"), result.affine, atol=1e-6)
+    assert main(["register", h1, h0, "-m", WARP, "-o", str(tmp_path / "o.nii.gz"), "-H", "-e", "32", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "header-only output is for methods that give a matrix (affine, rigid), not constant-flow" in err
+    assert main(["register", h1, h0, "-m", WARP, "--refine", "-t", str(tmp_path / "w.nii.gz"), "-q"]) == 1
+    assert "--refine: refining -m seam_methods.ConstantFlow (a constant velocity) is not supported" in (
+        capsys.readouterr().err
+    )
+
+
 def test_ilex_batch_by_import_path(heads, tmp_path, capsys):
     """`ilex batch -m package.module:Class`: the warp method writes its warp and refuses an LTA
-    (the method's own `yields_matrix`, read from the class), the other row still runs."""
+    (the method's own `yields_matrix`, read from the class), while a row naming the matrix method
+    by path in its `method` column writes its LTA, the API's matrix."""
     pair = {"moving": str(heads / "h1.nii.gz"), "fixed": str(heads / "h0.nii.gz")}
-    _write_csv(tmp_path / "pairs.csv", [{**pair, "t": "w.nii.gz"}, {**pair, "t": "w.lta"}])
+    rows = [{**pair, "t": "w.nii.gz", "method": ""}, {**pair, "t": "w.lta", "method": ""}]
+    _write_csv(tmp_path / "pairs.csv", [*rows, {**pair, "t": "m.lta", "method": MATRIX}])
     assert main(["batch", str(tmp_path / "pairs.csv"), "-m", WARP, "-e", "32", "-q"]) == 1
     err = capsys.readouterr().err
     assert "-m constant-flow gives a warp, not a matrix" in err and "unknown model" not in err
     assert (tmp_path / "w.nii.gz").is_file() and not (tmp_path / "w.lta").exists()
     with open(tmp_path / "pairs.summary.csv", newline="") as f:
-        assert [row["status"] for row in csv.DictReader(f)] == ["done", "failed"]
+        assert [row["status"] for row in csv.DictReader(f)] == ["done", "failed", "done"]
+    result = ilex.register(pair["moving"], pair["fixed"], method=method_class(MATRIX)(), extent=32)
+    np.testing.assert_allclose(_lta(tmp_path / "m.lta"), result.affine, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_ilex_template_with_a_users_method(heads, tmp_path):
+def test_ilex_template_with_a_users_method(heads, tmp_path, capsys):
     """`ilex template -m package.module:Class`: a warp method with no weights and no prior
     affine (its class says so) builds a template from the optimiser's affine round 0, and every
     image gets its warp and its affine as an LTA."""
@@ -147,3 +184,6 @@ def test_ilex_template_with_a_users_method(heads, tmp_path):
         rows = list(csv.DictReader(f))
     assert [row["averaged"] for row in rows] == ["3", "3"]
     assert abs(float(rows[1]["mean_displacement_mm"]) - np.sqrt(3.25)) < 1e-3
+    # The matrix method is refused by what its class says: a template needs a warp.
+    assert main(["template", *images, "-o", str(tmp_path / "m"), "-m", MATRIX, "-e", "32", "-q"]) == 1
+    assert "a template needs a method that gives a warp" in capsys.readouterr().err

@@ -117,11 +117,12 @@ def _method_name_literals(names: set[str]) -> list[str]:
 
 def test_no_code_outside_the_methods_names_a_method():
     """The seam: what a method is (matrix or warp, weights, detector, options, its prior affine)
-    is read from the `Method` object or the class `-m` resolves to, never from a table keyed by
-    method names or a comparison with one, anywhere but in `registration/methods/`.
+    is read from the `Method` object or the class `-m` resolves to. This guards the way names
+    crept in before: no method name written as a string anywhere but in `registration/methods/`.
 
     Any literal method name counts, not only comparisons: a `{"joint": ...}` table or a
-    `"joint" if ... else "deform"` default is found as surely as `== "deform"`. "affine" is also
+    `"joint" if ... else "deform"` default is found as surely as `== "deform"` (a name reached
+    through a class, `SynthMorphAffineMethod.name`, is not a literal and is not looked for). "affine" is also
     a word of geometry (`image.affine`, the `affine` output), so it is checked by the comparison
     rule below only. Mutation check: putting back `WEIGHT_FILES = {"joint": ...}` in
     bundle/weights.py, or `template_weights = "joint" if ...` in the template, fails this test

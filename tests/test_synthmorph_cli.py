@@ -217,8 +217,8 @@ def test_deformable_flags_explicit_command(t, flags, extent):
     [
         (["-m", "banana"], "-m banana: unknown model"),
         (["-e", "1"], "-e 1:"),
-        (["-Hm", "deform"], "-H: header-only output is for the affine and rigid methods"),
-        (["-Hm", "joint"], "-H: header-only output is for the affine and rigid methods"),
+        (["-Hm", "deform"], "-H: header-only output is for methods that give a matrix (affine, rigid)"),
+        (["-Hm", "joint"], "-H: header-only output is for methods that give a matrix (affine, rigid)"),
         (["-M"], "-M splits the initial affine"),
     ],
 )

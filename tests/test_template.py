@@ -137,10 +137,8 @@ def test_fewer_than_two_images_is_an_error(tmp_path, capsys):
         build_template([path], tmp_path / "out", method="optimize")
     with pytest.raises(OptionError, match="gives a warp"):
         build_template([path, path], tmp_path / "out", method="affine")
-    with pytest.raises(
-        OptionError,
-        match=r"affine stage \(-m affine\), which needs its weights too: give -w synthmorph.affine.2.h5 -w synthmorph.deform.3.h5",
-    ):
+    needs = r"affine stage \(-m affine\), which needs its weights too: "
+    with pytest.raises(OptionError, match=needs + "give -w synthmorph.affine.2.h5 -w synthmorph.deform.3.h5"):
         build_template([path, path], tmp_path / "out", method="deform", weights=["deform.h5"])
 
 

@@ -28,7 +28,7 @@ from ..registration.methods.base import Method
 from .one_pair import run_pair
 from .pairs import Pair
 from .records import PairRecord, error_text, record
-from .settings import BatchSettings
+from .settings import BatchSettings, combination_order
 
 try:
     from distributed import WorkerPlugin as _WorkerPlugin
@@ -138,9 +138,7 @@ def iter_cluster(
             stacklevel=2,
         )
     resources = {memory_resource: need} if capacities else None
-    combinations = sorted(
-        {settings.combination(p) for p in pairs if p.problem is None}, key=lambda c: (c[0] or "", c[1])
-    )
+    combinations = sorted({settings.combination(p) for p in pairs if p.problem is None}, key=combination_order)
     plugin = IlexWorker(settings, combinations)
     client.register_plugin(plugin)
     futures = {}

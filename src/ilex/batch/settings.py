@@ -61,7 +61,7 @@ class BatchSettings(Settings):
     def registrar(self, pairs: Iterable[Pair] = ()):
         """A `Registrar` with the model loaded and the methods `pairs` need made; the loaded
         model is then let go (the hypernetwork is 3.5 GB; each λ's U-Net 1/33 of that)."""
-        combinations = sorted({self.combination(p) for p in pairs if p.problem is None}, key=_order)
+        combinations = sorted({self.combination(p) for p in pairs if p.problem is None}, key=combination_order)
         return self.prepared_registrar(combinations)
 
     def prepared_registrar(self, combinations: list[tuple]):
@@ -101,8 +101,11 @@ class BatchSettings(Settings):
         return json.loads(json.dumps(record))  # tuples as lists, as they read back
 
 
-def _order(combination: tuple) -> tuple:
-    return (combination[0] or "", *combination[1:])
+def combination_order(combination: tuple) -> tuple:
+    """A sort key for (method, λ, options) combinations, where the method may be a name, a
+    `Method` object (by its repr) or None (the default)."""
+    method = combination[0]
+    return ("" if method is None else method if isinstance(method, str) else repr(method), *combination[1:])
 
 
 def _absolute(path: str) -> str:

@@ -16,9 +16,9 @@ def write_summary(
 ) -> tuple[str, str]:
     """Write PREFIX.csv and PREFIX.json (atomically); returns both paths.
 
-    CSV columns: pair, index, moving, fixed, status, seconds, peak_memory_gib, folding_percent,
-    error, worker, started, finished. The JSON holds the same records (with their outputs), the totals per status
-    and the settings.
+    CSV columns: `PairRecord`'s fields but its outputs (pair, index, moving, fixed, status, seconds,
+    peak_memory_gib, folding_percent, error, worker, started, finished, note). The JSON holds the
+    same records (with their outputs), the totals per status and the settings.
     """
     prefix = os.fspath(prefix)
     columns = [c for c in PairRecord.__dataclass_fields__ if c != "outputs"]

@@ -22,15 +22,6 @@ def default_weights(file: str = "synthmorph.deform.3.h5") -> str:
     return "ilex-hub/" + file.removesuffix(".h5")
 
 
-def weights_for(method, given: list[str] | None) -> list[str]:
-    """The weight paths for `method` (a `Method` or its class: its `name` and `weight_files`):
-    `given` (checked against what the method needs) or the defaults.
-
-    Raises `OptionError` saying what the method takes (the CLI adds its flag, -w).
-    """
-    return weight_paths(method.name, method.weight_files, given)
-
-
 def weight_paths(name: str, files: tuple[str, ...], given: list[str] | None) -> list[str]:
     """`given` checked against `files`, the weight files that `name` needs, or their defaults."""
     if not files and given:

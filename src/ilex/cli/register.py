@@ -48,7 +48,7 @@ Examples:
   ilex apply warp.nii.gz aseg.mgz aseg_moved.mgz -m nearest -t int32
 """
 
-from ..bundle.weights import default_weights, load_networks, peek_width, weights_for  # noqa: F401
+from ..bundle.weights import load_networks, peek_width
 from ..registration.methods import DEFAULT_METHOD
 from ..registration.methods import METHOD_NAMES as MODELS
 

@@ -123,7 +123,8 @@ def check_transform_outputs(
     is_matrix, method = facts.yields_matrix, facts.name
     if header_only and not is_matrix:
         raise OptionError(
-            f"header-only output is for the affine and rigid methods, not {method}", argument="header_only"
+            f"header-only output is for methods that give a matrix (affine, rigid), not {method}",
+            argument="header_only",
         )
     for kind in ("trans", "inverse"):
         path = outputs.get(kind)

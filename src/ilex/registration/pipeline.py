@@ -146,7 +146,8 @@ class Registration:
         """`-H` for matrix methods: the moving image's new voxel-to-RAS matrix (voxels unchanged)."""
         if not self.is_matrix:
             raise OptionError(
-                "header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only"
+                "header-only output needs a matrix result (a method that gives one, as affine or rigid)",
+                argument="header_only",
             )
         return self.affine @ self.moving.affine
 
@@ -154,7 +155,8 @@ class Registration:
         """`-H` with `-O`: the fixed image's new voxel-to-RAS matrix."""
         if not self.is_matrix:
             raise OptionError(
-                "header-only output needs an affine or rigid result (method affine or rigid)", argument="header_only"
+                "header-only output needs a matrix result (a method that gives one, as affine or rigid)",
+                argument="header_only",
             )
         return np.linalg.inv(self.affine) @ self.fixed.affine
 

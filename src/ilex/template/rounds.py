@@ -54,13 +54,9 @@ class Rounds:
         """One batch of registrations (local, or on the Dask client); returns its records.
         `on_record` is called with each record as its pair finishes (skipped pairs: not)."""
         from ..batch import run_batch
-        from ..registration.memory import estimate_peak_bytes
+        from ..registration.outputs import outputs_complete
 
         settings = self.settings.batch(method)
-        memory = None
-        if not isinstance(settings.method, str):  # the optimiser's affine stage: the batch's estimate takes names
-            memory = estimate_peak_bytes(settings.extent)
-        from ..registration.outputs import outputs_complete
 
         registrar = None
         # A resumed round whose registrations all finished needs no model (joint's weights take seconds to load).
@@ -74,7 +70,6 @@ class Rounds:
             client=self.client,
             progress=self.progress,
             registrar=registrar,
-            memory_bytes=memory,
             on_record=on_record,
         )
 
@@ -101,9 +96,26 @@ class Rounds:
         if self.on_round is not None:
             self.on_round(row)
 
+    def affine_pairs(self, directory: str, target: str) -> list:
+        """Every image against `target` for an affine stage, its matrix an LTA in `directory`/affine
+        (an affine stage answers with a matrix, never a warp to fit one to)."""
+        from ..batch.pairs import Pair
+
+        os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
+        return [
+            Pair(
+                k,
+                item.path,
+                target,
+                {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
+                init=item.init,
+                id=item.id,
+            )
+            for k, item in enumerate(self.inputs)
+        ]
+
     # -- round 0: the affine average -----------------------------------------------------------------
     def round0(self, state: dict) -> None:
-        from ..batch.pairs import Pair
         from ..image.io import load_image, save_image
 
         start = time.perf_counter()
@@ -115,22 +127,8 @@ class Rounds:
             return
         reference = load_image(self.inputs[0].path, what="image")
         method = self.settings.affine_method()
-        directory = self.folder.round_dir(0)
-        os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
-        # The affine stage answers with a matrix (an LTA), never a warp to fit one to.
-        pairs = [
-            Pair(
-                k,
-                item.path,
-                reference.path,
-                {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
-                init=item.init,
-                id=item.id,
-            )
-            for k, item in enumerate(self.inputs)
-            if k > 0
-        ]
-        records = self.run(pairs, method, "affine") if method is not None else []
+        pairs = self.affine_pairs(self.folder.round_dir(0), reference.path)[1:]  # the first is the reference
+        records = self.run(pairs, method, "affine")
         failed = self.report_failures(0, records)
         mask = head_mask(reference.data)
         mean = MeanTransform(reference.affine, mask)
@@ -203,18 +201,7 @@ class Rounds:
         inits = {item.id: item.init for item in self.inputs}
         records_before = []
         if self.settings.prior_affine:
-            os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
-            stage = [
-                Pair(
-                    j,
-                    item.path,
-                    previous.path,
-                    {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
-                    init=item.init,
-                    id=item.id,
-                )
-                for j, item in enumerate(self.inputs)
-            ]
+            stage = self.affine_pairs(directory, previous.path)
             records_before = self.run(stage, self.settings.prior_affine, "affine")
             inits = {r.pair: (r.outputs["trans"] if r.status != "failed" else None) for r in records_before}
         pairs = []

@@ -44,14 +44,17 @@ class TemplateSettings(BatchSettings):
         )
 
     def affine_method(self):
-        """The method of round 0's affine stage: the weights' affine detector when they have one
-        (an (affine, deformable) pair), else the optimiser's affine stage alone; None when
-        neither is available. Both answer with a matrix."""
-        if self.weights == ():
-            return OptimizeAffineMethod(hyper=self.effective_hyper)
-        if isinstance(self.weights, tuple) and len(self.weights) == 2:
+        """The method of round 0's affine stage, which answers with a matrix: the method's own
+        `prior_affine` (deform's: SynthMorph's detector); SynthMorph's detector for a method that
+        loads one (joint); else the optimiser's affine stage alone, which needs no weights."""
+        from ..registration.methods import method_class
+
+        facts = method_class(self.method)
+        if facts.prior_affine:
+            return facts.prior_affine
+        if "detector" in facts.weight_roles:
             return SynthMorphAffineMethod.name
-        return None
+        return OptimizeAffineMethod(hyper=self.effective_hyper)
 
     @property
     def prior_affine(self) -> str | None:

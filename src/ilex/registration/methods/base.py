@@ -152,5 +152,11 @@ class Method:
         """What it does, for the progress line of its stage."""
         return self.name
 
+    def __repr__(self) -> str:
+        # Stable across runs (no memory address): the batch records it beside a pair's outputs,
+        # and a rerun skips the pair only if it reads the same. Dataclass methods write their own.
+        own = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()))
+        return f"{type(self).__module__}.{type(self).__qualname__}({own})"
+
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
         raise NotImplementedError(f"{type(self).__name__} must implement estimate(mov_net, fix_net, grid)")

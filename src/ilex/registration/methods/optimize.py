@@ -150,6 +150,12 @@ class OptimizeMethod(Method):
         """The optimiser alone, whatever `model` is (as `-m optimize`)."""
         return cls(hyper=hyper, steps=steps, **options)
 
+    # The batch keys its prepared methods by (method, λ, options): a configured method must hash.
+    # On its settings (equal methods hash alike); `first`, a network, is left out.
+    def __hash__(self):
+        own = (self.hyper, self.steps, self.similarity, self.levels, self.iterations, self.velocity_scale, self.affine)
+        return hash((type(self), *own))
+
     def __post_init__(self):
         self.levels = None if self.levels is None else tuple(self.levels)
         self.iterations = None if self.iterations is None else tuple(self.iterations)
@@ -283,8 +289,10 @@ class RefineMethod(OptimizeMethod):
     # Made from `first` (below); the class's own say what any refined answer is before one exists.
     name: str = "refine"
     centre_on_fixed: bool = False
+    runs_detector: bool = False
     summary: ClassVar[str] = "a model's answer optimised further"
     refinable: ClassVar[bool] = False
+    __hash__ = OptimizeMethod.__hash__  # a dataclass with eq sets it to None unless given here
 
     @classmethod
     def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
@@ -299,6 +307,7 @@ class RefineMethod(OptimizeMethod):
         if not isinstance(self.first, Method):
             raise OptionError("needs a first method to refine (a SynthMorph model, deform)", argument="refine")
         self.centre_on_fixed = self.first.centre_on_fixed
+        self.runs_detector = self.first.runs_detector  # its memory peak comes with it
         self.name = f"{self.first.name}+refine"
 
     def networks(self) -> tuple:
