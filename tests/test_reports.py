@@ -622,3 +622,62 @@ def _html_escaped(text):
     import html
 
     return html.escape(text, quote=True)
+
+
+def _template_rounds_csv(outdir):
+    """OUTDIR/rounds.csv as `ilex template` writes it: round 0 (the affine average) has no template change,
+    no reduction time and no failures, so those cells are empty."""
+    from ilex.template.state import TemplateFolder
+
+    folder = TemplateFolder(str(outdir))
+    os.makedirs(folder.outdir)
+    state = {"completed": -1, "rounds": [], "images": {}}
+    row0 = {
+        "round": 0,
+        "mean_displacement_mm": 13.9,
+        "max_displacement_mm": 21.4,
+        "mean_similarity": 1.12,
+        "template_change": None,
+        "averaged": 3,
+        "failed": "",
+        "seconds": 4.2,
+        "peak_memory_gib": 1.3,
+    }
+    folder.commit(state, 0, row0)
+    row1 = row0 | {"round": 1, "mean_displacement_mm": 2.5, "template_change": 0.04, "reduce_seconds": 0.3}
+    folder.commit(state, 1, row1)
+    return folder.path("rounds.csv")
+
+
+def _summary_without_qc(prefix):
+    from ilex.batch import write_summary
+    from ilex.batch.records import PairRecord
+
+    write_summary([PairRecord("a", 1, "a.nii.gz", "template.nii.gz", "done", seconds=2.0)], prefix)
+    return f"{prefix}.json"
+
+
+def test_report_reads_the_rounds_csv_ilex_template_writes(tmp_path, capsys):
+    rounds = _template_rounds_csv(tmp_path / "template")
+    with open(rounds) as f:
+        assert next(csv.DictReader(f))["template_change"] == ""  # round 0, as the writer leaves it
+    summary = _summary_without_qc(tmp_path / "summary")
+    out = tmp_path / "study.html"
+    assert main(["report", summary, "--rounds", rounds, "-o", str(out), "-q"]) == 0, capsys.readouterr().err
+    assert 'id="convergence"' in out.read_text()
+    table = read_rounds(rounds)
+    assert table["round"] == [0.0, 1.0] and table["template_change"] == [None, 0.04]
+
+
+def test_report_refuses_a_rounds_cell_that_is_not_a_number(tmp_path, capsys):
+    rounds = _template_rounds_csv(tmp_path / "template")
+    with open(rounds) as f:
+        rows = list(csv.reader(f))
+    rows[2][rows[0].index("template_change")] = "n/a"
+    with open(rounds, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    summary = _summary_without_qc(tmp_path / "summary")
+    assert main(["report", summary, "--rounds", rounds, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"ilex report: error: {rounds}: line 3: template_change 'n/a' is not a number\n"
+    assert not (tmp_path / "summary.report.html").exists()

@@ -231,9 +231,9 @@ def strip_plot(
     return _png(fig, "P")
 
 
-def convergence_plot(rounds: dict[str, list[float]], width_px: int = 720, height_px: int = 260) -> bytes:
+def convergence_plot(rounds: dict[str, list[float | None]], width_px: int = 720, height_px: int = 260) -> bytes:
     """Round-by-round convergence of a template: displacement (mean, max; mm), mean similarity
-    and the template's change, each against the round."""
+    and the template's change, each against the round; a None (not measured) leaves a gap."""
     fig = _figure(width_px, height_px, facecolor="white")
     x = rounds["round"]
     panels = (
@@ -244,7 +244,8 @@ def convergence_plot(rounds: dict[str, list[float]], width_px: int = 720, height
     for k, (title, columns) in enumerate(panels):
         ax = fig.add_axes((0.07 + k * 0.325, 0.17, 0.25, 0.7))
         for column in columns:
-            ax.plot(x, rounds[column], marker="o", markersize=3, linewidth=1.2, label=column.replace("_", " "))
+            y = [np.nan if v is None else v for v in rounds[column]]
+            ax.plot(x, y, marker="o", markersize=3, linewidth=1.2, label=column.replace("_", " "))
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("round", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -70,9 +70,11 @@ def outliers(values: list[float | None], worse: str) -> list[bool]:
     return [bool(v is not None and np.isfinite(v) and sign * (v - median) / scale > OUTLIER_Z) for v in values]
 
 
-def read_rounds(path: str | os.PathLike) -> dict[str, list[float]]:
+def read_rounds(path: str | os.PathLike) -> dict[str, list[float | None]]:
     """A template's convergence table: CSV with the columns `ROUNDS_COLUMNS`, one row per round.
-    Raises `FileProblem` for a missing file, a missing column or a cell that is not a number."""
+    An empty cell is a figure not measured, None (round 0 of `ilex template` has no template change).
+    Raises `FileProblem` for a missing file, a missing column, a row without its round or a cell that
+    is neither empty nor a number."""
     from ..errors import FileProblem
 
     path = os.fspath(path)
@@ -87,10 +89,18 @@ def read_rounds(path: str | os.PathLike) -> dict[str, list[float]]:
             table = {c: [] for c in ROUNDS_COLUMNS}
             for line, row in enumerate(reader, 2):
                 for c in ROUNDS_COLUMNS:
+                    cell = row[c]
+                    if cell is None:  # csv gives None where a row is shorter than the header
+                        raise FileProblem(path, f"line {line}: no {c} cell (the row is shorter than the header)")
+                    if not cell.strip():
+                        if c == "round":
+                            raise FileProblem(path, f"line {line}: the round is empty")
+                        table[c].append(None)
+                        continue
                     try:
-                        table[c].append(float(row[c]))
-                    except (TypeError, ValueError):
-                        raise FileProblem(path, f"line {line}: {c} {row[c]!r} is not a number") from None
+                        table[c].append(float(cell))
+                    except ValueError:
+                        raise FileProblem(path, f"line {line}: {c} {cell!r} is not a number") from None
     except OSError as e:
         raise FileProblem(path, f"cannot read the rounds table ({e.strerror})") from None
     if not table["round"]:
@@ -176,7 +186,7 @@ def render_study(
     page_dir: str,
     *,
     settings: dict | None = None,
-    rounds: dict[str, list[float]] | None = None,
+    rounds: dict[str, list[float | None]] | None = None,
     title: str = "Study report",
 ) -> str:
     """The study page for `records` (dicts as `PairRecord.to_dict()` gives them); links are
@@ -301,7 +311,7 @@ def write_study_report(
     path: str | os.PathLike,
     *,
     settings: dict | None = None,
-    rounds: dict[str, list[float]] | str | os.PathLike | None = None,
+    rounds: dict[str, list[float | None]] | str | os.PathLike | None = None,
     title: str = "Study report",
 ) -> str:
     """Write the study page for `records` (`PairRecord`s or their dicts) to `path`, atomically;
