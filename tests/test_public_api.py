@@ -173,3 +173,38 @@ def test_the_methods_declare_their_facts():
     assert unaligned_weight_files("optimize") == ()
     with pytest.raises(ValueError, match="unknown model"):
         method_class("banana")
+
+
+def test_apply_takes_its_options_among_the_pairs(tmp_path):
+    # `ilex apply WARP IMG1 OUT1 -m nearest IMG2 OUT2`: options before, between or after the IMAGE OUT pairs
+    # mean what they mean at the end.
+    from ilex.image.warp_io import Warp, save_warp
+
+    warp = str(tmp_path / "w.nii.gz")
+    save_warp(warp, Warp(np.full((8, 8, 8, 3), 0.5, np.float32), np.eye(4)))  # half a voxel: linear blends labels
+    labels = np.random.default_rng(0).integers(0, 5, (8, 8, 8)).astype(np.float32)
+    images = []
+    for name in ("a", "b"):
+        images.append(str(tmp_path / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(labels + (name == "b"), np.eye(4)), images[-1])
+
+    def outputs(where: str, *args):
+        outs = [str(tmp_path / f"{where}_{name}.nii.gz") for name in ("a", "b")]
+        return outs, [a.format(w=warp, a=images[0], b=images[1], oa=outs[0], ob=outs[1]) for a in args]
+
+    runs = {
+        "end": outputs("end", "{w}", "{a}", "{oa}", "{b}", "{ob}", "-m", "nearest", "-f", "7", "-q"),
+        "before": outputs("before", "-m", "nearest", "-f", "7", "-q", "{w}", "{a}", "{oa}", "{b}", "{ob}"),
+        "between": outputs("between", "{w}", "{a}", "{oa}", "-m", "nearest", "{b}", "{ob}", "-q", "-f", "7"),
+        "linear": outputs("linear", "{w}", "{a}", "{oa}", "{b}", "{ob}", "-q", "-f", "7"),
+    }
+    data = {}
+    for where, (outs, argv) in runs.items():
+        assert main(["apply", *argv]) == 0, where
+        data[where] = [np.asarray(nib.load(o).dataobj) for o in outs]
+    for k, values in enumerate((labels, labels + 1)):
+        allowed = np.append(np.unique(values), 7)  # the labels, and -f's fill outside the image
+        assert np.isin(data["end"][k], allowed).all()
+        assert not np.isin(data["linear"][k], allowed).all()
+        for where in ("before", "between"):
+            np.testing.assert_array_equal(data[where][k], data["end"][k], err_msg=where)

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
         description="Resample each IMAGE onto the transform's target grid and write it to OUT. Reads mri_synthmorph "
         "and ilex warps (.nii.gz intent 1006, FreeSurfer .mgz), ITK/ANTs displacement fields (.nii.gz intent 1007), "
         "FreeSurfer LTA matrices (.lta; the target grid is the LTA's dst geometry) and ITK/ANTs affine text "
-        "transforms (.txt/.tfm; name the target grid with --reference).",
+        "transforms (.txt/.tfm; name the target grid with --reference). Options may come anywhere among the "
+        "pairs and apply to every pair.",
     )
     p.add_argument("warp", metavar="TRANS", help="warp or matrix written by `ilex register -t/-T` or mri_synthmorph")
     p.add_argument("pairs", nargs="+", metavar="IMAGE OUT", help="input image and output path, repeated")

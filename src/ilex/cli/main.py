@@ -42,6 +42,9 @@ FLAGS = {
 
 # mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.
 SYNTHMORPH_COMMANDS = ("register", "apply")
+# Commands whose options may come anywhere among their positionals (`ilex apply W I1 O1 -m nearest I2 O2`):
+# argparse otherwise ends a nargs="+" list at the first option and refuses the paths after it.
+OPTIONS_ANYWHERE = ("apply",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     elif argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "register")  # `register` is implied when no command is given, as there
-    args, unknown = parser.parse_known_args(argv)
+    if command in OPTIONS_ANYWHERE:  # the top parser cannot intermix (it has subparsers); the command's own can
+        args, unknown = commands[command].parse_known_intermixed_args(argv[1:], argparse.Namespace(command=command))
+    else:
+        args, unknown = parser.parse_known_args(argv)
     if unknown and args.command is not None:  # named by the command's own parser: "ilex batch: error: ..."
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     elif unknown:
