@@ -13,7 +13,7 @@ from ..errors import OptionError
 from ..registration.outputs import check_outputs, check_transform_outputs, write_outputs
 from .manifest import manifest_path, write_manifest
 from .pairs import Pair
-from .records import PairRecord, PeakMemory, error_text, record
+from .records import PairRecord, PeakMemory, error_text, not_run, record
 from .settings import BatchSettings, rows_set_optimiser_options
 
 
@@ -33,10 +33,10 @@ class Registered:
 
 def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = "") -> PairRecord | Registered:
     """The registration half of `run_pair`: a failed record, or what `finish_pair` writes out."""
+    if pair.problem:
+        return not_run(pair, worker)
     start, started = time.perf_counter(), time.time()
     worker = worker or socket.gethostname()
-    if pair.problem:
-        return record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=started, finished=started)
     method, hyper, options = settings.combination(pair)
     memory = PeakMemory().start()
     try:

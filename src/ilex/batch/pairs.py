@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import FileProblem, OptionError
 from ..registration.outputs import OUTPUT_KINDS, output_files
@@ -99,6 +99,44 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
     ]
     _check_files_between_rows(path, pairs)
     return pairs
+
+
+def check_inputs(pairs: list[Pair]) -> list[Pair]:
+    """`pairs` in their order, each row whose input files cannot be used given that as its
+    `problem`, so that it fails alone before any registration rather than when its turn comes:
+    a moving or fixed image that is missing, not a file or not a NIfTI or MGZ image (its header
+    is read, not its voxels), an init file that is missing or unreadable. The text is what
+    `ilex register` says of the same file; a row with a problem already keeps its own.
+    """
+    from ..image.io import check_image_file
+
+    def problem_of(file: str, what: str) -> str | None:
+        try:
+            if what != "initial-affine file":
+                check_image_file(file, what=what)
+            elif not os.path.isfile(file):
+                raise FileProblem(file, f"no such {what}")
+            elif not os.access(file, os.R_OK):
+                raise FileProblem(file, f"cannot read this {what} (permission denied)")
+        except FileProblem as e:
+            return str(e)
+        return None
+
+    seen: dict[tuple[str, str], str | None] = {}  # a study's rows share their template: read it once
+    checked = []
+    for pair in pairs:
+        problem = pair.problem
+        for file, what in (
+            (pair.moving, "moving image"),
+            (pair.fixed, "fixed image"),
+            (pair.init, "initial-affine file"),
+        ):
+            if problem is None and file:
+                if (file, what) not in seen:
+                    seen[file, what] = problem_of(file, what)
+                problem = seen[file, what]
+        checked.append(pair if problem == pair.problem else replace(pair, problem=problem))
+    return checked
 
 
 def _resolve_path(value: str, base: str) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import socket
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 
 from ..errors import IlexError
@@ -47,6 +49,13 @@ def record(pair: Pair, status: str, **kwargs) -> PairRecord:
         if isinstance(kwargs.get(key), float):
             kwargs[key] = datetime.datetime.fromtimestamp(kwargs[key], datetime.UTC).isoformat(timespec="milliseconds")
     return PairRecord(pair.label, pair.index, pair.moving, pair.fixed, status, outputs=dict(pair.outputs), **kwargs)
+
+
+def not_run(pair: Pair, worker: str = "") -> PairRecord:
+    """The record of a pair that cannot run (`Pair.problem`): failed at once, in no time."""
+    now = time.time()
+    worker = worker or socket.gethostname()
+    return record(pair, "failed", error=pair.problem, seconds=0.0, worker=worker, started=now, finished=now)
 
 
 def skipped(pair: Pair) -> PairRecord:

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from .local import iter_local
 from .manifest import finished
-from .pairs import Pair
+from .pairs import Pair, check_inputs
 from .progress import progress_bar
-from .records import PairRecord, skipped
+from .records import PairRecord, not_run, skipped
 from .settings import BatchSettings
 
 
@@ -29,7 +29,9 @@ def run_batch(
 
     A pair whose outputs all exist, made with these settings (`finished`), is skipped unless
     `overwrite` (so a rerun after a crash does only what is left); one whose outputs were made
-    otherwise, or not by ilex batch, is redone, and its record's `note` says why. Locally, pairs
+    otherwise, or not by ilex batch, is redone, and its record's `note` says why. The others'
+    input files are checked first (`check_inputs`): a row that cannot run is recorded as failed,
+    and passed to `on_record`, before the first registration. Locally, pairs
     run one after another with one warm model (`registrar`, or one made from `settings`); with a
     `distributed.Client`, on its workers (`ilex.batch.dask`).
     `progress` shows one bar on stderr; `on_record` is called as each pair finishes.
@@ -47,22 +49,40 @@ def run_batch(
             todo.append(pair)
             if why and not overwrite:
                 notes[pair.index] = why
+    runnable = []
+    # Every row's files before the first registration: a missing image fails its row now, not hours in.
+    for pair in check_inputs(todo):
+        if pair.problem is None:
+            runnable.append(pair)
+        else:
+            _add(records, not_run(pair), notes, on_record)
     bar = progress_bar(len(pairs), len(records), progress)
     with bar:
         if client is None:
-            results = iter_local(todo, settings, registrar)
+            results = iter_local(runnable, settings, registrar)
         else:
             from .dask import iter_cluster  # Dask's modules only for a cluster
 
-            results = iter_cluster(client, todo, settings, memory_resource=memory_resource, memory_bytes=memory_bytes)
+            results = iter_cluster(
+                client, runnable, settings, memory_resource=memory_resource, memory_bytes=memory_bytes
+            )
+        _count_failed(bar, records)
         for record in results:
-            if record.index in notes:
-                record.note = notes[record.index]
-            records[record.index] = record
-            if on_record is not None:
-                on_record(record)
+            _add(records, record, notes, on_record)
             bar.update(1)
-            failed = sum(r.status == "failed" for r in records.values())
-            if failed:
-                bar.set_postfix_str(f"{failed} failed", refresh=False)
+            _count_failed(bar, records)
     return [records[p.index] for p in pairs]
+
+
+def _add(records: dict[int, PairRecord], record: PairRecord, notes: dict[int, str], on_record) -> None:
+    if record.index in notes:
+        record.note = notes[record.index]
+    records[record.index] = record
+    if on_record is not None:
+        on_record(record)
+
+
+def _count_failed(bar, records: dict[int, PairRecord]) -> None:
+    failed = sum(r.status == "failed" for r in records.values())
+    if failed:
+        bar.set_postfix_str(f"{failed} failed", refresh=False)

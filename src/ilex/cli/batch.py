@@ -16,15 +16,17 @@ from .register import add_conv_argument, add_steps_and_extent_arguments
 _DESCRIPTION = """\
 Register every pair listed in PAIRS.csv with one model load: the weights are read and the network
 compiled once, then the pairs run one after another (or on a Dask cluster's workers with
---scheduler). A pair that fails is reported and skipped; the others go on. Outputs are written as
-`ilex register` writes them, all of a pair's files together (missing directories are created),
-with a record of the settings that made them beside the first (FIRST_OUTPUT.ilex-batch.json). A
-rerun skips pairs whose outputs all exist and were made with the same settings, so a batch that
-crashed resumes where it stopped; a pair whose outputs were made otherwise (another -r, say), or
-not by ilex batch, is redone and the summary says so. At the end a summary (PREFIX.csv and
-PREFIX.json: pair, status, seconds, peak memory, folding %, error, note) and a page to look at
-(PREFIX.report.html: failed pairs first, one strip plot per metric with outliers flagged, every
-pair linked to its QC report) are written; the exit status is 1 if any pair failed.
+--scheduler). Every row's input files are checked first: a row whose image is missing or not an
+image is reported at once and fails alone. A pair that fails is reported and skipped; the others
+go on. Outputs are written as `ilex register` writes them, all of a pair's files together (missing
+directories are created), with a record of the settings that made them beside the first
+(FIRST_OUTPUT.ilex-batch.json). A rerun skips pairs whose outputs all exist and were made with the
+same settings, so a batch that crashed resumes where it stopped; a pair whose outputs were made
+otherwise (another -r, say), or not by ilex batch, is redone and the summary says so. At the end a
+summary (PREFIX.csv and PREFIX.json: pair, status, seconds, peak memory, folding %, error, note)
+and a page to look at (PREFIX.report.html: failed pairs first, one strip plot per metric with
+outliers flagged, every pair linked to its QC report) are written; the exit status is 1 if any
+pair failed.
 
 PAIRS.csv has a header row. Columns (empty cell = not set; relative paths are relative to the
 CSV file's directory; a column stands for the `ilex register` option of its name or short name,
@@ -172,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch import BatchSettings, read_pairs, run_batch, write_summary
     from ..batch.manifest import finished
+    from ..batch.pairs import check_inputs
     from ..bundle.weights import peek_width
     from .register import resolve_model, settings_from_args, weights_option
 
@@ -203,7 +206,13 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
-    todo = [p for p in pairs if args.overwrite or not finished(p, settings)[0]]
+    # Before the weights load: a row that cannot run is named now, not when its turn comes.
+    todo = check_inputs([p for p in pairs if args.overwrite or not finished(p, settings)[0]])
+    checked = {p.index: p for p in todo}
+    pairs = [checked.get(p.index, p) for p in pairs]
+    for pair in todo:
+        if pair.problem is not None:
+            print(f"ilex batch: {pair.label} will not run: {pair.problem}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     client = cluster = registrar = None
     try:

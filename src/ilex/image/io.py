@@ -48,6 +48,25 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
     background) become the lowest finite value, with an `IlexWarning` saying how many.
     """
     path = os.fspath(path)
+    img = _opened(path, what)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as e:
+        raise _unreadable(path, e) from None
+    return Image(*_checked(data, img.affine, path, what, check_values), path)
+
+
+def check_image_file(path: str | os.PathLike, *, what: str = "image") -> None:
+    """The checks of `load_image` that need only the header: `path` exists, is a readable file
+    and opens as a NIfTI or MGZ image. Raises `ImageFileError` with `load_image`'s text."""
+    _opened(os.fspath(path), what)
+
+
+_READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
+
+
+def _opened(path: str, what: str):
+    """The nibabel image at `path`, its header read, its voxels not yet."""
     if not os.path.exists(path):
         raise ImageFileError(path, f"no such {what} file")
     if not os.access(path, os.R_OK) or os.path.isdir(path):
@@ -55,18 +74,20 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
             path, f"cannot read this {what} ({'a directory' if os.path.isdir(path) else 'permission denied'})"
         )
     try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
-        kind = (
-            "truncated or corrupt"
-            if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(e)
-            else "not a readable NIfTI or MGZ image"
-        )
-        raise ImageFileError(
-            path, f"{kind} ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
-    return Image(*_checked(data, img.affine, path, what, check_values), path)
+        return nib.load(path)
+    except _READ_ERRORS as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, error: Exception) -> ImageFileError:
+    kind = (
+        "truncated or corrupt"
+        if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(error)
+        else "not a readable NIfTI or MGZ image"
+    )
+    return ImageFileError(
+        path, f"{kind} ({error.__class__.__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    )
 
 
 def from_nibabel(img, *, what: str = "image", check_values: bool = True) -> Image:
