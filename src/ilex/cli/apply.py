@@ -48,6 +48,12 @@ def add_parser(sub) -> None:
         help="image whose grid the outputs take (needed for ITK text "
         "transforms; for an LTA it replaces the LTA's dst geometry)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="apply a warp to an image on another grid than the one it records (the moving image for "
+        "`ilex register -t`, the fixed for -T); refused without it",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -87,10 +93,13 @@ def run(args: argparse.Namespace) -> int:
         if not out.lower().endswith(IMAGE_SUFFIXES):
             raise OptionError(f"{out}: unknown image format; name it {', '.join(IMAGE_SUFFIXES)}")
         check_creatable(out, os.path.dirname(os.path.abspath(out)))
-    from ..registration.apply import apply_saved, load_transform
+    from ..registration.apply import apply_saved, check_grid, load_transform
 
     transform = load_transform(args.warp, args.reference, args.header_only)  # errors name their flag (cli/main)
     images = [load_image(i, check_values=False) for i, _ in pairs]  # all readable before anything is written
+    for image, (name, _) in zip(images, pairs, strict=True):
+        if not args.force:
+            check_grid(transform, image, name, "--force")
     for _, out in pairs:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with output_batch():  # all outputs land together, or none

@@ -8,11 +8,15 @@
   1007 (vector), displacements in LPS (x and y negated).
 
 In all of them, target voxel p samples the source at world `A_target p + d(p)`.
+
+Each records the source grid, the one the image it applies to must lie on (`ilex apply` checks it):
+the MGZ in FreeSurfer's own source geometry tags; the NIfTI in a header extension (below).
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import zlib
@@ -39,6 +43,14 @@ _MGH_INTENT_WARP = 3
 _TAG_GCAMORPH_GEOM, _TAG_GCAMORPH_META, _TAG_GCAMORPH_GEOM_SHEAR = 10, 13, 15
 _TAG_PEDIR, _TAG_FIELDSTRENGTH, _LENGTHLESS = 41, 43, {1, 2, 10, 11, 12, 20}
 _FORMAT_ABS_CRS, _FORMAT_DISP_CRS, _FORMAT_ABS_RAS, _FORMAT_DISP_RAS = 0, 1, 2, 3
+
+# A NIfTI warp's source grid: a header extension of code 6 ("comment") holding one line of JSON,
+# {"ilex_source_grid": {"shape": [X, Y, Z], "vox2ras": 4x4 rows}}. An extension, not a sidecar,
+# because it travels with the file (copied, renamed, archived); "comment" because every reader
+# knows the code and none acts on it (ITK, ANTs, nitransforms and FreeSurfer read the field as
+# before; nibabel keeps the text). Any other extension or comment is left alone.
+_NIFTI_COMMENT = 6
+_GRID_KEY = "ilex_source_grid"
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,10 @@ def save_warp(path: str | os.PathLike, warp: Warp, fmt: str = "freesurfer") -> N
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(warp.affine, code=1)
     img.header.set_sform(warp.affine, code=1)
+    if warp.source_affine is not None and warp.source_shape is not None:
+        grid = {"shape": [int(n) for n in warp.source_shape[:3]], "vox2ras": np.asarray(warp.source_affine).tolist()}
+        record = json.dumps({_GRID_KEY: grid}, separators=(",", ":")).encode()
+        img.header.extensions.append(nib.nifti1.Nifti1Extension(_NIFTI_COMMENT, record))
     with atomic_file(path, suffix=".nii.gz" if lower.endswith(".gz") else ".nii") as tmp:
         save_nibabel(img, tmp)
 
@@ -92,6 +108,7 @@ def load_warp(path: str | os.PathLike) -> Warp:
         img = nib.load(path)
         data = np.asarray(img.dataobj, dtype=np.float32)
         intent = int(img.header.get("intent_code", 0)) if hasattr(img.header, "get") else 0
+        source = _nifti_source_grid(img)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, ValueError) as e:
         raise ImageFileError(path, f"not a readable warp file ({e.__class__.__name__})") from None
     if data.ndim == 5 and data.shape[3] == 1 and data.shape[4] == 3:
@@ -106,7 +123,22 @@ def load_warp(path: str | os.PathLike) -> Warp:
         )
     if not np.isfinite(data).all():
         raise ImageFileError(path, "the warp holds NaN or Inf values")
-    return Warp(data, np.asarray(img.affine, np.float64))
+    return Warp(data, np.asarray(img.affine, np.float64), *source)
+
+
+def _nifti_source_grid(img) -> tuple[np.ndarray | None, tuple[int, ...] | None]:
+    """(vox2ras, shape) of the source grid a NIfTI warp records (see `_GRID_KEY`), or (None, None)."""
+    for ext in getattr(img.header, "extensions", ()):
+        if ext.get_code() != _NIFTI_COMMENT:
+            continue
+        try:
+            grid = json.loads(bytes(ext.get_content()).rstrip(b"\0").decode())[_GRID_KEY]
+            affine, shape = np.asarray(grid["vox2ras"], np.float64), tuple(int(n) for n in grid["shape"])
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            continue  # someone else's comment
+        if affine.shape == (4, 4) and len(shape) == 3 and np.isfinite(affine).all():
+            return affine, shape
+    return None, None
 
 
 def _geom_bytes(affine: np.ndarray, shape, shear: bool) -> bytes:

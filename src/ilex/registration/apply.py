@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 
-from ..errors import FileProblem, OptionError
+from ..errors import FileProblem, ImageFileError, OptionError
+from ..image.geometry import fs_affine, shearless_components
 from ..image.io import Image, from_nibabel, load_image
 from ..image.matrix_io import lta_geometry, matrix_format
 from ..image.warp_io import Warp, load_warp
@@ -114,6 +115,51 @@ def load_transform(path: str | os.PathLike, reference=None, header_only: bool = 
     return SavedTransform(path, matrix=ras, target_affine=geometry[0], target_shape=tuple(geometry[1]))
 
 
+# How far an image's grid may lie from the one a warp records: the MGZ stores its geometry as
+# float32 voxel sizes, rotation and centre, which round a vox2ras by about 1e-5 mm.
+_GRID_ATOL_MATRIX, _GRID_ATOL_MM = 1e-3, 1e-2
+
+
+def _grid_text(affine: np.ndarray, shape) -> str:
+    rows = "; ".join(" ".join(f"{v:.4g}" for v in np.round(row, 3) + 0.0) for row in np.asarray(affine)[:3])
+    return f"{'x'.join(str(int(n)) for n in shape[:3])} vox2ras [{rows}]"
+
+
+def _same_grid(affine: np.ndarray, shape, recorded_affine: np.ndarray, recorded_shape) -> bool:
+    if tuple(int(n) for n in shape[:3]) != tuple(int(n) for n in recorded_shape[:3]):
+        return False
+    recorded = np.asarray(recorded_affine, np.float64)
+
+    def close(a):
+        return np.allclose(a[:3, :3], recorded[:3, :3], rtol=0, atol=_GRID_ATOL_MATRIX) and np.allclose(
+            a[:3, 3], recorded[:3, 3], rtol=0, atol=_GRID_ATOL_MM
+        )
+
+    # An MGZ records the shearless part of a sheared grid (FreeSurfer's header has no shear).
+    return close(np.asarray(affine, np.float64)) or close(fs_affine(*shearless_components(affine, shape), shape))
+
+
+def check_grid(transform: SavedTransform, image: Image, name: str | None = None, override: str = "force=True") -> None:
+    """Refuse `image` when `transform` is a warp that records the grid its input lies on (the image
+    it was made from: the moving image for `-t`, the fixed for `-T`) and `image` lies on another:
+    same shape and voxel-to-RAS within 1e-3 (matrix) and 1e-2 mm (translation). Warps that record
+    none (FreeSurfer's plain 3-frame volumes, ITK fields from other tools) and matrices pass.
+    Raises `ImageFileError` naming both files and grids; `override` names the way past it.
+    """
+    warp = transform.warp
+    if warp is None or warp.source_affine is None or warp.source_shape is None:
+        return
+    if _same_grid(image.affine, image.shape, warp.source_affine, warp.source_shape):
+        return
+    name = name or image.path or "the image"
+    raise ImageFileError(
+        name,
+        f"on grid {_grid_text(image.affine, image.shape)}, but warp {transform.path} applies to images on "
+        f"{_grid_text(warp.source_affine, warp.source_shape)} (the image it was made from: the moving image "
+        f"for a forward warp, the fixed for an inverse); {override} applies it anyway",
+    )
+
+
 def apply_saved(
     transform: SavedTransform,
     image: Image,
@@ -141,18 +187,23 @@ def apply(
     dtype: str = "float32",
     reference=None,
     header_only: bool = False,
+    force: bool = False,
 ) -> nib.Nifti1Image:
     """`image` (a path, a nibabel image or an ilex `Image`) moved through the transform file `transform`
     (what `ilex register -t/-T` or `mri_synthmorph` wrote; see `load_transform`), as a nibabel image on
     the target grid: `nib.save(ilex.apply("warp.nii.gz", "aseg.mgz", method="nearest", dtype="int32"), ...)`.
 
     `method` "linear" or "nearest" (label maps); `dtype` one of `DTYPES` (integers round to nearest,
-    clipped to the type's range); `fill` outside the image.
+    clipped to the type's range); `fill` outside the image. A warp that records the grid of the
+    image it was made from refuses an image on another grid (`check_grid`); `force=True` applies it.
     """
     if method not in ("linear", "nearest"):
         raise ValueError(f"method must be 'linear' or 'nearest', got {method!r}")
     saved = load_transform(transform, reference, header_only)
-    data, affine = apply_saved(saved, _as_image(image, "image"), method, fill, dtype, header_only)
+    image = _as_image(image, "image")
+    if not force:
+        check_grid(saved, image)
+    data, affine = apply_saved(saved, image, method, fill, dtype, header_only)
     return nib.Nifti1Image(np.asarray(data), affine)
 
 
