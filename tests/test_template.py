@@ -272,7 +272,11 @@ def test_rounds_csv_and_outputs(built, capsys):
             "warp.nii.gz",
         ]
         assert nib.load(image.moved).get_data_dtype() == np.float32
-    assert sorted(os.listdir(os.path.join(built.outdir, "qc")))[-2:] == ["summary.csv", "summary.json"]
+    assert sorted(os.listdir(os.path.join(built.outdir, "qc")))[-3:] == [
+        "summary.csv",
+        "summary.json",
+        "summary.report.html",
+    ]
     assert np.array_equal(
         nib.load(built.path).get_fdata(),
         nib.load(os.path.join(built.outdir, f"template_round{ROUNDS}.nii.gz")).get_fdata(),

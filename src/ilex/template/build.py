@@ -15,11 +15,14 @@ each image's outputs, `state.py` keeps the directory and what a rerun resumes fr
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import tempfile
+import warnings
 from collections.abc import Callable
 
-from ..errors import IlexError, OptionError
+from ..errors import IlexError, IlexWarning, OptionError
 from ..registration.methods import DEFAULT_METHOD
 from .inputs import as_inputs, check_inputs
 from .result import TemplateResult, template_result
@@ -49,6 +52,23 @@ def _build(run: Rounds, rounds: int) -> TemplateResult:
             "to start again"
         )
     return template_result(folder, run.inputs, state)
+
+
+@contextlib.contextmanager
+def _nan_warned_once(inputs, initial: str | None):
+    """Inside: no NaN warning for the images (and `initial`) that `check_inputs` has read. Their
+    NaN voxels become background at every load, once per round; the warning that says so was given
+    once, when the inputs were checked (in this process, once per file)."""
+    given = [item.path for item in inputs] + ([initial] if initial else [])
+    paths = {form for path in given for form in (os.fspath(path), os.path.abspath(path))}
+    with warnings.catch_warnings():
+        for path in paths:
+            warnings.filterwarnings(
+                "ignore",
+                message=re.escape(os.fspath(path)) + r": \d+ NaN voxels? taken as background",
+                category=IlexWarning,
+            )
+        yield
 
 
 def build_template(
@@ -86,8 +106,10 @@ def build_template(
     affine}, qc/. A rerun with the same `outdir` continues from the last complete round.
 
     Returns a `TemplateResult`. Raises `OptionError`/`ImageFileError` for bad input before any
-    work (fewer than 2 images; a missing, 4-D, 2-D, NaN or constant image), and `IlexError` when a
-    round has fewer than 2 images registered.
+    work (fewer than 2 images; a missing, 4-D, 2-D, Inf, all-NaN or constant image), and `IlexError`
+    when a round has fewer than 2 images registered. An image with NaN voxels (SPM's background)
+    is not refused: they become its lowest finite value, with one `IlexWarning` per image for the
+    whole build (when the inputs are checked), not one per round.
     """
     from ..bundle.weights import weight_paths
     from ..registration.methods import method_class, resolve_method_name, unaligned_weight_files
@@ -136,6 +158,7 @@ def build_template(
     check_creatable("-o", outdir)
     os.makedirs(outdir, exist_ok=True)
     folder = TemplateFolder(outdir, keep_rounds)
-    result = _build(Rounds(inputs, folder, settings, initial, client, log, progress, on_round), rounds)
+    with _nan_warned_once(inputs, initial):
+        result = _build(Rounds(inputs, folder, settings, initial, client, log, progress, on_round), rounds)
     result._tmp = tmp
     return result

@@ -127,8 +127,10 @@ def _with_ids(inputs: list[TemplateInput], csv_path: str | None) -> list[Templat
 
 def check_inputs(inputs: list[TemplateInput], initial: str | None = None) -> None:
     """Refuse, before any work, fewer than two images, and any image (or `initial` template) that is
-    missing, unreadable, 4-D, 2-D, holds NaN/Inf or is constant, or an init file that does not exist:
-    `OptionError` or `ImageFileError`, naming the file. Contrasts may differ."""
+    missing, unreadable, 4-D, 2-D, holds Inf, only NaN or is constant, or an init file that does not
+    exist: `OptionError` or `ImageFileError`, naming the file. Contrasts may differ. NaN voxels
+    (SPM's background) become the image's lowest finite value, with `load_image`'s warning, given
+    here once per file in this process."""
     from concurrent.futures import ThreadPoolExecutor
 
     if len(inputs) < 2:

@@ -261,6 +261,24 @@ class Rounds:
         row["reduce_seconds"] = time.perf_counter() - reducing
         self.folder.commit(state, k, row)
         self.announce(row, rounds)
+        if final:
+            self.study_page(records)
+
+    def study_page(self, records) -> str:
+        """The study page of the last round, OUTDIR/qc/summary.report.html (what `ilex report
+        OUTDIR/qc/summary.csv --rounds OUTDIR/rounds.csv` draws again): every image's page, the
+        failed images and the convergence from rounds.csv, written after the last round's row."""
+        from ..qc.study_report import write_study_report
+
+        path = write_study_report(
+            records,
+            self.folder.path("qc", "summary.report.html"),
+            settings=self.settings.batch().as_record(),
+            rounds=self.folder.path("rounds.csv"),
+            title="Template",
+        )
+        self.log(f"ilex template: study page {path}")
+        return path
 
 
 def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:
