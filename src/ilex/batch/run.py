@@ -24,14 +24,16 @@ def run_batch(
     registrar=None,
     memory_resource: str = "MEMORY",
     memory_bytes: float | None = None,
+    inputs_checked: bool = False,
 ) -> list[PairRecord]:
     """Run every pair of `pairs` and return their records in the pairs' order.
 
     A pair whose outputs all exist, made with these settings (`finished`), is skipped unless
     `overwrite` (so a rerun after a crash does only what is left); one whose outputs were made
     otherwise, or not by ilex batch, is redone, and its record's `note` says why. The others'
-    input files are checked first (`check_inputs`): a row that cannot run is recorded as failed,
-    and passed to `on_record`, before the first registration. Locally, pairs
+    input files are checked first (`check_inputs`; `inputs_checked`: the caller already ran it on
+    `pairs`, as `ilex batch` does before its weights load): a row that cannot run is recorded as
+    failed, and passed to `on_record`, before the first registration. Locally, pairs
     run one after another with one warm model (`registrar`, or one made from `settings`); with a
     `distributed.Client`, on its workers (`ilex.batch.dask`).
     `progress` shows one bar on stderr; `on_record` is called as each pair finishes.
@@ -51,7 +53,7 @@ def run_batch(
                 notes[pair.index] = why
     runnable = []
     # Every row's files before the first registration: a missing image fails its row now, not hours in.
-    for pair in check_inputs(todo):
+    for pair in todo if inputs_checked else check_inputs(todo):
         if pair.problem is None:
             runnable.append(pair)
         else:

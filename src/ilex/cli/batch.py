@@ -236,6 +236,7 @@ def run(args: argparse.Namespace) -> int:
             registrar=registrar,
             memory_resource=args.memory_resource,
             memory_bytes=args.memory,
+            inputs_checked=True,  # above, before the weights: each header is read once
         )
     finally:
         if client is not None:
