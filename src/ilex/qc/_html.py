@@ -1,8 +1,10 @@
 """What the pair and study pages share: the page shell, its stylesheet, inline images, number formats.
 
 Pages are one file each: images are data URIs, styles inline, nothing is fetched. The
-before/after panel is two stacked images and CSS (hover, keyboard focus or a checkbox shows the
-moved layer; "side by side" or printing shows both), the technique of fMRIPrep's reportlets.
+before/after panel is two stacked images and CSS, the technique of fMRIPrep's reportlets: at rest
+the top layer, the moved image with the fixed image's edges, so that a screenshot, a print or a
+thumbnail shows what the registration did; hover, keyboard focus or a checkbox fades it out to
+show the fixed image beneath; "one above the other" or printing shows both.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ th { font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabul
 .verdict.bad { background: #fdecea; border: 1px solid #ef9a9a; }
 .verdict ul { margin: 4px 0 0 18px; padding: 0; }
 .flag { color: #b71c1c; font-weight: 600; }
+table.rules { font-size: 13px; }
+table.rules td, table.rules th { border-bottom: 1px solid #eee; padding: 3px 8px 3px 0; }
+.flagged-list li { margin: 2px 0; }
 .panel { margin: 6px 0; }
 .controls { font-size: 13px; color: #333; margin: 4px 0; user-select: none; }
 .controls label { margin-right: 16px; cursor: pointer; }
 .fade { position: relative; display: inline-block; line-height: 0; outline: none; background: #000; max-width: 100%; }
 .fade img { display: block; max-width: 100%; height: auto; }
-.fade img.over { position: absolute; top: 0; left: 0; width: 100%; opacity: 0; transition: opacity .2s ease-in-out; }
-.fade:hover img.over, .fade:focus img.over, #pin:checked ~ .fade img.over { opacity: 1; }
+.fade img.over { position: absolute; top: 0; left: 0; width: 100%; opacity: 1; transition: opacity .2s ease-in-out; }
+.fade:hover img.over, .fade:focus img.over, #pin:checked ~ .fade img.over { opacity: 0; }
 #sidebyside:checked ~ .fade img.over { position: static; opacity: 1; margin-top: 4px; }
 @media print { .fade img.over { position: static; opacity: 1; margin-top: 4px; } .controls { display: none; } }
 .legend { font-size: 12px; color: #444; }

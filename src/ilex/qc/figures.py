@@ -166,23 +166,31 @@ def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, by
 
 
 def thumbnail(slices: ReportSlices, height_px: int = 96) -> bytes:
-    """A small picture for the study table: the middle axial slice, fixed on the left, moved with
-    the fixed image's edges on the right."""
-    stack = slices.fixed["axial"]
-    k = stack.shape[0] // 2
-    fixed, moved, head = stack[k], slices.moved["axial"][k], slices.head["axial"][k]
-    row_mm, col_mm = slices.pixel_mm["axial"]
-    panel_w = max(1, round(height_px * fixed.shape[1] * col_mm / (fixed.shape[0] * row_mm)))
-    fig = _figure(2 * panel_w + 2, height_px)
-    for j, image in enumerate((fixed, moved)):
-        ax = fig.add_axes(((j * (panel_w + 2)) / (2 * panel_w + 2), 0, panel_w / (2 * panel_w + 2), 1))
+    """A small picture for the study table: the middle slice of each view (sagittal, coronal,
+    axial, side by side at one scale in mm), the moved image with the fixed image's edges, so that
+    a misregistration shows in whichever plane it lies."""
+    panels = []
+    for view in VIEWS:
+        stack = slices.moved[view]
+        k = stack.shape[0] // 2
+        row_mm, col_mm = slices.pixel_mm[view]
+        panels.append((view, k, stack.shape[1] * row_mm, stack.shape[2] * col_mm))
+    tallest = max(tall for _, _, tall, _ in panels)
+    widths = [max(1, round(height_px * wide / tallest)) for _, _, _, wide in panels]
+    total = sum(widths) + 2 * (len(panels) - 1)
+    fig = _figure(total, height_px)
+    left = 0
+    for (view, k, tall, _), wide in zip(panels, widths, strict=True):
+        high = tall / tallest
+        ax = fig.add_axes((left / total, (1 - high) / 2, wide / total, high))
         ax.set_axis_off()
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="antialiased")
-        if j:
-            magnitude, level = edge_strength(fixed, head)
-            ax.contour(magnitude, levels=[level], colors=EDGE_COLOUR, linewidths=0.4)
+        moved, fixed, head = slices.moved[view][k], slices.fixed[view][k], slices.head[view][k]
+        ax.imshow(moved, cmap="gray", vmin=0, vmax=255, aspect="auto", interpolation="antialiased")
+        magnitude, level = edge_strength(fixed, head)
+        ax.contour(magnitude, levels=[level], colors=EDGE_COLOUR, linewidths=0.4)
         ax.set_xlim(-0.5, fixed.shape[1] - 0.5)
         ax.set_ylim(fixed.shape[0] - 0.5, -0.5)
+        left += wide + 2
     return _png(fig, "P")
 
 

@@ -14,15 +14,9 @@ import os
 
 from . import _html
 from ._html import escape, number
+from .verdict import RULE_TEXT, failed_rules, rules
 
 REPORT_FILES = ("report.npz", "report.html")
-
-# Pair-level rules, stated on the page.
-ROTATION_WARN_DEG = 45.0
-SCALE_WARN = (2 / 3, 3 / 2)
-# NMI lower after than before by more than this: a loss, not the noise of a million-voxel estimate
-# (real registrations gain 0.05-0.2; a pair left as the headers placed it moves by ~1e-4).
-SIMILARITY_LOSS = 0.005
 
 # qc.json keys the page shows in their own sections; any other key is listed under "how it was run".
 _SHOWN = {
@@ -48,52 +42,53 @@ _SHOWN = {
     "head_log_jacobian_p99",
     "head_jacobian_min",
     "head_jacobian_max",
+    "head_overlap_before",
+    "head_overlap_after",
+    "head_size_mm",
+    "verdict",
 }
 
 
 def warnings(record: dict) -> list[str]:
-    """What looks wrong in a pair's qc.json `record`, one sentence each (empty: nothing)."""
-    out = []
-    before, after = record.get("similarity_nmi_before"), record.get("similarity_nmi_after")
-    if before is not None and after is not None and after < before - SIMILARITY_LOSS:
-        out.append(
-            f"the images agree less after registration than before it (normalised mutual information "
-            f"{after:.3f} after, {before:.3f} with the headers alone)"
-        )
-    folding = record.get("head_folding_fraction", record.get("folding_fraction"))
-    if folding:
-        out.append(f"the warp folds: det J ≤ 0 in {100 * folding:.3g} % of the head's voxels")
-    affine = record.get("affine") or {}
-    if affine.get("reflection"):
-        out.append("the affine part reflects (det < 0)")
-    if affine.get("rotation_deg", 0) > ROTATION_WARN_DEG:
-        out.append(f"the affine part rotates by {affine['rotation_deg']:.0f}° (more than {ROTATION_WARN_DEG:.0f}°)")
-    scales = affine.get("scales") or []
-    if scales and (min(scales) < SCALE_WARN[0] or max(scales) > SCALE_WARN[1]):
-        out.append(
-            f"the affine part scales by {min(scales):.2f}–{max(scales):.2f} "
-            f"(outside {SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f})"
-        )
-    return out
+    """What looks wrong in a pair's qc.json `record`, one sentence each (empty: nothing): the
+    reasons of the rules it fails (`verdict.rules`)."""
+    return [r.reason for r in failed_rules(record)]
+
+
+def _shown_value(rule) -> str:
+    value = rule.value
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return "–".join(number(v) for v in value)
+    return number(value)
+
+
+def _rules_table(record: dict) -> str:
+    outcome = {True: "pass", False: '<span class="flag">FAIL</span>', None: "n/a"}
+    body = "".join(
+        f'<tr data-rule="{escape(r.name)}" data-passed="{escape(r.passed)}"><td><code>{escape(r.name)}</code></td>'
+        f"<td class=num>{_shown_value(r)}</td><td>{escape(r.fails_when)} {escape(number(r.threshold))}</td>"
+        f"<td>{outcome[r.passed]}</td><td>{escape(r.reason)}</td></tr>"
+        for r in rules(record)
+    )
+    return (
+        '<table class="rules" id="rules"><tr><th>rule</th><th>value</th><th>fails when</th><th>outcome</th>'
+        f"<th>why</th></tr>{body}</table>"
+    )
 
 
 def _verdict(record: dict) -> str:
     found = warnings(record)
-    rules = (
-        f"Rules: similarity (NMI) lower after than before by more than {SIMILARITY_LOSS}; any folded voxel in "
-        f"the head; an affine part that reflects, rotates more than {ROTATION_WARN_DEG:.0f}° or scales outside "
-        f"{SCALE_WARN[0]:.2f}–{SCALE_WARN[1]:.2f}."
-    )
+    legend = f'<span class="legend">{escape(RULE_TEXT)}</span>'
     if not found:
-        return (
-            '<div class="verdict ok" id="verdict"><b>Nothing looks wrong.</b> '
-            f'<span class="legend">{rules}</span></div>'
-        )
-    items = "".join(f"<li>{escape(w)}</li>" for w in found)
-    return (
-        f'<div class="verdict bad" id="verdict"><b>Check this registration:</b><ul>{items}</ul>'
-        f'<span class="legend">{rules}</span></div>'
-    )
+        head = '<div class="verdict ok" id="verdict"><b>Nothing looks wrong.</b> '
+    else:
+        items = "".join(f"<li>{escape(w)}</li>" for w in found)
+        head = f'<div class="verdict bad" id="verdict"><b>Check this registration:</b><ul>{items}</ul>'
+    return f'{head}{legend} <a class=legend href="#rules">Every rule, as measured.</a></div>'
 
 
 def _position(entries) -> str:
@@ -121,6 +116,17 @@ def _figures(record: dict) -> str:
                     ),
                 )
             )
+    if "head_overlap_after" in record:
+        similarity.append(
+            (
+                "heads' overlap (share of the smaller head inside the other)",
+                (
+                    f"<span class=mono>{number(record.get('head_overlap_before'))}</span> before → "
+                    f"<b class=mono>{number(record.get('head_overlap_after'))}</b> after; the fixed head's size "
+                    f"{number(record.get('head_size_mm'))} mm (diameter of a sphere of its volume)"
+                ),
+            )
+        )
     chosen = [(k.replace("_", " "), escape(v)) for k, v in record.items() if "similarity" in k and isinstance(v, str)]
     jac = [
         (
@@ -210,17 +216,18 @@ def render(record: dict, slices) -> str:
     title = f"{os.path.basename(str(moving))} → {os.path.basename(str(fixed))}"
     panel = f"""<h2>Before / after</h2>
 <div class="panel" id="beforeafter">
-<div class="controls">Hover over (or focus) the picture to see the moved image with the fixed image's edges.</div>
-<input type="checkbox" id="pin"><label for="pin" class="controls"> show moved</label>
+<div class="controls">At rest: the moved image with the fixed image's edges. Hover over (or focus) the
+picture to see the fixed image.</div>
+<input type="checkbox" id="pin"><label for="pin" class="controls"> show fixed</label>
 <input type="checkbox" id="sidebyside"><label for="sidebyside" class="controls"> both, one above the other</label>
 <br><div class="fade" tabindex="0">
 <img class="under" alt="fixed image" src="{_html.data_uri(layers["fixed"])}">
 <img class="over" alt="moved image with the fixed image's edges" src="{_html.data_uri(layers["moved"])}">
 </div>
-<div class="legend">Rest: the fixed image. Hover: the moved image, with the fixed image's edges
+<div class="legend">Rest: the moved image, with the fixed image's edges
 <span class="swatch" style="background:#ff3030"></span>on top: where anatomy and edges part, the registration missed.
-Slices are cut inside the head's bounding box; intensities windowed at the 0.5th–99.5th percentiles.</div>
-</div>"""
+Hover: the fixed image alone. Slices are cut inside the fixed head's bounding box; intensities windowed at the
+0.5th–99.5th percentiles.</div>"""
     jacobian = f"""<h2>Jacobian determinant</h2>
 <img class="plot" id="jacobian" alt="Jacobian determinant over the fixed image"
  src="{_html.data_uri(layers["jacobian"])}">
@@ -233,7 +240,7 @@ Slices are cut inside the head's bounding box; intensities windowed at the 0.5th
     body = (
         f"<h1>Registration report</h1><p class=sub>{escape(title)}<br>moving <code>{escape(moving)}</code><br>"
         f"fixed <code>{escape(fixed)}</code></p>{_verdict(record)}{panel}{_figures(record)}{jacobian}"
-        f"{_run(record, slices.info)}{files}"
+        f"<h2>Rules</h2>{_rules_table(record)}{_run(record, slices.info)}{files}"
         "<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>"
     )
     return _html.page(f"ilex QC: {title}", body)

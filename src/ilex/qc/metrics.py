@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .slices import head_threshold, subsample_step
+from .slices import HEAD_LEVEL, head_threshold, subsample_step
 
 BINS = 32  # joint histogram bins for mutual information
 
@@ -147,6 +147,47 @@ def world_affine(result) -> np.ndarray:
     return result.affine
 
 
+def head_mask(volume: np.ndarray, step: int) -> np.ndarray:
+    """The head of a volume on a strided subsample: above `HEAD_LEVEL` x its own 99th percentile
+    (each image its own level, so that contrasts and intensity scales do not matter)."""
+    sample = np.nan_to_num(np.asarray(volume[::step, ::step, ::step], np.float32))
+    return sample > HEAD_LEVEL * np.percentile(sample, 99)
+
+
+def containment(a: np.ndarray, b: np.ndarray) -> float:
+    """|A ∩ B| / min(|A|, |B|): the share of the smaller mask that lies inside the other (1 when
+    one holds the other, 0 when they are apart or one is empty). Unlike Dice it is 1 for a brain
+    inside a head, as a skull-stripped template and a whole-head scan are after registration."""
+    smaller = min(int(a.sum()), int(b.sum()))
+    return int((a & b).sum()) / smaller if smaller else 0.0
+
+
+def head_overlap(result, moved: np.ndarray) -> dict:
+    """How the two heads overlap, on the fixed grid's strided subsample: the share of the smaller
+    head inside the other (`containment`) for the fixed image and the moved one
+    (`head_overlap_after`), and for the fixed image and the moving image placed by the headers
+    alone (`head_overlap_before`: 0 when the headers put the heads apart, where the similarity
+    before is that of independent images); `head_size_mm`, the diameter of a sphere of the fixed
+    head's volume (mm), the scale that the affine's shift is judged against."""
+    from scipy.ndimage import map_coordinates
+
+    fixed = np.asarray(result.fixed.data, np.float32)
+    step = subsample_step(fixed.shape)
+    fixed_head = head_mask(fixed, step)
+    out = {"head_overlap_after": containment(fixed_head, head_mask(np.asarray(moved, np.float32), step))}
+    # The moving image placed by the headers, on the same subsample (mask by its own level).
+    points = np.indices(fixed_head.shape).reshape(3, -1) * step
+    fixed_to_moving = np.linalg.inv(result.moving.affine) @ result.fixed.affine
+    coords = fixed_to_moving[:3, :3] @ points + fixed_to_moving[:3, 3:]
+    moving = np.nan_to_num(np.asarray(result.moving.data, np.float32))
+    level = HEAD_LEVEL * np.percentile(moving[::step, ::step, ::step], 99)
+    before = map_coordinates(moving, coords, order=1, mode="constant", cval=0.0).reshape(fixed_head.shape)
+    out["head_overlap_before"] = containment(fixed_head, before > level)
+    voxel_mm3 = abs(np.linalg.det(result.fixed.affine[:3, :3])) * step**3
+    out["head_size_mm"] = float((6 * fixed_head.sum() * voxel_mm3 / np.pi) ** (1 / 3))
+    return out
+
+
 def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:
     """Everything the pair report shows about `result` (a `Registration`) beyond the whole-grid
     Jacobian statistics: similarity before/after, the Jacobian in the head, the affine's parts."""
@@ -159,6 +200,7 @@ def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:
         after = similarity(fixed_values, np.asarray(moved, np.float32)[points])
         out.update({f"similarity_{k}_before": v for k, v in before.items()})
         out.update({f"similarity_{k}_after": v for k, v in after.items()})
+    out.update(head_overlap(result, moved))
     out.update(jacobian_statistics(jacobian, fixed, result.fixed.affine))
     centre = (
         result.fixed.affine[:3, :3] @ np.mean(np.stack(points, 1), 0) + result.fixed.affine[:3, 3]

@@ -2,8 +2,9 @@
 
 DIR/jacobian.nii.gz  Jacobian determinant of the forward warp on the fixed grid (1 = volume kept)
 DIR/checkerboard.png fixed and moved images, three orthogonal slices, as a checkerboard
-DIR/qc.json          folding fraction, Jacobian statistics, similarity before/after and the affine's
-                     parts (`metrics.py`), for pipelines to threshold on
+DIR/qc.json          folding fraction, Jacobian statistics, similarity before/after, the heads'
+                     overlap and the affine's parts (`metrics.py`), for pipelines to threshold on,
+                     and the verdict: every rule with its value, threshold and outcome (`verdict.py`)
 DIR/report.html      the page a person reads (`html_report.py`), drawn from qc.json and
 DIR/report.npz       the slices it shows and the run's times (`slices.py`)
 """
@@ -23,6 +24,7 @@ from .checkerboard import checkerboard_png
 from .html_report import write_pair_report
 from .metrics import pair_metrics
 from .slices import cut_slices
+from .verdict import verdict
 
 QC_FILES = ("jacobian.nii.gz", "checkerboard.png", "qc.json", "report.npz", "report.html")
 
@@ -86,6 +88,7 @@ def write_qc(
         **report.statistics(),
         **pair_metrics(result, report.jacobian, moved),
     }
+    record["verdict"] = verdict(record)
     with atomic_file(paths[2], suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
         f.write("\n")

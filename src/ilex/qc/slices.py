@@ -170,7 +170,7 @@ def save_slices(path: str | os.PathLike, slices: ReportSlices) -> None:
 
 def load_slices(path: str | os.PathLike, layers=("fixed", "moved", "jacobian", "head"), views=VIEWS) -> ReportSlices:
     """Read what `save_slices` wrote (only `layers` of `views`: a study's thumbnails need three
-    axial arrays of each pair, not its 1 MB of Jacobian). Raises `FileProblem` for a missing or
+    arrays of each pair, not its 1 MB of Jacobian). Raises `FileProblem` for a missing or
     damaged file."""
     from ..errors import FileProblem
 

@@ -1,7 +1,10 @@
 """The study report, PREFIX.report.html: every pair of a batch (or a template's rounds) on one page.
 
-Failed pairs come first with their errors; then one strip plot per metric, pairs far from the
-others flagged by a robust rule (`outliers`); a template's round-by-round convergence when given;
+Failed pairs come first with their errors, then the pairs that fail a per-pair rule (`verdict.py`,
+the rules of each pair's page, read from its qc.json) with their reasons; then one strip plot per
+metric, pairs far from the others flagged by a robust rule (`outliers`, second to the per-pair
+rules: it cannot see a failure when the pairs fall in two groups); a template's round-by-round
+convergence when given;
 and the table of every pair (sortable, failed and flagged first by default), each row with a
 small before/after picture and a link to its pair report. Built from the batch's records (the
 summary JSON's `pairs`) and each pair's QC directory (qc.json, report.npz), so it can be drawn
@@ -20,6 +23,7 @@ import numpy as np
 
 from . import _html
 from ._html import escape, number
+from .verdict import RULE_TEXT, failed_rules
 
 # Iglewicz and Hoaglin's modified z-score, 0.6745 (x - median) / MAD; |z| > 3.5 is an outlier.
 OUTLIER_Z = 3.5
@@ -44,11 +48,15 @@ METRICS = (
 )
 
 RULE = (
-    f"A pair is flagged on a metric when its modified z-score, 0.6745 × (value − median) / MAD over the pairs "
+    f"A pair is an outlier on a metric when its modified z-score, 0.6745 × (value − median) / MAD over the pairs "
     f"that ran, is beyond {OUTLIER_Z} in the direction that is worse (more folding, wider log-Jacobian spread, "
     f"lower similarity, more time or memory); when the MAD is 0, 0.7979 × (value − median) / (mean absolute "
     f"deviation) takes its place; with fewer than {MIN_PAIRS_FOR_OUTLIERS} values nothing is flagged "
-    f"(Iglewicz and Hoaglin, 1993)."
+    f"(Iglewicz and Hoaglin, 1993). This rule is second to the per-pair rules: it only compares pairs with each "
+    f"other. When the pairs fall in two groups of similar size (two contrasts, two sites) the MAD is about half "
+    f"the gap between them, so a pair must lie about 2.6 gaps beyond the median to be flagged: it flags almost "
+    f"nothing, and a failed registration between or near the groups goes unflagged here (with groups of unequal "
+    f"size it may flag the smaller one whole). The per-pair rules, which do not look at the other pairs, catch those."
 )
 
 
@@ -125,9 +133,7 @@ def _pair_facts(record: dict) -> dict:
             from .slices import load_slices
 
             try:
-                facts["slices"] = load_slices(
-                    os.path.join(qc_dir, "report.npz"), ("fixed", "moved", "head"), ("axial",)
-                )
+                facts["slices"] = load_slices(os.path.join(qc_dir, "report.npz"), ("fixed", "moved", "head"))
             except FileProblem:
                 facts["slices"] = None
     qc = facts["qc"] or {}
@@ -198,6 +204,9 @@ def render_study(
     labels = [str(r.get("pair") or f"row {r.get('index')}") for r in records]
     flags = {m.key: outliers([f["values"][m.key] for f in facts], m.worse) for m in METRICS}
     flagged_by = [[m.title for m in METRICS if flags[m.key][k]] for k in range(len(records))]
+    broken = [
+        failed_rules(f["qc"]) if f["qc"] and records[k].get("status") != "failed" else [] for k, f in enumerate(facts)
+    ]
     failed = [k for k, r in enumerate(records) if r.get("status") == "failed"]
     totals = {s: sum(r.get("status") == s for r in records) for s in ("done", "skipped", "failed")}
 
@@ -208,11 +217,23 @@ def render_study(
             f"(outputs from an earlier run), {totals['failed']} failed.</p>"
         ),
     ]
+    n_broken = sum(bool(b) for b in broken)
+    thumbs = [
+        ""
+        if f["slices"] is None
+        else (
+            '<img class="thumb" alt="moved image with the fixed image&#39;s edges: sagittal, coronal, axial" '
+            f'src="{_html.data_uri(thumbnail(f["slices"]))}">'
+        )
+        for f in facts
+    ]
     n_flagged = sum(bool(f) for f in flagged_by)
-    cls = "bad" if failed else "warn" if n_flagged else "ok"
+    cls = "bad" if failed or n_broken else "warn" if n_flagged else "ok"
     parts.append(
-        f'<div class="verdict {cls}" id="verdict"><b>{len(failed)} failed, {n_flagged} flagged as outliers.</b> '
-        f'<span class="legend">{escape(RULE)}</span></div>'
+        f'<div class="verdict {cls}" id="verdict"><b>{len(failed)} failed, {n_broken} flagged by the per-pair rules, '
+        f"{n_flagged} flagged as outliers.</b> "
+        f'<span class="legend">Each pair is first judged on its own by the rules of its page ({escape(RULE_TEXT)}); '
+        f"then against the other pairs by the outlier rule below.</span></div>"
     )
     if failed:
         rows = "".join(
@@ -225,6 +246,21 @@ def render_study(
             f'<h2>Failed pairs</h2><table class="study" id="failed"><tr><th>pair</th><th>images</th>'
             f"<th>error</th></tr>{rows}</table>"
         )
+    if n_broken:
+        rows = []
+        for k in (k for k in range(len(records)) if broken[k]):
+            name = escape(labels[k])
+            if facts[k]["report"]:
+                name = f'<a href="{_link(facts[k]["report"], page_dir)}">{name}</a>'
+            reasons = "".join(f"<li><code>{escape(r.name)}</code>: {escape(r.reason)}</li>" for r in broken[k])
+            rows.append(
+                f'<tr data-pair="{escape(labels[k])}"><td>{name}</td><td>{thumbs[k]}</td>'
+                f'<td><ul class="flagged-list">{reasons}</ul></td></tr>'
+            )
+        parts.append(
+            '<h2>Pairs the rules flag</h2><table class="study" id="flagged"><tr><th>pair</th>'
+            f"<th>moved, fixed edges</th><th>rules failed</th></tr>{''.join(rows)}</table>"
+        )
     strips = []
     for m in METRICS:
         present = [k for k, f in enumerate(facts) if f["values"][m.key] is not None]
@@ -233,7 +269,7 @@ def render_study(
         png = strip_plot(
             m.title,
             [facts[k]["values"][m.key] for k in present],
-            [flags[m.key][k] for k in present],
+            [flags[m.key][k] or bool(broken[k]) for k in present],
             [labels[k] for k in present],
             m.unit,
         )
@@ -242,7 +278,7 @@ def render_study(
         parts.append(
             "<h2>Metrics across pairs</h2><div class=strips>" + "".join(strips) + "</div>"
             f'<p class="legend">One point per pair (sideways jitter only spreads them); dashed line: the median; '
-            f"red: flagged. {escape(RULE)}</p>"
+            f"red: an outlier on that metric, or a pair the per-pair rules flag. {escape(RULE)}</p>"
         )
     if rounds is not None:
         png = convergence_plot(rounds)
@@ -252,12 +288,17 @@ def render_study(
         )
     order = sorted(
         range(len(records)),
-        key=lambda k: (records[k].get("status") != "failed", -len(flagged_by[k]), records[k].get("index") or k),
+        key=lambda k: (
+            records[k].get("status") != "failed",
+            not broken[k],
+            -len(flagged_by[k]),
+            records[k].get("index") or k,
+        ),
     )
     head = (
-        '<tr><th data-sort="text">pair</th><th data-sort="text">status</th><th>fixed | moved</th>'
+        '<tr><th data-sort="text">pair</th><th data-sort="text">status</th><th>moved, fixed edges</th>'
         + "".join(f'<th data-sort="number">{escape(m.title)}</th>' for m in METRICS)
-        + '<th data-sort="text">flags</th><th>images</th></tr>'
+        + '<th data-sort="text">rules failed</th><th data-sort="text">outlier on</th><th>images</th></tr>'
     )
     body = []
     for k in order:
@@ -265,9 +306,7 @@ def render_study(
         name = escape(labels[k])
         if f["report"]:
             name = f'<a href="{_link(f["report"], page_dir)}">{name}</a>'
-        thumb = ""
-        if f["slices"] is not None:
-            thumb = f'<img class="thumb" alt="fixed and moved, axial" src="{_html.data_uri(thumbnail(f["slices"]))}">'
+        thumb = thumbs[k]
         cells = "".join(
             f'<td class="num{" flag" if flags[m.key][k] else ""}" data-value="{_data_value(f["values"][m.key])}">'
             f"{number(f['values'][m.key])}</td>"
@@ -279,11 +318,13 @@ def render_study(
             short = r["error"] if len(r["error"]) <= 160 else r["error"][:157] + "..."
             error = f'<div class="error" title="{escape(r["error"])}">{escape(short)}</div>'
 
-        cls = "failed" if r.get("status") == "failed" else "outlier" if flagged_by[k] else ""
+        cls = "failed" if r.get("status") == "failed" else "outlier" if flagged_by[k] or broken[k] else ""
+        names = ", ".join(rule.name for rule in broken[k])
         body.append(
             f'<tr class="{cls}" data-pair="{escape(labels[k])}" data-status="{status}">'
             f'<td data-value="{escape(labels[k])}">{name}</td><td data-value="{status}">{status}</td>'
-            f'<td>{thumb}</td>{cells}<td data-value="{escape(", ".join(flagged_by[k]))}" class=flag>'
+            f'<td>{thumb}</td>{cells}<td data-value="{escape(names)}" class="rules flag">{escape(names)}</td>'
+            f'<td data-value="{escape(", ".join(flagged_by[k]))}" class=flag>'
             f"{escape(', '.join(flagged_by[k]))}</td>"
             f"<td class=legend><code>{escape(os.path.basename(str(r.get('moving'))))}</code> → "
             f"<code>{escape(os.path.basename(str(r.get('fixed'))))}</code>{error}</td></tr>"
