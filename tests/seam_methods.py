@@ -49,3 +49,14 @@ class ConstantFlow(Method):
     def estimate(self, mov_net, fix_net, grid=None) -> NetworkTransform:
         velocity = jnp.broadcast_to(jnp.asarray(self.shift, jnp.float32), (*fix_net.shape, 3))
         return NetworkTransform(velocity=velocity, scale=1)
+
+
+class ZeroFlow(ConstantFlow):
+    """The identity warp (a zero velocity): images already in place stay there, for tests whose
+    images are aligned by construction and whose registrations must pass the report's rules."""
+
+    name: ClassVar[str] = "zero-flow"
+    summary: ClassVar[str] = "a zero velocity"
+
+    def __init__(self):
+        super().__init__((0.0, 0.0, 0.0))

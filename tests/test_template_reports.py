@@ -14,6 +14,7 @@ from ilex.cli.main import main
 from ilex.errors import IlexWarning
 
 WARP = "seam_methods.ConstantFlow"
+STILL = "seam_methods.ZeroFlow"  # the identity warp: the flagged-image tests' good heads are in place
 
 
 def _head(path, shift, seed, background=0.0):
@@ -69,3 +70,94 @@ def test_a_nan_image_is_warned_about_once_over_the_whole_build(tmp_path, recwarn
     assert len(nan_warnings) == 1, [str(w.message) for w in nan_warnings]
     assert str(nan_warnings[0].message).startswith(f"{images[1]}: ")
     assert "taken as background" in str(nan_warnings[0].message)
+
+
+def _flipped(path, source):
+    # `source` with its header's front-back axis negated (the voxels as they were): the head is
+    # mirrored and, the origin being at a corner of the grid, put 38 mm behind the others, apart from them.
+    img = nib.load(source)
+    affine = img.affine.copy()
+    affine[:, 1] *= -1
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), affine), path)
+    return str(path)
+
+
+def _rounds(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cohort")
+    # Good heads in place (ZeroFlow leaves them there, so that their registrations pass the rules),
+    # each with its own texture; the flipped one apart from them.
+    good = [_head(work / f"h{k}.nii.gz", (0, 0, 0), k) for k in range(3)]
+    return good, _flipped(work / "flip.nii.gz", _head(work / "source.nii.gz", (0, 0, 0), 3))
+
+
+@pytest.mark.slow
+def test_template_names_the_flipped_image_each_round_and_keeps_it_by_default(cohort, tmp_path, capsys):
+    good, flipped = cohort
+    out = tmp_path / "template"
+    assert main(["template", *good, flipped, "-o", str(out), "-m", STILL, "-e", "32", "--rounds", "2"]) == 0
+    err = capsys.readouterr().err
+    rows = _rounds(out / "rounds.csv")
+    # Round 0 (the affine average) flags the flipped image alone: its headers put it apart. Kept, it
+    # pulls the template a quarter of its 40 mm offset away, and in rounds 1 and 2 the good heads,
+    # which ZeroFlow leaves in place, no longer overlap the template either: flagged too.
+    assert [row["flagged"] for row in rows] == ["flip", "h0 h1 h2 flip", "h0 h1 h2 flip"]
+    assert [row["averaged"] for row in rows] == ["4"] * 3  # kept by default
+    named = [line for line in err.splitlines() if "is flagged by the rules" in line]
+    flip_lines = [line for line in named if line.startswith("ilex template: round") and " flip (" in line]
+    assert len(flip_lines) == 3 and all("kept in the average" in line for line in flip_lines), err
+    # Its headers put it apart: that rule says so, whatever else fails.
+    assert all("overlap_before" in line for line in flip_lines)
+    assert "1 flagged (flip)" in err and "4 flagged (h0 h1 h2 flip)" in err
+    # The study page lists it at the top, among the images the rules flag, with its reasons.
+    page = (out / "qc" / "summary.report.html").read_text(encoding="utf-8")
+    start = page.index('id="flagged"')
+    flagged_table = page[start : page.index("</table>", start)]
+    assert 'data-pair="flip"' in flagged_table and "the headers put the heads apart" in flagged_table
+    assert start < page.index('id="pairs"')
+    assert "4 flagged by the per-pair rules" in page
+
+
+@pytest.mark.slow
+def test_exclude_flagged_builds_the_template_of_the_good_images(cohort, tmp_path):
+    """With --exclude-flagged the flipped image is left out of every average: the template is the
+    one the three good images make alone (same round-0 reference, same sums in the same order)."""
+    good, flipped = cohort
+    with_flag = tmp_path / "excluded"
+    argv = ["-m", STILL, "-e", "32", "--rounds", "2", "-q"]
+    assert main(["template", *good, flipped, "-o", str(with_flag), *argv, "--exclude-flagged"]) == 0
+    alone = tmp_path / "alone"
+    assert main(["template", *good, "-o", str(alone), *argv]) == 0
+    rows = _rounds(with_flag / "rounds.csv")
+    assert [row["flagged"] for row in rows] == ["flip"] * 3 and [row["averaged"] for row in rows] == ["3"] * 3
+    excluded = np.asarray(nib.load(with_flag / "template.nii.gz").dataobj)
+    reference = np.asarray(nib.load(alone / "template.nii.gz").dataobj)
+    np.testing.assert_array_equal(excluded, reference)  # measured: the same bits
+    # The flipped image still has its outputs and its page: only the average leaves it out.
+    assert (with_flag / "qc" / "flip" / "report.html").is_file()
+
+
+def test_report_reads_rounds_csv_with_and_without_the_flagged_column(tmp_path):
+    from ilex.qc.study_report import read_rounds
+
+    old = tmp_path / "old.csv"  # as ilex wrote it before the column
+    old.write_text(
+        "round,mean_displacement_mm,max_displacement_mm,mean_similarity,template_change,averaged,failed,seconds,"
+        "reduce_seconds,peak_memory_gib\n0,13.9,21.4,1.12,,3,,4.2,,1.3\n1,2.5,4.0,1.2,0.04,3,,3.0,0.3,1.3\n"
+    )
+    new = tmp_path / "new.csv"
+    new.write_text(
+        "round,mean_displacement_mm,max_displacement_mm,mean_similarity,template_change,averaged,failed,flagged,"
+        "seconds,reduce_seconds,peak_memory_gib\n0,13.9,21.4,1.12,,3,,flip,4.2,,1.3\n"
+        "1,2.5,4.0,1.2,0.04,3,,flip other,3.0,0.3,1.3\n"
+    )
+    for path in (old, new):
+        table = read_rounds(path)
+        assert table["round"] == [0.0, 1.0] and table["template_change"] == [None, 0.04]

@@ -84,6 +84,14 @@ def add_parser(sub) -> None:
         "--sharpen", action="store_true", help="Laplacian sharpening of each new template (as ANTs' templates)"
     )
     p.add_argument(
+        "--exclude-flagged",
+        action="store_true",
+        help="leave the images whose registration the report's rules flag (named after each round, and in "
+        "rounds.csv's flagged column) out of that round's average. Off by default: on a small cohort a flag "
+        "may be a false alarm, and each image left out changes the template; look at the flagged images' "
+        "pages first",
+    )
+    p.add_argument(
         "--keep-rounds",
         action="store_true",
         help="keep each round's intermediate files (default: deleted once the round is committed)",
@@ -144,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             step=args.step,
             sharpen=args.sharpen,
             keep_rounds=args.keep_rounds,
+            exclude_flagged=args.exclude_flagged,
             warp_format=args.warp_format,
             client=client,
             compilation_cache=not args.no_compilation_cache,

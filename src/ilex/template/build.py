@@ -85,6 +85,7 @@ def build_template(
     step: float = 1.0,
     sharpen: bool = False,
     keep_rounds: bool = False,
+    exclude_flagged: bool = False,
     warp_format: str = "freesurfer",
     client=None,
     algorithm: str | None = None,
@@ -104,6 +105,11 @@ def build_template(
     image's grid. Files go to `outdir` (a temporary directory, kept as long as the result, when
     None): template.nii.gz, template_round{k}.nii.gz, rounds.csv, images/ID/{warp, inverse, moved,
     affine}, qc/. A rerun with the same `outdir` continues from the last complete round.
+
+    After each round, the images whose registration fails a rule of the QC verdict
+    (`ilex.qc.verdict`) are named on `log` and in rounds.csv's `flagged` column; `exclude_flagged`
+    leaves them out of that round's average (off by default: on a small cohort a flag may be a
+    false alarm, and leaving images out changes the template).
 
     Returns a `TemplateResult`. Raises `OptionError`/`ImageFileError` for bad input before any
     work (fewer than 2 images; a missing, 4-D, 2-D, Inf, all-NaN or constant image), and `IlexError`
@@ -138,6 +144,7 @@ def build_template(
         extent=extent,
         step=step,
         sharpen=sharpen,
+        exclude_flagged=exclude_flagged,
         warp_format=warp_format,
         algorithm=algorithm,
         clip_percentile=clip_percentile,

@@ -16,15 +16,17 @@ class RoundSum:
     landed and every pair before it is in, so that the sums are added in the pairs' order whatever
     order the pairs finish in (a resumed or distributed round gives the same bits as a local one).
     `offer` takes records as the batch reports them; `result` takes the rest (skipped pairs) and
-    waits. Failed pairs are left out."""
+    waits. Failed pairs are left out, and those `leave_out(pair)` says (the flagged ones, with
+    --exclude-flagged; asked once the pair's files, its qc.json among them, have landed)."""
 
-    def __init__(self, previous, mask: np.ndarray, pairs):
+    def __init__(self, previous, mask: np.ndarray, pairs, leave_out=None):
         self.previous = previous.data
         self.mask = mask
         self.mean = MeanTransform(previous.affine, mask)
         self.total = np.zeros(previous.shape, np.float32)
         self.similarities: list[float] = []
         self._pairs = list(pairs)
+        self._leave_out = leave_out
         self._status: dict[int, str] = {}
         self._next = 0
         self._added = []
@@ -41,7 +43,7 @@ class RoundSum:
         while self._next < len(self._pairs) and self._pairs[self._next].index in self._status:
             pair = self._pairs[self._next]
             self._next += 1
-            if self._status[pair.index] != "failed":
+            if self._status[pair.index] != "failed" and not (self._leave_out and self._leave_out(pair)):
                 self._added.append(self._pool.submit(self._add, pair))
 
     def _add(self, pair) -> None:

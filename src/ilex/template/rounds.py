@@ -87,32 +87,53 @@ class Rounds:
         similarity = "n/a" if row["mean_similarity"] is None else f"{row['mean_similarity']:.4f}"
         change = "" if row["template_change"] is None else f", template change {100 * row['template_change']:.2f} %"
         total = f"/{rounds}" if rounds else " (affine average)"
+        flagged = row.get("flagged") or ""
         self.log(
             f"ilex template: round {row['round']}{total}: {row['averaged']} averaged, "
-            f"{len(row['failed'].split()) if row['failed'] else 0} failed; "
+            f"{len(row['failed'].split()) if row['failed'] else 0} failed, "
+            f"{len(flagged.split())} flagged{' (' + flagged + ')' if flagged else ''}; "
             f"mean transform {row['mean_displacement_mm']:.3f} mm "
             f"(max {row['max_displacement_mm']:.3f} mm); similarity {similarity}{change}; {row['seconds']:.1f} s"
         )
         if self.on_round is not None:
             self.on_round(row)
 
-    def affine_pairs(self, directory: str, target: str) -> list:
+    def affine_pairs(self, directory: str, target: str, qc: bool = False) -> list:
         """Every image against `target` for an affine stage, its matrix an LTA in `directory`/affine
-        (an affine stage answers with a matrix, never a warp to fit one to)."""
+        (an affine stage answers with a matrix, never a warp to fit one to); with `qc`, each pair's
+        QC directory in `directory`/qc (what the rules judge it by)."""
         from ..batch.pairs import Pair
 
         os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
-        return [
-            Pair(
-                k,
-                item.path,
-                target,
-                {"trans": os.path.join(directory, "affine", f"{item.id}.lta")},
-                init=item.init,
-                id=item.id,
-            )
-            for k, item in enumerate(self.inputs)
-        ]
+        pairs = []
+        for k, item in enumerate(self.inputs):
+            outputs = {"trans": os.path.join(directory, "affine", f"{item.id}.lta")}
+            if qc:
+                outputs["qc"] = os.path.join(directory, "qc", item.id)
+            pairs.append(Pair(k, item.path, target, outputs, init=item.init, id=item.id))
+        return pairs
+
+    def report_flags(self, k: int, pairs, records) -> dict[str, list[str]]:
+        """The images of round `k` whose registration the rules flag (`qc.verdict`, from each
+        pair's qc.json): {id: the rules failed}, each named on the log, in the order of the pairs."""
+        status = {r.pair: r.status for r in records}
+        flags = {}
+        for pair in pairs:
+            if status.get(pair.label, "failed") == "failed":
+                continue
+            names = flagged_rules(pair)
+            if names:
+                flags[pair.label] = names
+                what = (
+                    "left out of this round's average (--exclude-flagged)"
+                    if self.settings.exclude_flagged
+                    else "kept in the average (--exclude-flagged would leave it out)"
+                )
+                self.log(
+                    f"ilex template: round {k}: {pair.label} ({pair.moving}) is flagged by the rules "
+                    f"({', '.join(names)}; its page: {os.path.join(pair.outputs['qc'], 'report.html')}), {what}"
+                )
+        return flags
 
     # -- round 0: the affine average -----------------------------------------------------------------
     def round0(self, state: dict) -> None:
@@ -127,9 +148,10 @@ class Rounds:
             return
         reference = load_image(self.inputs[0].path, what="image")
         method = self.settings.affine_method()
-        pairs = self.affine_pairs(self.folder.round_dir(0), reference.path)[1:]  # the first is the reference
+        pairs = self.affine_pairs(self.folder.round_dir(0), reference.path, qc=True)[1:]  # the first is the reference
         records = self.run(pairs, method, "affine")
         failed = self.report_failures(0, records)
+        flags = self.report_flags(0, pairs, records)
         mask = head_mask(reference.data)
         mean = MeanTransform(reference.affine, mask)
         matrices = {self.inputs[0].id: np.eye(4)}
@@ -138,6 +160,8 @@ class Rounds:
         for item, pair in zip(self.inputs[1:], pairs, strict=True):
             record = by_id.get(item.id)
             if record is not None and record.status == "failed":
+                continue
+            if self.settings.exclude_flagged and item.id in flags:
                 continue
             # template (reference) world -> the image's world; no affine stage: the plain average
             matrix = np.eye(4) if record is None else _lta_world(pair.outputs["trans"], item.path, reference)
@@ -180,6 +204,7 @@ class Rounds:
             "template_change": None,
             "averaged": len(matrices),
             "failed": " ".join(failed),
+            "flagged": " ".join(flags),
             "seconds": time.perf_counter() - start,
             "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records), default=None),
         }
@@ -210,15 +235,19 @@ class Rounds:
                 "out_moving": os.path.join(directory, "moved", f"{item.id}{INTERMEDIATE}"),
                 "trans": os.path.join(directory, "warps", f"{item.id}{INTERMEDIATE}"),
             }
+            # Every round's registrations are judged by the rules: the last round's QC stays (OUTDIR/qc),
+            # the others' go with the round's own files.
+            outputs["qc"] = self.folder.path("qc", item.id) if final else os.path.join(directory, "qc", item.id)
             if final:
                 outputs["inverse"] = os.path.join(directory, "inverse", f"{item.id}{INTERMEDIATE}")
-                outputs["qc"] = self.folder.path("qc", item.id)
             problem = None if not records_before or inits[item.id] else "its affine stage failed"
             pairs.append(Pair(j, item.path, previous.path, outputs, init=inits[item.id], id=item.id, problem=problem))
         mask = head_mask(previous.data)
-        with RoundSum(previous, mask, pairs) as summed:
+        leave_out = (lambda pair: bool(flagged_rules(pair))) if self.settings.exclude_flagged else None
+        with RoundSum(previous, mask, pairs, leave_out) as summed:
             records = self.run(pairs, None, "main", on_record=summed.offer)
             failed = self.report_failures(k, records)
+            flags = self.report_flags(k, pairs, records)
             if final:
                 from ..batch import write_summary
 
@@ -233,8 +262,13 @@ class Rounds:
                     f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)"
                 )
             mean, total, similarities = summed.result(records)
+            if mean.count < 2:
+                raise IlexError(
+                    f"round {k}: fewer than 2 images left to average once the flagged ones are left out "
+                    "(--exclude-flagged); see the flags above"
+                )
         update = ShapeUpdate(mean, previous.shape, self.settings.step)
-        template = update.image(total / len(done))
+        template = update.image(total / mean.count)
         if self.settings.sharpen:
             template = sharpen_image(template)
         mean_mm, max_mm = update.mean_displacement(mask)
@@ -244,8 +278,9 @@ class Rounds:
             "max_displacement_mm": max_mm,
             "mean_similarity": float(np.mean(similarities)),
             "template_change": relative_change(template, previous.data, mask),
-            "averaged": len(done),
+            "averaged": mean.count,
             "failed": " ".join(failed),
+            "flagged": " ".join(flags),
             "seconds": 0.0,
             "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records + records_before), default=None),
         }
@@ -279,6 +314,21 @@ class Rounds:
         )
         self.log(f"ilex template: study page {path}")
         return path
+
+
+def flagged_rules(pair) -> list[str]:
+    """The names of the rules a pair's registration fails, read from its qc.json (none without one)."""
+    import json
+
+    from ..qc.verdict import failed_rules
+
+    qc = pair.outputs.get("qc")
+    try:
+        with open(os.path.join(qc, "qc.json"), encoding="utf-8") as f:
+            record = json.load(f)
+    except (TypeError, OSError, ValueError):
+        return []
+    return [r.name for r in failed_rules(record)] if isinstance(record, dict) else []
 
 
 def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:

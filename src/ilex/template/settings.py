@@ -15,11 +15,14 @@ class TemplateSettings(BatchSettings):
     `-m optimize`; a pair (affine, deform) gives methods that need an affine stage their
     detector; `method` a name, joint by default), and the loop's own. `step` is the shape
     update's step (1: the whole inverse of the mean transform); `sharpen` applies Laplacian
-    sharpening to each new template; `warp_format` is that of the final per-image warps."""
+    sharpening to each new template; `warp_format` is that of the final per-image warps;
+    `exclude_flagged` leaves the images whose registration the rules flag out of that round's
+    average (they are named either way)."""
 
     method: str = DEFAULT_METHOD
     step: float = 1.0
     sharpen: bool = False
+    exclude_flagged: bool = False
 
     def check(self) -> None:
         if not 0.0 < self.step <= 1.0:

@@ -23,6 +23,7 @@ ROUND_COLUMNS = (
     "template_change",
     "averaged",
     "failed",
+    "flagged",
     "seconds",
     "reduce_seconds",
     "peak_memory_gib",
