@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from . import errors as errors
 from . import losses as losses
+from . import synth as synth
 from . import transforms as transforms
 from .bundle import DEFAULT_REPO_ID as DEFAULT_REPO_ID
 from .bundle import load as load
@@ -29,6 +30,7 @@ from .registration.pipeline import register as register
 from .registration.session import Registrar as Registrar
 from .registration.settings import Settings as Settings
 from .template import build_template as build_template
+from .train import train as train  # the function; the subpackage stays importable as `ilex.train.*` modules
 
 convert_weights = _convert  # a FreeSurfer .h5 into a bundle; `ilex.convert` stays the subpackage
 
@@ -55,6 +57,8 @@ __all__ = [
     "save",
     "save_bundle",
     "symmetric_velocity",
+    "synth",
+    "train",
     "transforms",
     "write_outputs",
 ]
