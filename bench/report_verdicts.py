@@ -10,6 +10,11 @@ qc.json figures the rules read and its verdict go into the JSON result, with the
 rate (good pairs with any rule failed) and the broken pairs caught.
 
     python bench/report_verdicts.py --json bench/results/report_verdicts.json
+    python bench/report_verdicts.py --held-out --json bench/results/report_verdicts_held_out.json
+
+`--held-out` runs pairs chosen after the rules were set and never used to set them: bench/cases.py's seven cases
+(the optimiser benchmark's pairs, known warps included) as good pairs, and avg152T1 onto FSL's MNI152 spoiled the
+six ways above as broken ones.
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="write the figures here")
     parser.add_argument("--no-broken", action="store_true", help="the good pairs only")
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="instead: the pairs the rules were not set on (bench/cases.py's seven cases as good pairs; "
+        "avg152T1 onto FSL's MNI152 spoiled the same six ways as broken ones)",
+    )
     args = parser.parse_args()
     import provenance
 
@@ -118,6 +129,28 @@ def main() -> int:
             json.dump(report, f, indent=1)
             f.write("\n")
 
+    if args.held_out:
+        report["held_out"] = True
+        with tempfile.TemporaryDirectory() as tmp:
+            from cases import CASES, prepare
+
+            for case in CASES:
+                spec = prepare(case, os.path.dirname(data_path("colin27_t1.nii.gz")), tmp, 8.0, 0)
+                report["good"][case] = run(spec["moving"], spec["fixed"], os.path.join(tmp, case))
+                print(case, report["good"][case], flush=True)
+                write()
+            source, fixed = data_path("spm_avg152t1.nii"), data_path("fsl_mni152_t1_2mm.nii.gz")
+            cases = {
+                kind: (spoil(kind, source, os.path.join(tmp, f"{kind}.nii.gz")), ())
+                for kind in ("negated_axis", "swapped_axes", "mirrored_in_place", "apart", "noise")
+            }
+            cases["wrong_init_40deg_25mm"] = (source, ("-i", wrong_init(os.path.join(tmp, "wrong.txt"))))
+            for name, (moving, extra) in cases.items():
+                report["broken"][name] = run(moving, fixed, os.path.join(tmp, name), extra)
+                print(name, report["broken"][name], flush=True)
+                write()
+        write()
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for moving, fixed in itertools.permutations(TEMPLATES, 2):
             name = f"{moving.split('.')[0]}->{fixed.split('.')[0]}"

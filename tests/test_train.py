@@ -284,3 +284,28 @@ def test_held_out_loss_falls(tmp_path):
     before = float(data_term(build_model(settings, jax.random.fold_in(jax.random.key(settings.seed), 0))))
     after = float(data_term(train(tmp_path / "falls", steps=40, checkpoint_every=40, show=False, **TINY).model))
     assert after <= 0.96 * before, (before, after)
+
+
+def test_validate_scores_real_pairs_from_a_csv(tmp_path):
+    """--validate PAIRS.csv: each pair registered as `ilex register -m deform` would, its labels moved and scored."""
+    import nibabel as nib
+
+    from ilex.synth import SynthSettings, shapes_labels
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    rows = ["moving,fixed,moving_labels,fixed_labels"]
+    for i, key in enumerate(jax.random.split(jax.random.key(7), 2)):
+        labels = np.asarray(shapes_labels(key, (32, 32, 32), SynthSettings(n_shape_labels=4)), np.int16)
+        nib.save(nib.Nifti1Image(labels.astype(np.float32) * 20 + 10, affine), tmp_path / f"im{i}.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), tmp_path / f"lab{i}.nii.gz")
+    rows.append("im0.nii.gz,im1.nii.gz,lab0.nii.gz,lab1.nii.gz")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    result = train(
+        tmp_path / "val", steps=1, checkpoint_every=1, validate=str(tmp_path / "pairs.csv"), show=False, **TINY
+    )
+    real = [r for r in result.validation if r["kind"] == "real"]
+    assert len(real) == 1 and real[0]["pairs"] == 1
+    assert 0 < real[0]["dice_before"] < 1 and 0 < real[0]["dice_after"] < 1 and real[0]["folding_percent"] == 0
+    (tmp_path / "bad.csv").write_text("moving,fixed\nim0.nii.gz,im1.nii.gz\n")
+    with pytest.raises(ilex.errors.FileProblem, match=r"bad\.csv.*moving_labels"):
+        train(tmp_path / "val2", steps=1, validate=str(tmp_path / "bad.csv"), show=False, **TINY)

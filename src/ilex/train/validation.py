@@ -119,13 +119,19 @@ class Validator:
 
     def _real(self, step: int, model) -> dict:
         from ..image.io import load_image
+        from ..registration.methods.synthmorph import SynthMorphDeformMethod
         from ..registration.pipeline import register, resample
         from ..transforms.compose import matrix_field
 
         before, after, folding = [], [], []
         for pair in self.pairs:
             result = register(
-                pair["moving"], pair["fixed"], model, method="deform", hyper=_HYPER, extent=self.settings.extent
+                pair["moving"],
+                pair["fixed"],
+                model,
+                method=SynthMorphDeformMethod.name,  # the method the trained network is for
+                hyper=_HYPER,
+                extent=self.settings.extent,
             )
             labels = load_image(pair["moving_labels"], what="moving labels", check_values=False)
             fixed_labels = load_image(pair["fixed_labels"], what="fixed labels", check_values=False).data
