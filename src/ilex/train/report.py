@@ -99,7 +99,7 @@ def write_training_page(run_dir: str, settings: TrainSettings, validator: Valida
         f'<h2>Loss</h2>\n<img alt="loss curves" src="{data_uri(_curves(log, validator.rows))}">\n'
         "<h2>Validation</h2>\n<p>Mean label Dice (labels other than 0) at λ = 0.5, before and after registration; "
         "synthetic pairs are held out from training.</p>\n"
-        "<table><tr><th>step</th><th>pairs</th><th>n</th><th>Dice before</th><th>Dice after</th>"
+        "<table><tr><th>step</th><th>kind</th><th>pairs</th><th>Dice before</th><th>Dice after</th>"
         f"<th>folding %</th></tr>{table}</table>\n"
     )
     if validator.last_pair is not None:
