@@ -13,8 +13,10 @@ def add_parser(sub) -> None:
         help="apply a saved warp or matrix to images",
         description="Resample each IMAGE onto the transform's target grid and write it to OUT. Reads mri_synthmorph "
         "and ilex warps (.nii.gz intent 1006, FreeSurfer .mgz), ITK/ANTs displacement fields (.nii.gz intent 1007), "
-        "FreeSurfer LTA matrices (.lta; the target grid is the LTA's dst geometry) and ITK/ANTs affine text "
-        "transforms (.txt/.tfm; name the target grid with --reference). Options may come anywhere among the "
+        "FreeSurfer LTA matrices (.lta; the target grid is the LTA's dst geometry), ITK/ANTs affine text "
+        "transforms (.txt/.tfm; name the target grid with --reference) and ITK HDF5 composite transforms (.h5, "
+        "ilex's and antsRegistration's; an inverse composite from antsRegistration needs --reference, the moving "
+        "image). Options may come anywhere among the "
         "pairs and apply to every pair.",
     )
     p.add_argument("warp", metavar="TRANS", help="warp or matrix written by `ilex register -t/-T` or mri_synthmorph")
@@ -45,8 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--reference",
         metavar="IMAGE",
-        help="image whose grid the outputs take (needed for ITK text "
-        "transforms; for an LTA it replaces the LTA's dst geometry)",
+        help="image whose grid the outputs take (needed for ITK text transforms and antsRegistration's "
+        "inverse composites; for an LTA or an ilex .h5 it replaces the grid the file records)",
     )
     p.add_argument(
         "--force",

@@ -27,7 +27,10 @@ moving (-T) grid, written as mri_synthmorph writes them (.nii.gz: 5-D, NIfTI int
 FreeSurfer warp), or with --warp-format itk as the displacement field ITK/ANTs/Slicer read (LPS,
 intent 1007). For affine and rigid, matrices: a FreeSurfer LTA (.lta, moving RAS -> fixed RAS, as
 mri_synthmorph writes it) or an ITK/ANTs text transform (.txt/.tfm, or --warp-format itk); a
-.nii.gz/.mgz name gets the matrix as a dense warp.
+.nii.gz/.mgz name gets the matrix as a dense warp. For every method, a .h5 name gets an ITK HDF5
+composite transform as antsRegistration --write-composite-transform writes it (the affine, then for
+warps a displacement field on the fixed (-t) or moving (-T) grid), which antsApplyTransforms,
+nitransforms and ilex apply read.
 """
 
 _EPILOG = """\
@@ -80,7 +83,10 @@ def add_parser(sub) -> None:
         help="affine/rigid: write -o/-O with the voxels unchanged and only the voxel-to-RAS matrix updated",
     )
     p.add_argument(
-        "-t", "--trans", metavar="FILE", help="forward transform: warp (.nii.gz/.mgz) or, for affine/rigid, .lta/.txt"
+        "-t",
+        "--trans",
+        metavar="FILE",
+        help="forward transform: warp (.nii.gz/.mgz), ITK composite (.h5) or, for affine/rigid, .lta/.txt",
     )
     p.add_argument("-T", "--inverse", metavar="FILE", help="inverse transform, as -t")
     p.add_argument(

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import FileProblem, ImageFileError, OptionError
 from ..image.geometry import fs_affine, shearless_components
 from ..image.io import Image, from_nibabel, load_image
+from ..image.itk_h5 import composite_displacement, is_itk_h5, load_composite
 from ..image.matrix_io import lta_geometry, matrix_format
 from ..image.warp_io import Warp, load_warp
 from ..transforms.compose import apply_matrix
@@ -85,11 +86,14 @@ class SavedTransform:
 def load_transform(path: str | os.PathLike, reference=None, header_only: bool = False) -> SavedTransform:
     """Read a transform file: a warp (`.nii.gz`/`.nii`/`.mgz`, see `image.warp_io.load_warp`), a
     FreeSurfer LTA (`.lta`; its dst geometry is the target grid) or an ITK/ANTs text transform
-    (`.txt`/`.tfm`). `reference` (a path or image) names the target grid of a matrix instead; a
-    warp fixes its own. `header_only` keeps the voxels and only changes the vox2ras (matrices only).
+    (`.txt`/`.tfm`) or an ITK HDF5 composite (`.h5`, ilex's or antsRegistration's; see `_load_h5`).
+    `reference` (a path or image) names the target grid of a matrix instead; a warp fixes its own.
+    `header_only` keeps the voxels and only changes the vox2ras (matrices only).
     Raises `FileProblem`/`ImageFileError` naming the file, `ValueError` for an impossible request.
     """
     path = os.fspath(path)
+    if is_itk_h5(path):
+        return _load_h5(path, reference, header_only)
     if matrix_format(path) is None:
         if header_only:
             raise OptionError(
@@ -113,6 +117,38 @@ def load_transform(path: str | os.PathLike, reference=None, header_only: bool = 
     if geometry is None:
         raise OptionError(f"{path} records no target grid; name the image to resample onto", argument="reference")
     return SavedTransform(path, matrix=ras, target_affine=geometry[0], target_shape=tuple(geometry[1]))
+
+
+def _load_h5(path: str, reference, header_only: bool) -> SavedTransform:
+    """An ITK HDF5 composite. Affines only: a matrix, as an ITK text transform. With a displacement
+    field: evaluated into a warp on the grid to resample onto, which is `reference` when given, else
+    the reference grid ilex recorded in the file, else the grid of the field ITK applies first (the
+    fixed grid of antsRegistration's forward composite). An inverse composite from antsRegistration
+    applies its affine first and records no grid: it needs `reference` (the moving image)."""
+    composite = load_composite(path)
+    target = _as_image(reference, "reference image") if reference is not None else None
+    grid = (target.affine, tuple(target.shape)) if target is not None else composite.reference
+    if composite.is_linear:
+        ras = composite.ras_matrix()
+        if header_only:
+            return SavedTransform(path, matrix=ras)
+        if grid is None:
+            raise OptionError(f"{path} records no target grid; name the image to resample onto", argument="reference")
+        return SavedTransform(path, matrix=ras, target_affine=grid[0], target_shape=tuple(grid[1]))
+    if header_only:
+        raise OptionError(
+            f"{path} holds a displacement field; header-only output needs a matrix", argument="header_only"
+        )
+    grid = grid or composite.first_field_grid()
+    if grid is None:
+        raise OptionError(
+            f"{path} applies an affine before its displacement field and records no target grid; "
+            "name the image to resample onto",
+            argument="reference",
+        )
+    source = composite.source or (None, None)
+    warp = Warp(composite_displacement(composite, grid), np.asarray(grid[0], np.float64), *source)
+    return SavedTransform(path, warp=warp)
 
 
 # How far an image's grid may lie from the one a warp records: the MGZ stores its geometry as

@@ -11,6 +11,8 @@ Outputs are named by kind, after `ilex register`'s long options:
 | `qc`        | `--qc` | a directory: jacobian.nii.gz, checkerboard.png, qc.json            |
 | `out_dir`   | `-d`   | a directory (created): the network inputs inp_1.mgz, inp_2.mgz     |
 
+`trans`/`inverse` named `.h5` are ITK HDF5 composite transforms, for every method (an affine, then for
+warps a displacement field; `image.itk_h5`), as `antsRegistration --write-composite-transform` writes.
 For matrix results (`-m affine`, `-m rigid`), `trans`/`inverse` named `.lta` are FreeSurfer LTAs
 and `.txt`/`.tfm` ITK text transforms (`warp_format="itk"` makes every matrix ITK text); any other
 name gets the matrix as a dense warp. Every file of one call lands together when all are written,
@@ -116,6 +118,7 @@ def check_transform_outputs(
 ) -> None:
     """Refuse transform names and `-H` that `method` (a name as `-m` takes it, or a `Method`)
     cannot produce (a warp method has no matrix)."""
+    from ..image.itk_h5 import is_itk_h5
     from ..image.matrix_io import matrix_format
     from .methods import method_facts
 
@@ -131,6 +134,8 @@ def check_transform_outputs(
         if not path:
             continue
         flag, fmt = OUTPUT_KINDS[kind], matrix_format(path)
+        if is_itk_h5(path):
+            continue  # an ITK composite holds a matrix, or a matrix and a field: any method
         if fmt and not is_matrix:
             raise OptionError(f"{flag} {path}: -m {method} gives a warp, not a matrix; name it .nii.gz or .mgz")
         if fmt == "lta" and warp_format == "itk":
@@ -163,6 +168,7 @@ def write_outputs(
     `OptionError` for an unknown kind.
     """
     from ..image.io import save_image
+    from ..image.itk_h5 import is_itk_h5, registration_composite, save_composite
     from ..image.matrix_io import matrix_format, save_matrix
     from ..image.warp_io import Warp, save_warp
 
@@ -204,7 +210,13 @@ def write_outputs(
         for kind, forward in (("trans", True), ("inverse", False)):
             if kind not in path:
                 continue
-            if result.is_matrix and matrix_format(path[kind]):
+            if is_itk_h5(path[kind]):
+                ras = result.affine if forward else np.linalg.inv(result.affine)
+                grids = ((fixed.affine, fixed.shape), (moving.affine, moving.shape))
+                field = None if result.is_matrix else result.forward if forward else result.inverse
+                reference, source = grids if forward else grids[::-1]
+                save_composite(path[kind], registration_composite(ras, reference, source, field))
+            elif result.is_matrix and matrix_format(path[kind]):
                 ras = result.affine if forward else np.linalg.inv(result.affine)
                 src, dst = (moving, fixed) if forward else (fixed, moving)
                 save_matrix(path[kind], ras, src, dst, "itk" if warp_format == "itk" else None)
