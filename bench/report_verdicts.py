@@ -129,43 +129,34 @@ def main() -> int:
             json.dump(report, f, indent=1)
             f.write("\n")
 
-    if args.held_out:
-        report["held_out"] = True
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.held_out:
+            report["held_out"] = True
             from cases import CASES, prepare
 
-            for case in CASES:
-                spec = prepare(case, os.path.dirname(data_path("colin27_t1.nii.gz")), tmp, 8.0, 0)
-                report["good"][case] = run(spec["moving"], spec["fixed"], os.path.join(tmp, case))
-                print(case, report["good"][case], flush=True)
-                write()
-            source, fixed = data_path("spm_avg152t1.nii"), data_path("fsl_mni152_t1_2mm.nii.gz")
-            cases = {
-                kind: (spoil(kind, source, os.path.join(tmp, f"{kind}.nii.gz")), ())
-                for kind in ("negated_axis", "swapped_axes", "mirrored_in_place", "apart", "noise")
+            specs = {
+                case: prepare(case, os.path.dirname(data_path("colin27_t1.nii.gz")), tmp, 8.0, 0) for case in CASES
             }
-            cases["wrong_init_40deg_25mm"] = (source, ("-i", wrong_init(os.path.join(tmp, "wrong.txt"))))
-            for name, (moving, extra) in cases.items():
-                report["broken"][name] = run(moving, fixed, os.path.join(tmp, name), extra)
-                print(name, report["broken"][name], flush=True)
-                write()
-        write()
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        for moving, fixed in itertools.permutations(TEMPLATES, 2):
-            name = f"{moving.split('.')[0]}->{fixed.split('.')[0]}"
-            report["good"][name] = run(data_path(moving), data_path(fixed), os.path.join(tmp, name))
+            good = [(case, spec["moving"], spec["fixed"]) for case, spec in specs.items()]
+            source, target = data_path("spm_avg152t1.nii"), data_path("fsl_mni152_t1_2mm.nii.gz")
+        else:
+            good = [
+                (f"{moving.split('.')[0]}->{fixed.split('.')[0]}", data_path(moving), data_path(fixed))
+                for moving, fixed in itertools.permutations(TEMPLATES, 2)
+            ]
+            source, target = data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz")
+        for name, moving, fixed in good:
+            report["good"][name] = run(moving, fixed, os.path.join(tmp, name))
             print(name, report["good"][name], flush=True)
             write()
-        if not args.no_broken:
-            source, fixed = data_path("colin27_t1.nii.gz"), data_path("mni2009a_t1.nii.gz")
+        if args.held_out or not args.no_broken:
             cases = {
                 kind: (spoil(kind, source, os.path.join(tmp, f"{kind}.nii.gz")), ())
                 for kind in ("negated_axis", "swapped_axes", "mirrored_in_place", "apart", "noise")
             }
             cases["wrong_init_40deg_25mm"] = (source, ("-i", wrong_init(os.path.join(tmp, "wrong.txt"))))
             for name, (moving, extra) in cases.items():
-                report["broken"][name] = run(moving, fixed, os.path.join(tmp, name), extra)
+                report["broken"][name] = run(moving, target, os.path.join(tmp, name), extra)
                 print(name, report["broken"][name], flush=True)
                 write()
     write()

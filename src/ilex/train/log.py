@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-import resource
 import sys
 
 import jax
+
+from ..progress import peak_rss_gib
 
 __all__ = ["LOG_COLUMNS", "StepLog", "memory_in_use"]
 
@@ -22,7 +23,7 @@ def memory_in_use() -> int:
         stats = None
     if stats and "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return round(peak_rss_gib() * 2**30)
 
 
 class StepLog:

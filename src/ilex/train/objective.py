@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .. import losses
 from .._custom_types import AnyArray
 from ..models.synthmorph_deform.velocity import half_resolution
 from ..transforms.compose import upsample_half_field
@@ -55,9 +56,11 @@ def warp_one_hot(one_hot: Float[AnyArray, "x y z k"], displacement: Float[AnyArr
 
 
 def smoothness(displacement: Float[AnyArray, "x y z 3"]) -> Float[Array, ""]:
-    """VoxelMorph's `Grad('l2')`: the mean squared forward difference along each axis, averaged over axes."""
-    terms = [jnp.mean(jnp.square(jnp.diff(displacement, axis=a))) for a in range(3)]
-    return sum(terms) / 3.0
+    """VoxelMorph's `Grad('l2')`: the mean squared forward difference along each axis, averaged over axes.
+
+    `ilex.losses.smoothness` sums the axes (the optimiser's scale); VoxelMorph's training divides by them.
+    """
+    return losses.smoothness(displacement) / 3.0
 
 
 def soft_dice_loss(moved: Float[AnyArray, "x y z k"], target: Float[AnyArray, "x y z k"]) -> Float[Array, ""]:
@@ -71,7 +74,7 @@ def soft_dice_loss(moved: Float[AnyArray, "x y z k"], target: Float[AnyArray, "x
 def data_term(kind: str, moved: AnyArray, target: AnyArray) -> Float[Array, ""]:
     """The label data term: "mse" (mean squared error of one-hot maps, the 2024 recipe) or "dice"."""
     if kind == "mse":
-        return jnp.mean(jnp.square(moved - target))
+        return jnp.mean(jnp.square(moved - target))  # over label channels too: losses.mse takes one volume
     if kind == "dice":
         return soft_dice_loss(moved, target)
     raise ValueError(f"data term must be one of {DATA_TERMS}, got {kind!r}")

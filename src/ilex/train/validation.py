@@ -88,6 +88,7 @@ class Validator:
         keys = jax.random.split(jax.random.key(_HELD_OUT_KEY), _SYNTHETIC_PAIRS)
         self.samples = jax.vmap(data.sample)(keys)
         self.pairs = read_pairs(settings.validate) if settings.validate else []
+        self._labels: dict[int, tuple] = {}  # real pair -> (moving labels, fixed labels, Dice before)
         self.last_pair: dict | None = None  # one synthetic pair's slices before and after, for the page
 
     def score(self, step: int, model, run_dir: str) -> list[dict]:
@@ -124,7 +125,7 @@ class Validator:
         from ..transforms.compose import matrix_field
 
         before, after, folding = [], [], []
-        for pair in self.pairs:
+        for i, pair in enumerate(self.pairs):
             result = register(
                 pair["moving"],
                 pair["fixed"],
@@ -133,13 +134,18 @@ class Validator:
                 hyper=_HYPER,
                 extent=self.settings.extent,
             )
-            labels = load_image(pair["moving_labels"], what="moving labels", check_values=False)
-            fixed_labels = load_image(pair["fixed_labels"], what="fixed labels", check_values=False).data
-            data = jnp.asarray(labels.data, jnp.float32)
-            world = np.linalg.inv(labels.affine) @ result.fixed.affine
-            unmoved = resample(data, jnp.asarray(matrix_field(world, result.fixed.shape)), "nearest", jnp.float32(0))
+            if i not in self._labels:  # read once; the Dice with the headers alone is the same at every checkpoint
+                labels = load_image(pair["moving_labels"], what="moving labels", check_values=False)
+                fixed_labels = load_image(pair["fixed_labels"], what="fixed labels", check_values=False).data
+                data = jnp.asarray(labels.data, jnp.float32)
+                world = np.linalg.inv(labels.affine) @ result.fixed.affine
+                unmoved = resample(
+                    data, jnp.asarray(matrix_field(world, result.fixed.shape)), "nearest", jnp.float32(0)
+                )
+                self._labels[i] = (data, fixed_labels, label_dice(np.rint(unmoved), fixed_labels))
+            data, fixed_labels, dice_before = self._labels[i]
             moved = resample(data, jnp.asarray(result.forward_vox), "nearest", jnp.float32(0))
-            before.append(label_dice(np.rint(unmoved), fixed_labels))
+            before.append(dice_before)
             after.append(label_dice(np.rint(moved), fixed_labels))
             det = jacobian_determinant(jnp.asarray(result.forward_vox))
             folding.append(100.0 * float(folding_fraction(det)))
