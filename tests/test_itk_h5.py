@@ -288,3 +288,70 @@ def test_ilex_reads_ants_composites(anatomy):
         points = world[mask][::997]
         # measured 1.6e-5 and 1.4e-5 mm (displacements up to 18 mm)
         np.testing.assert_allclose(source[mask][::997], _ants_points(points, transform), atol=1e-4)
+
+
+# --- -i: an initial affine from an ITK .h5 --------------------------------------------------------
+
+
+def test_init_reads_ilex_affine_h5_and_refuses_a_warp(tmp_path, capsys):
+    """`ilex register -i x.h5` with ilex's own affine composite (`-m <matrix method> -t x.h5`) starts
+    where the same registration's LTA does; an .h5 holding a displacement field is refused in one line
+    naming the file, exit 1, nothing written."""
+    from ilex.registration.affine_init import read_initial_affine
+
+    mov, fix = _heads(tmp_path)
+    matrix, warp = "seam_methods:CentreShift", "seam_methods:ConstantFlow"
+    for name in ("m.h5", "m.lta"):
+        assert main(["register", mov, fix, "-m", matrix, "-t", str(tmp_path / name), "-e", "32", "-q"]) == 0
+    moving, fixed = load_image(mov), load_image(fix)
+    from_h5, from_lta = (read_initial_affine(tmp_path / n, moving.affine, fixed.affine) for n in ("m.h5", "m.lta"))
+    assert not np.allclose(from_lta, np.linalg.inv(fixed.affine) @ moving.affine)  # a real shift, not identity
+    # measured equal (the LTA's decimals hold this shift exactly); asked 1e-6 voxels
+    np.testing.assert_allclose(from_h5, from_lta, atol=1e-6)
+    for name in ("m.h5", "m.lta"):
+        out = str(tmp_path / f"w_{name}.nii.gz")
+        assert main(["register", mov, fix, "-m", warp, "-i", str(tmp_path / name), "-t", out, "-e", "32", "-q"]) == 0
+    # measured equal (displacements up to 3.0 mm); asked 1e-5 mm
+    np.testing.assert_allclose(
+        load_transform(tmp_path / "w_m.h5.nii.gz").warp.displacement,
+        load_transform(tmp_path / "w_m.lta.nii.gz").warp.displacement,
+        atol=1e-5,
+    )
+
+    assert main(["register", mov, fix, "-m", warp, "-t", str(tmp_path / "warp.h5"), "-e", "32", "-q"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "never.nii.gz"
+    assert main(["register", mov, fix, "-m", warp, "-i", str(tmp_path / "warp.h5"), "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "warp.h5") in err, err
+    assert "holds a displacement field" in err and "(-i) must be a matrix" in err, err
+    assert not out.exists()
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_init_reads_ants_linear_composites(anatomy):
+    """antsRegistration's Composite.h5 and InverseComposite.h5 of an affine registration (through antspyx):
+    `-i` reads each as the map antspyx applies to points (fixed -> moving for the forward composite)."""
+    import ants
+
+    from ilex.registration.affine_init import read_initial_affine
+
+    mov, fix, d = anatomy
+    out = ants.registration(
+        ants.image_read(fix),
+        ants.image_read(mov),
+        type_of_transform="Affine",
+        write_composite_transform=True,
+        outprefix=str(d / "ants_affine_"),
+    )
+    forward, inverse = out["fwdtransforms"], out["invtransforms"]
+    assert forward.endswith("Composite.h5") and inverse.endswith("InverseComposite.h5")
+    moving, fixed = load_image(mov), load_image(fix)
+    for transform, image, target in ((forward, moving, fixed), (inverse, fixed, moving)):
+        vox = read_initial_affine(transform, image.affine, target.affine)  # image voxels -> target voxels
+        world = _world(target.affine, target.shape)[::9, ::9, ::9].reshape(-1, 3)
+        pull = np.linalg.inv(target.affine @ vox @ np.linalg.inv(image.affine))  # target RAS -> image RAS
+        ilex_points = world @ pull[:3, :3].T + pull[:3, 3]
+        # measured 1.7e-5 mm both ways (float32 parameters; points move up to 25 mm)
+        np.testing.assert_allclose(ilex_points, _ants_points(world, transform), atol=1e-4)

@@ -93,7 +93,8 @@ def add_parser(sub) -> None:
         "-i",
         "--init",
         metavar="FILE",
-        help="initial affine, moving to fixed: FreeSurfer LTA, ITK/ANTs .txt/.tfm or .mat",
+        help="initial affine, moving to fixed: FreeSurfer LTA, ITK/ANTs .txt/.tfm or .mat, or an ITK .h5 "
+        "composite holding only affines (antsRegistration's for a linear registration, ilex's for -m affine/rigid)",
     )
     p.add_argument(
         "-M",

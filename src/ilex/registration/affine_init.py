@@ -2,7 +2,8 @@
 
 The deformable model assumes the images are already affinely aligned; `-i` supplies that
 alignment. Conventions: an LTA (src = moving, dst = fixed) maps source to destination
-coordinates; an ITK/ANTs transform maps fixed LPS points to moving LPS points (it pulls back).
+coordinates; an ITK/ANTs transform (text, .mat, or an HDF5 composite of affines, read by
+`image.itk_h5`) maps fixed LPS points to moving LPS points (it pulls back).
 Every problem with the file is a `FileProblem` naming it (one line from the CLI, exit 1).
 """
 
@@ -15,6 +16,7 @@ import struct
 import numpy as np
 
 from ..errors import FileProblem
+from ..image.itk_h5 import is_itk_h5, load_composite
 from ..image.lta import GEOMETRY_TOLERANCE, VOX_TO_VOX, parse_lta
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -33,30 +35,51 @@ def read_initial_affine(
     """The 4x4 map from moving voxels to fixed voxels that the file `path` describes.
 
     `path` is a FreeSurfer LTA (RAS to RAS, or voxel to voxel with the volume info of the
-    images it was made for), an ITK/ANTs text transform (.txt/.tfm) or an ANTs binary .mat.
-    A voxel-to-voxel LTA is refused unless its src/dst volume info matches the moving/fixed
-    vox2ras (and shapes, when given) within FreeSurfer's tolerance, 1e-3. Raises `FileProblem`.
+    images it was made for), an ITK/ANTs text transform (.txt/.tfm), an ANTs binary .mat or an
+    ITK HDF5 composite (.h5) of affines only (what `antsRegistration --write-composite-transform`
+    writes for a linear registration, and `ilex register -m affine -t x.h5`); an .h5 holding a
+    displacement field is refused (`-i` takes a matrix). A voxel-to-voxel LTA is refused unless
+    its src/dst volume info matches the moving/fixed vox2ras (and shapes, when given) within
+    FreeSurfer's tolerance, 1e-3. Raises `FileProblem`.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileProblem(path, "no such initial-affine file")
-    try:
-        if path.lower().endswith(".mat"):
-            ras_mov_to_fix = np.linalg.inv(_itk_mat(path))
-        else:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                text = f.read()
-            if re.search(r"^\s*Transform:", text, re.MULTILINE):
-                ras_mov_to_fix = np.linalg.inv(_itk_text(text))
-            elif re.search(r"^\s*type\s*=", text, re.MULTILINE):
-                ras_mov_to_fix = _lta(text, moving_affine, fixed_affine, moving_shape, fixed_shape)
+    if is_itk_h5(path):
+        ras_mov_to_fix = _itk_h5(path)
+    else:
+        try:
+            if path.lower().endswith(".mat"):
+                ras_mov_to_fix = np.linalg.inv(_itk_mat(path))
             else:
-                raise ValueError("neither a FreeSurfer LTA nor an ITK/ANTs transform")
-    except (ValueError, np.linalg.LinAlgError, OSError) as e:
-        raise FileProblem(path, f"cannot read the initial affine: {e}") from None
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+                if re.search(r"^\s*Transform:", text, re.MULTILINE):
+                    ras_mov_to_fix = np.linalg.inv(_itk_text(text))
+                elif re.search(r"^\s*type\s*=", text, re.MULTILINE):
+                    ras_mov_to_fix = _lta(text, moving_affine, fixed_affine, moving_shape, fixed_shape)
+                else:
+                    raise ValueError("neither a FreeSurfer LTA nor an ITK/ANTs transform")
+        except (ValueError, np.linalg.LinAlgError, OSError) as e:
+            raise FileProblem(path, f"cannot read the initial affine: {e}") from None
     if not np.isfinite(ras_mov_to_fix).all() or abs(np.linalg.det(ras_mov_to_fix[:3, :3])) < 1e-6:
         raise FileProblem(path, "the initial affine is singular or not finite")
     return np.linalg.inv(fixed_affine) @ ras_mov_to_fix @ moving_affine
+
+
+def _itk_h5(path: str) -> np.ndarray:
+    """The moving RAS -> fixed RAS matrix of an ITK HDF5 composite of affines (its members multiplied)."""
+    composite = load_composite(path)  # FileProblems that name the file
+    if not composite.is_linear:
+        raise FileProblem(
+            path,
+            "holds a displacement field; an initial affine (-i) must be a matrix: "
+            "an affine-only .h5, .lta, .txt/.tfm or .mat",
+        )
+    try:
+        return composite.ras_matrix()
+    except np.linalg.LinAlgError:
+        raise FileProblem(path, "the initial affine is singular or not finite") from None
 
 
 def _lta(text: str, moving_affine, fixed_affine, moving_shape, fixed_shape) -> np.ndarray:
