@@ -11,7 +11,7 @@ import time
 from ..batch.pairs import ALIASES, COLUMNS
 from ..errors import OptionError
 from ..registration.methods import DEFAULT_METHOD, METHOD_NAMES
-from .register import add_conv_argument, add_steps_and_extent_arguments
+from .register import add_conv_argument, add_steps_and_extent_arguments, add_template_resolution_argument
 
 _DESCRIPTION = """\
 Register every pair listed in PAIRS.csv with one model load: the weights are read and the network
@@ -29,8 +29,9 @@ outliers flagged, every pair linked to its QC report) are written; the exit stat
 pair failed.
 
 PAIRS.csv has a header row. Columns (empty cell = not set; relative paths are relative to the
-CSV file's directory; a column stands for the `ilex register` option of its name or short name,
-and docs/batch.md says what each means):
+CSV file's directory; a fixed cell may also be a TemplateFlow name, as ilex register's FIXED; a
+column stands for the `ilex register` option of its name or short name, and docs/batch.md says
+what each means):
 {columns}
 Every row needs at least one output.
 """
@@ -111,6 +112,7 @@ def add_parser(sub) -> None:
         help="λ for rows without a hyper column (default 0.5)",
     )
     add_steps_and_extent_arguments(p)
+    add_template_resolution_argument(p)
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     p.add_argument("-g", "--gpu", action="store_true", help="run on the GPU (needs jax with CUDA)")
     p.add_argument(
@@ -180,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model)
     weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
-    pairs = read_pairs(args.pairs)
+    from ..templateflow import resolve_pairs
+
+    pairs = resolve_pairs(read_pairs(args.pairs), args.pairs, args.template_resolution)  # TemplateFlow names
     from ..batch.settings import rows_set_optimiser_options
 
     if (

@@ -15,6 +15,7 @@ Typical use:
   ilex register -m affine moving.nii.gz fixed.nii.gz -t affine.lta
   ilex batch pairs.csv -e 192
   ilex template sub-*.nii.gz -o template/ -m optimize                           # a study template
+  ilex bids ds000001 ds000001/derivatives/ilex participant -m optimize          # a BIDS App
   ilex train -o run/ --steps 2000 --extent 64 --widths 16                         # train a model (noise shapes)
   ilex apply warp.nii.gz labels.nii.gz labels_moved.nii.gz -m nearest
   ilex report qc/                                                                   # redraw qc/report.html
@@ -58,6 +59,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from . import apply as apply_cmd
     from . import batch as batch_cmd
+    from . import bids as bids_cmd
     from . import convert as convert_cmd
     from . import register as register_cmd
     from . import report as report_cmd
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ilex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (register_cmd, batch_cmd, template_cmd, train_cmd, apply_cmd, convert_cmd, report_cmd):
+    for module in (register_cmd, batch_cmd, template_cmd, bids_cmd, train_cmd, apply_cmd, convert_cmd, report_cmd):
         module.add_parser(sub)
     for command in sub.choices.values():  # so that a command's errors carry its own name ("ilex batch")
         command.set_defaults(command_parser=command)

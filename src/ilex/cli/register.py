@@ -65,7 +65,8 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("moving", help="moving image (NIfTI or MGZ)")
-    p.add_argument("fixed", help="fixed image (NIfTI or MGZ)")
+    p.add_argument("fixed", help="fixed image (NIfTI or MGZ), or a TemplateFlow name found in $TEMPLATEFLOW_HOME")
+    add_template_resolution_argument(p)
     p.add_argument(
         "-m",
         "--model",
@@ -221,6 +222,17 @@ def weights_option(model: str, given: list[str] | None, files: tuple[str, ...] |
         raise OptionError(f"-w: -m {e}") from None
 
 
+def add_template_resolution_argument(p) -> None:
+    """`--template-resolution`, as register and batch take it (a fixed image given by a TemplateFlow name)."""
+    p.add_argument(
+        "--template-resolution",
+        type=int,
+        metavar="N",
+        help="for a fixed image given by a TemplateFlow name (MNI152NLin2009cAsym): its res-N (default 1, "
+        "or the template's only one)",
+    )
+
+
 def add_steps_and_extent_arguments(p) -> None:
     """`-n` and `-e`, as register, batch and template take them (`settings_from_args` reads them)."""
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
@@ -303,6 +315,11 @@ def check_outputs(args, model) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..templateflow import resolve_image, templateflow_name
+
+    if args.template_resolution is not None and templateflow_name(args.fixed) is None:
+        raise OptionError(f"--template-resolution: {args.fixed} is a file, not a TemplateFlow name")
+    args.fixed = resolve_image(args.fixed, args.template_resolution)  # a TemplateFlow name: its file
     model = resolve_model(args.model)
     from ..registration.pipeline import check_options
 
