@@ -40,6 +40,9 @@ FLAGS = {
     "reference": "--reference",
     "step": "--step",
     "warp_format": "--warp-format",
+    "mask_fixed": "--mask-fixed",
+    "mask_moving": "--mask-moving",
+    "mask_threshold": "--mask-threshold",
 }
 
 # mri_synthmorph's own commands: any unambiguous start of these words names them there, and here.

@@ -196,6 +196,19 @@ def add_parser(sub) -> None:
         help="most iterations per level (default 50 20; "
         "--refine: 20); a level stops earlier when the similarity stops improving",
     )
+    g.add_argument(
+        "--mask-fixed",
+        metavar="FILE",
+        help="cost-function mask of the fixed image (NIfTI/MGZ, any grid), as ANTs' -x: the similarity is measured "
+        "only where it is non-zero (e.g. the head without a lesion); the warp stays smooth through the rest",
+    )
+    g.add_argument("--mask-moving", metavar="FILE", help="cost-function mask of the moving image, as --mask-fixed")
+    g.add_argument(
+        "--mask-threshold",
+        type=float,
+        metavar="T",
+        help="masks hold 0 and 1; with T, any values, the voxels above T being the mask",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(run=run)
 
@@ -331,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.methods import RefineMethod
 
     check_outputs(args, RefineMethod if args.refine else model)  # a refined result is a warp
+    check_mask_arguments(args, model)
     configure_devices(args.threads, args.gpu)
     from .._cache import enable_compilation_cache
 
@@ -359,6 +373,7 @@ def run(args: argparse.Namespace) -> int:
             if args.init
             else None
         )
+        masks = _read_masks(args, moving, fixed)  # before the weights too
         # Before the weights: a hopeless pair should fail in seconds, not after loading 3.5 GB. Where
         # the method centres each image on itself, the pair starts from the centres laid on each other.
         facts = method_class(model)
@@ -378,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
         mid_space=args.mid_space,
         stages=stages,
         keep_inputs=bool(args.out_dir),
+        mask_fixed=masks.get("fixed"),
+        mask_moving=masks.get("moving"),
     )
     report = None
     if args.qc or not args.quiet:
@@ -418,6 +435,29 @@ def check_optimiser_options(args, model: str) -> None:
             f"--refine: refining -m {model} ({info.summary}) is not supported; "
             "use -m deform (after -i) or -m affine with --refine"
         )
+
+
+def check_mask_arguments(args, model: str) -> None:
+    """--mask-fixed, --mask-moving and --mask-threshold fit the method, and the mask files open
+    (their headers; the voxels are checked against the images once those are loaded)."""
+    from ..image.io import check_image_file
+    from ..registration.masks import check_mask_options
+    from ..registration.methods import RefineMethod, method_class
+
+    info = RefineMethod if args.refine else method_class(model)
+    given = {"fixed": args.mask_fixed, "moving": args.mask_moving}
+    check_mask_options(info.takes_masks, f"-m {model}", given, args.mask_threshold)
+    for which, path in given.items():
+        if path is not None:
+            check_image_file(path, what=f"{which} mask")
+
+
+def _read_masks(args, moving, fixed) -> dict:
+    from ..registration.masks import read_mask
+
+    images = {"fixed": fixed, "moving": moving}
+    given = {"fixed": args.mask_fixed, "moving": args.mask_moving}
+    return {k: read_mask(p, images[k], what=f"{k} mask", threshold=args.mask_threshold) for k, p in given.items() if p}
 
 
 def _method(args, model: str, networks):

@@ -23,7 +23,7 @@ from ..transforms.compose import apply_matrix
 from ..transforms.integrate import voxel_grid
 from ..transforms.interpolate import interpolate_clamped
 from .convergence import Convergence, LevelTimer
-from .similarity import mutual_information
+from .similarity import masked_mutual_information, mutual_information
 
 TRANSLATION_UNIT_MM = 20.0
 # The linear part moves 5x slower than the parameters: MI on images with a small field of view in
@@ -89,11 +89,42 @@ def _optimizer(learning_rate: float, iterations: int):
     return optax.adam(optax.cosine_decay_schedule(learning_rate, iterations, alpha=0.1))
 
 
+def cost_weight(fix_weight, mov_weight, coords):
+    """Where the similarity is measured, on the fixed grid: the fixed mask's weight times the
+    moving mask's read (trilinear) where each fixed voxel lands, `coords`; None for no mask. The
+    masks choose voxels, they are not optimised: no gradient flows through the moving one."""
+    weight = None if fix_weight is None else fix_weight
+    if mov_weight is not None:
+        moved = jax.lax.stop_gradient(interpolate_clamped(mov_weight, coords))
+        weight = moved if weight is None else weight * moved
+    return weight
+
+
 @functools.partial(jax.jit, static_argnames=("scale", "centre", "unit", "learning_rate", "iterations", "bins"))
-def _affine_step(params, opt_state, start, fix, mov, grid, *, scale, centre, unit, learning_rate, iterations, bins):
+def _affine_step(
+    params,
+    opt_state,
+    start,
+    fix,
+    mov,
+    grid,
+    fix_weight=None,
+    mov_weight=None,
+    *,
+    scale,
+    centre,
+    unit,
+    learning_rate,
+    iterations,
+    bins,
+):
     def loss(p):
         m = level_matrix(params_to_matrix(p, start, centre, unit), scale)
-        return -mutual_information(fix, interpolate_clamped(mov, apply_matrix(m, grid)), bins)
+        coords = apply_matrix(m, grid)
+        if fix_weight is None and mov_weight is None:  # no mask: exactly the unmasked program
+            return -mutual_information(fix, interpolate_clamped(mov, coords), bins)
+        weight = cost_weight(fix_weight, mov_weight, coords)
+        return -masked_mutual_information(fix, interpolate_clamped(mov, coords), weight, bins)
 
     value, grad = jax.value_and_grad(loss)(params)
     updates, opt_state = _optimizer(learning_rate, iterations).update(grad, opt_state)
@@ -112,6 +143,8 @@ def optimise_affine(
     tolerance: float = 1e-4,
     progress: bool = False,
     profile: dict | None = None,
+    mask_fix: dict[int, jax.Array] | None = None,
+    mask_mov: dict[int, jax.Array] | None = None,
 ) -> np.ndarray:
     """Affine matrix (fixed-network voxel -> moving-network voxel, float64) maximising MI.
 
@@ -119,6 +152,9 @@ def optimise_affine(
     a cube) and `voxel_size` mm; `scales` lists the levels, coarse to fine, each with the maximum
     iterations and Adam learning rate `schedule` gives its voxel size. Each level stops early when
     MI rose by less than `tolerance` (relative) over the last iterations (`Convergence`).
+    `mask_*[s]` (optional, on the pyramids' grids, weights in [0, 1]) are cost-function masks:
+    MI is measured only where the fixed mask and the moving mask read through the matrix are
+    non-zero (`cost_weight`); without them the computation is exactly the unmasked one.
     """
     from tqdm.auto import tqdm
 
@@ -150,6 +186,8 @@ def optimise_affine(
                     fix,
                     mov,
                     grid,
+                    None if mask_fix is None else mask_fix[scale],
+                    None if mask_mov is None else mask_mov[scale],
                     scale=scale,
                     centre=centre,
                     unit=unit,

@@ -71,6 +71,41 @@ def lncc_and_gradient(fixed, moved, radius: int = 2):
     return value, grad / fixed.size
 
 
+def _weighted_statistics(fixed, moved, weight, radius: int):
+    # The window statistics over the weighted voxels only: sums of `weight * ...` over the
+    # window divided by the window's weight, so a voxel of weight 0 enters none of them.
+    n = jnp.maximum(box_mean(weight, radius), 1e-12)
+    mean = lambda x: box_mean(weight * x, radius) / n
+    mf, mm = mean(fixed), mean(moved)
+    cov = mean(fixed * moved) - mf * mm
+    vf = jnp.maximum(mean(fixed * fixed) - mf * mf, 0.0)
+    vm = jnp.maximum(mean(moved * moved) - mm * mm, 0.0)
+    return mf, mm, cov, vf, vm
+
+
+def masked_lncc(
+    fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], weight: Float[AnyArray, "x y z"], radius: int = 2
+) -> Float[AnyArray, ""]:
+    """`lncc` measured only where `weight` (in [0, 1]; a cost-function mask) is non-zero: each
+    window's statistics are weighted means over its voxels, and the windows' terms are averaged
+    with the same weights, `sum(w cc) / sum(w)`. A voxel of weight 0 takes no part: the value does
+    not depend on its intensities at all (its gradient there is exactly 0)."""
+    _, _, cov, vf, vm = _weighted_statistics(fixed, moved, weight, radius)
+    return jnp.sum(weight * (cov * cov / (vf * vm + LNCC_EPS))) / jnp.maximum(jnp.sum(weight), 1e-12)
+
+
+def masked_lncc_and_gradient(fixed, moved, weight, radius: int = 2):
+    """`masked_lncc` and the local (ANTs) form of its gradient with respect to `moved`, as
+    `lncc_and_gradient` with the weighted window statistics, times the voxel's own weight and
+    over `sum(weight)`: 0 wherever `weight` is 0."""
+    mf, mm, cov, vf, vm = _weighted_statistics(fixed, moved, weight, radius)
+    den = vf * vm + LNCC_EPS
+    total = jnp.maximum(jnp.sum(weight), 1e-12)
+    value = jnp.sum(weight * (cov * cov / den)) / total
+    grad = 2.0 * cov / den * ((fixed - mf) - cov / jnp.maximum(vm, 1e-12) * (moved - mm))
+    return value, weight * grad / total
+
+
 def _soft_bins(x: Float[AnyArray, " n"], bins: int):
     # Linear (first-order B-spline) Parzen window: each intensity splits between two bins.
     p = jnp.clip(x, 0.0, 1.0) * (bins - 1)
@@ -96,8 +131,34 @@ def mutual_information(
     return plogp(p) - plogp(pf) - plogp(pm)
 
 
-def similarity_function(name: str, radius: int = 2, bins: int = 32) -> Callable:
-    """`f(fixed, moved) -> (value, d value / d moved)` for `name` in `SIMILARITIES`."""
+def masked_mutual_information(
+    fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z"], weight: Float[AnyArray, "x y z"], bins: int = 32
+) -> Float[AnyArray, ""]:
+    """`mutual_information` of the voxels where `weight` (in [0, 1]; a cost-function mask) is
+    non-zero: each voxel adds its weight to the joint histogram, which is normalised by
+    `sum(weight)`. A voxel of weight 0 takes no part (its gradient is exactly 0)."""
+    fl, fw0, fw1 = _soft_bins(fixed.reshape(-1), bins)
+    ml, mw0, mw1 = _soft_bins(moved.reshape(-1), bins)
+    w = weight.reshape(-1)
+    hist = jnp.zeros(bins * bins, jnp.float32)
+    for df, wf in ((0, fw0), (1, fw1)):
+        for dm, wm in ((0, mw0), (1, mw1)):
+            hist = hist.at[(fl + df) * bins + ml + dm].add(w * wf * wm)
+    p = hist.reshape(bins, bins) / jnp.maximum(jnp.sum(w), 1e-12)
+    pf, pm = p.sum(axis=1), p.sum(axis=0)
+    plogp = lambda q: jnp.sum(q * jnp.log(q + 1e-12))
+    return plogp(p) - plogp(pf) - plogp(pm)
+
+
+def similarity_function(name: str, radius: int = 2, bins: int = 32, masked: bool = False) -> Callable:
+    """`f(fixed, moved) -> (value, d value / d moved)` for `name` in `SIMILARITIES`; with
+    `masked`, `f(fixed, moved, weight)`, measured only where `weight` is non-zero."""
+    if masked:
+        if name == "lncc":
+            return lambda f, m, w: masked_lncc_and_gradient(f, m, w, radius)
+        if name == "mi":
+            return jax.value_and_grad(lambda f, m, w: masked_mutual_information(f, m, w, bins), argnums=1)
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {name!r}")
     if name == "lncc":
         return lambda f, m: lncc_and_gradient(f, m, radius)
     if name == "mi":

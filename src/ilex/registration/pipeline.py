@@ -32,6 +32,7 @@ from ..transforms.compose import (
 from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import sample_image
+from .masks import check_mask_options, network_masks, read_mask
 from .methods.base import Method, NetworkTransform, scale_matrix
 from .methods.synthmorph import default_algorithm  # noqa: F401  (public since 0.1)
 from .network_space import NetworkSpace, network_space, to_network
@@ -69,6 +70,8 @@ class Registration:
     network_fields: dict[str, jax.Array] = field(default_factory=dict, repr=False)
     # Stage -> peak resident memory (GiB) at its end, filled as `times` is (`Stages.memory`).
     memory: dict[str, float] = field(default_factory=dict)
+    # The cost-function masks used ({"fixed": Image, "moving": Image}, 0/1 on their own grids).
+    masks: dict = field(default_factory=dict)
 
     @property
     def is_matrix(self) -> bool:
@@ -261,6 +264,9 @@ def register(
     stages: Stages | None = None,
     algorithm: str | None = None,
     keep_inputs: bool = False,
+    mask_fixed=None,
+    mask_moving=None,
+    mask_threshold: float | None = None,
     **options,
 ) -> Registration:
     """Register `moving` to `fixed`; nothing is written.
@@ -288,7 +294,12 @@ def register(
     F(2,3) for the affine detector (whose fit magnifies rounding), and XLA's own on GPU.
     `keep_inputs` keeps both network inputs on the result (`Registration.inputs`, what `-d`
     writes: 128 MB at extent 256); otherwise they are let go.
-    Raises `ImageFileError` for unusable images, `OptionError` for out-of-range or conflicting
+    `mask_fixed`, `mask_moving` (paths, nibabel images or `Image`s, on any grid) are cost-function
+    masks, as ANTs' `-x`: the similarity is measured only where they are non-zero (each on its
+    image; `ilex.registration.masks`). They hold 0 and 1, or any values with `mask_threshold`
+    (the voxels above it are the mask); only a method that `takes_masks` (optimize, refine) uses
+    them, and they are checked before any work.
+    Raises `ImageFileError` for unusable images or masks, `OptionError` for out-of-range or conflicting
     options and `TypeError` for options the method does not take.
     """
     settings = Settings.of(
@@ -302,11 +313,19 @@ def register(
         **options,
     )
     method = settings.method_for(model)
+    given = {"fixed": mask_fixed, "moving": mask_moving}
+    check_mask_options(getattr(method, "takes_masks", False), f"method {method.name}", given, mask_threshold)
     steps = method.steps or settings.effective_steps  # the method's own, when it has one
     extent, clip_percentile = settings.extent, settings.clip_percentile
     stages = stages or Stages()
     moving = moving if isinstance(moving, Image) else load_image(moving, what="moving image")
     fixed = fixed if isinstance(fixed, Image) else load_image(fixed, what="fixed image")
+    images = {"fixed": fixed, "moving": moving}
+    masks = {
+        k: read_mask(m, images[k], what=f"{k} mask", threshold=mask_threshold)
+        for k, m in given.items()
+        if m is not None
+    }
     # The method gets its grid back with the images (its voxel size in mm).
     grid = method.working_grid(moving, fixed, extent)
     with stages("resample", f"to the {'x'.join(map(str, grid.fixed_shape))} grid of {grid.voxel_size:.3g} mm"):
@@ -333,8 +352,12 @@ def register(
         )
         fix_net = to_network(fixed, space.net_to_fix, space.shape, clip_percentile, antialiasing(grid, fixed.affine))
         _check_contrast(moving, fixed, mov_net, fix_net)
+        masks_net = network_masks(masks, space, moving, fixed) if masks else None
     with stages("network", method.describe(extent, steps, grid)):
-        transform = method.estimate(mov_net, fix_net, grid)
+        if masks_net is None:
+            transform = method.estimate(mov_net, fix_net, grid)
+        else:
+            transform = method.estimate(mov_net, fix_net, grid, masks=masks_net)
         if transform.velocity is not None:
             fw, bw = network_fields(transform, steps, space.shape)
             fw.block_until_ready()
@@ -350,6 +373,7 @@ def register(
         stages.times,
         {} if transform.is_matrix else {"forward": fw, "inverse": bw},
         memory=stages.memory,
+        masks=masks,
     )
     if not transform.is_matrix:
         with stages("compose", "forward warp in native space"):

@@ -159,6 +159,9 @@ class Registrar:
         init=None,
         stages=None,
         keep_inputs: bool = False,
+        mask_fixed=None,
+        mask_moving=None,
+        mask_threshold: float | None = None,
         **options,
     ) -> Registration:
         """Register `moving` onto `fixed` (paths, nibabel images or `Image`s); nothing is written.
@@ -166,7 +169,8 @@ class Registrar:
         `init` is an initial affine, moving to fixed: a file (LTA, ITK .txt/.tfm, .mat) or a 4x4
         moving-voxel to fixed-voxel matrix. `options` are the optimiser's for this call (added
         to the constructor's). Returns the `Registration` that `register` returns (with the
-        network inputs when `keep_inputs`, as `-d` needs). Raises what `register` raises.
+        network inputs when `keep_inputs`, as `-d` needs). `mask_fixed`, `mask_moving` and
+        `mask_threshold` are cost-function masks, as `register` takes them. Raises what `register` raises.
         """
         from .affine_init import read_initial_affine
 
@@ -184,6 +188,9 @@ class Registrar:
             init_vox=init,
             stages=stages,
             keep_inputs=keep_inputs,
+            mask_fixed=mask_fixed,
+            mask_moving=mask_moving,
+            mask_threshold=mask_threshold,
         )
 
     def network_width(self) -> int:

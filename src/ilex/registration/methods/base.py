@@ -122,6 +122,9 @@ class Method:
     weight_roles: tuple[str, ...] = ()  # what each file must hold: "detector" or "deformable"
     runs_detector: bool = False  # runs SynthMorph's affine feature detector (its memory peak)
     takes_optimiser_options: bool = False  # similarity, levels, iterations, ... apply
+    # Takes cost-function masks: `estimate(..., masks=(fixed, moving))`, each None or a 0/1 array
+    # on its network grid, measuring the similarity only where they are non-zero (ANTs' -x).
+    takes_masks: bool = False
     refinable: bool = False  # the optimiser can start from its answer (--refine)
     centre_on_fixed: bool = False  # both network grids centred on the fixed image (assumes prior alignment)
     # Where the affine comes from when the images are not aligned yet (`ilex template`'s first

@@ -104,6 +104,21 @@ def _affine_moved(mov, matrix, *, shape, scale):
     return moved_image(mov, level_matrix(matrix, scale), voxel_grid(shape), jnp.zeros((*shape, 3), jnp.float32))
 
 
+def _mask_pyramids(masks, scales) -> tuple[dict | None, dict | None]:
+    # Each mask at the images' pyramid levels: a coarse voxel is in it only if all the fine voxels
+    # its binomial smoothing draws on are, so no coarse intensity carries anything from outside.
+    if masks is None:
+        return None, None
+    return tuple(
+        None if m is None else _coarse_masks(jnp.asarray(m, jnp.float32), tuple(sorted(scales))) for m in masks
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("scales",))
+def _coarse_masks(mask, scales):
+    return {s: (p >= 1.0 - 1e-6).astype(jnp.float32) for s, p in pyramid(mask, scales).items()}
+
+
 def _check_images(mov_net, fix_net) -> None:
     for net, what in ((mov_net, "moving"), (fix_net, "fixed")):
         a = np.asarray(net)
@@ -131,6 +146,10 @@ class OptimizeMethod(Method):
     is the one optimised. `affine=False` skips the affine stage (centres of mass only).
     `progress` shows a bar per level (on a terminal). The answer's `details` hold what "auto"
     chose (`similarity`) and each stage's seconds and iterations (`profile`).
+    `estimate`'s `masks` (fixed, moving), each None or a 0/1 array on its network grid, are
+    cost-function masks, as ANTs' `-x`: both stages measure the similarity and its gradient only
+    where they are non-zero (at the coarse levels, where the mask's share of a voxel is; the
+    moving mask read through the current map); the smoothing of the warp acts everywhere.
     """
 
     hyper: float = 0.5
@@ -144,6 +163,7 @@ class OptimizeMethod(Method):
     name: ClassVar[str] = "optimize"
     summary: ClassVar[str] = "an affine and a diffeomorphic warp optimised directly (no weights)"
     takes_optimiser_options: ClassVar[bool] = True
+    takes_masks: ClassVar[bool] = True
 
     @classmethod
     def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
@@ -180,20 +200,26 @@ class OptimizeMethod(Method):
         mm = " -> ".join(f"{s * size:.3g} mm" for s in levels)
         return f"affine, then a {velocity_scale * size:.3g} mm velocity over {mm}, λ {self.hyper:g}"
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
+    def estimate(
+        self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None, masks=None
+    ) -> NetworkTransform:
         size = 1.0 if grid is None else grid.voxel_size
         levels, iterations, velocity_scale = self.plan(size)
         profile = {}  # this pair's own: the method may serve several threads at once
-        pyr_mov, pyr_fix, matrix = self._affine_stage(mov_net, fix_net, size, {*levels}, profile)
-        return self._deformable(pyr_mov, pyr_fix, matrix, None, velocity_scale, levels, iterations, size, profile)
+        pyr_mov, pyr_fix, matrix, pyr_masks = self._affine_stage(mov_net, fix_net, size, {*levels}, profile, masks)
+        return self._deformable(
+            pyr_mov, pyr_fix, matrix, None, velocity_scale, levels, iterations, size, profile, pyr_masks
+        )
 
-    def _affine_stage(self, mov_net, fix_net, size: float, scales: set, profile: dict):
-        """(pyramids of both images at `scales` and the affine stage's levels, the affine matrix)."""
+    def _affine_stage(self, mov_net, fix_net, size: float, scales: set, profile: dict, masks=None):
+        """(pyramids of both images at `scales` and the affine stage's levels, the affine matrix,
+        the masks' pyramids (fixed, moving; each None where not given))."""
         _check_images(mov_net, fix_net)
         shape = tuple(fix_net.shape)
         start = time.perf_counter()
         scales = {*_affine_scales(shape), *scales, 4}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
+        pyr_masks = _mask_pyramids(masks, scales)
         matrix = moments_matrix(pyr_mov[4], pyr_fix[4], 4)
         profile["pyramid and moments"] = {"seconds": time.perf_counter() - start}
         if self.affine:
@@ -206,11 +232,23 @@ class OptimizeMethod(Method):
                 voxel_size=size,
                 progress=self.progress,
                 profile=profile,
+                mask_fix=pyr_masks[0],
+                mask_mov=pyr_masks[1],
             )
-        return pyr_mov, pyr_fix, matrix
+        return pyr_mov, pyr_fix, matrix, pyr_masks
 
     def _deformable(
-        self, pyr_mov, pyr_fix, matrix, velocity, velocity_scale, levels, iterations, size, profile: dict
+        self,
+        pyr_mov,
+        pyr_fix,
+        matrix,
+        velocity,
+        velocity_scale,
+        levels,
+        iterations,
+        size,
+        profile: dict,
+        pyr_masks=(None, None),
     ) -> NetworkTransform:
         similarity = _choose_similarity(self.similarity, pyr_mov, pyr_fix, matrix, max(levels))
         sigma_update, sigma_field = regularisation(self.hyper)
@@ -229,6 +267,8 @@ class OptimizeMethod(Method):
             voxel_size=size,
             progress=self.progress,
             profile=profile,
+            mask_fix=pyr_masks[0],
+            mask_mov=pyr_masks[1],
         )
         return NetworkTransform(
             velocity=v,
@@ -269,10 +309,12 @@ class OptimizeAffineMethod(OptimizeMethod):
     def describe(self, extent: int, steps: int, grid: WorkingGrid | None = None) -> str:
         return "affine, optimised"
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
+    def estimate(
+        self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None, masks=None
+    ) -> NetworkTransform:
         size = 1.0 if grid is None else grid.voxel_size
         profile = {}
-        _, _, matrix = self._affine_stage(mov_net, fix_net, size, set(), profile)
+        _, _, matrix, _ = self._affine_stage(mov_net, fix_net, size, set(), profile, masks)
         return NetworkTransform(matrix=np.asarray(matrix, np.float64), details={"voxel_size": size, "profile": profile})
 
 
@@ -322,7 +364,9 @@ class RefineMethod(OptimizeMethod):
         size = 1.0 if grid is None else grid.voxel_size
         return f"{first}; refined over {' -> '.join(f'{s * size:.3g} mm' for s in self.levels)}"
 
-    def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None) -> NetworkTransform:
+    def estimate(
+        self, mov_net: jax.Array, fix_net: jax.Array, grid: WorkingGrid | None = None, masks=None
+    ) -> NetworkTransform:
         _check_images(mov_net, fix_net)
         size = 1.0 if grid is None else grid.voxel_size
         start = time.perf_counter()
@@ -342,5 +386,14 @@ class RefineMethod(OptimizeMethod):
         scales = {*self.levels, velocity_scale}
         pyr_mov, pyr_fix = pyramid(jnp.asarray(mov_net), scales), pyramid(jnp.asarray(fix_net), scales)
         return self._deformable(
-            pyr_mov, pyr_fix, matrix, velocity, velocity_scale, self.levels, self.iterations, size, profile
+            pyr_mov,
+            pyr_fix,
+            matrix,
+            velocity,
+            velocity_scale,
+            self.levels,
+            self.iterations,
+            size,
+            profile,
+            _mask_pyramids(masks, scales),
         )
