@@ -8,6 +8,8 @@ that leaves it out. Tolerances are a small multiple of what was measured (in the
 the shared 2-core CPU machine this was written on.
 """
 
+import json
+
 import jax
 import jax.numpy as jnp
 import nibabel as nib
@@ -145,6 +147,32 @@ def test_masks_are_for_the_optimiser(pair, tmp_path, capsys):
     assert "cannot use a cost-function mask" in err
     with pytest.raises(OptionError, match="mask_threshold"):
         register(moving, fixed, method="optimize", mask_threshold=0.5)
+
+
+def test_batch_rows_take_masks(pair, tmp_path, capsys):
+    moving, fixed = pair
+    head = _head() > 0.5
+    hole = head.copy()
+    hole[12:16, 12:16, 12:16] = False
+    mask = _save(tmp_path / "mask.nii.gz", hole.astype(np.float32))
+    _save(tmp_path / "grey.nii.gz", head * 0.7)
+    argv = [moving, fixed, "-m", "optimize", "--iterations", "2", "2", "-q"]
+    assert main(["register", *argv, "--mask-fixed", mask, "-o", str(tmp_path / "register.nii.gz")]) == 0
+    rows = [
+        "moving,fixed,o,mask_fixed,mask_threshold,id",
+        f"{moving},{fixed},batch.nii.gz,mask.nii.gz,,masked",
+        f"{moving},{fixed},bad.nii.gz,grey.nii.gz,,grey",
+        f"{moving},{fixed},grey_thresholded.nii.gz,grey.nii.gz,0.5,thresholded",
+    ]
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    code = main(["batch", str(tmp_path / "pairs.csv"), "-m", "optimize", "--iterations", "2", "2", "-q"])
+    assert code != 0  # one row failed, alone
+    assert "grey.nii.gz" in capsys.readouterr().err
+    # The same file as ilex register --mask-fixed writes, byte for byte.
+    assert (tmp_path / "batch.nii.gz").read_bytes() == (tmp_path / "register.nii.gz").read_bytes()
+    assert not (tmp_path / "bad.nii.gz").exists() and (tmp_path / "grey_thresholded.nii.gz").exists()
+    record = json.loads((tmp_path / "batch.nii.gz.ilex-batch.json").read_text())
+    assert record["settings"]["masks"] == {"mask_fixed": mask}
 
 
 # -- a simulated lesion on real anatomy ---------------------------------------------------------------

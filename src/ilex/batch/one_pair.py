@@ -56,6 +56,7 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
             hyper=hyper,
             init=pair.init,
             keep_inputs="out_dir" in pair.outputs,
+            **pair.masks,
             **dict(options),
         )
     except Exception as e:  # noqa: BLE001 — one bad pair must not stop the batch; its error goes to the summary

@@ -19,7 +19,8 @@ from ..errors import FileProblem, OptionError
 from ..registration.outputs import OUTPUT_KINDS, output_files
 
 OPTIMISER_COLUMNS = ("similarity", "levels", "iterations")
-COLUMNS = ("moving", "fixed", *OUTPUT_KINDS, "init", "hyper", "method", *OPTIMISER_COLUMNS, "id")
+MASK_COLUMNS = ("mask_fixed", "mask_moving", "mask_threshold")
+COLUMNS = ("moving", "fixed", *OUTPUT_KINDS, "init", "hyper", "method", *OPTIMISER_COLUMNS, *MASK_COLUMNS, "id")
 ALIASES = {
     "o": "out_moving",
     "O": "out_fixed",
@@ -30,7 +31,7 @@ ALIASES = {
     "r": "hyper",
     "m": "method",
 }
-_PATH_COLUMNS = ("moving", "fixed", "init", *OUTPUT_KINDS)
+_PATH_COLUMNS = ("moving", "fixed", "init", "mask_fixed", "mask_moving", *OUTPUT_KINDS)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Pair:
     id: str | None = None
     problem: str | None = None
     options: dict = field(default_factory=dict)
+    # Cost-function masks (`register`'s `mask_fixed`, `mask_moving`, `mask_threshold`), as set.
+    masks: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -130,6 +133,8 @@ def check_inputs(pairs: list[Pair]) -> list[Pair]:
             (pair.moving, "moving image"),
             (pair.fixed, "fixed image"),
             (pair.init, "initial-affine file"),
+            (pair.masks.get("mask_fixed"), "fixed mask"),
+            (pair.masks.get("mask_moving"), "moving mask"),
         ):
             if problem is None and file:
                 if (file, what) not in seen:
@@ -186,6 +191,12 @@ def _pair(index: int, row: dict[str, str], base: str) -> Pair:
                 options[column] = tuple(int(v) for v in values[column].replace(",", " ").split())
             except ValueError:
                 problem = problem or f"{column} {values[column]!r}: give whole numbers separated by spaces"
+    masks = {c: values[c] for c in ("mask_fixed", "mask_moving") if values.get(c)}
+    if values.get("mask_threshold"):
+        try:
+            masks["mask_threshold"] = float(values["mask_threshold"])
+        except ValueError:
+            problem = problem or f"mask_threshold {values['mask_threshold']!r} is not a number"
     for column in ("moving", "fixed"):
         if not values.get(column):
             problem = problem or f"no {column} image"
@@ -202,6 +213,7 @@ def _pair(index: int, row: dict[str, str], base: str) -> Pair:
         values.get("id") or None,
         problem,
         options,
+        masks,
     )
 
 
@@ -217,7 +229,7 @@ def _check_files_between_rows(path: str, pairs: list[Pair]) -> None:
                 raise OptionError(f"{path}: {pair.label} and {writers[real][0]} both write {file}")
             writers[real] = (pair.label, file)
     for pair in pairs:
-        for file in (pair.moving, pair.fixed, pair.init):
+        for file in (pair.moving, pair.fixed, pair.init, pair.masks.get("mask_fixed"), pair.masks.get("mask_moving")):
             writer = writers.get(os.path.realpath(file)) if file else None
             if writer is not None and writer[0] != pair.label:
                 raise OptionError(

@@ -87,6 +87,7 @@ class BatchSettings(Settings):
             "moving": pair.moving,
             "fixed": pair.fixed,
             "init": pair.init,
+            **({"masks": dict(sorted(pair.masks.items()))} if pair.masks else {}),
             "method": method,
             "hyper": hyper,
             "options": dict(options),
