@@ -134,8 +134,8 @@ def resolve_pairs(pairs: list, csv_path: str | os.PathLike, resolution: int | No
     resolved = []
     for pair in pairs:
         name = None
-        if pair.fixed and os.path.dirname(pair.fixed) == base:
-            name = templateflow_name(pair.fixed) and templateflow_name(os.path.basename(pair.fixed))
+        if pair.fixed and os.path.dirname(pair.fixed) == base and not os.path.exists(pair.fixed):
+            name = templateflow_name(os.path.basename(pair.fixed))
         if name is not None:
             if name not in found:
                 try:
