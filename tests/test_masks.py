@@ -28,6 +28,7 @@ from ilex.optimize.similarity import (
     masked_mutual_information,
     mutual_information,
 )
+from ilex.qc.slices import VIEWS, load_slices
 from ilex.registration.methods import OptimizeMethod
 from ilex.registration.pipeline import register, resample
 from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
@@ -157,7 +158,15 @@ def test_batch_rows_take_masks(pair, tmp_path, capsys):
     mask = _save(tmp_path / "mask.nii.gz", hole.astype(np.float32))
     _save(tmp_path / "grey.nii.gz", head * 0.7)
     argv = [moving, fixed, "-m", "optimize", "--iterations", "2", "2", "-q"]
-    assert main(["register", *argv, "--mask-fixed", mask, "-o", str(tmp_path / "register.nii.gz")]) == 0
+    qc = tmp_path / "qc"
+    assert (
+        main(["register", *argv, "--mask-fixed", mask, "-o", str(tmp_path / "register.nii.gz"), "--qc", str(qc)]) == 0
+    )
+    # The report says which mask and draws its outline (the slices keep where it is).
+    assert json.loads((qc / "qc.json").read_text())["masks"] == {"fixed": mask}
+    assert "cost-function mask" in (qc / "report.html").read_text()
+    shown = load_slices(qc / "report.npz")
+    assert set(shown.mask) == set(VIEWS) and shown.mask["axial"].any() and not shown.mask["axial"].all()
     rows = [
         "moving,fixed,o,mask_fixed,mask_threshold,id",
         f"{moving},{fixed},batch.nii.gz,mask.nii.gz,,masked",

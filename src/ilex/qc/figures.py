@@ -20,6 +20,7 @@ GAP_PX = 2  # black columns between slices of one row (in slice pixels)
 LABEL_PX = 16  # room above each row for its name
 EDGE_COLOUR = "#ff3030"
 FOLD_COLOUR = (1.0, 0.9, 0.0, 1.0)  # folded voxels (det J <= 0): opaque yellow
+MASK_COLOUR = "#30d0ff"  # the cost-function mask's outline
 JACOBIAN_RANGE = 1.0  # colour scale: log2 det J in [-1, 1], i.e. det J from 0.5 to 2
 EDGE_PERCENTILE = 88.0  # a fixed pixel is an edge where its gradient is in the top 12 % of the head's
 
@@ -135,6 +136,9 @@ def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, by
         images[view].set_data(_row(slices.moved[view]))
         magnitude, level = edge_strength(_row(slices.fixed[view]), _row(slices.head[view], False))
         edges.append(axes[view].contour(magnitude, levels=[level], colors=EDGE_COLOUR, linewidths=0.6))
+        if view in slices.mask:  # where the similarity was measured: its outline
+            mask = _row(slices.mask[view], True).astype(np.float32)  # no outline between the tiles
+            edges.append(axes[view].contour(mask, levels=[0.5], colors=MASK_COLOUR, linewidths=0.8))
     out["moved"] = _png(fig, "P", crop_bottom=bar_px)
     for contour in edges:
         contour.remove()

@@ -227,7 +227,7 @@ picture to see the fixed image.</div>
 <div class="legend">Rest: the moved image, with the fixed image's edges
 <span class="swatch" style="background:#ff3030"></span>on top: where anatomy and edges part, the registration missed.
 Hover: the fixed image alone. Slices are cut inside the fixed head's bounding box; intensities windowed at the
-0.5th–99.5th percentiles.</div>"""
+0.5th–99.5th percentiles.{_mask_legend(slices)}</div>"""
     jacobian = f"""<h2>Jacobian determinant</h2>
 <img class="plot" id="jacobian" alt="Jacobian determinant over the fixed image"
  src="{_html.data_uri(layers["jacobian"])}">
@@ -244,6 +244,15 @@ Hover: the fixed image alone. Slices are cut inside the fixed head's bounding bo
         "<footer>Written by ilex. Self-contained: opens from disk, fetches nothing.</footer>"
     )
     return _html.page(f"ilex QC: {title}", body)
+
+
+def _mask_legend(slices) -> str:
+    if not getattr(slices, "mask", None):
+        return ""
+    return (
+        ' <span class="swatch" style="background:#30d0ff"></span>The cost-function mask\'s outline: the similarity '
+        "was measured inside it only."
+    )
 
 
 def write_pair_report(directory: str | os.PathLike, record: dict, slices) -> str:

@@ -85,6 +85,7 @@ def write_qc(
         "ilex_version": __version__,
         **(settings or {}),
         **found,
+        **({"masks": {k: m.path for k, m in result.masks.items()}} if getattr(result, "masks", None) else {}),
         **report.statistics(),
         **pair_metrics(result, report.jacobian, moved),
     }
@@ -96,8 +97,30 @@ def write_qc(
     return paths
 
 
+def measured_mask(result) -> np.ndarray | None:
+    """Where the similarity was measured, on the fixed grid (bool): the fixed mask, and the moving
+    mask brought through the forward warp; None for a registration without masks."""
+    masks = getattr(result, "masks", None)
+    if not masks:
+        return None
+    import jax.numpy as jnp
+
+    from ..registration.masks import mask_on_grid
+    from ..registration.pipeline import resample
+
+    eye = np.eye(4)
+    out = np.ones(result.fixed.shape, bool)
+    if "fixed" in masks:
+        out &= mask_on_grid(masks["fixed"], eye, result.fixed, result.fixed.shape) > 0
+    if "moving" in masks:
+        on_moving = mask_on_grid(masks["moving"], eye, result.moving, result.moving.shape)
+        disp = jnp.asarray(result.forward_vox)
+        out &= np.asarray(resample(jnp.asarray(on_moving), disp, "nearest", jnp.float32(0))) > 0
+    return out
+
+
 def report_slices(result, report: QualityReport, moved: np.ndarray):
     """The slices report.html shows, with the run's time and memory per stage so far."""
-    slices = cut_slices(result.fixed.data, moved, report.jacobian, result.fixed.affine)
+    slices = cut_slices(result.fixed.data, moved, report.jacobian, result.fixed.affine, mask=measured_mask(result))
     slices.info = {"times": dict(result.times), "memory_gib": dict(getattr(result, "memory", {}))}
     return slices

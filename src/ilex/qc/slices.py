@@ -81,6 +81,8 @@ class ReportSlices:
     `jacobian`: view -> the same slices of det J (float16). `head`: view -> head mask (bool).
     `pixel_mm`: view -> (row, column) voxel size in mm. `positions_mm`: view -> each cut's RAS
     coordinate (mm) along its axis. `info`: JSON-able facts the page shows (times, memory, ...).
+    `mask`: view -> where the similarity was measured (bool; the cost-function masks on the fixed
+    grid), only when the registration had masks.
     """
 
     fixed: dict[str, np.ndarray]
@@ -90,14 +92,21 @@ class ReportSlices:
     pixel_mm: dict[str, tuple[float, float]]
     positions_mm: dict[str, list[float]]
     info: dict = field(default_factory=dict)
+    mask: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def cut_slices(
-    fixed: np.ndarray, moved: np.ndarray, jacobian: np.ndarray, affine: np.ndarray, cuts: int = CUTS
+    fixed: np.ndarray,
+    moved: np.ndarray,
+    jacobian: np.ndarray,
+    affine: np.ndarray,
+    cuts: int = CUTS,
+    mask: np.ndarray | None = None,
 ) -> ReportSlices:
     """Cut `cuts` slices per view through the head's bounding box (10-90 % of its extent).
 
-    `fixed`, `moved`, `jacobian`: (x, y, z) volumes on the fixed grid, voxel-to-RAS `affine`.
+    `fixed`, `moved`, `jacobian` and the optional cost-function `mask` (bool): (x, y, z) volumes
+    on the fixed grid, voxel-to-RAS `affine`.
     """
     fixed_ras, zooms = to_ras(np.asarray(fixed, np.float32), affine)
     moved_ras, _ = to_ras(np.asarray(moved, np.float32), affine)
@@ -124,6 +133,9 @@ def cut_slices(
         out.moved[view] = np.stack([_to_uint8(_plane(moved_ras, view, i)[crop], moved_window) for i in indices])
         out.jacobian[view] = np.stack([_plane(jac_ras, view, i)[crop] for i in indices]).astype(np.float16)
         out.head[view] = np.stack([_plane(head, view, i)[crop] for i in indices])
+        if mask is not None:
+            mask_ras = to_ras(np.asarray(mask, bool), affine)[0]
+            out.mask[view] = np.stack([_plane(mask_ras, view, i)[crop] for i in indices])
         out.pixel_mm[view] = (float(zooms[row_axis]), float(zooms[col_axis]))
         out.positions_mm[view] = [float((ras_affine @ np.r_[np.eye(3)[axis] * i, 1])[axis]) for i in indices]
     return out
@@ -154,7 +166,7 @@ def save_slices(path: str | os.PathLike, slices: ReportSlices) -> None:
     from .._atomic import atomic_file
 
     arrays = {}
-    for name in ("fixed", "moved", "jacobian", "head"):
+    for name in ("fixed", "moved", "jacobian", "head", "mask"):
         for view, a in getattr(slices, name).items():
             arrays[f"{name}.{view}"] = a
     meta = {"pixel_mm": slices.pixel_mm, "positions_mm": slices.positions_mm, "info": slices.info}
@@ -187,7 +199,10 @@ def load_slices(path: str | os.PathLike, layers=("fixed", "moved", "jacobian", "
                 meta["positions_mm"],
                 meta.get("info", {}),
             )
-            for name in layers:
+            names = set(archive.namelist())
+            # The mask's slices are there only when the registration had masks; they come with the head's.
+            optional = ["mask"] if "head" in layers and f"mask.{views[0]}.npy" in names else []
+            for name in (*layers, *optional):
                 for view in views:
                     with archive.open(f"{name}.{view}.npy") as f:
                         getattr(out, name)[view] = np.lib.format.read_array(io.BytesIO(f.read()), allow_pickle=False)
