@@ -221,6 +221,13 @@ def test_group_writes_a_templateflow_template(study, tmp_path, capsys):
     # A rerun with the same images and settings keeps it.
     assert main(["bids", study["bids"], out, "group", "--template-label", "study", "--rounds", "1", *FAST[:4]]) == 0
     assert "made from these images with these settings (kept)" in capsys.readouterr().err
+    # Another λ: made again, and said so.
+    before = os.stat(os.path.join(folder, "tpl-study_res-1_T1w.nii.gz")).st_mtime_ns
+    assert main([*argv[:-1], "-r", "0.7"]) == 0
+    assert "was made from other images or with other settings: making it again" in capsys.readouterr().err
+    assert os.stat(os.path.join(folder, "tpl-study_res-1_T1w.nii.gz")).st_mtime_ns != before
+    with open(os.path.join(folder, "template_description.json")) as f:
+        assert json.load(f)["IlexSettings"]["hyper"] == 0.7
 
 
 def _one_line_refusal(capsys, argv, out, *expected):

@@ -172,7 +172,9 @@ def group(
     the BIDS validator leave out), then write it as a TemplateFlow template, OUT_DIR/tpl-NAME/
     (`derivatives.template_files`), with its study page, and record the settings in
     dataset_description.json. A template already written with the same settings and images is kept
-    as it is; a build interrupted in `work_dir` resumes (`build_template`).
+    as it is; a build interrupted in `work_dir` resumes (`build_template`); a template made from other
+    images or settings is made again (in the default `work_dir`, the earlier build's folder is removed
+    first; `build_template` refuses to reuse a `work_dir` of another build).
     """
     import json
 
@@ -184,6 +186,7 @@ def group(
     out_dir = os.path.abspath(out_dir)
     check_creatable("OUTPUT_DIR", out_dir)
     files = template_files(out_dir, name, 1, suffix)
+    own_work_dir = work_dir is None
     work_dir = os.path.abspath(work_dir or os.path.join(out_dir, "sourcedata", "ilex-template", f"tpl-{name}"))
     settings = json.loads(
         json.dumps(
@@ -207,6 +210,10 @@ def group(
             log(f"ilex bids: {files['folder']} exists, made from these images with these settings (kept)")
             return GroupResult(files["image"], files["description"], files["report"])
         log(f"ilex bids: {files['folder']} was made from other images or with other settings: making it again")
+        if own_work_dir and os.path.isdir(work_dir):
+            # ilex's own folder of a finished build of other settings (`build_template` would refuse to reuse it)
+            log(f"ilex bids: removing that build's folder {work_dir}")
+            shutil.rmtree(work_dir)
     except (OSError, ValueError, AttributeError):
         pass
     inputs = [TemplateInput(image.prefix, image.path) for image in images]
