@@ -29,6 +29,17 @@ from .verdict import RULE_TEXT, failed_rules
 OUTLIER_Z = 3.5
 MIN_PAIRS_FOR_OUTLIERS = 3
 ROUNDS_COLUMNS = ("round", "mean_displacement_mm", "max_displacement_mm", "mean_similarity", "template_change")
+# Read when present (`ilex template` writes them since issue 33; older tables lack them): the cluster's state per round.
+CLUSTER_COLUMNS = (
+    ("seconds", "round (s)", 1.0),
+    ("workers", "workers", 1.0),
+    ("busy_seconds_mean", "busy per worker, mean (s)", 1.0),
+    ("busy_seconds_max", "busy per worker, max (s)", 1.0),
+    ("waiting_seconds_mean", "waiting per worker, mean (s)", 1.0),
+    ("serial_seconds", "serial (s)", 1.0),
+    ("serial_share", "serial share (%)", 100.0),
+    ("peak_memory_gib", "peak memory (GiB)", 1.0),
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,8 @@ def outliers(values: list[float | None], worse: str) -> list[bool]:
 
 
 def read_rounds(path: str | os.PathLike) -> dict[str, list[float | None]]:
-    """A template's convergence table: CSV with the columns `ROUNDS_COLUMNS`, one row per round.
+    """A template's convergence table: CSV with the columns `ROUNDS_COLUMNS`, one row per round,
+    and those of `CLUSTER_COLUMNS` that it has (a table written before them has none).
     An empty cell is a figure not measured, None (round 0 of `ilex template` has no template change).
     Raises `FileProblem` for a missing file, a missing column, a row without its round or a cell that
     is neither empty nor a number."""
@@ -94,9 +106,11 @@ def read_rounds(path: str | os.PathLike) -> dict[str, list[float | None]]:
                 raise FileProblem(
                     path, f"the rounds table has no {', '.join(missing)} column (expected {','.join(ROUNDS_COLUMNS)})"
                 )
-            table = {c: [] for c in ROUNDS_COLUMNS}
+            present = [c for c, _, _ in CLUSTER_COLUMNS if c in (reader.fieldnames or [])]
+            columns = (*ROUNDS_COLUMNS, *present)
+            table = {c: [] for c in columns}
             for line, row in enumerate(reader, 2):
-                for c in ROUNDS_COLUMNS:
+                for c in columns:
                     cell = row[c]
                     if cell is None:  # csv gives None where a row is shorter than the header
                         raise FileProblem(path, f"line {line}: no {c} cell (the row is shorter than the header)")
@@ -114,6 +128,29 @@ def read_rounds(path: str | os.PathLike) -> dict[str, list[float | None]]:
     if not table["round"]:
         raise FileProblem(path, "the rounds table has no rows")
     return table
+
+
+def _cluster_table(rounds: dict[str, list[float | None]]) -> str:
+    """The cluster's state per round (the `CLUSTER_COLUMNS` the table has), or "" without any."""
+    columns = [(c, title, scale) for c, title, scale in CLUSTER_COLUMNS if c in rounds]
+    if not columns:
+        return ""
+    head = "<tr><th>round</th>" + "".join(f"<th>{escape(title)}</th>" for _, title, _ in columns) + "</tr>"
+    rows = []
+    for k, r in enumerate(rounds["round"]):
+        cells = "".join(
+            "<td></td>" if rounds[c][k] is None else f"<td>{number(rounds[c][k] * scale)}</td>"
+            for c, _, scale in columns
+        )
+        rows.append(f"<tr><td>{int(r)}</td>{cells}</tr>")
+    return (
+        '<h2>The cluster, round by round</h2><table id="cluster">'
+        + head
+        + "".join(rows)
+        + '</table><p class="legend">Busy: the seconds each worker spent registering; waiting: the rest of the '
+        "round's parallel part (its batches and the wait for the sums); serial: the client's own work, alone "
+        "(reading the template, the shape update, the final outputs), and its share of the round.</p>"
+    )
 
 
 def _pair_facts(record: dict) -> dict:
@@ -286,6 +323,7 @@ def render_study(
             f'<h2>Convergence</h2><img class="plot" id="convergence" alt="convergence by round" '
             f'src="{_html.data_uri(png)}"><p class="legend">One point per round of the template.</p>'
         )
+        parts.append(_cluster_table(rounds))
     order = sorted(
         range(len(records)),
         key=lambda k: (

@@ -8,16 +8,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .._atomic import output_batch
 from ..errors import IlexError
+from .budget import RoundBudget, check_budget, image_voxels, round_budget, task_resources
 from .final import final_outputs, image_grid
+from .partial import aligned_share, warp_share
+from .partial import flagged_rules as _flagged_rules
 from .round_sum import RoundSum
 from .settings import TemplateSettings
-from .shape import MeanTransform, ShapeUpdate, correlation, head_mask, matrix_power, normalised, relative_change
+from .shape import MeanTransform, ShapeUpdate, head_mask, matrix_power, normalised, relative_change
 from .shape import sharpen as sharpen_image
 from .state import INTERMEDIATE, TemplateFolder
 
@@ -38,6 +40,7 @@ class Rounds:
         log: Callable[[str], None] | None,
         progress: bool,
         on_round: Callable[[dict], None] | None,
+        memory_resource: str = "MEMORY",
     ):
         self.inputs = inputs
         self.folder = folder
@@ -47,16 +50,26 @@ class Rounds:
         self.log = log or (lambda text: None)
         self.progress = progress
         self.on_round = on_round
+        self.memory_resource = memory_resource
         self._registrars: dict[str, object] = {}
+        self._voxels: list[int] | None = None
+        self._parallel = 0.0  # this round's seconds in its batches and waiting for its sums
 
     # -- batches ---------------------------------------------------------------------------------------
     def run(self, pairs, method, name: str, on_record=None):
         """One batch of registrations (local, or on the Dask client); returns its records.
         `on_record` is called with each record as its pair finishes (skipped pairs: not)."""
-        from ..batch import run_batch
-        from ..registration.outputs import outputs_complete
 
         settings = self.settings.batch(method)
+        started = time.perf_counter()
+        try:
+            return self._run(pairs, method, name, on_record, settings)
+        finally:
+            self._parallel += time.perf_counter() - started
+
+    def _run(self, pairs, method, name, on_record, settings):
+        from ..batch import run_batch
+        from ..registration.outputs import outputs_complete
 
         registrar = None
         # A resumed round whose registrations all finished needs no model (joint's weights take seconds to load).
@@ -71,7 +84,26 @@ class Rounds:
             progress=self.progress,
             registrar=registrar,
             on_record=on_record,
+            memory_resource=self.memory_resource,
         )
+
+    def round_sum(self, budget: RoundBudget) -> RoundSum:
+        """A round's reduction: on this machine, or on the Dask client's workers, each task
+        declaring the memory `budget` gives it."""
+        return RoundSum(self.client, *task_resources(budget, self.client, self.memory_resource))
+
+    def budget(self, k: int, method, template_voxels: int, todo: int, final: bool, warps: bool = True) -> RoundBudget:
+        """Round `k`'s memory and disk (`budget.py`), checked before it starts and logged."""
+        from ..batch.pairs import Pair
+
+        if self._voxels is None:
+            self._voxels = image_voxels(item.path for item in self.inputs)
+        probe = [Pair(0, self.inputs[0].path, self.inputs[0].path)]
+        registration = self.settings.batch(method).memory_estimate(probe)
+        budget = round_budget(k, registration, template_voxels, self._voxels, todo, final, warps)
+        check_budget(budget, self.folder.outdir, self.client, self.memory_resource)
+        self.log(f"ilex template: {budget.describe()}")
+        return budget
 
     def report_failures(self, k: int, records) -> list[str]:
         failed = []
@@ -140,6 +172,7 @@ class Rounds:
         from ..image.io import load_image, save_image
 
         start = time.perf_counter()
+        self._parallel = 0.0
         if self.initial is not None:
             image = load_image(self.initial, what="initial template")
             save_image(self.folder.round_template(0), normalised(image.data), image.affine)
@@ -148,6 +181,7 @@ class Rounds:
             return
         reference = load_image(self.inputs[0].path, what="image")
         method = self.settings.affine_method()
+        budget = self.budget(0, method, reference.data.size, len(self.inputs), False, warps=False)
         pairs = self.affine_pairs(self.folder.round_dir(0), reference.path, qc=True)[1:]  # the first is the reference
         records = self.run(pairs, method, "affine")
         failed = self.report_failures(0, records)
@@ -170,27 +204,26 @@ class Rounds:
         if len(matrices) < 2:
             raise IlexError("round 0: fewer than 2 images could be aligned; see the errors above")
         back = matrix_power(mean.mean_log, -1.0)
-        ref = normalised(reference.data)
-
-        def aligned(item):
-            # The image moved to the unbiased mid-space, and its similarity to the first image once aligned.
-            image = reference if item is self.inputs[0] else load_image(item.path, what="image")
-            moved = normalised(_resample_world(image, matrices[item.id] @ back, reference.affine, reference.shape))
-            if item is self.inputs[0]:
-                return moved, None
-            on_first = normalised(_resample_world(image, matrices[item.id], reference.affine, reference.shape))
-            return moved, correlation(on_first, ref, mask)
-
-        total = np.zeros(reference.shape, np.float32)
-        similarities = []
         kept = [item for item in self.inputs if item.id in matrices]
-        # Two images at once (the work leaves the GIL); summed in the images' order.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="ilex-template-round0") as pool:
-            for moved, similarity in pool.map(aligned, kept):
-                total += moved
-                if similarity is not None:
-                    similarities.append(similarity)
-        template = total / len(kept)
+        where = {r.pair: r.worker for r in records}
+        # Each image moved to the unbiased mid-space, and its similarity to the first image once aligned,
+        # where its affine ran; summed exactly.
+        with self.round_sum(budget) as summed:
+            for index, item in enumerate(kept):
+                first = item is self.inputs[0]
+                summed.add(
+                    aligned_share,
+                    index,
+                    item.path,
+                    matrices[item.id] @ back,
+                    None if first else matrices[item.id],
+                    reference.path,
+                    len(kept),
+                    worker=where.get(item.id),
+                )
+            partial = summed.result()
+        similarities = [partial.similarities[k] for k in sorted(partial.similarities)]
+        template = partial.mean_image()
         if self.settings.sharpen:
             template = sharpen_image(template)
         size = _displacement_size(matrix_power(mean.mean_log, 1.0), reference.affine, reference.shape)[mask]
@@ -208,6 +241,7 @@ class Rounds:
             "seconds": time.perf_counter() - start,
             "peak_memory_gib": max((r.peak_memory_gib or 0.0 for r in records), default=None),
         }
+        row.update(cluster_state(records, self._parallel + summed.waited, row["seconds"], budget))
         self.folder.commit(state, 0, row)
         self.announce(row, 0)
 
@@ -217,12 +251,15 @@ class Rounds:
         from ..image.io import load_image, save_image
 
         start = time.perf_counter()
+        self._parallel = 0.0
         final = k == rounds
         previous = load_image(self.folder.round_template(k - 1), what="template")
         directory = self.folder.round_dir(k)
         kinds = ["moved", "warps"] + (["inverse"] if final else [])
         for kind in kinds:
             os.makedirs(os.path.join(directory, kind), exist_ok=True)
+        todo = sum(not os.path.isfile(os.path.join(directory, "warps", f"{i.id}{INTERMEDIATE}")) for i in self.inputs)
+        budget = self.budget(k, None, previous.data.size, todo, final)
         inits = {item.id: item.init for item in self.inputs}
         records_before = []
         if self.settings.prior_affine:
@@ -243,9 +280,30 @@ class Rounds:
             problem = None if not records_before or inits[item.id] else "its affine stage failed"
             pairs.append(Pair(j, item.path, previous.path, outputs, init=inits[item.id], id=item.id, problem=problem))
         mask = head_mask(previous.data)
-        leave_out = (lambda pair: bool(flagged_rules(pair))) if self.settings.exclude_flagged else None
-        with RoundSum(previous, mask, pairs, leave_out) as summed:
-            records = self.run(pairs, None, "main", on_record=summed.offer)
+        by_index = {pair.index: pair for pair in pairs}
+        with self.round_sum(budget) as summed:
+
+            def share(record):
+                # Where its registration ran, once its files have landed (skipped pairs: after the batch).
+                if record.status == "failed":
+                    return
+                pair = by_index[record.index]
+                summed.add(
+                    warp_share,
+                    pair.index,
+                    pair.outputs["trans"],
+                    pair.outputs["out_moving"],
+                    previous.path,
+                    len(pairs),
+                    pair.outputs["qc"],
+                    self.settings.exclude_flagged,
+                    worker=record.worker,
+                )
+
+            records = self.run(pairs, None, "main", on_record=share)
+            for r in records:
+                if r.status == "skipped":
+                    share(r)
             failed = self.report_failures(k, records)
             flags = self.report_flags(k, pairs, records)
             if final:
@@ -261,14 +319,15 @@ class Rounds:
                 raise IlexError(
                     f"round {k}: fewer than 2 images registered; see the errors above (a rerun resumes this round)"
                 )
-            mean, total, similarities = summed.result(records)
-            if mean.count < 2:
+            partial = summed.result()
+            if partial.count < 2:
                 raise IlexError(
                     f"round {k}: fewer than 2 images left to average once the flagged ones are left out "
                     "(--exclude-flagged); see the flags above"
                 )
+        mean = partial.mean_transform(previous.affine, mask)
         update = ShapeUpdate(mean, previous.shape, self.settings.step)
-        template = update.image(total / mean.count)
+        template = update.image(partial.mean_image())
         if self.settings.sharpen:
             template = sharpen_image(template)
         mean_mm, max_mm = update.mean_displacement(mask)
@@ -276,7 +335,7 @@ class Rounds:
             "round": k,
             "mean_displacement_mm": mean_mm,
             "max_displacement_mm": max_mm,
-            "mean_similarity": float(np.mean(similarities)),
+            "mean_similarity": partial.mean_similarity(),
             "template_change": relative_change(template, previous.data, mask),
             "averaged": mean.count,
             "failed": " ".join(failed),
@@ -294,6 +353,7 @@ class Rounds:
         row["seconds"] = time.perf_counter() - start
         # The serial part after the registrations: what is left of the sums, the update, the final outputs.
         row["reduce_seconds"] = time.perf_counter() - reducing
+        row.update(cluster_state(records + records_before, self._parallel + summed.waited, row["seconds"], budget))
         self.folder.commit(state, k, row)
         self.announce(row, rounds)
         if final:
@@ -318,29 +378,7 @@ class Rounds:
 
 def flagged_rules(pair) -> list[str]:
     """The names of the rules a pair's registration fails, read from its qc.json (none without one)."""
-    import json
-
-    from ..qc.verdict import failed_rules
-
-    qc = pair.outputs.get("qc")
-    try:
-        with open(os.path.join(qc, "qc.json"), encoding="utf-8") as f:
-            record = json.load(f)
-    except (TypeError, OSError, ValueError):
-        return []
-    return [r.name for r in failed_rules(record)] if isinstance(record, dict) else []
-
-
-def _resample_world(image, world_matrix: np.ndarray, target_affine: np.ndarray, target_shape) -> np.ndarray:
-    """`image` on a target grid through a world map: target voxel p takes the value at `M A_t p`."""
-    import jax.numpy as jnp
-
-    from ..registration.pipeline import resample
-    from ..transforms import matrix_field
-
-    vox = np.linalg.inv(image.affine) @ world_matrix @ target_affine
-    disp = matrix_field(np.asarray(vox, np.float32), target_shape)
-    return np.asarray(resample(jnp.asarray(image.data, jnp.float32), disp, "linear", jnp.float32(0.0)))
+    return _flagged_rules(pair.outputs.get("qc"))
 
 
 def _displacement_size(matrix: np.ndarray, affine: np.ndarray, shape) -> np.ndarray:
@@ -361,3 +399,46 @@ def _lta_world(path: str, image_path: str, reference) -> np.ndarray:
         path, image.affine, reference.affine, moving_shape=image.shape, fixed_shape=reference.shape
     )
     return image.affine @ np.linalg.inv(vox) @ np.linalg.inv(reference.affine)
+
+
+def cluster_state(records, parallel: float, seconds: float, budget: RoundBudget) -> dict:
+    """A round's row of the cluster's state: how many `workers` registered its images, each
+    worker's busy time (the time covered by its registrations, from their start to their files
+    landed, overlaps counted once: a local batch writes one pair's files while the next
+    registers; mean and max over workers, and per worker in `worker_seconds`), its waiting time
+    (the `parallel` part of the round, in batches and waiting for the sums, less its busy time;
+    mean over workers), the serial part
+    (`seconds` less `parallel`: the client's own work, alone) and its share of the round, and
+    the `budget`'s memory per registration and per share (GiB) and disk for the round (GiB)."""
+    import datetime
+
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r.status == "done" and r.started and r.finished:
+            interval = tuple(datetime.datetime.fromisoformat(t).timestamp() for t in (r.started, r.finished))
+            spans.setdefault(r.worker or "?", []).append(interval)
+    busy = {worker: _union_length(intervals) for worker, intervals in spans.items()}
+    waiting = [max(parallel - b, 0.0) for b in busy.values()]
+    serial = max(seconds - parallel, 0.0)
+    return {
+        "workers": len(busy),
+        "busy_seconds_mean": float(np.mean(list(busy.values()))) if busy else None,
+        "busy_seconds_max": max(busy.values(), default=None),
+        "waiting_seconds_mean": float(np.mean(waiting)) if waiting else None,
+        "serial_seconds": serial,
+        "serial_share": serial / seconds if seconds > 0 else None,
+        "worker_seconds": dict(sorted(busy.items())),
+        "memory_registration_gib": budget.registration / 2**30,
+        "memory_share_gib": budget.share / 2**30,
+        "disk_round_gib": budget.disk / 2**30,
+    }
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    """The length of the union of (start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total

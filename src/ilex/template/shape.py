@@ -117,10 +117,10 @@ class MeanTransform:
     """Accumulates per-image warps (one at a time, so memory stays that of one warp) into the mean
     transform's two parts: the mean log-affine and the mean non-linear residual, on the template grid."""
 
-    def __init__(self, affine: np.ndarray, mask: np.ndarray):
+    def __init__(self, affine: np.ndarray, mask: np.ndarray, fit: bool = True):
         self.affine = np.asarray(affine, np.float64)
         self.mask = mask
-        self.fit = AffineFit(self.affine, mask)
+        self.fit = AffineFit(self.affine, mask) if fit else None  # None: sums set from outside (`Partial`)
         self.count = 0
         self.log_sum = np.zeros((4, 4))
         self.residual_sum = None

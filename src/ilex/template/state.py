@@ -27,6 +27,16 @@ ROUND_COLUMNS = (
     "seconds",
     "reduce_seconds",
     "peak_memory_gib",
+    # The cluster's state (`rounds.cluster_state`); state.json's rows also hold each worker's busy seconds.
+    "workers",
+    "busy_seconds_mean",
+    "busy_seconds_max",
+    "waiting_seconds_mean",
+    "serial_seconds",
+    "serial_share",
+    "memory_registration_gib",
+    "memory_share_gib",
+    "disk_round_gib",
 )
 STATE_VERSION = 1
 # A round's own files (warps, moved images) are read back once by the reduction and deleted when the

@@ -1,0 +1,135 @@
+"""A round's reduction (`ilex.template.partial`, `round_sum`): the sums are exact, so the template
+is the same bits whatever the grouping, the order in which shares land, and the place they are
+computed (this process, one Dask worker, two). Synthetic shares on a small grid: no registration
+runs here (the whole builds, local against Dask and killed-and-resumed, are in test_template.py).
+"""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from ilex.errors import IlexError
+from ilex.image.io import save_image
+from ilex.image.warp_io import Warp, save_warp
+from ilex.template.partial import IMAGE_SCALE, Partial, add_partials, fixed, warp_share
+from ilex.template.round_sum import RoundSum
+
+SHAPE = (18, 20, 16)
+N = 7
+
+
+@pytest.fixture(scope="module")
+def shares(tmp_path_factory):
+    """A template and N images' warps and moved images on its grid: (template path, [(index, warp, moved)])."""
+    from scipy.ndimage import gaussian_filter
+
+    root = tmp_path_factory.mktemp("shares")
+    rng = np.random.default_rng(3)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -(np.asarray(SHAPE) - 1)
+    x = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"), -1)
+    head = np.exp(-3 * (x**2).sum(-1)).astype(np.float32)
+    template = str(root / "template.nii.gz")
+    save_image(template, 100 * head, affine)
+    items = []
+    for k in range(N):
+        matrix = np.eye(4)
+        matrix[:3, :3] += 0.03 * rng.standard_normal((3, 3))
+        matrix[:3, 3] = 2 * rng.standard_normal(3)
+        world = x * (np.asarray(SHAPE) - 1)
+        smooth = np.stack([gaussian_filter(rng.standard_normal(SHAPE), 3) for _ in range(3)], -1)
+        disp = world @ matrix[:3, :3].T + matrix[:3, 3] - world + 20 * smooth
+        moved = 100 * head * (1 + 0.1 * rng.standard_normal(SHAPE)) ** 2
+        warp, image = str(root / f"warp{k}.nii"), str(root / f"moved{k}.nii")
+        save_warp(warp, Warp(disp.astype(np.float32), affine))
+        save_image(image, moved.astype(np.float32), affine)
+        items.append((k, warp, image))
+    return template, items
+
+
+def _in_process(template, items) -> Partial:
+    total = Partial()
+    for index, warp, moved in items:
+        total = total + warp_share(index, warp, moved, template, N)
+    return total
+
+
+def _equal(a: Partial, b: Partial) -> None:
+    assert a.count == b.count == N
+    assert np.array_equal(a.log_sum, b.log_sum)
+    assert np.array_equal(a.residual, b.residual)
+    assert np.array_equal(a.total, b.total)
+    assert a.mean_similarity() == b.mean_similarity()
+
+
+def test_fixed_point_sums_do_not_depend_on_the_order(shares):
+    template, items = shares
+    parts = [warp_share(index, warp, moved, template, N) for index, warp, moved in items]
+    reference = add_partials(*parts)
+    floats = []
+    for seed in range(4):
+        order = random.Random(seed).sample(parts, len(parts))
+        # A different grouping too: the first three summed apart, then the rest.
+        _equal(add_partials(add_partials(*order[3:]), add_partials(*order[:3])), reference)
+        # What float32 sums in the same order give: not the same bits (so this test can fail).
+        total = np.zeros(SHAPE, np.float32)
+        for part in order:
+            total += (part.total / IMAGE_SCALE).astype(np.float32)
+        floats.append(total)
+    assert any(not np.array_equal(floats[0], f) for f in floats[1:])
+    # The sum is the shares' sum within the resolution: N half-units of 2^-24 at most.
+    exact = sum(p.total.astype(np.float64) for p in parts) / IMAGE_SCALE
+    assert np.abs(reference.total / IMAGE_SCALE - exact).max() == 0.0
+
+
+def test_fixed_point_refuses_what_could_overflow_and_what_is_not_finite():
+    assert fixed(np.array([1.5, -2.25]), 4.0, 10, "x").tolist() == [6, -9]
+    with pytest.raises(IlexError, match="moved.nii: a value of 3e\\+08 is too large to sum over 1000 images"):
+        fixed(np.array([3e8]), IMAGE_SCALE, 1000, "moved.nii")
+    fixed(np.array([2e8]), IMAGE_SCALE, 1000, "moved.nii")  # under the bound: 2^62 / 1000 / 2^24 = 2.7e8
+    with pytest.raises(IlexError, match="warp.nii: holds values that are not finite"):
+        fixed(np.array([np.nan]), IMAGE_SCALE, 2, "warp.nii")
+
+
+def test_local_round_sum_in_any_order_gives_the_same_bits(shares):
+    template, items = shares
+    reference = _in_process(template, items)
+    for seed in range(2):
+        with RoundSum() as summed:
+            for index, warp, moved in random.Random(seed).sample(items, len(items)):
+                summed.add(warp_share, index, warp, moved, template, N, worker="somewhere")
+            _equal(summed.result(), reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_dask_round_sum_gives_the_same_bits(shares, workers):
+    distributed = pytest.importorskip("distributed")
+    template, items = shares
+    reference = _in_process(template, items)
+    with (
+        distributed.LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=0,
+            resources={"MEMORY": 4e9},
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        addresses = sorted(client.scheduler_info()["workers"])
+        ran = []
+        for seed in range(2):
+            with RoundSum(client, {"MEMORY": 1e9}, {"MEMORY": 1e8}) as summed:
+                shuffled = random.Random(seed).sample(items, len(items))
+                for j, (index, warp, moved) in enumerate(shuffled):
+                    # Shares asked of the workers in turn, as registrations spread over them.
+                    summed.add(warp_share, index, warp, moved, template, N, worker=addresses[j % workers])
+                _equal(summed.result(), reference)
+            ran.append(client.run(lambda: len(__import__("ilex.template.partial", fromlist=["_templates"])._templates)))
+    # Every worker read the template (each computed shares), and held one at a time.
+    assert all(set(r) == set(addresses) and set(r.values()) == {1} for r in ran), ran
+    assert os.path.isfile(template)
