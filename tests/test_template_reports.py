@@ -2,6 +2,7 @@
 seam's `seam_methods.ConstantFlow` (a constant warp, no weights: seconds per build)."""
 
 import os
+import pathlib
 import re
 
 import nibabel as nib
@@ -46,8 +47,19 @@ def test_ilex_template_writes_its_study_page_and_ilex_report_redraws_it(tmp_path
     assert _images_linked(page) == {"h0", "h1", "h2"}
     for k in range(3):
         assert (out / "qc" / f"h{k}" / "report.html").is_file()
-    # The convergence of rounds.csv: rounds 0, 1 and 2.
+    # The convergence of rounds.csv: rounds 0, 1 and 2, and the cluster's state (here, this machine) per round.
     assert 'id="convergence"' in page
+    assert 'id="cluster"' in page
+    import csv
+
+    with open(out / "rounds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        seconds, serial, share = float(row["seconds"]), float(row["serial_seconds"]), float(row["serial_share"])
+        assert row["workers"] == "1" and 0 <= serial <= seconds and share == pytest.approx(serial / seconds, abs=1e-5)
+        assert float(row["busy_seconds_max"]) + float(row["waiting_seconds_mean"]) <= seconds + 0.01  # ms times
+        assert float(row["memory_registration_gib"]) > float(row["memory_share_gib"]) > 0
+        assert float(row["disk_round_gib"]) > 0
     # `ilex report` draws the same page again from the files the build left.
     again = tmp_path / "again.html"
     assert main(["report", str(out / "qc" / "summary.csv"), "--rounds", str(out / "rounds.csv"), "-o", str(again)]) == 0
@@ -161,3 +173,71 @@ def test_report_reads_rounds_csv_with_and_without_the_flagged_column(tmp_path):
     for path in (old, new):
         table = read_rounds(path)
         assert table["round"] == [0.0, 1.0] and table["template_change"] == [None, 0.04]
+
+
+def test_report_shows_the_cluster_state_when_rounds_csv_has_it(tmp_path):
+    from ilex.qc.study_report import read_rounds, write_study_report
+
+    head = "round,mean_displacement_mm,max_displacement_mm,mean_similarity,template_change"
+    old = tmp_path / "old.csv"
+    old.write_text(f"{head}\n0,13.9,21.4,1.12,\n1,2.5,4.0,1.2,0.04\n")
+    new = tmp_path / "new.csv"
+    new.write_text(
+        f"{head},seconds,workers,busy_seconds_mean,busy_seconds_max,waiting_seconds_mean,serial_seconds,serial_share\n"
+        "0,13.9,21.4,1.12,,10.0,2,4.0,4.5,5.0,1.0,0.1\n1,2.5,4.0,1.2,0.04,20.0,2,17.0,18.0,1.5,1.5,0.075\n"
+    )
+    assert "serial_share" not in read_rounds(old)
+    assert read_rounds(new)["serial_share"] == [0.1, 0.075]
+    pages = {}
+    for path in (old, new):
+        pages[path.stem] = pathlib.Path(write_study_report([], tmp_path / f"{path.stem}.html", rounds=path)).read_text()
+    assert 'id="convergence"' in pages["old"] and 'id="cluster"' not in pages["old"]
+    assert "<td>7.5</td>" in pages["new"] and "serial share (%)" in pages["new"]
+
+
+@pytest.mark.slow
+def test_template_writes_itk_h5_transforms_that_ilex_apply_and_antspyx_read(tmp_path):
+    """--warp-format h5: each image's warp.h5 and inverse.h5 move images as the NIfTI warps of the
+    same build do, read by `ilex apply` and by antspyx (`ants.apply_transforms`, and
+    `apply_transforms_to_points` for the forward map). `-m optimize` on three small heads, 1 round."""
+    ants = pytest.importorskip("ants")
+    import pandas as pd
+
+    images = [_head(tmp_path / f"h{k}.nii.gz", shift, k) for k, shift in enumerate([(0, 0, 0), (4, -2, 2), (-2, 2, 0)])]
+    args = ["-m", "optimize", "-e", "32", "--rounds", "1", "-q"]
+    assert main(["template", *images, "-o", str(tmp_path / "nii"), *args]) == 0
+    assert main(["template", *images, "-o", str(tmp_path / "h5"), *args, "--warp-format", "h5"]) == 0
+    template = str(tmp_path / "h5" / "template.nii.gz")
+    assert np.array_equal(nib.load(template).get_fdata(), nib.load(tmp_path / "nii" / "template.nii.gz").get_fdata())
+    flip = np.array([-1.0, -1.0, 1.0])
+    for k, image in enumerate(images):
+        h5, nii = tmp_path / "h5" / "images" / f"h{k}", tmp_path / "nii" / "images" / f"h{k}"
+        assert sorted(os.listdir(h5)) == ["affine.txt", "inverse.h5", "moved.nii.gz", "warp.h5"]
+        for name, source, target in (("warp", image, template), ("inverse", template, image)):
+            ours = {}
+            for kind, directory in (("h5", h5), ("nii", nii)):
+                out = tmp_path / f"{name}{k}_{kind}.nii.gz"
+                suffix = ".h5" if kind == "h5" else ".nii.gz"
+                assert main(["apply", str(directory / (name + suffix)), source, str(out)]) == 0
+                ours[kind] = nib.load(out).get_fdata()
+            top = np.abs(ours["nii"]).max()
+            theirs = ants.apply_transforms(
+                ants.image_read(target), ants.image_read(source), [str(h5 / f"{name}.h5")]
+            ).numpy()
+            # ilex reading its h5 against its NIfTI warp (the same field, split into an affine and a
+            # rest): measured 0; antspyx resampling (linear, as ilex) away from the grid's edge:
+            # measured up to 2.4e-7 of the image maximum (warps up to 3.4 mm).
+            inside = np.zeros(ours["nii"].shape, bool)
+            inside[2:-2, 2:-2, 2:-2] = True
+            assert np.abs(ours["h5"] - ours["nii"]).max() <= 1e-6 * top, name
+            assert np.abs(theirs - ours["nii"])[inside].max() < 2e-6 * top, name
+        # Points of the template go where the NIfTI forward warp sends them (antspyx: LPS); measured 3.8e-6 mm.
+        from ilex.image.warp_io import load_warp
+
+        warp = load_warp(nii / "warp.nii.gz")
+        field = warp.displacement
+        vox = np.argwhere(np.ones(field.shape[:3], bool))[::97]
+        world = vox @ warp.affine[:3, :3].T + warp.affine[:3, 3]
+        frame = pd.DataFrame(world * flip, columns=["x", "y", "z"])
+        moved = ants.apply_transforms_to_points(3, frame, [str(h5 / "warp.h5")]).to_numpy() * flip
+        np.testing.assert_allclose(moved, world + field[tuple(vox.T)], atol=4e-5)

@@ -23,11 +23,12 @@ for the outputs; default the file name) and init (an initial affine, image to te
 
 OUTDIR gets template.nii.gz, template_round{k}.nii.gz, rounds.csv (per round: mean and max
 displacement of the mean transform in mm, mean similarity of the moved images to the template,
-relative change of the template), images/ID/ (warp.nii.gz: the forward warp on the template grid,
-inverse.nii.gz, moved.nii.gz, affine.lta or .txt) and qc/ (per image, and summary.csv/.json as
-ilex batch writes them). A rerun with the same OUTDIR resumes after the last complete round, and
-inside a round skips the registrations that finished. Carry labels to the template with
-`ilex apply OUTDIR/images/ID/warp.nii.gz labels.nii.gz out.nii.gz -m nearest`.
+relative change of the template, the time per worker, waiting and the serial share, the memory
+and disk stated), images/ID/ (warp.nii.gz: the forward warp on the template grid, inverse.nii.gz,
+moved.nii.gz, affine.lta or .txt; with --warp-format h5, warp.h5 and inverse.h5) and qc/ (per
+image, and summary.csv/.json as ilex batch writes them). A rerun with the same OUTDIR resumes
+after the last complete round, and inside a round skips the registrations that finished. Carry
+labels to the template with `ilex apply OUTDIR/images/ID/warp.nii.gz labels.nii.gz out.nii.gz -m nearest`.
 """
 
 _EPILOG = """\
@@ -98,9 +99,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--warp-format",
-        choices=["freesurfer", "itk"],
+        choices=["freesurfer", "itk", "h5"],
         default="freesurfer",
-        help="format of the per-image warps and affines (default freesurfer)",
+        help="format of the per-image warps and affines (default freesurfer). h5: each image's warp.h5 and "
+        "inverse.h5 are ITK HDF5 composite transforms (an affine, then a displacement field, as "
+        "antsRegistration --write-composite-transform writes; ilex apply, antspyx and ITK read them), its "
+        "affine.txt ITK text",
     )
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     add_conv_argument(p)
@@ -158,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             compilation_cache=not args.no_compilation_cache,
             log=log,
             progress=not args.quiet,
+            memory_resource=args.memory_resource,
         )
     finally:
         if client is not None:

@@ -95,22 +95,34 @@ def _final_files(
     item, image = made["item"], made["image"]
     directory = folder.path("images", item.id)
     os.makedirs(directory, exist_ok=True)
+    warps = ".h5" if fmt == "h5" else ".nii.gz"
     paths = {
-        "forward": os.path.join(directory, "warp.nii.gz"),
-        "inverse": os.path.join(directory, "inverse.nii.gz"),
+        "forward": os.path.join(directory, "warp" + warps),
+        "inverse": os.path.join(directory, "inverse" + warps),
         "moved": os.path.join(directory, "moved.nii.gz"),
-        "affine": os.path.join(directory, "affine.txt" if fmt == "itk" else "affine.lta"),
+        "affine": os.path.join(directory, "affine.lta" if fmt == "freesurfer" else "affine.txt"),
     }
-    forward = Warp(made["forward"], previous.affine, image.affine, image.shape)
-    inverse = Warp(made["inverse"], image.affine, previous.affine, previous.shape)
+    if fmt == "h5":
+        from ..image.itk_h5 import registration_composite, save_composite
+
+        # ITK composites (an affine, then a displacement field), as `register -t/-T out.h5` writes them:
+        # forward on the template grid (image RAS -> template RAS the matrix), inverse on the image's.
+        template_grid, image_grid_ = (previous.affine, previous.shape), (image.affine, image.shape)
+        forward_file = registration_composite(made["matrix"], template_grid, image_grid_, made["forward"])
+        inverse_file = registration_composite(
+            np.linalg.inv(made["matrix"]), image_grid_, template_grid, made["inverse"]
+        )
+        write_forward = functools.partial(save_composite, paths["forward"], forward_file)
+        write_inverse = functools.partial(save_composite, paths["inverse"], inverse_file)
+    else:
+        forward = Warp(made["forward"], previous.affine, image.affine, image.shape)
+        inverse = Warp(made["inverse"], image.affine, previous.affine, previous.shape)
+        write_forward = functools.partial(save_warp, paths["forward"], forward, fmt)
+        write_inverse = functools.partial(save_warp, paths["inverse"], inverse, fmt)
 
     def moved_and_affine():
         save_image(paths["moved"], made["moved"], previous.affine)
-        save_matrix(paths["affine"], made["matrix"], image, template_image, "itk" if fmt == "itk" else "lta")
+        save_matrix(paths["affine"], made["matrix"], image, template_image, "lta" if fmt == "freesurfer" else "itk")
 
-    jobs = [
-        functools.partial(save_warp, paths["forward"], forward, fmt),
-        functools.partial(save_warp, paths["inverse"], inverse, fmt),
-        moved_and_affine,
-    ]
+    jobs = [write_forward, write_inverse, moved_and_affine]
     return {item.id: {**paths, "matrix": made["matrix"].tolist(), "folding_percent": made["folding"]}}, jobs

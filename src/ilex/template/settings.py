@@ -15,7 +15,9 @@ class TemplateSettings(BatchSettings):
     `-m optimize`; a pair (affine, deform) gives methods that need an affine stage their
     detector; `method` a name, joint by default), and the loop's own. `step` is the shape
     update's step (1: the whole inverse of the mean transform); `sharpen` applies Laplacian
-    sharpening to each new template; `warp_format` is that of the final per-image warps;
+    sharpening to each new template; `warp_format` is that of the final per-image warps
+    (freesurfer or itk: NIfTI warps; h5: ITK HDF5 composite transforms, an affine and a
+    displacement field, as `antsRegistration --write-composite-transform` writes);
     `exclude_flagged` leaves the images whose registration the rules flag out of that round's
     average (they are named either way)."""
 
@@ -27,8 +29,8 @@ class TemplateSettings(BatchSettings):
     def check(self) -> None:
         if not 0.0 < self.step <= 1.0:
             raise OptionError("the shape update's step must lie in (0, 1]", argument="step", value=self.step)
-        if self.warp_format not in ("freesurfer", "itk"):
-            raise OptionError("choose freesurfer or itk", argument="warp_format", value=self.warp_format)
+        if self.warp_format not in ("freesurfer", "itk", "h5"):
+            raise OptionError("choose freesurfer, itk or h5", argument="warp_format", value=self.warp_format)
         from ..registration.methods import method_class, unaligned_weight_files
 
         facts = method_class(self.method)
