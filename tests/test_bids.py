@@ -29,6 +29,13 @@ PREFIXES = [f"sub-{s}" + (f"_ses-{t}" if t else "") for s, t in IMAGES]
 
 @pytest.fixture(autouse=True)
 def _templateflow(study, monkeypatch):
+    """The test's TemplateFlow home, and no HTTP request (the client's way to the network) allowed."""
+    import requests
+
+    def refuse(self, method, url, *args, **kwargs):
+        raise AssertionError(f"a download was tried: {url}")
+
+    monkeypatch.setattr(requests.sessions.Session, "request", refuse)
     monkeypatch.setenv("TEMPLATEFLOW_HOME", study["templateflow"])
     monkeypatch.setenv("TEMPLATEFLOW_AUTOUPDATE", "0")
 
@@ -274,10 +281,17 @@ def test_bad_datasets_are_refused_in_one_line_before_any_work(study, tmp_path, c
         "MNI152NLin6Asym: not a file, and not a TemplateFlow template",
         f"TEMPLATEFLOW_HOME={study['templateflow']}",
     )
+    # An OUTPUT_DIR inside the dataset (not named derivatives) holds T1w images: they are not inputs.
+    inside = tmp_path / "inside"
+    shutil.copytree(bids, inside)
+    shutil.copytree(study["images"]["sub-01"].rsplit("/sub-01/", 1)[0] + "/sub-01", inside / "out" / "sub-01")
+    from ilex.bids import find_images
+
+    assert len(find_images(inside)) == 5  # the copy under out/ looks like a fifth image
+    assert [i.prefix for i in find_images(inside, exclude=(str(inside / "out"),))] == PREFIXES
     # A filter that keeps images: sub-02's second session only.
     good = tmp_path / "good.json"
     good.write_text('{"t1w": {"session": "2"}}')
-    from ilex.bids import find_images
     from ilex.bids.dataset import read_filter_file
 
     (image,) = find_images(bids, filters=read_filter_file(good))

@@ -76,11 +76,14 @@ def find_images(
     filters: dict | None = None,
     suffix: str = "T1w",
     filter_file: str | None = None,
+    exclude: tuple[str | None, ...] = (),
 ) -> list[BidsImage]:
     """The `suffix` images (datatype anat, NIfTI) of the BIDS dataset at `bids_dir` for the given
     participants and sessions (labels with or without `sub-`/`ses-`; None: all), narrowed by
     `filters` (`{entity: value}`, pybids' names: `acquisition`, `run`, ...; read from
-    `filter_file`, named in messages), in the order of their paths.
+    `filter_file`, named in messages), in the order of their paths. Files under the folders
+    `exclude` are left out: a derivatives folder inside the dataset but not named `derivatives`
+    (which pybids leaves out itself) holds images with the same entities.
 
     Raises `FileProblem` when `bids_dir` is not a BIDS dataset, and `OptionError` for labels the
     dataset does not have, unknown filter entities, or when nothing matches.
@@ -132,6 +135,8 @@ def find_images(
         files = layout.get(return_type="object", **query)
     except Exception as e:  # noqa: BLE001 — a filter value pybids refuses
         raise OptionError(f"{where}: pybids refuses it ({type(e).__name__}: {e})") from None
+    skip = [os.path.realpath(e) + os.sep for e in exclude if e]
+    files = [f for f in files if not any(os.path.realpath(f.path).startswith(e) for e in skip)]
     if not files:
         asked = ", ".join(f"{k}={v}" for k, v in query.items() if k not in ("extension",))
         raise OptionError(f"{bids_dir}: no image matches ({asked})")

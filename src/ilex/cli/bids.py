@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         filters=filters,
         suffix=args.suffix,
         filter_file=args.bids_filter_file,
+        exclude=(args.output_dir, args.work_dir),  # an OUTPUT_DIR inside BIDS_DIR holds T1w images too
     )
     if args.analysis_level == "participant":
         return _participant(args, model, images)
