@@ -57,7 +57,8 @@ def resolve_template(name: str, resolution: int | None = None, suffix: str = "T1
     except Exception as e:  # noqa: BLE001 — pybids or the client on a damaged home: say where, in one line
         raise OptionError(f"{name}: cannot read TemplateFlow's home ({where}): {type(e).__name__}: {e}") from None
     if name not in templates:
-        there = ", ".join(templates) if templates else "no templates"
+        there = ", ".join(templates[:8]) + (f" and {len(templates) - 8} more" if len(templates) > 8 else "")
+        there = there or "no templates"
         raise OptionError(
             f"{name}: not a file, and not a TemplateFlow template in {where} (there: {there}); "
             'set TEMPLATEFLOW_HOME, or fetch it with `python -c "import templateflow.api as t; '
