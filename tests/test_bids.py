@@ -180,6 +180,17 @@ def test_the_registered_images_agree_as_the_known_anatomy_says(study, participan
 
 
 @pytest.mark.slow
+def test_on_a_dask_worker_the_files_are_the_same(study, participant, tmp_path):
+    """--local-workers 1 (ilex batch's Dask path) for sub-01 writes the bytes the local run wrote."""
+    out = str(tmp_path / "dask")
+    argv = ["bids", study["bids"], out, "participant", "--participant-label", "01", "--local-workers", "1"]
+    assert main([*argv, *TPL, *FAST]) == 0
+    for file in _expected("sub-01")[:3]:
+        with open(os.path.join(out, file), "rb") as a, open(os.path.join(participant, file), "rb") as b:
+            assert a.read() == b.read(), file
+
+
+@pytest.mark.slow
 def test_a_rerun_skips_and_other_settings_redo(study, participant, capsys):
     files = {f: os.stat(os.path.join(participant, f)).st_mtime_ns for f in _tree(participant)}
     verbose = [a for a in FAST if a != "-q"]
