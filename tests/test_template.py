@@ -356,6 +356,14 @@ def test_dask_local_cluster_gives_the_same_template(cohort, built, tmp_path):
         workers = {r["worker"] for r in json.loads((tmp_path / "dask" / "qc" / "summary.json").read_text())["pairs"]}
     assert len(workers) == 2, workers  # both worker processes registered images
     assert np.array_equal(result.template.get_fdata(), built.template.get_fdata())
+    # The final outputs, made on the workers, are those made in one process.
+    for a, b in zip(result.images, built.images, strict=True):
+        for kind in ("forward", "inverse", "moved"):
+            assert np.array_equal(nib.load(getattr(a, kind)).get_fdata(), nib.load(getattr(b, kind)).get_fdata())
+        assert a.matrix == b.matrix and a.folding_percent == b.folding_percent
+    with open(tmp_path / "dask" / "rounds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[-1]["workers"] == "2", rows  # the round summary.json covers: both registered images
 
 
 @pytest.mark.realdata

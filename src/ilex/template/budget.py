@@ -30,13 +30,19 @@ PROCESS_BYTES = 0.5e9
 SHARE_BYTES_PER_VOXEL = 160.0
 PARTIAL_BYTES_PER_VOXEL = 32.0  # int64 residual (3 per voxel) and image
 SUM_BYTES_PER_VOXEL = 3 * PARTIAL_BYTES_PER_VOXEL
+# The last round's outputs of one image: the shape update's grids (points, residual, its exponential: 36 B),
+# the template (4 B), the forward warp read and composed (24 B), the moved image (8 B) and the Jacobian (8 B)
+# per template voxel; the inverse warp read and composed (24 B) and the image (4 B) per image voxel; margins.
+FINAL_BYTES_PER_VOXEL = 120.0
+FINAL_BYTES_PER_IMAGE_VOXEL = 48.0
 QC_BYTES = 2e6  # qc.json and the pair's report page with its pictures (under 1 MB measured), with a margin
 
 
 @dataclass(frozen=True)
 class RoundBudget:
     """Round `round`'s needs: `images` to register (`todo` of them not yet done), memory in bytes
-    for one `registration`, one image's `share` and one `sum` task, and disk in bytes per image
+    for one `registration`, one image's `share`, one `sum` task and one image's `final` outputs
+    (on Dask, in the last round), and disk in bytes per image
     (`disk_per_image`) and for the round's files still to be written (`disk`)."""
 
     round: int
@@ -45,6 +51,7 @@ class RoundBudget:
     registration: float
     share: float
     sum: float
+    final: float
     disk_per_image: float
     disk: float
 
@@ -56,7 +63,7 @@ class RoundBudget:
     @property
     def worker_peak(self) -> float:
         """Peak of one Dask worker that runs one task at a time (a registration, a share or a sum)."""
-        return max(self.registration, self.share, self.sum)
+        return max(self.registration, self.share, self.sum, self.final)
 
     def describe(self) -> str:
         return (
@@ -92,6 +99,7 @@ def round_budget(
         registration=float(registration),
         share=PROCESS_BYTES + SHARE_BYTES_PER_VOXEL * template_voxels,
         sum=PROCESS_BYTES + SUM_BYTES_PER_VOXEL * template_voxels,
+        final=(PROCESS_BYTES + FINAL_BYTES_PER_VOXEL * template_voxels + FINAL_BYTES_PER_IMAGE_VOXEL * largest) * final,
         disk_per_image=per_image + outputs,
         disk=per_image * todo + outputs * len(image_voxels),
     )
@@ -130,17 +138,17 @@ def check_budget(budget: RoundBudget, outdir: str, client=None, memory_resource:
         )
 
 
-def task_resources(budget: RoundBudget, client, memory_resource: str = "MEMORY") -> tuple[dict | None, dict | None]:
-    """The resources a share task and a sum task declare ({memory_resource: bytes}), or None
-    each when no worker declares the resource (a task that asks for a resource no worker has
-    would never run)."""
+def task_resources(budget: RoundBudget, client, memory_resource: str = "MEMORY") -> tuple[dict | None, ...]:
+    """The resources a share task, a sum task and a final-outputs task declare
+    ({memory_resource: bytes}), or None each when no worker declares the resource (a task that
+    asks for a resource no worker has would never run)."""
     if client is None:
-        return None, None
+        return None, None, None
     from ..batch.dask import memory_capacities
 
     if not memory_capacities(client, memory_resource):
-        return None, None
-    return {memory_resource: budget.share}, {memory_resource: budget.sum}
+        return None, None, None
+    return {memory_resource: budget.share}, {memory_resource: budget.sum}, {memory_resource: budget.final}
 
 
 def image_voxels(paths) -> list[int]:

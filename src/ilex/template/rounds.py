@@ -90,7 +90,8 @@ class Rounds:
     def round_sum(self, budget: RoundBudget) -> RoundSum:
         """A round's reduction: on this machine, or on the Dask client's workers, each task
         declaring the memory `budget` gives it."""
-        return RoundSum(self.client, *task_resources(budget, self.client, self.memory_resource))
+        share, summing, _ = task_resources(budget, self.client, self.memory_resource)
+        return RoundSum(self.client, share, summing)
 
     def budget(self, k: int, method, template_voxels: int, todo: int, final: bool, warps: bool = True) -> RoundBudget:
         """Round `k`'s memory and disk (`budget.py`), checked before it starts and logged."""
@@ -347,7 +348,16 @@ class Rounds:
             save_image(self.folder.round_template(k), template, previous.affine)
             if final:
                 state["images"] = final_outputs(
-                    self.folder, self.inputs, self.settings.warp_format, done, records, update, previous, template
+                    self.folder,
+                    self.inputs,
+                    self.settings.warp_format,
+                    done,
+                    records,
+                    update,
+                    previous,
+                    template,
+                    self.client,
+                    task_resources(budget, self.client, self.memory_resource)[2],
                 )
                 save_image(self.folder.template, template, previous.affine)
         row["seconds"] = time.perf_counter() - start
