@@ -90,12 +90,20 @@ def _optimizer(learning_rate: float, iterations: int):
 
 
 def cost_weight(fix_weight, mov_weight, coords):
-    """Where the similarity is measured, on the fixed grid: the fixed mask's weight times the
-    moving mask's read (trilinear) where each fixed voxel lands, `coords`; None for no mask. The
-    masks choose voxels, they are not optimised: no gradient flows through the moving one."""
+    """Where the similarity is measured, on the fixed grid: the fixed mask (0/1) times the moving
+    mask where each fixed voxel lands, `coords`, counted only when all eight voxels the trilinear
+    read draws on are in it; None for no mask. The masks choose voxels, they are not optimised:
+    no gradient flows through the moving one.
+
+    All eight, not the trilinear weight: a sample that draws on an excluded voxel (a lesion's
+    intensity) would be pushed away from it, which shrinks the region the moving mask excludes
+    in fixed space, which brings more samples to its edge (measured on tests/test_masks.py's
+    lesion: the excluded region shrank by a fifth and Dice within 16 mm of the lesion fell
+    below the unmasked run's, 0.9497 against 0.9530; 0.9737 with all eight)."""
     weight = None if fix_weight is None else fix_weight
     if mov_weight is not None:
-        moved = jax.lax.stop_gradient(interpolate_clamped(mov_weight, coords))
+        inside = interpolate_clamped(mov_weight, coords) >= 1.0 - 1e-6
+        moved = jax.lax.stop_gradient(inside.astype(jnp.float32))
         weight = moved if weight is None else weight * moved
     return weight
 
