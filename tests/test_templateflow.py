@@ -80,6 +80,16 @@ def test_unknown_names_and_resolutions_say_where_ilex_looked(tf):
         resolve_template(TEMPLATE, 2)
 
 
+def test_an_empty_or_missing_home_is_an_error_and_left_as_it_is(tmp_path, monkeypatch):
+    for home in (tmp_path / "missing", tmp_path / "empty"):
+        if home.name == "empty":
+            home.mkdir()
+        monkeypatch.setenv("TEMPLATEFLOW_HOME", str(home))
+        with pytest.raises(OptionError, match=f"TEMPLATEFLOW_HOME={home} holds no TemplateFlow templates"):
+            resolve_template("MNI152NLin2009cAsym")
+        assert (not home.exists()) if home.name == "missing" else os.listdir(home) == []
+
+
 def test_a_placeholder_is_fetched_by_the_client_and_offline_that_is_one_line(tmp_path, monkeypatch, no_download):
     """The client's skeleton keeps zero-byte files: for one of those the client downloads (here refused)."""
     home = tmp_path / "tf"

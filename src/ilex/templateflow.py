@@ -34,10 +34,12 @@ def templateflow_name(value: str | os.PathLike) -> str | None:
 
 
 def templateflow_home() -> str:
-    """Where the `templateflow` client keeps its templates: `$TEMPLATEFLOW_HOME`, else its user cache directory."""
-    from templateflow.conf.env import get_templateflow_home
+    """Where the `templateflow` client keeps its templates: `$TEMPLATEFLOW_HOME`, else its user cache
+    directory (the client's own rule, `templateflow.conf.env`, written out here: importing the
+    `templateflow` package fills an empty home with its skeleton, and a look-up must not write)."""
+    from platformdirs import user_cache_dir
 
-    return os.fspath(get_templateflow_home())
+    return os.path.abspath(os.getenv("TEMPLATEFLOW_HOME", user_cache_dir("templateflow")))
 
 
 def resolve_template(name: str, resolution: int | None = None, suffix: str = "T1w") -> str:
@@ -49,9 +51,22 @@ def resolve_template(name: str, resolution: int | None = None, suffix: str = "T1
     no such template, resolution or image, or several (cohorts: pass a file path instead), and
     `FileProblem` when the client cannot fetch a file the home only lists.
     """
+    import importlib.util
+
+    if importlib.util.find_spec("templateflow") is None:
+        raise OptionError(
+            f"{name}: not a file; TemplateFlow names need the templateflow package: pip install 'ilex[bids]'"
+        )
     home = templateflow_home()
-    client = _client(home)
     where = f"TEMPLATEFLOW_HOME={home}"
+    if not os.path.isdir(home) or not os.listdir(home):
+        # Left as it is: the client would fill it with its skeleton (and then download), a side effect of a typo.
+        raise OptionError(
+            f"{name}: not a file, and {where} holds no TemplateFlow templates (it is missing or empty); set "
+            'TEMPLATEFLOW_HOME, or fetch the template with `python -c "import templateflow.api as t; '
+            f"t.get('{name}', suffix='{suffix}')\"`"
+        )
+    client = _client(home)
     try:
         templates = sorted(client.templates())
     except Exception as e:  # noqa: BLE001 — pybids or the client on a damaged home: say where, in one line

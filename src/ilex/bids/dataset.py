@@ -99,7 +99,10 @@ def find_images(
             json.load(f)
     except (OSError, ValueError) as e:
         raise FileProblem(description, f"not a readable JSON file ({e})") from None
-    from bids import BIDSLayout
+    try:
+        from bids import BIDSLayout
+    except ImportError:
+        raise OptionError("ilex bids needs pybids: pip install 'ilex[bids]'") from None
 
     try:
         layout = BIDSLayout(bids_dir, validate=False)
