@@ -123,6 +123,9 @@ def test_bad_masks_are_refused_naming_the_file(pair, tmp_path, capsys):
     far[:3, 3] = 500.0  # a mask of another image, nowhere near this head
     err = _refusal(pair, tmp_path, capsys, _save(tmp_path / "far.nii.gz", head.astype(np.float32), far))
     assert "far.nii.gz" in err and "covers 0.0 %" in err
+    moving, fixed = pair
+    code = main(["register", "-m", "optimize", moving, fixed, "--mask-fixed", grey, "-o", grey, "-q"])
+    assert code != 0 and "would overwrite the fixed mask" in capsys.readouterr().err
     (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
     assert "junk.nii.gz" in _refusal(pair, tmp_path, capsys, str(tmp_path / "junk.nii.gz"))
     assert "no such" in _refusal(pair, tmp_path, capsys, str(tmp_path / "missing.nii.gz"))

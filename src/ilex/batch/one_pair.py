@@ -45,7 +45,8 @@ def register_pair(registrar, pair: Pair, settings: BatchSettings, worker: str = 
                 f"{', '.join(pair.options)}: the optimiser's options, for method optimize (this row runs "
                 f"{method or 'the default method'})"
             )
-        check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed})
+        masks = {f"{k[5:]} mask": p for k, p in pair.masks.items() if k in ("mask_fixed", "mask_moving")}
+        check_outputs(pair.outputs, {"moving": pair.moving, "fixed": pair.fixed, **masks})
         # Names the method cannot write (an LTA from a warp method) fail now, not after the network.
         chosen = registrar.method_for(method, hyper, **dict(options))
         check_transform_outputs(pair.outputs, chosen, warp_format=settings.warp_format)

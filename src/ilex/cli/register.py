@@ -324,7 +324,8 @@ def check_outputs(args, model) -> None:
     if not any(_outputs(args).values()):
         raise OptionError("no output: give at least one of -o, -O, -t, -T, --qc or -d (otherwise nothing is written)")
     check_transform_outputs(_outputs(args), model, args.header_only, args.warp_format)
-    check(_outputs(args), {"moving": args.moving, "fixed": args.fixed})
+    masks = {"fixed mask": getattr(args, "mask_fixed", None), "moving mask": getattr(args, "mask_moving", None)}
+    check(_outputs(args), {"moving": args.moving, "fixed": args.fixed, **masks})
 
 
 def run(args: argparse.Namespace) -> int:
