@@ -217,7 +217,8 @@ def test_group_writes_a_templateflow_template(study, tmp_path, capsys):
     from bids import BIDSLayout
 
     out = str(tmp_path / "derivatives")
-    argv = ["bids", study["bids"], out, "group", "--template-label", "study", "--rounds", "1", *FAST[:4], "-q"]
+    two = ["--participant-label", "01", "03"]  # a template of two images: half the time of four
+    argv = ["bids", study["bids"], out, "group", *two, "--template-label", "study", "--rounds", "1", *FAST[:4], "-q"]
     assert main(argv) == 0
     folder = os.path.join(out, "tpl-study")
     assert sorted(os.listdir(folder)) == [
@@ -228,7 +229,7 @@ def test_group_writes_a_templateflow_template(study, tmp_path, capsys):
     with open(os.path.join(folder, "template_description.json")) as f:
         description = json.load(f)
     image = nib.load(os.path.join(folder, "tpl-study_res-1_T1w.nii.gz"))
-    assert description["Identifier"] == "study" and description["Participants"] == PREFIXES
+    assert description["Identifier"] == "study" and description["Participants"] == ["sub-01", "sub-03"]
     assert description["res"]["1"]["shape"] == list(image.shape)
     layout = BIDSLayout(study["bids"], derivatives=out)
     (derivatives,) = layout.derivatives.values()
@@ -237,7 +238,7 @@ def test_group_writes_a_templateflow_template(study, tmp_path, capsys):
     with open(os.path.join(out, "dataset_description.json")) as f:
         assert json.load(f)["IlexSettings"]["group"]["template"] == "study"
     # A rerun with the same images and settings keeps it.
-    assert main(["bids", study["bids"], out, "group", "--template-label", "study", "--rounds", "1", *FAST[:4]]) == 0
+    assert main(argv[:-1]) == 0
     assert "made from these images with these settings (kept)" in capsys.readouterr().err
     # Another λ: made again, and said so.
     before = os.stat(os.path.join(folder, "tpl-study_res-1_T1w.nii.gz")).st_mtime_ns
