@@ -191,7 +191,8 @@ def group(
     settings = json.loads(
         json.dumps(
             {
-                **{k: v for k, v in template_options.items() if k not in ("log", "progress")},
+                # what decides the template (the compilation cache does not: a rerun without it keeps it)
+                **{k: v for k, v in template_options.items() if k not in ("compilation_cache",)},
                 "initial": initial,
                 **(record or {}),
             }

@@ -245,7 +245,9 @@ def _group(args, model: str, images) -> int:
 
     if _options(args):
         raise OptionError("--similarity, --levels and --iterations: the group level's template runs with its defaults")
-    if method_class_yields_matrix(model):
+    from ..registration.methods import method_class
+
+    if method_class(model).yields_matrix:
         raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
     if len(images) < 2:
         raise OptionError(f"{args.bids_dir}: a group template needs at least 2 images; the filters leave {len(images)}")
@@ -286,9 +288,3 @@ def _group(args, model: str, images) -> int:
             f"{time.perf_counter() - start:.1f} s; study page {result.report}"
         )
     return 1 if result.failed else 0
-
-
-def method_class_yields_matrix(model: str) -> bool:
-    from ..registration.methods import method_class
-
-    return method_class(model).yields_matrix
