@@ -233,6 +233,9 @@ def test_group_writes_a_templateflow_template(study, tmp_path, capsys):
     assert description["res"]["1"]["shape"] == list(image.shape)
     layout = BIDSLayout(study["bids"], derivatives=out)
     (derivatives,) = layout.derivatives.values()
+    # Every file written is indexed, but the build's work folder, which pybids leaves out by design (sourcedata/).
+    indexed = {os.path.relpath(f.path, out) for f in derivatives.get(return_type="object")}
+    assert indexed == {f for f in _tree(out) if not f.startswith("sourcedata" + os.sep)}
     (found,) = derivatives.get(suffix="T1w", res="1", extension=".nii.gz", return_type="file")
     assert found == os.path.join(folder, "tpl-study_res-1_T1w.nii.gz")
     with open(os.path.join(out, "dataset_description.json")) as f:
