@@ -294,3 +294,17 @@ def test_dense_warp_reference_must_be_its_grid(tmp_path):
     same = tmp_path / "same.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), np.eye(4)), same)
     _commands.check_reference(str(warp), str(same))
+
+
+def test_parallel_nodes_claim_different_cpus():
+    """Two nodes of one thread each, side by side, run on two different CPUs (`ilex register -j 1` alone
+    would put both on the first); asking for every CPU claims none."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        pytest.skip("needs 2 CPUs")
+    with _commands.claimed_cpus(1) as first, _commands.claimed_cpus(1) as second:
+        assert len(first) == len(second) == 1 and first != second and first | second <= set(available)
+    with _commands.claimed_cpus(1) as again:  # released at the end of the block
+        assert again == first
+    with _commands.claimed_cpus(len(available)) as everything:
+        assert everything is None

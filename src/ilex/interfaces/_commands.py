@@ -11,6 +11,7 @@ report in `{prefix}qc/`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -169,14 +170,71 @@ def check_reference(transform: str, reference_image: str | None) -> None:
         )
 
 
-def run_ilex(argv: Sequence[str], cwd: str | None = None) -> None:
+def run_ilex(argv: Sequence[str], cwd: str | None = None, threads: int | None = None) -> None:
     """Run `python -m ilex ARGV` with this interpreter; on failure raise `IlexError` carrying the
-    command's one-line error (its last stderr line) and exit status."""
-    done = subprocess.run([sys.executable, "-m", "ilex", *argv], cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        message = lines[-1] if lines else f"exit status {done.returncode}"
-        raise IlexError(f"{message} (exit status {done.returncode}: {command_line(argv)})")
+    command's one-line error (its last stderr line) and exit status. `threads` (the node's
+    `num_threads`): the child runs on that many CPUs that no other node started here holds
+    (`claimed_cpus`), so that nodes run side by side, each on its own CPUs."""
+    with claimed_cpus(threads) as cpus:
+        previous = os.sched_getaffinity(0) if cpus else None
+        if cpus:
+            os.sched_setaffinity(0, cpus)  # this thread's: the child inherits it
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "ilex", *argv],
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            if previous:
+                os.sched_setaffinity(0, previous)
+        _, stderr = child.communicate()
+    if child.returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        message = lines[-1] if lines else f"exit status {child.returncode}"
+        raise IlexError(f"{message} (exit status {child.returncode}: {command_line(argv)})")
+
+
+@contextlib.contextmanager
+def claimed_cpus(count: int | None):
+    """`count` CPUs of this process's set, claimed for as long as the block runs: each with an
+    exclusive lock on a file in the temporary directory (`ilex-cpus-UID/cpuN.lock`; the system
+    releases it when the process ends), free ones first, then the first others when too few are
+    free. Yields the set, or None where no choice is needed (no count, or all the CPUs asked) or
+    possible (no `sched_setaffinity`). `ilex register -j N` keeps the first N CPUs it is given:
+    without the claims, parallel nodes of `num_threads=1` would all run on the first CPU."""
+    if count is None or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    available = sorted(os.sched_getaffinity(0))
+    if count >= len(available):
+        yield None
+        return
+    import fcntl
+    import tempfile
+
+    directory = os.path.join(tempfile.gettempdir(), f"ilex-cpus-{os.getuid()}")
+    os.makedirs(directory, exist_ok=True)
+    held = []
+    try:
+        for cpu in available:
+            if len(held) == count:
+                break
+            lock = open(os.path.join(directory, f"cpu{cpu}.lock"), "a")  # noqa: SIM115 - held past this loop
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                lock.close()
+                continue
+            held.append((cpu, lock))
+        chosen = [cpu for cpu, _ in held]
+        chosen += [cpu for cpu in available if cpu not in chosen][: count - len(chosen)]
+        yield set(chosen)
+    finally:
+        for _, lock in held:
+            lock.close()
 
 
 def command_line(argv: Sequence[str]) -> str:

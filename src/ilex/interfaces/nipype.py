@@ -127,7 +127,7 @@ class Registration(BaseInterface):
 
     def _run_interface(self, runtime):
         argv, _ = self._command()
-        _commands.run_ilex(argv, cwd=runtime.cwd)
+        _commands.run_ilex(argv, cwd=runtime.cwd, threads=self.inputs.num_threads)
         return runtime
 
     def _list_outputs(self):

@@ -81,7 +81,7 @@ def registration(
         qc=qc,
         directory=os.getcwd(),
     )
-    _commands.run_ilex(argv)
+    _commands.run_ilex(argv, threads=num_threads)
     report = os.path.join(files["qc"], "report.html") if files["qc"] else None
     return (
         files["composite_transform"],
