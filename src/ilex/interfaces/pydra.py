@@ -4,7 +4,8 @@ The same inputs, outputs and files as `ilex.interfaces.nipype`'s interfaces of t
 through the same command lines (`interfaces._commands`: `ilex register` and `ilex apply` run in
 a child process with this interpreter, in the task's output directory). Each is a function
 task: call it with its inputs (and `name=`), add it to a `pydra.Workflow`, run it with any
-worker, `cf` included. Needs `pip install ilex[pydra]`.
+worker, `cf` included. `registration` and `apply_transforms` are the plain functions they wrap
+(run them in the directory the files should land in). Needs `pip install ilex[pydra]`.
 
     import pydra
     from ilex.interfaces.pydra import ApplyTransforms, Registration
