@@ -148,8 +148,9 @@ def _cluster_table(rounds: dict[str, list[float | None]]) -> str:
         + head
         + "".join(rows)
         + '</table><p class="legend">Busy: the seconds each worker spent registering; waiting: the rest of the '
-        "round's parallel part (its batches and the wait for the sums); serial: the client's own work, alone "
-        "(reading the template, the shape update, the final outputs), and its share of the round.</p>"
+        "round's parallel part (its batches, the wait for the sums and, on Dask, for the final outputs); serial: "
+        "the client's own work, alone (reading the template, the shape update, without Dask the final outputs), "
+        "and its share of the round.</p>"
     )
 
 

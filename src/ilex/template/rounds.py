@@ -347,6 +347,7 @@ class Rounds:
         with output_batch():
             save_image(self.folder.round_template(k), template, previous.affine)
             if final:
+                outputs_started = time.perf_counter()
                 state["images"] = final_outputs(
                     self.folder,
                     self.inputs,
@@ -359,6 +360,8 @@ class Rounds:
                     self.client,
                     task_resources(budget, self.client, self.memory_resource)[2],
                 )
+                if self.client is not None:  # made on the workers: the client waited, as for the sums
+                    self._parallel += time.perf_counter() - outputs_started
                 save_image(self.folder.template, template, previous.affine)
         row["seconds"] = time.perf_counter() - start
         # The serial part after the registrations: what is left of the sums, the update, the final outputs.
@@ -416,8 +419,8 @@ def cluster_state(records, parallel: float, seconds: float, budget: RoundBudget)
     worker's busy time (the time covered by its registrations, from their start to their files
     landed, overlaps counted once: a local batch writes one pair's files while the next
     registers; mean and max over workers, and per worker in `worker_seconds`), its waiting time
-    (the `parallel` part of the round, in batches and waiting for the sums, less its busy time;
-    mean over workers), the serial part
+    (the `parallel` part of the round, in batches and waiting for the sums and, on Dask, for the
+    final outputs, less its busy time; mean over workers), the serial part
     (`seconds` less `parallel`: the client's own work, alone) and its share of the round, and
     the `budget`'s memory per registration and per share (GiB) and disk for the round (GiB)."""
     import datetime
