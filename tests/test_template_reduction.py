@@ -133,3 +133,41 @@ def test_dask_round_sum_gives_the_same_bits(shares, workers):
     # Every worker read the template (each computed shares), and held one at a time.
     assert all(set(r) == set(addresses) and set(r.values()) == {1} for r in ran), ran
     assert os.path.isfile(template)
+
+
+# -- a round's memory and disk, checked before it starts ------------------------------------------------
+
+
+def test_round_budget_states_memory_and_disk_per_image_and_round():
+    from ilex.template.budget import round_budget
+
+    # A 100^3 template grid, images of 120^3, 10 images of which 4 are still to register.
+    b = round_budget(3, 2.5e9, 10**6, [120**3] * 10, 4, final=False)
+    assert (b.registration, b.share, b.sum, b.final) == (2.5e9, 0.5e9 + 160e6, 0.5e9 + 96e6, 0.0)
+    assert b.disk_per_image == 16e6 + 2e6 and b.disk == 4 * 18e6
+    assert b.worker_peak == 2.5e9 and b.local_peak == 2.5e9 + 0.66e9
+    last = round_budget(4, 2.5e9, 10**6, [120**3] * 10, 4, final=True)
+    # + the inverse warps (12 B per image voxel) to write, and every image's final outputs.
+    assert last.disk == 4 * (18e6 + 12 * 120**3) + 10 * (16e6 + 12 * 120**3)
+    assert last.final == 0.5e9 + 120e6 + 48 * 120**3
+    assert "round 4: 10 images; memory 2.33 GiB per registration" in last.describe()
+
+
+def test_a_round_that_does_not_fit_is_refused_before_it_starts(tmp_path, monkeypatch):
+    import collections
+
+    import ilex.registration.memory
+    from ilex.errors import OptionError
+    from ilex.template import budget
+
+    b = budget.round_budget(1, 2e9, 10**6, [10**6] * 100, 100, final=False)  # 1.8 GB of disk
+    monkeypatch.setattr(ilex.registration.memory, "available_bytes", lambda: 1e9)
+    with pytest.raises(
+        OptionError, match="round 1: a registration and an image's share of the sums need about 2.5 GiB"
+    ):
+        budget.check_budget(b, str(tmp_path))
+    budget.check_budget(b, str(tmp_path), memory_check=False)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(budget.shutil, "disk_usage", lambda path: usage(1e12, 1e12 - 1e9, 1e9))
+    with pytest.raises(OptionError, match=r"needs about 1.7 GiB of disk for 100 images \(17 MiB each\) but 0.9 GiB"):
+        budget.check_budget(b, str(tmp_path), memory_check=False)

@@ -109,6 +109,12 @@ def add_parser(sub) -> None:
     p.add_argument("-j", "--threads", type=int, metavar="N", help="number of CPU threads (default: all)")
     add_conv_argument(p)
     p.add_argument("--no-compilation-cache", action="store_true", help="do not use the persistent compilation cache")
+    p.add_argument(
+        "--no-memory-check",
+        action="store_true",
+        help="run even if a round's memory estimate (a registration and an image's share of the sums) exceeds "
+        "the free memory",
+    )
     add_dask_arguments(p, "each round's registrations", "Dask (pip install 'ilex[dask]'), as ilex batch")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or round lines, only errors")
     p.set_defaults(run=run)
@@ -163,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             log=log,
             progress=not args.quiet,
             memory_resource=args.memory_resource,
+            memory_check=not args.no_memory_check,
         )
     finally:
         if client is not None:

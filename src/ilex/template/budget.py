@@ -105,12 +105,14 @@ def round_budget(
     )
 
 
-def check_budget(budget: RoundBudget, outdir: str, client=None, memory_resource: str = "MEMORY") -> None:
+def check_budget(
+    budget: RoundBudget, outdir: str, client=None, memory_resource: str = "MEMORY", memory_check: bool = True
+) -> None:
     """Refuse a round that cannot fit, before it starts: `OptionError` when the free disk under
     `outdir` is short of the round's files, when this machine's free memory (`available_bytes`,
-    the batch's rule) is short of `local_peak` (no `client`), or when no Dask worker declaring
-    `memory_resource` has `worker_peak` (workers that declare none are not checked: Dask does
-    not limit them either)."""
+    the batch's rule) is short of `local_peak` (no `client`; not with `memory_check` False), or
+    when no Dask worker declaring `memory_resource` has `worker_peak` (workers that declare none
+    are not checked: Dask does not limit them either)."""
     from ..registration.memory import available_bytes
 
     free = shutil.disk_usage(outdir).free
@@ -120,12 +122,14 @@ def check_budget(budget: RoundBudget, outdir: str, client=None, memory_resource:
             f"images ({budget.disk_per_image / 2**20:.0f} MiB each) but {free / 2**30:.1f} GiB is free"
         )
     if client is None:
+        if not memory_check:
+            return
         available = available_bytes()
         if budget.local_peak > available:
             raise OptionError(
                 f"round {budget.round}: a registration and an image's share of the sums need about "
                 f"{budget.local_peak / 2**30:.1f} GiB of memory but only {available / 2**30:.1f} GiB is available; "
-                "choose a smaller extent (-e), or a Dask cluster"
+                "choose a smaller extent (-e) or a Dask cluster, or pass --no-memory-check to try anyway"
             )
         return
     from ..batch.dask import memory_capacities

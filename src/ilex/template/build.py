@@ -95,6 +95,7 @@ def build_template(
     progress: bool = False,
     on_round: Callable[[dict], None] | None = None,
     memory_resource: str = "MEMORY",
+    memory_check: bool = True,
 ) -> TemplateResult:
     """Build an unbiased template of `images` (paths, (id, path[, init]) tuples, or a CSV file).
 
@@ -115,8 +116,9 @@ def build_template(
     Each image's share of a round's sums is computed where it was registered (on the `client`'s
     workers: Dask tasks, summed by a tree of tasks) in exact fixed point, so the template is the
     same bits whatever the workers and the order pairs finish in. Before each round its memory and
-    disk are stated on `log` and checked (`OptionError` when they do not fit); on Dask every task
-    declares its memory as the worker resource `memory_resource`.
+    disk are stated on `log` and checked (`OptionError` when they do not fit; `memory_check` False
+    skips the check of this machine's memory); on Dask every task declares its memory as the
+    worker resource `memory_resource`.
 
     Returns a `TemplateResult`. Raises `OptionError`/`ImageFileError` for bad input before any
     work (fewer than 2 images; a missing, 4-D, 2-D, Inf, all-NaN or constant image), and `IlexError`
@@ -173,7 +175,7 @@ def build_template(
     os.makedirs(outdir, exist_ok=True)
     folder = TemplateFolder(outdir, keep_rounds)
     with _nan_warned_once(inputs, initial):
-        run = Rounds(inputs, folder, settings, initial, client, log, progress, on_round, memory_resource)
+        run = Rounds(inputs, folder, settings, initial, client, log, progress, on_round, memory_resource, memory_check)
         result = _build(run, rounds)
     result._tmp = tmp
     return result

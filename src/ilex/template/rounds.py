@@ -41,6 +41,7 @@ class Rounds:
         progress: bool,
         on_round: Callable[[dict], None] | None,
         memory_resource: str = "MEMORY",
+        memory_check: bool = True,
     ):
         self.inputs = inputs
         self.folder = folder
@@ -51,6 +52,7 @@ class Rounds:
         self.progress = progress
         self.on_round = on_round
         self.memory_resource = memory_resource
+        self.memory_check = memory_check
         self._registrars: dict[str, object] = {}
         self._voxels: list[int] | None = None
         self._parallel = 0.0  # this round's seconds in its batches and waiting for its sums
@@ -102,7 +104,7 @@ class Rounds:
         probe = [Pair(0, self.inputs[0].path, self.inputs[0].path)]
         registration = self.settings.batch(method).memory_estimate(probe)
         budget = round_budget(k, registration, template_voxels, self._voxels, todo, final, warps)
-        check_budget(budget, self.folder.outdir, self.client, self.memory_resource)
+        check_budget(budget, self.folder.outdir, self.client, self.memory_resource, self.memory_check)
         self.log(f"ilex template: {budget.describe()}")
         return budget
 
