@@ -135,8 +135,11 @@ def test_fewer_than_two_images_is_an_error(tmp_path, capsys):
     assert "at least 2 images" in capsys.readouterr().err
     with pytest.raises(OptionError, match="at least 2 images"):
         build_template([path], tmp_path / "out", method="optimize")
-    with pytest.raises(OptionError, match="gives a warp"):
-        build_template([path, path], tmp_path / "out", method="affine")
+    # A matrix method builds a linear template (tests/test_template_linear.py); the median is its alone.
+    with pytest.raises(OptionError, match="choose median or mean"):
+        build_template([path, path], tmp_path / "out", method="affine", average="trimmed")
+    with pytest.raises(OptionError, match="the median is for linear templates"):
+        build_template([path, path], tmp_path / "out", method="optimize", average="median")
     needs = r"affine stage \(-m affine\), which needs its weights too: "
     with pytest.raises(OptionError, match=needs + "give -w synthmorph.affine.2.h5 -w synthmorph.deform.3.h5"):
         build_template([path, path], tmp_path / "out", method="deform", weights=["deform.h5"])

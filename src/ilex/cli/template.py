@@ -29,11 +29,17 @@ moved.nii.gz, affine.lta or .txt; with --warp-format h5, warp.h5 and inverse.h5)
 image, and summary.csv/.json as ilex batch writes them). A rerun with the same OUTDIR resumes
 after the last complete round, and inside a round skips the registrations that finished. Carry
 labels to the template with `ilex apply OUTDIR/images/ID/warp.nii.gz labels.nii.gz out.nii.gz -m nearest`.
+
+With -m rigid or affine, a linear template of one subject's sessions (as mri_robust_template): the
+template lies in the sessions' halfway space (no session favoured), on the first image's grid, the
+median (default) or mean of the moved sessions, and images/ID/ holds moved.nii.gz and the matrix
+session RAS -> template RAS as affine.lta, affine.txt (ITK) and affine.h5 (ITK HDF5).
 """
 
 _EPILOG = """\
 Examples:
   ilex template sub-*_T1w.nii.gz -o template/ -m optimize -e 192
+  ilex template sub-01_ses-*_T1w.nii.gz -o sub-01/ -m rigid
   ilex template cohort.csv -o template/ --rounds 4 --local-workers 2
   ilex template cohort.csv -o template/ --scheduler tcp://head:8786 --initial mni.nii.gz
 """
@@ -56,8 +62,17 @@ def add_parser(sub) -> None:
         "--model",
         default=DEFAULT_METHOD,
         help="a method that gives a warp: joint (default, as ilex register), deform (with an "
-        "affine stage each round: takes joint's two weight files), optimize (no weights), or a Method "
-        "subclass of your own by its import path (package.module:Class)",
+        "affine stage each round: takes joint's two weight files), optimize (no weights); or one that gives "
+        "a matrix, for a linear template of one subject's sessions: rigid or affine (SynthMorph's detector "
+        "with -w, else the optimiser's affine stage, no weights); or a Method subclass of your own by its "
+        "import path (package.module:Class)",
+    )
+    p.add_argument(
+        "--average",
+        choices=["median", "mean"],
+        help="how a round's moved images are averaged: a linear template's default is the median (as "
+        "mri_robust_template: robust to one session's motion or artefact, and sharper where sessions "
+        "disagree by a voxel); a deformable template's only choice is the mean",
     )
     p.add_argument(
         "-w",
@@ -130,9 +145,11 @@ def run(args: argparse.Namespace) -> int:
 
     model = resolve_model(args.model)
     if method_class(model).yields_matrix:
-        raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
-    # A method that assumes prior alignment runs its prior affine method first, and takes its files too.
-    weights = weights_option(model, args.weights, unaligned_weight_files(model))
+        # A linear template: SynthMorph's detector with -w, else the optimiser's affine stage (no weights).
+        weights = weights_option(model, args.weights) if args.weights else ()
+    else:
+        # A method that assumes prior alignment runs its prior affine method first, and takes its files too.
+        weights = weights_option(model, args.weights, unaligned_weight_files(model))
     configure_devices(args.threads, False)
     from .._cache import enable_compilation_cache
 
@@ -170,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             memory_resource=args.memory_resource,
             memory_check=not args.no_memory_check,
+            average=args.average,
         )
     finally:
         if client is not None:

@@ -96,8 +96,19 @@ def build_template(
     on_round: Callable[[dict], None] | None = None,
     memory_resource: str = "MEMORY",
     memory_check: bool = True,
+    average: str | None = None,
 ) -> TemplateResult:
     """Build an unbiased template of `images` (paths, (id, path[, init]) tuples, or a CSV file).
+
+    A method that answers with a matrix ("rigid", "affine": `Method.yields_matrix`) builds a
+    linear template, as FreeSurfer's `mri_robust_template` does for one subject's sessions
+    (`linear.py`): every round registers each image to the current template by a matrix, the
+    template lies in the sessions' halfway space (the log-Euclidean mean of their maps is the
+    identity), on the first image's grid, and is the `average` of the moved images ("median", the
+    default for a linear template, or "mean"; a deformable template's is the mean). Its `weights`
+    are SynthMorph's detector's when given; None or () runs the optimiser's affine stage instead
+    (rigid: kept rigid). Each image gets images/ID/{moved.nii.gz, affine.lta, affine.txt,
+    affine.h5}: the matrix image RAS -> template RAS as LTA, ITK text and ITK HDF5.
 
     Each of `rounds` rounds registers every image to the current template with `method` ("joint",
     "deform" with an affine stage, "optimize" without weights; `weights` as `ilex batch`'s, default
@@ -133,10 +144,11 @@ def build_template(
         method = resolve_method_name(method)
     except ValueError as e:
         raise OptionError(str(e), argument="method", value=method) from None
-    if method_class(method).yields_matrix:
-        raise OptionError(
-            "a template needs a method that gives a warp: joint, deform or optimize", argument="method", value=method
-        )
+    linear = method_class(method).yields_matrix
+    if average is None:
+        average = "median" if linear else "mean"
+    if linear and weights is None:
+        weights = ()  # no weights: the optimiser's affine stage stands in (`TemplateSettings.linear_method`)
     if weights is None:
         # A method that assumes prior alignment runs its prior affine method first: its files too.
         weights = weight_paths(method, unaligned_weight_files(method), None)
@@ -154,6 +166,7 @@ def build_template(
         step=step,
         sharpen=sharpen,
         exclude_flagged=exclude_flagged,
+        average=average,
         warp_format=warp_format,
         algorithm=algorithm,
         clip_percentile=clip_percentile,

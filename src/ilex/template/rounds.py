@@ -15,6 +15,7 @@ from .._atomic import output_batch
 from ..errors import IlexError
 from .budget import RoundBudget, check_budget, image_voxels, round_budget, task_resources
 from .final import final_outputs, image_grid
+from .linear import linear_round
 from .partial import aligned_share, warp_share
 from .partial import flagged_rules as _flagged_rules
 from .round_sum import RoundSum
@@ -133,10 +134,10 @@ class Rounds:
         if self.on_round is not None:
             self.on_round(row)
 
-    def affine_pairs(self, directory: str, target: str, qc: bool = False) -> list:
+    def affine_pairs(self, directory: str, target: str, qc: bool = False, qc_root: str | None = None) -> list:
         """Every image against `target` for an affine stage, its matrix an LTA in `directory`/affine
         (an affine stage answers with a matrix, never a warp to fit one to); with `qc`, each pair's
-        QC directory in `directory`/qc (what the rules judge it by)."""
+        QC directory in `qc_root` (default `directory`/qc: what the rules judge it by)."""
         from ..batch.pairs import Pair
 
         os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
@@ -144,7 +145,7 @@ class Rounds:
         for k, item in enumerate(self.inputs):
             outputs = {"trans": os.path.join(directory, "affine", f"{item.id}.lta")}
             if qc:
-                outputs["qc"] = os.path.join(directory, "qc", item.id)
+                outputs["qc"] = os.path.join(qc_root or os.path.join(directory, "qc"), item.id)
             pairs.append(Pair(k, item.path, target, outputs, init=item.init, id=item.id))
         return pairs
 
@@ -181,6 +182,9 @@ class Rounds:
             save_image(self.folder.round_template(0), normalised(image.data), image.affine)
             self.folder.commit(state, 0, None)
             self.log(f"ilex template: round 0: the initial template is {self.initial}")
+            return
+        if self.settings.linear:  # a linear template's round 0: every image to the first (`linear.py`)
+            linear_round(self, state, 0, 0)
             return
         reference = load_image(self.inputs[0].path, what="image")
         method = self.settings.affine_method()
@@ -253,6 +257,9 @@ class Rounds:
         from ..batch.pairs import Pair
         from ..image.io import load_image, save_image
 
+        if self.settings.linear:
+            linear_round(self, state, k, rounds)
+            return
         start = time.perf_counter()
         self._parallel = 0.0
         final = k == rounds

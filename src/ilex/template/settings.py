@@ -19,12 +19,15 @@ class TemplateSettings(BatchSettings):
     (freesurfer or itk: NIfTI warps; h5: ITK HDF5 composite transforms, an affine and a
     displacement field, as `antsRegistration --write-composite-transform` writes);
     `exclude_flagged` leaves the images whose registration the rules flag out of that round's
-    average (they are named either way)."""
+    average (they are named either way). `average` is how a round's moved images are averaged:
+    "mean" (a deformable template's only one), or "median" (a linear template's default,
+    `linear.py`)."""
 
     method: str = DEFAULT_METHOD
     step: float = 1.0
     sharpen: bool = False
     exclude_flagged: bool = False
+    average: str = "mean"
 
     def check(self) -> None:
         if not 0.0 < self.step <= 1.0:
@@ -33,6 +36,15 @@ class TemplateSettings(BatchSettings):
             raise OptionError("choose freesurfer, itk or h5", argument="warp_format", value=self.warp_format)
         from ..registration.methods import method_class, unaligned_weight_files
 
+        if self.average not in ("median", "mean"):
+            raise OptionError("choose median or mean", argument="average", value=self.average)
+        if self.average != "mean" and not self.linear:
+            raise OptionError(
+                "a deformable template averages with the mean (its sums are the mean's); the median is for "
+                "linear templates (-m rigid or affine)",
+                argument="average",
+                value=self.average,
+            )
         facts = method_class(self.method)
         files = unaligned_weight_files(facts)
         if facts.prior_affine and not (isinstance(self.weights, tuple) and len(self.weights) == len(files)):
@@ -60,6 +72,32 @@ class TemplateSettings(BatchSettings):
         if "detector" in facts.weight_roles:
             return SynthMorphAffineMethod.name
         return OptimizeAffineMethod(hyper=self.effective_hyper)
+
+    @property
+    def linear(self) -> bool:
+        """Whether the method answers with a matrix (`Method.yields_matrix`): a linear template."""
+        from ..registration.methods import method_class
+
+        return method_class(self.method).yields_matrix
+
+    @property
+    def rigid(self) -> bool:
+        """Whether the method is rigid (SynthMorph's detector whose class says `rigid`): each matrix
+        is then kept rigid (`linear.rigid_part`), whichever method computed it (the optimiser's
+        affine stage stands in without weights)."""
+        from ..registration.methods import method_class
+
+        cls = method_class(self.method)
+        return issubclass(cls, SynthMorphAffineMethod) and bool(cls.rigid)
+
+    def linear_method(self):
+        """What a linear template's rounds run: the method itself when it loads no weights or they
+        are given; else (no weights) the optimiser's affine stage, which needs none."""
+        from ..registration.methods import method_class
+
+        if method_class(self.method).weight_files and not self.weights:
+            return OptimizeAffineMethod(hyper=self.effective_hyper)
+        return self.method
 
     @property
     def prior_affine(self) -> str | None:
