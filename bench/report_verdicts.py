@@ -53,6 +53,9 @@ FIGURES = (
     "head_size_mm",
     "head_folding_fraction",
     "head_log_jacobian_std",
+    "orientation_nmi",
+    "orientation_best_nmi",
+    "orientation_best",
 )
 
 

@@ -799,6 +799,7 @@ def test_good_pair_passes_every_rule(verdicts):
         "scale",
         "folding",
         "jacobian_spread",
+        "orientation",
     ]
     for rule in good["verdict"]["rules"]:
         assert {"name", "value", "threshold", "fails_when", "passed", "reason"} <= set(rule)

@@ -190,7 +190,8 @@ def head_overlap(result, moved: np.ndarray) -> dict:
 
 def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:
     """Everything the pair report shows about `result` (a `Registration`) beyond the whole-grid
-    Jacobian statistics: similarity before/after, the Jacobian in the head, the affine's parts."""
+    Jacobian statistics: similarity before/after, the Jacobian in the head, the affine's parts, and
+    whether a turned or mirrored moving image would fit better (`orientation.orientation_check`)."""
     fixed = np.asarray(result.fixed.data, np.float32)
     points = sample_points(fixed)
     out: dict = {}
@@ -208,4 +209,7 @@ def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:
         else None
     )
     out["affine"] = affine_parts(world_affine(result), centre)
+    from .orientation import orientation_check
+
+    out.update(orientation_check(result.fixed, result.moving, world_affine(result)))
     return out

@@ -5,7 +5,8 @@ its name, the value measured, the threshold, whether it passed (None: not measur
 applicable) and a one-line reason. The pair page states them all and `qc.json` keeps them
 (key `verdict`); the study page and `ilex template` flag a pair that fails any of them.
 
-The rules look for gross failures (a flipped or swapped header axis, a wrong initial transform,
+The rules look for gross failures (a flipped or swapped header axis, voxels mirrored front-back
+or up-down in place (`orientation.py`), a wrong initial transform,
 heads the headers put apart, a moving image that is not a head), with figures that do not depend
 on the contrasts: the normalised mutual information after registration, the overlap of the two
 heads, the affine part against the head's size, and the Jacobian. The thresholds were set on
@@ -39,6 +40,9 @@ SCALE_RANGE = (2 / 3, 3 / 2)  # good pairs 0.94-1.26
 # SD of log det J inside the head: good pairs 0.095-0.313 (-m optimize, λ 0.5); 0.5 is volume changes
 # by a factor 1.65 for one voxel in three.
 JACOBIAN_SPREAD_MAX = 0.5
+# orientation.orientation_check: the registered pair's NMI gain over unrelated images (NMI - 1, affine part only,
+# 6 mm) as a share of the best turned or mirrored copy's. Below 1 a turned copy fits better than the registration.
+ORIENTATION_RATIO_MIN = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,8 @@ RULE_TEXT = (
     f"apart) and after it (at least {OVERLAP_AFTER_FLOOR:.0%}); an affine part that does not reflect, rotates "
     f"at most {ROTATION_MAX_DEG:.0f}°, moves the head's centre by at most {SHIFT_MAX_HEAD} × the head's size and "
     f"scales within {SCALE_RANGE[0]:.2f}–{SCALE_RANGE[1]:.2f}; no folded voxel in the head; a log-Jacobian spread "
-    f"(SD in the head) at most {JACOBIAN_SPREAD_MAX}."
+    f"(SD in the head) at most {JACOBIAN_SPREAD_MAX}; the moving image, placed by the affine part, fitting the "
+    f"fixed one at least as well as any copy of it turned or mirrored front-back or up-down."
 )
 
 
@@ -222,6 +227,22 @@ def rules(record: dict) -> list[Rule]:
             f"log det J spread {spread or 0:.3f} in the head",
             f"the warp changes volumes wildly: log det J spread {spread or 0:.2f} in the head "
             f"(more than {JACOBIAN_SPREAD_MAX})",
+        )
+    )
+    nmi, best = record.get("orientation_nmi"), record.get("orientation_best_nmi")
+    ratio = None if nmi is None or best is None else float((nmi - 1) / max(best - 1, 1e-9))
+    turn = record.get("orientation_best", "")
+    out.append(
+        _rule(
+            "orientation",
+            ratio,
+            ORIENTATION_RATIO_MIN,
+            "below",
+            ratio is not None and ratio < ORIENTATION_RATIO_MIN,
+            f"as registered the images agree {ratio or 0:.1f} × as much as with the moving image turned or mirrored "
+            f"(NMI {nmi or 0:.3f}, best turned copy {best or 0:.3f})",
+            f"the moving image fits better turned or mirrored ({turn}: NMI {best or 0:.3f} against {nmi or 0:.3f} "
+            "as registered, affine part only): swapped header axes, or voxels mirrored front-back or up-down?",
         )
     )
     return out
