@@ -56,7 +56,7 @@ def _block_mean(data: np.ndarray, affine: np.ndarray, coarse_mm: float) -> tuple
     """`data` averaged over blocks of about `coarse_mm` (whole voxels per axis), with the blocks' affine."""
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
     steps = [max(1, round(float(coarse_mm / z))) for z in zooms]
-    data = np.nan_to_num(np.asarray(data, np.float32))
+    data = np.asarray(data, np.float32)  # no copy for an Image's float32 voxels
     crop = [(n // s) * s for n, s in zip(data.shape[:3], steps, strict=True)]
     if min(crop) == 0:
         steps, crop = [1, 1, 1], list(data.shape[:3])
@@ -64,7 +64,8 @@ def _block_mean(data: np.ndarray, affine: np.ndarray, coarse_mm: float) -> tuple
     d = d.reshape(crop[0] // steps[0], steps[0], crop[1] // steps[1], steps[1], crop[2] // steps[2], steps[2])
     block = np.diag([*steps, 1.0])
     block[:3, 3] = (np.array(steps) - 1) / 2.0  # a block's centre, in the fine grid's voxels
-    return d.mean((1, 3, 5)), affine @ block
+    # NaN (none in a loaded Image) only where a block holds one, and as 0 there.
+    return np.nan_to_num(d.mean((1, 3, 5))), affine @ block
 
 
 def _binned(values: np.ndarray, bins: int = BINS) -> np.ndarray:
