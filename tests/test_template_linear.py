@@ -228,6 +228,29 @@ def test_outputs_and_rounds(built):
     assert not (out / "round2").exists()  # a committed round's files go
 
 
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_synthmorph_detector_plumbing(built, tmp_path):
+    """With -w, SynthMorph's detector runs instead of the optimiser (plumbing only: the reference's
+    reduced random-weight detector in tests/fixtures is no registration); without, the optimiser's
+    affine stage ran (`built`). Either way the maps' mean log is the identity."""
+    import json
+
+    from conftest import fixture_path
+
+    out, _, _ = built
+    assert json.loads((out / "qc" / "ses-0" / "qc.json").read_text())["model"] == "optimize-affine"
+    ran = json.loads((out / "qc" / "summary.json").read_text())["settings"]["method"]  # the method object's repr
+    assert ran.startswith("OptimizeAffineMethod(hyper=0.5")
+    paths = [str(out.parent / f"ses-{j}.nii.gz") for j in range(3)]
+    weights = fixture_path("affine_e64.h5")
+    args = ["template", *paths, "-o", str(tmp_path / "t"), "-m", "affine", "-w", weights, "-e", "64", "--rounds", "1"]
+    assert main([*args, "--average", "mean", "-q"]) == 0
+    assert json.loads((tmp_path / "t" / "qc" / "ses-0" / "qc.json").read_text())["model"] == "affine"
+    lta = [_lta_matrix(tmp_path / "t" / "images" / f"ses-{j}" / "affine.lta") for j in range(3)]
+    assert np.abs(np.mean([np.real(logm(m)) for m in lta], axis=0)).max() < 1e-6
+
+
 def _figure(path: str) -> None:  # pragma: no cover  (the docs' figure)
     import tempfile
 

@@ -259,7 +259,7 @@ def linear_round(run, state: dict, k: int, rounds: int) -> None:
     if final:
         from ..batch import write_summary
 
-        write_summary(records, folder.path("qc", "summary"), settings.batch())
+        write_summary(records, folder.path("qc", "summary"), settings.batch(method))  # what ran
         errors = {r.pair: r.error for r in records if r.status == "failed"}
         state["images"] = {}
         for item in inputs:
@@ -287,4 +287,4 @@ def linear_round(run, state: dict, k: int, rounds: int) -> None:
     folder.commit(state, k, row)
     run.announce(row, rounds)
     if final:
-        run.study_page(records)
+        run.study_page(records, method)

@@ -381,16 +381,17 @@ class Rounds:
         if final:
             self.study_page(records)
 
-    def study_page(self, records) -> str:
+    def study_page(self, records, method=None) -> str:
         """The study page of the last round, OUTDIR/qc/summary.report.html (what `ilex report
         OUTDIR/qc/summary.csv --rounds OUTDIR/rounds.csv` draws again): every image's page, the
-        failed images and the convergence from rounds.csv, written after the last round's row."""
+        failed images and the convergence from rounds.csv, written after the last round's row;
+        its settings those of `method` (default the template's), the method that ran."""
         from ..qc.study_report import write_study_report
 
         path = write_study_report(
             records,
             self.folder.path("qc", "summary.report.html"),
-            settings=self.settings.batch().as_record(),
+            settings=self.settings.batch(method).as_record(),
             rounds=self.folder.path("rounds.csv"),
             title="Template",
         )
