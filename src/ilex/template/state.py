@@ -53,10 +53,13 @@ def fingerprint(inputs: list[TemplateInput], settings: TemplateSettings, initial
         st = os.stat(path)
         return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
 
+    own = asdict(settings)
+    if own.get("average") == "mean":  # the one average before there was a choice: older builds still resume
+        del own["average"]
     what = {
         "inputs": [[i.id, *stamp(i.path), i.init and stamp(i.init)] for i in inputs],
         "initial": initial and stamp(initial),
-        "settings": asdict(settings),
+        "settings": own,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
