@@ -61,8 +61,9 @@ def test_nipype_interfaces_build_the_cli_commands(tmp_path):
 
     from ilex.interfaces.nipype import ApplyTransforms, Registration
 
-    fixed, moving, atlas, init = (tmp_path / n for n in ("fixed.nii.gz", "moving.nii.gz", "atlas.nii.gz", "i.h5"))
-    for f in (fixed, moving, atlas, init):
+    names = ("fixed.nii.gz", "moving.nii.gz", "atlas.nii.gz", "i.h5", "fmask.nii.gz", "mmask.nii.gz")
+    fixed, moving, atlas, init, fmask, mmask = (tmp_path / n for n in names)
+    for f in (fixed, moving, atlas, init, fmask, mmask):
         f.write_bytes(b"")
     reg = Registration(
         fixed_image=str(fixed),
@@ -73,15 +74,28 @@ def test_nipype_interfaces_build_the_cli_commands(tmp_path):
         num_threads=2,
         similarity="mi",
         levels=[4, 2],
+        fixed_image_mask=str(fmask),
+        moving_image_mask=str(mmask),
+        mask_threshold=0.5,
     )
     words = reg.cmdline.split()
     assert words[:4] == ["ilex", "register", str(moving), str(fixed)]
-    for flag, value in (("-m", "optimize"), ("-r", "0.3"), ("-i", str(init)), ("-j", "2"), ("--similarity", "mi")):
+    for flag, value in (
+        ("-m", "optimize"),
+        ("-r", "0.3"),
+        ("-i", str(init)),
+        ("-j", "2"),
+        ("--similarity", "mi"),
+        ("--mask-fixed", str(fmask)),
+        ("--mask-moving", str(mmask)),
+        ("--mask-threshold", "0.5"),
+    ):
         assert words[words.index(flag) + 1] == value
     assert words[words.index("--levels") + 1 : words.index("--levels") + 3] == ["4", "2"]
     assert words[words.index("-t") + 1].endswith("transformComposite.h5")
     assert words[words.index("-T") + 1].endswith("transformInverseComposite.h5")
     assert "-O" not in words and words[words.index("-o") + 1].endswith("transformWarped.nii.gz")
+    assert "--mask-fixed" not in Registration(fixed_image=str(fixed), moving_image=str(moving)).cmdline
 
     labels = ApplyTransforms(
         input_image=str(atlas), reference_image=str(moving), transforms=str(init), interpolation="NearestNeighbor"
@@ -94,6 +108,27 @@ def test_nipype_interfaces_build_the_cli_commands(tmp_path):
     labels.inputs.transforms = [str(init), str(init)]
     with pytest.raises(OptionError, match="transforms: ilex applies one transform file, got 2"):
         labels.cmdline  # noqa: B018 - the property builds the command
+
+
+def test_pydra_task_passes_the_masks_on(tmp_path, monkeypatch):
+    """The Pydra task's function builds the same command as the Nipype interface, masks included."""
+    from fileformats.generic import File
+
+    from ilex.interfaces import pydra as ilex_pydra
+
+    ran = []
+    monkeypatch.setattr(_commands, "run_ilex", lambda argv, threads=None: ran.append(list(argv)))
+    monkeypatch.chdir(tmp_path)
+    fixed, moving, fmask, mmask = (tmp_path / n for n in ("f.nii.gz", "m.nii.gz", "fmask.nii.gz", "mmask.nii.gz"))
+    for f in (fixed, moving, fmask, mmask):
+        f.write_bytes(b"")
+    images = {"fixed_image": File(fixed), "moving_image": File(moving), "method": "optimize"}
+    ilex_pydra.registration(**images, fixed_image_mask=File(fmask), moving_image_mask=File(mmask), mask_threshold=2.0)
+    (argv,) = ran
+    for flag, value in (("--mask-fixed", fmask), ("--mask-moving", mmask), ("--mask-threshold", "2.0")):
+        assert argv[argv.index(flag) + 1] == str(value)
+    ilex_pydra.registration(**images)
+    assert not {"--mask-fixed", "--mask-moving", "--mask-threshold"} & set(ran[1])
 
 
 def test_a_failing_node_reports_the_cli_line(tmp_path, monkeypatch):

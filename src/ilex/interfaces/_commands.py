@@ -41,6 +41,9 @@ def register_command(
     similarity: str | None = None,
     levels: Sequence[int] = (),
     iterations: Sequence[int] = (),
+    fixed_image_mask: str | None = None,
+    moving_image_mask: str | None = None,
+    mask_threshold: float | None = None,
     output_transform_prefix: str = "transform",
     output_warped_image: bool | str = True,
     output_inverse_warped_image: bool | str = False,
@@ -52,7 +55,9 @@ def register_command(
     `composite_transform` (-t, moving -> fixed, on the fixed grid), `inverse_composite_transform`
     (-T), `warped_image` (-o) and `inverse_warped_image` (-O) or None, `qc` (--qc) or None.
     `output_warped_image` and `output_inverse_warped_image` are True for the default name, a file
-    name, or False for none, as in `nipype.interfaces.ants.Registration`."""
+    name, or False for none, as in `nipype.interfaces.ants.Registration`. `fixed_image_mask`,
+    `moving_image_mask` and `mask_threshold` are the cost-function masks' `--mask-fixed`,
+    `--mask-moving` and `--mask-threshold` (-m optimize only: the CLI refuses them for the others)."""
 
     def out(name: str) -> str:
         return os.path.abspath(os.path.join(directory, name))
@@ -78,6 +83,11 @@ def register_command(
     for flag, value in (("-n", steps), ("-e", extent), ("-j", num_threads), ("--similarity", similarity)):
         if value is not None:
             argv += [flag, str(value)]
+    for flag, path in (("--mask-fixed", fixed_image_mask), ("--mask-moving", moving_image_mask)):
+        if path:
+            argv += [flag, os.fspath(path)]
+    if mask_threshold is not None:
+        argv += ["--mask-threshold", repr(float(mask_threshold))]
     for w in weights:
         argv += ["-w", os.fspath(w)]
     for flag, values in (("--levels", levels), ("--iterations", iterations)):

@@ -65,6 +65,17 @@ class RegistrationInputSpec(BaseInterfaceInputSpec):
     similarity = traits.Enum("lncc", "mi", "auto", desc="--similarity, -m optimize only (ilex's default auto)")
     levels = traits.List(traits.Int, desc="--levels, -m optimize only: deformable levels in voxels, coarse to fine")
     iterations = traits.List(traits.Int, desc="--iterations, -m optimize only: most iterations per level")
+    fixed_image_mask = File(
+        exists=True,
+        desc="--mask-fixed, -m optimize only: cost-function mask of the fixed image (NIfTI/MGZ, any grid), as ANTs' "
+        "-x: the similarity is measured where it is non-zero",
+    )
+    moving_image_mask = File(
+        exists=True, desc="--mask-moving, -m optimize only: cost-function mask of the moving image"
+    )
+    mask_threshold = traits.Float(
+        desc="--mask-threshold: masks hold 0 and 1; with T, any values, the voxels above T being the mask"
+    )
     output_transform_prefix = traits.Str("transform", usedefault=True, desc="prefix of the output file names")
     output_warped_image = traits.Either(
         traits.Bool, File, default=True, usedefault=True, desc="-o: True (the default name), a file name, or False"
@@ -113,6 +124,9 @@ class Registration(BaseInterface):
             similarity=_given(i, "similarity"),
             levels=_given(i, "levels", []),
             iterations=_given(i, "iterations", []),
+            fixed_image_mask=_given(i, "fixed_image_mask"),
+            moving_image_mask=_given(i, "moving_image_mask"),
+            mask_threshold=_given(i, "mask_threshold"),
             output_transform_prefix=i.output_transform_prefix,
             output_warped_image=i.output_warped_image,
             output_inverse_warped_image=i.output_inverse_warped_image,
