@@ -5,13 +5,18 @@ then carry the template's atlas into the subject's space with the inverse compos
 nearest neighbour. The subject is FSL's MNI152 and the template Colin27 with its AAL atlas, all
 resampled to 4 mm so that a registration takes seconds. Each workflow runs on its engine's
 process pool (Nipype's MultiProc, Pydra's cf); the same registration and resampling run through
-`python -m ilex` give the reference files.
+`python -m ilex` give the reference files. The pytest process runs JAX, so the pools start their
+workers by forkserver, never by fork (docs/pipelines.md, Fork safety): a fork of a process whose JAX
+threads are running may deadlock, and a test that hangs would hang CI.
 """
 
+import contextlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -216,6 +221,20 @@ def study_env(study, monkeypatch):
     return inputs, ref
 
 
+@contextlib.contextmanager
+def _no_fork_of_running_jax():
+    """Run the block with JAX's backend started here (as in a pipeline script that uses JAX) and fail
+    if anything forked this process meanwhile: JAX warns at every fork once its backend runs."""
+    import jax.numpy as jnp
+
+    jnp.zeros(1).block_until_ready()  # the backend, and its threads, are running
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    forks = [str(w.message) for w in caught if "os.fork() was called" in str(w.message)]
+    assert not forks, forks[0]
+
+
 def _same_as_cli(ref, inputs, composite, inverse, warped, qc_dir, labels):
     """The files a workflow wrote are the CLI's: the transforms and the label map byte for byte (ilex
     writes reproducibly and the registration is deterministic on one thread), the moved image and the QC
@@ -262,7 +281,8 @@ def test_nipype_workflow_on_multiproc(study_env, tmp_path):
         name="atlas",
     )
     wf.connect(reg, "inverse_composite_transform", labels, "transforms")
-    graph = wf.run(plugin="MultiProc", plugin_args={"n_procs": 2})
+    with _no_fork_of_running_jax():
+        graph = wf.run(plugin="MultiProc", plugin_args={"n_procs": 2, "mp_context": "forkserver"})
     results = {node.name: node.result.outputs for node in graph.nodes()}
     out = results["register"]
     assert out.forward_transforms == [out.composite_transform]
@@ -302,8 +322,14 @@ def test_pydra_workflow_on_cf(study_env, tmp_path):
     )
     names = ("composite_transform", "inverse_composite_transform", "warped_image", "qc")
     wf.set_output([(n, getattr(wf.register.lzout, n)) for n in names] + [("labels", wf.atlas.lzout.output_image)])
-    with pydra.Submitter(plugin="cf", n_procs=2) as submitter:
-        submitter(wf)
+    # Pydra 0.25's cf worker takes no context: its pool uses the process's default start method.
+    previous = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("forkserver", force=True)
+    try:
+        with _no_fork_of_running_jax(), pydra.Submitter(plugin="cf", n_procs=2) as submitter:
+            submitter(wf)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
     result = wf.result()
     assert not result.errored
     out = result.output
@@ -316,6 +342,33 @@ def test_pydra_workflow_on_cf(study_env, tmp_path):
         out.qc,
         out.labels,
     )
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_masks_reach_the_registration(study_env, tmp_path, monkeypatch):
+    """A node with a cost-function mask registers with it: the report names the mask, and the transform is
+    not the unmasked one. The mask is the template itself above a tenth of its range (mask_threshold)."""
+    from ilex.interfaces.nipype import Registration
+
+    inputs, ref = study_env
+    template = np.asarray(nib.load(inputs["template"]).dataobj, np.float64)
+    threshold = float(template.min() + 0.1 * (template.max() - template.min()))
+    reg = Registration(
+        moving_image=inputs["subject"],
+        fixed_image=inputs["template"],
+        method="optimize",
+        fixed_image_mask=inputs["template"],
+        mask_threshold=threshold,
+    )
+    monkeypatch.chdir(tmp_path)
+    out = reg.run().outputs
+    assert json.loads((Path(out.qc) / "qc.json").read_text())["masks"] == {"fixed": inputs["template"]}
+    assert Path(out.composite_transform).read_bytes() != (ref / "Composite.h5").read_bytes()
+    with pytest.raises(IlexError, match="cannot use a cost-function mask"):  # the CLI's refusal, before weights
+        Registration(
+            moving_image=inputs["subject"], fixed_image=inputs["template"], fixed_image_mask=inputs["template"]
+        ).run()
 
 
 def test_dense_warp_reference_must_be_its_grid(tmp_path):
