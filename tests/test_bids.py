@@ -296,6 +296,14 @@ def test_bad_datasets_are_refused_in_one_line_before_any_work(study, tmp_path, c
         "MNI152NLin6Asym: not a file, and not a TemplateFlow template",
         f"TEMPLATEFLOW_HOME={study['templateflow']}",
     )
+    # A study template is deformable; the refusal names ilex template for a subject's linear template.
+    _one_line_refusal(
+        capsys,
+        ["bids", bids, out, "group", "-m", "rigid", "-q"],
+        out,
+        "-m rigid: the group level builds a deformable study template",
+        "ilex template SESSIONS -o DIR -m rigid",
+    )
     # An OUTPUT_DIR inside the dataset (not named derivatives) holds T1w images: they are not inputs.
     inside = tmp_path / "inside"
     shutil.copytree(bids, inside)

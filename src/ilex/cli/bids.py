@@ -89,7 +89,7 @@ def add_parser(sub) -> None:
         "--model",
         default=DEFAULT_METHOD,
         help=f"method: {', '.join(METHOD_NAMES)} (default {DEFAULT_METHOD}, as ilex batch; group: a method that "
-        "gives a warp)",
+        "gives a warp; one subject's sessions' linear template: ilex template -m rigid)",
     )
     p.add_argument("-w", "--weights", metavar="PATH", action="append", help="weights, as ilex batch")
     p.add_argument("-r", "--hyper", type=float, default=0.5, metavar="LAMBDA", help="λ (default 0.5)")
@@ -248,7 +248,13 @@ def _group(args, model: str, images) -> int:
     from ..registration.methods import method_class
 
     if method_class(model).yields_matrix:
-        raise OptionError(f"-m {model}: a template needs a method that gives a warp: joint, deform or optimize")
+        # A study template across subjects is deformable by convention; a linear template is one subject's
+        # sessions (longitudinal), a level below the group, which `ilex template` builds.
+        raise OptionError(
+            f"-m {model}: the group level builds a deformable study template (-m joint, deform or optimize); for a "
+            f"linear template of one subject's sessions run ilex template SESSIONS -o DIR -m {model} "
+            "(docs/template.md)"
+        )
     if len(images) < 2:
         raise OptionError(f"{args.bids_dir}: a group template needs at least 2 images; the filters leave {len(images)}")
     name = args.template_label or "study"
