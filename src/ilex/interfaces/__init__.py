@@ -5,5 +5,6 @@
 * `ilex.interfaces.pydra`: the same two as Pydra tasks, Pydra's 0.x API (`pip install ilex[pydra]`).
 
 Both run the `ilex register` and `ilex apply` command lines (`_commands`); docs/pipelines.md shows
-them in place of ANTs in a workflow.
+them in place of ANTs in a workflow. A workflow's process that itself runs JAX should start the
+engine's worker pool by forkserver or spawn, not fork (docs/pipelines.md, Fork safety).
 """
