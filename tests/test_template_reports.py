@@ -1,6 +1,7 @@
 """`ilex template`'s study page and its NaN warning (issue 35), on tiny synthetic heads with the
 seam's `seam_methods.ConstantFlow` (a constant warp, no weights: seconds per build)."""
 
+import json
 import os
 import pathlib
 import re
@@ -241,3 +242,32 @@ def test_template_writes_itk_h5_transforms_that_ilex_apply_and_antspyx_read(tmp_
         frame = pd.DataFrame(world * flip, columns=["x", "y", "z"])
         moved = ants.apply_transforms_to_points(3, frame, [str(h5 / "warp.h5")]).to_numpy() * flip
         np.testing.assert_allclose(moved, world + field[tuple(vox.T)], atol=4e-5)
+
+
+@pytest.mark.slow
+def test_intermediate_rounds_write_the_figures_alone_unless_qc_every_round(cohort, tmp_path, capsys):
+    """An intermediate round judges its registrations by qc.json alone (no pictures, no page): the
+    same figures and verdict as the qc.json --qc-every-round writes beside its page (the template
+    each registered to has another path), so the flags are the same; the last round's pages and
+    the study page are the same either way."""
+    good, flipped = cohort
+    argv = [*good, flipped, "-m", STILL, "-e", "32", "--rounds", "2", "--keep-rounds", "-q"]
+    lean, every = tmp_path / "lean", tmp_path / "every"
+    assert main(["template", *argv, "-o", str(lean)]) == 0
+    assert main(["template", *argv, "-o", str(every), "--qc-every-round"]) == 0
+    assert [r["flagged"] for r in _rounds(lean / "rounds.csv")] == [r["flagged"] for r in _rounds(every / "rounds.csv")]
+    for k, ids in ((0, ["h1", "h2", "flip"]), (1, ["h0", "h1", "h2", "flip"])):  # round 0: h0 is the reference
+        for name in ids:
+            figures = lean / f"round{k}" / "qc" / name
+            assert os.listdir(figures) == ["qc.json"], k
+            pages = every / "qc" / f"round-{k}" / name
+            assert (pages / "report.html").is_file() and (pages / "checkerboard.png").is_file()
+            lean_record, every_record = (json.loads((d / "qc.json").read_text()) for d in (figures, pages))
+            fixed = lean_record.pop("fixed"), every_record.pop("fixed")
+            assert fixed[0] == (good[0] if k == 0 else str(lean / "template_round0.nii.gz")), fixed
+            assert lean_record == every_record  # every figure and the verdict
+        assert not (lean / "qc" / f"round-{k}").exists()
+    for out in (lean, every):  # the last round's: pages as before, and the study page links them
+        assert all((out / "qc" / name / "report.html").is_file() for name in ["h0", "h1", "h2", "flip"])
+        page = (out / "qc" / "summary.report.html").read_text(encoding="utf-8")
+        assert _images_linked(page) == {"h0", "h1", "h2", "flip"}

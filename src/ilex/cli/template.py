@@ -108,6 +108,12 @@ def add_parser(sub) -> None:
         "pages first",
     )
     p.add_argument(
+        "--qc-every-round",
+        action="store_true",
+        help="draw every round's QC pages (qc/round-K/ID/report.html and its pictures); by default only the "
+        "last round's are drawn (qc/ID/), and the other rounds write the figures the rules judge (qc.json) alone",
+    )
+    p.add_argument(
         "--keep-rounds",
         action="store_true",
         help="keep each round's intermediate files (default: deleted once the round is committed)",
@@ -180,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
             sharpen=args.sharpen,
             keep_rounds=args.keep_rounds,
             exclude_flagged=args.exclude_flagged,
+            qc_every_round=args.qc_every_round,
             warp_format=args.warp_format,
             client=client,
             compilation_cache=not args.no_compilation_cache,

@@ -27,6 +27,7 @@ from .slices import cut_slices
 from .verdict import verdict
 
 QC_FILES = ("jacobian.nii.gz", "checkerboard.png", "qc.json", "report.npz", "report.html")
+QC_FIGURES = ("qc.json",)  # write_qc(pages=False): the figures and verdict alone (ilex template's intermediate rounds)
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,21 @@ def write_qc(
     report: QualityReport,
     settings: dict | None = None,
     moved: np.ndarray | None = None,
+    pages: bool = True,
 ) -> list[str]:
     """Write the QC files (see module docstring) into `directory`, created if needed; returns their paths.
 
-    `moved` is `result.moved()`'s voxels when the caller already has them.
+    `moved` is `result.moved()`'s voxels when the caller already has them. Without `pages`, only
+    qc.json (`QC_FIGURES`: the same figures and verdict, no pictures or page).
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
-    paths = [os.path.join(directory, name) for name in QC_FILES]
+    paths = [os.path.join(directory, name) for name in (QC_FILES if pages else QC_FIGURES)]
     moved = np.asarray(result.moved().dataobj) if moved is None else moved  # the voxels
-    save_image(paths[0], report.jacobian, result.fixed.affine)
-    with atomic_file(paths[1], suffix=".png") as tmp, open(tmp, "wb") as f:
-        f.write(checkerboard_png(result.fixed.data, moved, result.fixed.affine))
+    if pages:
+        save_image(paths[0], report.jacobian, result.fixed.affine)
+        with atomic_file(paths[1], suffix=".png") as tmp, open(tmp, "wb") as f:
+            f.write(checkerboard_png(result.fixed.data, moved, result.fixed.affine))
     from .. import __version__
 
     # What made the result, then what the method found (e.g. the similarity -m optimize chose;
@@ -90,10 +94,11 @@ def write_qc(
         **pair_metrics(result, report.jacobian, moved),
     }
     record["verdict"] = verdict(record)
-    with atomic_file(paths[2], suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_file(os.path.join(directory, "qc.json"), suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
         f.write("\n")
-    write_pair_report(directory, record, report_slices(result, report, moved))
+    if pages:
+        write_pair_report(directory, record, report_slices(result, report, moved))
     return paths
 
 

@@ -31,7 +31,10 @@ from ..errors import OptionError
 from ..image.io import IMAGE_SUFFIXES
 
 OUTPUT_KINDS = {"out_moving": "-o", "out_fixed": "-O", "trans": "-t", "inverse": "-T", "qc": "--qc", "out_dir": "-d"}
-_DIRECTORY_KINDS = ("qc", "out_dir")
+# A kind with no flag or batch column: `qc`'s directory with qc.json alone (figures and verdict, no
+# pictures or page), what `ilex template`'s intermediate rounds judge their registrations by.
+_INTERNAL_KINDS = {"qc_figures": "the QC figures' directory"}
+_DIRECTORY_KINDS = ("qc", "out_dir", "qc_figures")
 _IMAGE_KINDS = ("out_moving", "out_fixed")
 
 
@@ -42,7 +45,7 @@ def output_files(outputs: Mapping[str, str | os.PathLike | None]) -> list[tuple[
     """
     files = []
     for kind, path in outputs.items():
-        if kind not in OUTPUT_KINDS:
+        if kind not in OUTPUT_KINDS and kind not in _INTERNAL_KINDS:
             raise OptionError(f"unknown output {kind!r}; one of {', '.join(OUTPUT_KINDS)}")
         if not path:
             continue
@@ -51,6 +54,10 @@ def output_files(outputs: Mapping[str, str | os.PathLike | None]) -> list[tuple[
             from ..qc.report import QC_FILES
 
             files += [(kind, os.path.join(path, name)) for name in QC_FILES]
+        elif kind == "qc_figures":
+            from ..qc.report import QC_FIGURES
+
+            files += [(kind, os.path.join(path, name)) for name in QC_FIGURES]
         elif kind == "out_dir":
             files += [(kind, os.path.join(path, f"inp_{k}.mgz")) for k in (1, 2)]
         else:
@@ -80,10 +87,10 @@ def check_outputs(
     real_inputs = {os.path.realpath(p): name for name, p in inputs.items() if p}
     for kind in _DIRECTORY_KINDS:
         if outputs.get(kind):
-            check_creatable(OUTPUT_KINDS[kind], os.fspath(outputs[kind]))
+            check_creatable({**OUTPUT_KINDS, **_INTERNAL_KINDS}[kind], os.fspath(outputs[kind]))
     seen: dict[str, str] = {}
     for kind, path in output_files(outputs):
-        flag = OUTPUT_KINDS[kind]
+        flag = {**OUTPUT_KINDS, **_INTERNAL_KINDS}[kind]
         real = os.path.realpath(path)
         if real in real_inputs:
             raise OptionError(f"{flag} {path}: the output would overwrite the {real_inputs[real]} image")
@@ -186,17 +193,14 @@ def write_outputs(
     for _, file in files:  # every output's directory, as -d's (its files land with the rest)
         os.makedirs(os.path.dirname(os.path.abspath(file)), exist_ok=True)
     with output_batch():
-        moved = np.asarray(result.moved().dataobj) if "out_moving" in path or "qc" in path else None
-        if "qc" in path:
+        qc = [kind for kind in ("qc", "qc_figures") if kind in path]
+        moved = np.asarray(result.moved().dataobj) if "out_moving" in path or qc else None
+        if qc:
             from ..qc import quality_report, write_qc
 
-            write_qc(
-                path["qc"],
-                result,
-                report if report is not None else quality_report(result),
-                {**(settings or {}), "warp_format": warp_format},
-                moved,
-            )
+            report = report if report is not None else quality_report(result)
+        for kind in qc:
+            write_qc(path[kind], result, report, {**(settings or {}), "warp_format": warp_format}, moved, kind == "qc")
         if "out_moving" in path:
             if header_only:
                 save_image(path["out_moving"], moving.data, result.moved_header())

@@ -86,6 +86,7 @@ def build_template(
     sharpen: bool = False,
     keep_rounds: bool = False,
     exclude_flagged: bool = False,
+    qc_every_round: bool = False,
     warp_format: str = "freesurfer",
     client=None,
     algorithm: str | None = None,
@@ -122,7 +123,9 @@ def build_template(
     After each round, the images whose registration fails a rule of the QC verdict
     (`ilex.qc.verdict`) are named on `log` and in rounds.csv's `flagged` column; `exclude_flagged`
     leaves them out of that round's average (off by default: on a small cohort a flag may be a
-    false alarm, and leaving images out changes the template).
+    false alarm, and leaving images out changes the template). The rules read each pair's qc.json;
+    only the last round draws the QC pages (qc/ID/report.html and its pictures) unless
+    `qc_every_round` (then qc/round-K/ID/ too; the template is the same either way).
 
     Each image's share of a round's sums is computed where it was registered (on the `client`'s
     workers: Dask tasks, summed by a tree of tasks) in exact fixed point, so the template is the
@@ -188,7 +191,19 @@ def build_template(
     os.makedirs(outdir, exist_ok=True)
     folder = TemplateFolder(outdir, keep_rounds)
     with _nan_warned_once(inputs, initial):
-        run = Rounds(inputs, folder, settings, initial, client, log, progress, on_round, memory_resource, memory_check)
+        run = Rounds(
+            inputs,
+            folder,
+            settings,
+            initial,
+            client,
+            log,
+            progress,
+            on_round,
+            memory_resource,
+            memory_check,
+            qc_every_round=qc_every_round,
+        )
         result = _build(run, rounds)
     result._tmp = tmp
     return result

@@ -182,8 +182,7 @@ def linear_round(run, state: dict, k: int, rounds: int) -> None:
     directory = folder.round_dir(k)
     method = settings.linear_method()
     budget = run.budget(k, method, target.data.size, len(inputs), final, warps=False)
-    qc_root = folder.path("qc") if final else None
-    pairs = run.affine_pairs(directory, target.path, qc=True, qc_root=qc_root)
+    pairs = run.affine_pairs(directory, target.path, qc_round=k, final=final)
     if k == 0:
         pairs = pairs[1:]  # the first image is the target
     records = run.run(pairs, method, "linear")

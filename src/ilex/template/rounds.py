@@ -29,7 +29,10 @@ class Rounds:
     """What every round shares: the `inputs`, their `folder`, the `settings`, the `initial`
     template (a path, or None), the Dask `client` (None: this machine), and where the build
     reports: `log` (a line per round and per failed image), `progress` (the batch's bar) and
-    `on_round` (each round's row). Keeps one warm `Registrar` per stage across rounds."""
+    `on_round` (each round's row). Keeps one warm `Registrar` per stage across rounds.
+    `qc_every_round`: every round's registrations get their full QC pages (OUTDIR/qc/round-K/ID),
+    not only the last round's; else an intermediate round writes each pair's qc.json alone (the
+    figures and verdict the rules judge it by), deleted with the round's own files."""
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class Rounds:
         on_round: Callable[[dict], None] | None,
         memory_resource: str = "MEMORY",
         memory_check: bool = True,
+        qc_every_round: bool = False,
     ):
         self.inputs = inputs
         self.folder = folder
@@ -54,6 +58,7 @@ class Rounds:
         self.on_round = on_round
         self.memory_resource = memory_resource
         self.memory_check = memory_check
+        self.qc_every_round = qc_every_round
         self._registrars: dict[str, object] = {}
         self._voxels: list[int] | None = None
         self._parallel = 0.0  # this round's seconds in its batches and waiting for its sums
@@ -134,18 +139,28 @@ class Rounds:
         if self.on_round is not None:
             self.on_round(row)
 
-    def affine_pairs(self, directory: str, target: str, qc: bool = False, qc_root: str | None = None) -> list:
+    def qc_outputs(self, k: int, final: bool, directory: str, image_id: str) -> dict[str, str]:
+        """Round `k`'s QC output for an image: the last round's pages stay (OUTDIR/qc/ID); with
+        `qc_every_round` the others' too (OUTDIR/qc/round-K/ID); else an intermediate round writes
+        qc.json alone (`qc_figures`: what the rules judge it by), in `directory`/qc, deleted with it."""
+        if final:
+            return {"qc": self.folder.path("qc", image_id)}
+        if self.qc_every_round:
+            return {"qc": self.folder.path("qc", f"round-{k}", image_id)}
+        return {"qc_figures": os.path.join(directory, "qc", image_id)}
+
+    def affine_pairs(self, directory: str, target: str, qc_round: int | None = None, final: bool = False) -> list:
         """Every image against `target` for an affine stage, its matrix an LTA in `directory`/affine
-        (an affine stage answers with a matrix, never a warp to fit one to); with `qc`, each pair's
-        QC directory in `qc_root` (default `directory`/qc: what the rules judge it by)."""
+        (an affine stage answers with a matrix, never a warp to fit one to); with `qc_round`, each
+        pair's QC output as round `qc_round` (`final`: the last) writes it (`qc_outputs`)."""
         from ..batch.pairs import Pair
 
         os.makedirs(os.path.join(directory, "affine"), exist_ok=True)
         pairs = []
         for k, item in enumerate(self.inputs):
             outputs = {"trans": os.path.join(directory, "affine", f"{item.id}.lta")}
-            if qc:
-                outputs["qc"] = os.path.join(qc_root or os.path.join(directory, "qc"), item.id)
+            if qc_round is not None:
+                outputs.update(self.qc_outputs(qc_round, final, directory, item.id))
             pairs.append(Pair(k, item.path, target, outputs, init=item.init, id=item.id))
         return pairs
 
@@ -165,9 +180,10 @@ class Rounds:
                     if self.settings.exclude_flagged
                     else "kept in the average (--exclude-flagged would leave it out)"
                 )
+                page = os.path.join(qc_directory(pair), "report.html" if "qc" in pair.outputs else "qc.json")
                 self.log(
                     f"ilex template: round {k}: {pair.label} ({pair.moving}) is flagged by the rules "
-                    f"({', '.join(names)}; its page: {os.path.join(pair.outputs['qc'], 'report.html')}), {what}"
+                    f"({', '.join(names)}; {'its page' if 'qc' in pair.outputs else 'its figures'}: {page}), {what}"
                 )
         return flags
 
@@ -189,7 +205,8 @@ class Rounds:
         reference = load_image(self.inputs[0].path, what="image")
         method = self.settings.affine_method()
         budget = self.budget(0, method, reference.data.size, len(self.inputs), False, warps=False)
-        pairs = self.affine_pairs(self.folder.round_dir(0), reference.path, qc=True)[1:]  # the first is the reference
+        # the first image is the reference
+        pairs = self.affine_pairs(self.folder.round_dir(0), reference.path, qc_round=0)[1:]
         records = self.run(pairs, method, "affine")
         failed = self.report_failures(0, records)
         flags = self.report_flags(0, pairs, records)
@@ -282,9 +299,9 @@ class Rounds:
                 "out_moving": os.path.join(directory, "moved", f"{item.id}{INTERMEDIATE}"),
                 "trans": os.path.join(directory, "warps", f"{item.id}{INTERMEDIATE}"),
             }
-            # Every round's registrations are judged by the rules: the last round's QC stays (OUTDIR/qc),
-            # the others' go with the round's own files.
-            outputs["qc"] = self.folder.path("qc", item.id) if final else os.path.join(directory, "qc", item.id)
+            # Every round's registrations are judged by the rules: the last round's QC pages stay (OUTDIR/qc),
+            # the others' figures go with the round's own files (`qc_outputs`).
+            outputs.update(self.qc_outputs(k, final, directory, item.id))
             if final:
                 outputs["inverse"] = os.path.join(directory, "inverse", f"{item.id}{INTERMEDIATE}")
             problem = None if not records_before or inits[item.id] else "its affine stage failed"
@@ -305,7 +322,7 @@ class Rounds:
                     pair.outputs["out_moving"],
                     previous.path,
                     len(pairs),
-                    pair.outputs["qc"],
+                    qc_directory(pair),
                     self.settings.exclude_flagged,
                     worker=record.worker,
                 )
@@ -399,9 +416,14 @@ class Rounds:
         return path
 
 
+def qc_directory(pair) -> str | None:
+    """The directory of a pair's qc.json: its QC pages' (`qc`) or its figures' alone (`qc_figures`)."""
+    return pair.outputs.get("qc") or pair.outputs.get("qc_figures")
+
+
 def flagged_rules(pair) -> list[str]:
     """The names of the rules a pair's registration fails, read from its qc.json (none without one)."""
-    return _flagged_rules(pair.outputs.get("qc"))
+    return _flagged_rules(qc_directory(pair))
 
 
 def _displacement_size(matrix: np.ndarray, affine: np.ndarray, shape) -> np.ndarray:
