@@ -3,6 +3,7 @@ Dask cluster (`dask`), one record per pair, a failed pair never stopping the res
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from .local import iter_local
@@ -74,6 +75,52 @@ def run_batch(
             bar.update(1)
             _count_failed(bar, records)
     return [records[p.index] for p in pairs]
+
+
+def run_checked(
+    pairs: list[Pair],
+    settings: BatchSettings,
+    *,
+    command: str,
+    client=None,
+    overwrite: bool = False,
+    progress: bool = False,
+    memory_check: bool = True,
+    memory_resource: str = "MEMORY",
+    memory_bytes: float | None = None,
+) -> list[PairRecord]:
+    """`run_batch` as the commands run it (`ilex batch`, `ilex bids participant`): every row still to do
+    has its input files checked and a bad row is named on stderr (`command: pair will not run: why`)
+    before anything loads; then, in this process (no `client`), the memory rule before the weights load
+    (a run that cannot fit fails in seconds, not after 3.5 GB; `memory_check=False` skips it) and one warm
+    registrar for every pair.
+    """
+    todo = check_inputs([p for p in pairs if overwrite or not finished(p, settings)[0]])
+    checked = {p.index: p for p in todo}
+    pairs = [checked.get(p.index, p) for p in pairs]
+    for pair in todo:
+        if pair.problem is not None:
+            print(f"{command}: {pair.label} will not run: {pair.problem}", file=sys.stderr, flush=True)
+    registrar = None
+    if client is None and any(p.problem is None for p in todo):
+        if settings.weights and not settings.gpu and memory_check:
+            from ..bundle.weights import peek_width
+            from ..registration.memory import check_memory
+
+            weights = settings.weights if isinstance(settings.weights, tuple) else (settings.weights,)
+            check_memory(settings.extent, max(peek_width(w) for w in weights), detector=settings.runs_detector(todo))
+        registrar = settings.registrar(todo)
+    return run_batch(
+        pairs,
+        settings,
+        client=client,
+        overwrite=overwrite,
+        progress=progress,
+        registrar=registrar,
+        memory_resource=memory_resource,
+        memory_bytes=memory_bytes,
+        inputs_checked=True,  # above, before the weights: each header is read once
+    )
 
 
 def _add(records: dict[int, PairRecord], record: PairRecord, notes: dict[int, str], on_record) -> None:

@@ -7,11 +7,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..batch import BatchSettings, Pair, run_batch, write_summary
+from ..batch import BatchSettings, Pair, write_summary
 from .dataset import BidsImage
 from .derivatives import (
     participant_outputs,
@@ -83,7 +82,7 @@ def participant(
     otherwise is redone and its record's `note` says why; one that fails is recorded and the others
     go on. Raises only what the batch raises for the whole run (weights that cannot be loaded).
     """
-    from ..batch.pairs import check_inputs
+    from ..batch.run import run_checked
     from ..qc.study_report import write_study_report
     from ..registration.outputs import check_creatable
 
@@ -93,37 +92,18 @@ def participant(
         Pair(k, image.path, fixed, participant_outputs(image, out_dir, space, suffix), id=image.prefix)
         for k, image in enumerate(images, 1)
     ]
-    from ..batch.manifest import finished
-
-    todo = check_inputs([p for p in pairs if overwrite or not finished(p, settings)[0]])
-    for pair in todo:
-        if pair.problem is not None:
-            print(f"ilex bids: {pair.label} will not run: {pair.problem}", file=sys.stderr, flush=True)
-    checked = {p.index: p for p in todo}
-    pairs = [checked.get(p.index, p) for p in pairs]
     cluster = cluster or Cluster()
     with cluster.client() as client:
-        registrar = None
-        if client is None and any(p.problem is None for p in todo):
-            if settings.weights and not settings.gpu and memory_check:
-                from ..bundle.weights import peek_width
-                from ..registration.memory import check_memory
-
-                weights = settings.weights if isinstance(settings.weights, tuple) else (settings.weights,)
-                check_memory(
-                    settings.extent, max(peek_width(w) for w in weights), detector=settings.runs_detector(todo)
-                )
-            registrar = settings.registrar(todo)
-        records = run_batch(
+        records = run_checked(
             pairs,
             settings,
+            command="ilex bids",
             client=client,
             overwrite=overwrite,
             progress=progress,
-            registrar=registrar,
+            memory_check=memory_check,
             memory_resource=cluster.memory_resource,
             memory_bytes=cluster.memory_bytes,
-            inputs_checked=True,
         )
     prefix = summary_prefix(out_dir, space)
     summary = write_summary(records, prefix, settings)

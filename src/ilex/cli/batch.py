@@ -174,10 +174,8 @@ def run(args: argparse.Namespace) -> int:
 
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # Dask workers: BatchSettings
 
-    from ..batch import BatchSettings, read_pairs, run_batch, write_summary
-    from ..batch.manifest import finished
-    from ..batch.pairs import check_inputs
-    from ..bundle.weights import peek_width
+    from ..batch import BatchSettings, read_pairs, write_summary
+    from ..batch.run import run_checked
     from .register import resolve_model, settings_from_args, weights_option
 
     model = resolve_model(args.model)
@@ -210,37 +208,24 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
-    # Before the weights load: a row that cannot run is named now, not when its turn comes.
-    todo = check_inputs([p for p in pairs if args.overwrite or not finished(p, settings)[0]])
-    checked = {p.index: p for p in todo}
-    pairs = [checked.get(p.index, p) for p in pairs]
-    for pair in todo:
-        if pair.problem is not None:
-            print(f"ilex batch: {pair.label} will not run: {pair.problem}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    client = cluster = registrar = None
+    client = cluster = None
     try:
         if args.scheduler or args.local_workers:
             from ..batch.dask import dask_client
 
             client, cluster = dask_client(args.scheduler, args.local_workers, args.memory_resource)
-        elif any(p.problem is None for p in todo):
-            if weights and not args.gpu and not args.no_memory_check:
-                # Before the weights, as `ilex register`: a run that cannot fit fails in seconds, not after 3.5 GB.
-                from ..registration.memory import check_memory
-
-                check_memory(args.extent, max(peek_width(w) for w in weights), detector=settings.runs_detector(todo))
-            registrar = settings.registrar(todo)
-        records = run_batch(
+        # Every row's files are checked, and a bad row named, before the weights load (run_checked).
+        records = run_checked(
             pairs,
             settings,
+            command="ilex batch",
             client=client,
             overwrite=args.overwrite,
             progress=not args.quiet,
-            registrar=registrar,
+            memory_check=not args.no_memory_check,
             memory_resource=args.memory_resource,
             memory_bytes=args.memory,
-            inputs_checked=True,  # above, before the weights: each header is read once
         )
     finally:
         if client is not None:
