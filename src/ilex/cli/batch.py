@@ -79,6 +79,14 @@ def add_dask_arguments(p, work: str, title: str = "Dask (pip install 'ilex[dask]
     return cluster
 
 
+def check_dask_arguments(args: argparse.Namespace) -> None:
+    """Refuse `add_dask_arguments`' options given together or out of range, before any work."""
+    if args.scheduler and args.local_workers:
+        raise OptionError("--scheduler and --local-workers: give one or the other")
+    if args.local_workers is not None and args.local_workers < 1:
+        raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "batch",
@@ -163,10 +171,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.pipeline import check_options
 
     check_options(args.hyper, args.steps, args.extent)
-    if args.scheduler and args.local_workers:
-        raise OptionError("--scheduler and --local-workers: give one or the other")
-    if args.local_workers is not None and args.local_workers < 1:
-        raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
+    check_dask_arguments(args)
     from .register import configure_devices
 
     configure_devices(args.threads, args.gpu)

@@ -9,7 +9,7 @@ import time
 
 from ..errors import OptionError
 from ..registration.methods import DEFAULT_METHOD, METHOD_NAMES
-from .batch import add_dask_arguments
+from .batch import add_dask_arguments, check_dask_arguments
 from .register import add_conv_argument, add_steps_and_extent_arguments
 
 _DESCRIPTION = """\
@@ -126,10 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from ..registration.pipeline import check_options
 
     check_options(args.hyper, args.steps, args.extent)
-    if args.scheduler and args.local_workers:
-        raise OptionError("--scheduler and --local-workers: give one or the other")
-    if args.local_workers is not None and args.local_workers < 1:
-        raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
+    check_dask_arguments(args)
     if args.rounds < 1:
         raise OptionError(f"--rounds {args.rounds}: at least 1 round")
     if os.path.realpath(args.output_dir) == os.path.realpath(args.bids_dir):

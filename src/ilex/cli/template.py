@@ -6,9 +6,8 @@ import argparse
 import sys
 import time
 
-from ..errors import OptionError
 from ..registration.methods import DEFAULT_METHOD
-from .batch import add_dask_arguments
+from .batch import add_dask_arguments, check_dask_arguments
 from .register import add_conv_argument, add_steps_and_extent_arguments
 
 _DESCRIPTION = """\
@@ -142,10 +141,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.scheduler and args.local_workers:
-        raise OptionError("--scheduler and --local-workers: give one or the other")
-    if args.local_workers is not None and args.local_workers < 1:
-        raise OptionError(f"--local-workers {args.local_workers}: needs at least 1 worker")
+    check_dask_arguments(args)
     from ..registration.methods import method_class, unaligned_weight_files
     from .register import configure_devices, resolve_model, settings_from_args, weights_option
 
