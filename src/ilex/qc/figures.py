@@ -137,7 +137,9 @@ def slice_layers(slices: ReportSlices, width_px: int = WIDTH_PX) -> dict[str, by
         magnitude, level = edge_strength(_row(slices.fixed[view]), _row(slices.head[view], False))
         edges.append(axes[view].contour(magnitude, levels=[level], colors=EDGE_COLOUR, linewidths=0.6))
         if view in slices.mask:  # where the similarity was measured: its outline
-            mask = _row(slices.mask[view], True).astype(np.float32)  # no outline between the tiles
+            # The gaps between tiles left out (NaN, masked): filled with either value, the outline would run
+            # along every gap beside a tile edge of the other value.
+            mask = np.ma.masked_invalid(_row(slices.mask[view].astype(np.float32), np.nan))
             edges.append(axes[view].contour(mask, levels=[0.5], colors=MASK_COLOUR, linewidths=0.8))
     out["moved"] = _png(fig, "P", crop_bottom=bar_px)
     for contour in edges:
