@@ -6,10 +6,12 @@ Everything lands in tests/.data/ (git-ignored). The packages are pinned to one v
 every extracted file is checked against its SHA-256, so the tests always see the same bytes.
 Tests ask for a file with `data_path(name)` and carry the `realdata` marker; without the file
 the test skips with the reason, or fails when `ILEX_REQUIRE_DATA=1` (as CI sets it, so that CI
-cannot pass by skipping). All images here are under the
-MNI/McGill notice: "Permission to use, copy, modify, and distribute this software and its
-documentation for any purpose and without fee is hereby granted, provided that the above
-copyright notice appear in all copies."
+cannot pass by skipping). The human images are under the MNI/McGill notice: "Permission to
+use, copy, modify, and distribute this software and its documentation for any purpose and without
+fee is hereby granted, provided that the above copyright notice appear in all copies." The INIA19
+rhesus macaque template and its NeuroMaps label map (Rohlfing et al. 2012, Front. Neuroinform.
+6:27, https://www.nitrc.org/projects/inia19/) are under CC BY, as their NIfTI headers say; Debian
+ships them in main, in mricron-data.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ FILES = {
         "deb:mricron-data",
         "usr/share/mricron/templates/aal.nii.gz",
         "b512dcd3f36b77f56be7a9a038134096e66314b7e8c31d25875b96bcf6991454",
+    ),
+    # The INIA19 rhesus macaque brain (skull-stripped T1 template, 19 animals) at its native 0.5 mm
+    # (168 x 206 x 128), and the NeuroMaps atlas on the same grid: 724 labels, half of them under
+    # 100 voxels (12.5 mm3).
+    "inia19_t1_brain.nii.gz": (
+        "deb:mricron-data",
+        "usr/share/mricron/templates/inia19-t1-brain.nii.gz",
+        "3f0707f4999a0c6b56d6c9a0145310cba17753e2b4612f577d8dbfe65a89e231",
+    ),
+    "inia19_neuromaps.nii.gz": (
+        "deb:mricron-data",
+        "usr/share/mricron/templates/inia19-NeuroMaps.nii.gz",
+        "5e3019d073aedc6cabfeed107b049959fe8398a8ab6b0218d8ac050c311aaf79",
     ),
     "mni2009a_t1.nii.gz": (
         "wheel:nilearn",
