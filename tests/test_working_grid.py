@@ -95,6 +95,12 @@ def test_levels_are_read_in_working_voxels():
     assert default_levels(0.5) == ((4, 2), 4)  # 2 mm and 1 mm
     assert default_levels(2.0) == ((2, 1), 2)  # 4 mm and 2 mm: 2 mm images at 2 mm
     assert OptimizeMethod(levels=(8, 4, 2), iterations=(5, 5, 5)).plan(2.0) == ((8, 4, 2), (5, 5, 5), 8)
+    # Leaving out the finest level (a template's rounds before the last): the velocity grid is then
+    # no finer than the level left.
+    assert OptimizeMethod(skip_finest=True).plan(1.0) == ((4,), (50,), 4)
+    assert OptimizeMethod(skip_finest=True).plan(2.0) == ((2,), (50,), 2)
+    assert OptimizeMethod(levels=(8, 4, 2), iterations=(5, 6, 7), skip_finest=True).plan(1.0) == ((8, 4), (5, 6), 8)
+    assert OptimizeMethod(levels=(4,), iterations=(9,), skip_finest=True).plan(1.0) == ((4,), (9,), 4)
     assert "8 mm velocity over 8 mm -> 4 mm" in OptimizeMethod().describe(
         256, 7, image_grid(*[_image((4,) * 3, (9,) * 3)] * 2, 256)
     )

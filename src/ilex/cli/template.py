@@ -113,6 +113,13 @@ def add_parser(sub) -> None:
         "last round's are drawn (qc/ID/), and the other rounds write the figures the rules judge (qc.json) alone",
     )
     p.add_argument(
+        "--fine-every-round",
+        action="store_true",
+        help="register at the method's finest detail in every round; by default the rounds before the last "
+        "leave out -m optimize's finest level (the template is still changing then; the last round's warps, "
+        "the ones written, are at full detail)",
+    )
+    p.add_argument(
         "--keep-rounds",
         action="store_true",
         help="keep each round's intermediate files (default: deleted once the round is committed)",
@@ -183,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
             keep_rounds=args.keep_rounds,
             exclude_flagged=args.exclude_flagged,
             qc_every_round=args.qc_every_round,
+            fine_every_round=args.fine_every_round,
             warp_format=args.warp_format,
             client=client,
             compilation_cache=not args.no_compilation_cache,

@@ -87,6 +87,7 @@ def build_template(
     keep_rounds: bool = False,
     exclude_flagged: bool = False,
     qc_every_round: bool = False,
+    fine_every_round: bool = False,
     warp_format: str = "freesurfer",
     client=None,
     algorithm: str | None = None,
@@ -126,6 +127,11 @@ def build_template(
     false alarm, and leaving images out changes the template). The rules read each pair's qc.json;
     only the last round draws the QC pages (qc/ID/report.html and its pictures) unless
     `qc_every_round` (then qc/round-K/ID/ too; the template is the same either way).
+
+    The rounds before the last register with the method's `intermediate_round_options` (the
+    optimiser leaves out its finest level: registering to a template that will still change at
+    its finest detail costs time and changes the result little); the last round registers as the
+    method does alone, and its warps are the ones written. `fine_every_round` registers every round so.
 
     Each image's share of a round's sums is computed where it was registered (on the `client`'s
     workers: Dask tasks, summed by a tree of tasks) in exact fixed point, so the template is the
@@ -170,6 +176,7 @@ def build_template(
         sharpen=sharpen,
         exclude_flagged=exclude_flagged,
         average=average,
+        fine_every_round=fine_every_round,
         warp_format=warp_format,
         algorithm=algorithm,
         clip_percentile=clip_percentile,

@@ -64,11 +64,13 @@ class Rounds:
         self._parallel = 0.0  # this round's seconds in its batches and waiting for its sums
 
     # -- batches ---------------------------------------------------------------------------------------
-    def run(self, pairs, method, name: str, on_record=None):
+    def run(self, pairs, method, name: str, on_record=None, final: bool = True):
         """One batch of registrations (local, or on the Dask client); returns its records.
-        `on_record` is called with each record as its pair finishes (skipped pairs: not)."""
+        `on_record` is called with each record as its pair finishes (skipped pairs: not).
+        `final` False: a round before the last (`TemplateSettings.batch`)."""
 
-        settings = self.settings.batch(method)
+        settings = self.settings.batch(method, final)
+        name = name if final else f"{name} (intermediate)"  # its own prepared methods
         started = time.perf_counter()
         try:
             return self._run(pairs, method, name, on_record, settings)
@@ -327,7 +329,7 @@ class Rounds:
                     worker=record.worker,
                 )
 
-            records = self.run(pairs, None, "main", on_record=share)
+            records = self.run(pairs, None, "main", on_record=share, final=final)
             for r in records:
                 if r.status == "skipped":
                     share(r)

@@ -21,13 +21,17 @@ class TemplateSettings(BatchSettings):
     `exclude_flagged` leaves the images whose registration the rules flag out of that round's
     average (they are named either way). `average` is how a round's moved images are averaged:
     "mean" (a deformable template's only one), or "median" (a linear template's default,
-    `linear.py`)."""
+    `linear.py`). `fine_every_round`: every round registers as the last does; by default the
+    rounds before the last add the method's `intermediate_round_options` (the optimiser leaves out
+    its finest level there: a template that will still change is not worth registering to at its
+    finest detail)."""
 
     method: str = DEFAULT_METHOD
     step: float = 1.0
     sharpen: bool = False
     exclude_flagged: bool = False
     average: str = "mean"
+    fine_every_round: bool = False
 
     def check(self) -> None:
         if not 0.0 < self.step <= 1.0:
@@ -53,9 +57,17 @@ class TemplateSettings(BatchSettings):
                 f"needs its weights too: give -w {' -w '.join(files)}"
             )
 
-    def batch(self, method=None) -> BatchSettings:
-        """The `BatchSettings` of a round's registrations (intermediate warps in FreeSurfer's format)."""
+    def batch(self, method=None, final: bool = True) -> BatchSettings:
+        """The `BatchSettings` of a round's registrations (intermediate warps in FreeSurfer's
+        format); those of a round before the last (not `final`) add the method's
+        `intermediate_round_options` unless `fine_every_round`."""
         shared = {f.name: getattr(self, f.name) for f in fields(BatchSettings)}
+        if method is None and not final and not self.fine_every_round:
+            from ..registration.methods import method_class
+
+            facts = method_class(self.method)
+            if facts.takes_optimiser_options and facts.intermediate_round_options:
+                shared["options"] = {**self.optimiser_options, **dict(facts.intermediate_round_options)}
         return BatchSettings(
             **{**shared, "method": self.method if method is None else method, "warp_format": "freesurfer"}
         )

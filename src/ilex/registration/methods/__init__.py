@@ -122,7 +122,7 @@ def infer_method_name(model) -> str:
     return "deform"
 
 
-OPTIMISER_OPTIONS = ("similarity", "levels", "iterations", "velocity_scale", "affine", "progress")
+OPTIMISER_OPTIONS = ("similarity", "levels", "iterations", "velocity_scale", "affine", "progress", "skip_finest")
 
 
 def as_method(

@@ -130,6 +130,9 @@ class Method:
     # Where the affine comes from when the images are not aligned yet (`ilex template`'s first
     # round): None, the method finds it itself; else the name of the method that gives it first.
     prior_affine: str | None = None
+    # Optimiser options that `ilex template`'s rounds before the last add (a cheaper registration
+    # toward a template that will still change); (): every round runs the method as it is.
+    intermediate_round_options: tuple[tuple[str, object], ...] = ()  # (name, value) pairs
     hyper: float | None = None  # the λ it was made for, None for a method without one
     steps: int | None = None  # its own integration steps, None for the pipeline's
 

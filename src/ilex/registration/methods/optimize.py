@@ -144,6 +144,8 @@ class OptimizeMethod(Method):
     (4 and 2 voxels on 1 mm images, 50 and 20 iterations). `steps` is the
     scaling-and-squaring step count of exp(v), the pipeline's (`-n`), so that the warp written
     is the one optimised. `affine=False` skips the affine stage (centres of mass only).
+    `skip_finest` leaves out the finest level (the velocity grid then no finer than the level
+    left): what `ilex template`'s rounds before the last run (`intermediate_round_options`).
     `progress` shows a bar per level (on a terminal). The answer's `details` hold what "auto"
     chose (`similarity`) and each stage's seconds and iterations (`profile`).
     `estimate`'s `masks` (fixed, moving), each None or a 0/1 array on its network grid, are
@@ -160,10 +162,14 @@ class OptimizeMethod(Method):
     velocity_scale: int | None = None
     affine: bool = True
     progress: bool = False
+    skip_finest: bool = False
     name: ClassVar[str] = "optimize"
     summary: ClassVar[str] = "an affine and a diffeomorphic warp optimised directly (no weights)"
     takes_optimiser_options: ClassVar[bool] = True
     takes_masks: ClassVar[bool] = True
+    # A template's rounds before the last register toward a template that will still change (and
+    # is blurred by the images' disagreement): the finest level's detail is not worth its time there.
+    intermediate_round_options: ClassVar[tuple] = (("skip_finest", True),)
 
     @classmethod
     def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
@@ -173,7 +179,16 @@ class OptimizeMethod(Method):
     # The batch keys its prepared methods by (method, λ, options): a configured method must hash.
     # On its settings (equal methods hash alike); `first`, a network, is left out.
     def __hash__(self):
-        own = (self.hyper, self.steps, self.similarity, self.levels, self.iterations, self.velocity_scale, self.affine)
+        own = (
+            self.hyper,
+            self.steps,
+            self.similarity,
+            self.levels,
+            self.iterations,
+            self.velocity_scale,
+            self.affine,
+            self.skip_finest,
+        )
         return hash((type(self), *own))
 
     def __post_init__(self):
@@ -188,7 +203,11 @@ class OptimizeMethod(Method):
         if self.levels is not None:
             levels = self.levels
             velocity_scale = max(velocity_scale, *levels)  # powers of two: every level divides it
-        return levels, self.iterations or DEFAULT_ITERATIONS, self.velocity_scale or velocity_scale
+        iterations, velocity_scale = self.iterations or DEFAULT_ITERATIONS, self.velocity_scale or velocity_scale
+        if self.skip_finest and len(levels) > 1:
+            levels, iterations = levels[:-1], iterations[:-1]
+            velocity_scale = max(velocity_scale, levels[-1])
+        return levels, iterations, velocity_scale
 
     def working_grid(self, moving, fixed, extent: int) -> WorkingGrid:
         """The fixed image's resolution, at most `extent`^3 voxels (`working_grid.image_grid`)."""
@@ -294,6 +313,7 @@ class OptimizeAffineMethod(OptimizeMethod):
     summary: ClassVar[str] = "an affine optimised directly (no weights)"
     yields_matrix: ClassVar[bool] = True
     takes_optimiser_options: ClassVar[bool] = False
+    intermediate_round_options: ClassVar[tuple] = ()
 
     @classmethod
     def create(cls, model=None, *, hyper: float, steps: int, algorithm: str | None = None, **options):
@@ -334,6 +354,7 @@ class RefineMethod(OptimizeMethod):
     runs_detector: bool = False
     summary: ClassVar[str] = "a model's answer optimised further"
     refinable: ClassVar[bool] = False
+    intermediate_round_options: ClassVar[tuple] = ()  # its levels are its own (`estimate`), not `plan`'s
     __hash__ = OptimizeMethod.__hash__  # a dataclass with eq sets it to None unless given here
 
     @classmethod
