@@ -171,8 +171,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypat
 
     real = run_module.make_step
 
-    def poisoned(static, settings, mesh):
-        step = real(static, settings, mesh)
+    def poisoned(static, settings, mesh, scale):
+        step = real(static, settings, mesh, scale)
 
         def wrapped(params, opt_state, data, key, index):
             params, opt_state, out = step(params, opt_state, data, key, index)

@@ -37,7 +37,11 @@ def mse(fixed: Volume, moved: Volume) -> Float[Array, ""]:
 
 def smoothness(field: Field) -> Float[Array, ""]:
     """Diffusion regulariser: the mean squared forward difference of `field` along each axis,
-    summed over the axes, `Σ_axes mean(|f(p + e) - f(p)|²)` (VoxelMorph's `Grad('l2')`).
+    summed over the axes, `Σ_axes mean(|f(p + e) - f(p)|²)`.
+
+    Three times VoxelMorph's `Grad('l2')`, which averages the axes instead (voxelmorph@ca28315
+    `voxelmorph/tf/losses.py`, `Grad.loss`). `ilex.train.smoothness` is that average, the term
+    `ilex train` uses; this public function keeps the sum its callers' weights were chosen for.
 
     `field` (x, y, z, 3), a displacement or velocity in voxels. 0 for a constant field.
     """

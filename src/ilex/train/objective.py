@@ -2,8 +2,14 @@
 
 The registration inside the loss is the one `ilex register -m deform` runs (docs/spec-deform.md §2):
 half-resolution inputs, two U-Net passes antisymmetrised, scaling and squaring at half resolution, the
-field composed up to the full grid. So a trained bundle needs no other code to register, and λ means
+field brought up to the full grid. So a trained bundle needs no other code to register, and λ means
 at registration what it meant in training. The formulas are in docs/train.md.
+
+One difference, at the border only: registration composes the half-grid field up as mri_synthmorph
+does (`upsample_half_field`), which leaves −0.5 voxel on the last slice of each axis even for a zero
+velocity; training resizes the displacement itself, as voxelmorph's `RescaleTransform` does in
+`train_synthmorph.py`, so a zero velocity is a zero field and costs no smoothness. Inside, the two
+fields are the same (voxelmorph's resize aligns corners instead; ilex keeps registration's y / 2).
 """
 
 from __future__ import annotations
@@ -15,12 +21,19 @@ from jaxtyping import Array, Float
 from .. import losses
 from .._custom_types import AnyArray
 from ..models.synthmorph_deform.velocity import half_resolution
-from ..transforms.compose import upsample_half_field
 from ..transforms.grid import voxel_grid
 from ..transforms.integrate import scaling_and_squaring
 from ..transforms.interpolate import interpolate_clamped
 
-__all__ = ["DATA_TERMS", "data_term", "pair_displacement", "pair_loss", "smoothness", "soft_dice_loss"]
+__all__ = [
+    "DATA_TERMS",
+    "data_term",
+    "full_grid_displacement",
+    "pair_displacement",
+    "pair_loss",
+    "smoothness",
+    "soft_dice_loss",
+]
 
 DATA_TERMS = ("mse", "dice")
 
@@ -47,7 +60,18 @@ def pair_displacement(
     if remat:
         one_pass = jax.checkpoint(one_pass)
     velocity = 0.5 * (one_pass(model, src, trg) - one_pass(model, trg, src))
-    return upsample_half_field(scaling_and_squaring(velocity, steps)), velocity
+    return full_grid_displacement(scaling_and_squaring(velocity, steps)), velocity
+
+
+def full_grid_displacement(half: Float[AnyArray, "hx hy hz 3"]) -> Float[Array, "x y z 3"]:
+    """A half-grid displacement (half-grid voxels) on the full grid (full voxels): `F(y) = 2 d(y / 2)`.
+
+    `d` is read trilinearly with its border clamped, so the last full slice (y / 2 = n − ½) repeats
+    `2 d(n − 1)`, where the registration's composition (`ilex.transforms.upsample_half_field`) gives
+    `2 d(n − 1) − ½`. A zero `d` gives a zero field, as voxelmorph's `RescaleTransform(2)` does.
+    """
+    full = tuple(2 * n for n in half.shape[:3])
+    return 2.0 * interpolate_clamped(half, 0.5 * voxel_grid(full))
 
 
 def warp_one_hot(one_hot: Float[AnyArray, "x y z k"], displacement: Float[AnyArray, "x y z 3"]) -> Array:
@@ -58,7 +82,7 @@ def warp_one_hot(one_hot: Float[AnyArray, "x y z k"], displacement: Float[AnyArr
 def smoothness(displacement: Float[AnyArray, "x y z 3"]) -> Float[Array, ""]:
     """VoxelMorph's `Grad('l2')`: the mean squared forward difference along each axis, averaged over axes.
 
-    `ilex.losses.smoothness` sums the axes (the optimiser's scale); VoxelMorph's training divides by them.
+    `ilex.losses.smoothness` sums the axes; VoxelMorph's `Grad.loss` divides by their number.
     """
     return losses.smoothness(displacement) / 3.0
 

@@ -18,7 +18,7 @@ from .data import TrainingData
 from .init import initialise
 from .log import StepLog
 from .settings import RUN_CONFIG, TrainSettings, read_run_settings, settings_from, write_run_settings
-from .step import device_mesh, make_step, optimiser_for
+from .step import device_mesh, make_step, optimiser_for, projection_scale
 
 __all__ = ["TrainResult", "TrainingError", "build_model", "train"]
 
@@ -112,14 +112,16 @@ def train(run_dir: str | os.PathLike, settings: TrainSettings | None = None, *, 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     # Strong float32 leaves: a weakly typed leaf would change type after one update and compile the step again.
     params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.float32), params)
-    optimiser = optimiser_for(settings)
+    # From the starting weights, which a resumed run rebuilds alike (same seed, same --init).
+    scale = projection_scale(model)
+    optimiser = optimiser_for(settings, scale)
     opt_state = optimiser.init(params)
     start = 0
     if checkpoint is not None:
         start, params, opt_state, run_key, _ = read_checkpoint(checkpoint, params, opt_state)
     mesh = device_mesh(settings.batch_size)
     mesh = mesh if mesh.size > 1 else None
-    step = make_step(static, settings, mesh)
+    step = make_step(static, settings, mesh, scale)
     log = StepLog(
         run_dir,
         start_step=start,
