@@ -1,4 +1,5 @@
-"""The affine stage: centres of mass, then 12 parameters optimised on coarse copies of the images.
+"""The affine stage: centres of mass, a search over turns, then 12 parameters optimised on coarse
+copies of the images.
 
 Matrices map fixed-network voxels to moving-network voxels, as `NetworkTransform.matrix`.
 The parameters are `p` (12,): linear part `I + 0.2 p[:9]` acting about the fixed grid's centre
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,18 @@ LINEAR_UNIT = 0.2
 # the linear part by more than about 5 degrees, and a 7 degree tilt of Colin27 was left 3.4 mm
 # short (0.10 mm with 200; it stopped after 108, measured). Levels stop early once MI settles.
 SCHEDULE = {8: (200, 0.01), 4: (30, 0.003), 2: (30, 0.002)}
+# The turns tried at the coarsest level before optimising (`search_rotation`): every combination
+# of these angles (degrees) about the grid's three axes, 125 in all, about the fixed image's centre
+# of mass. Optimised from centres of mass alone, the coarse level turned the linear part by about
+# 12 degrees at most in its 200 iterations: MNI152 turned 22 degrees was left 4.8 mm off (mean
+# over the head; 10.8 mm at most). 15-degree steps leave any turn within 7.5 degrees of a tried
+# one about each axis, which the coarse level then recovers (a 7-degree tilt: 0.10 mm, above).
+SEARCH_DEGREES = (-30.0, -15.0, 0.0, 15.0, 30.0)
+# A turn is tried only when its MI beats the centres of mass's by this share (and then kept only if
+# it still does after the coarse level, `optimise_affine`). On the bench's ten tuning cases the
+# best turned candidate's MI was 0.25-0.94 of the unturned one's, except on mni_rotate (1.42,
+# the turn it needs); see docs/peers.md.
+SEARCH_MARGIN = 0.02
 
 
 def schedule(level_mm: float) -> tuple[int, float]:
@@ -57,6 +71,62 @@ def moments_matrix(mov: jax.Array, fix: jax.Array, scale: int = 1) -> np.ndarray
     matrix = np.eye(4)
     matrix[:3, 3] = scale * (centre_of_mass(mov) - centre_of_mass(fix))
     return matrix
+
+
+def rotation_candidates(degrees=SEARCH_DEGREES) -> np.ndarray:
+    """The turns (n, 3, 3), float64, about the grid's axes x, then y, then z by every combination of
+    `degrees`; the identity first."""
+    turns = [np.eye(3)]
+    for ax in degrees:
+        for ay in degrees:
+            for az in degrees:
+                if (ax, ay, az) == (0, 0, 0):
+                    continue
+                a = np.deg2rad([ax, ay, az])
+                c, s = np.cos(a), np.sin(a)
+                rx = np.array([[1, 0, 0], [0, c[0], -s[0]], [0, s[0], c[0]]])
+                ry = np.array([[c[1], 0, s[1]], [0, 1, 0], [-s[1], 0, c[1]]])
+                rz = np.array([[c[2], -s[2], 0], [s[2], c[2], 0], [0, 0, 1]])
+                turns.append(rz @ ry @ rx)
+    return np.stack(turns)
+
+
+def turned_starts(start: np.ndarray, pivot: np.ndarray, turns: np.ndarray) -> np.ndarray:
+    """`start` (4x4) after each of `turns` (n, 3, 3) about the fixed voxel `pivot`: (n, 4, 4),
+    float64. Fixed voxel x -> `start`(R (x - pivot) + pivot); with `start` matching the centres of
+    mass and `pivot` the fixed one, the centres of mass stay matched."""
+    local = np.tile(np.eye(4), (len(turns), 1, 1))
+    local[:, :3, :3] = turns
+    local[:, :3, 3] = pivot - turns @ pivot
+    return np.asarray(start, np.float64) @ local
+
+
+def search_rotation(
+    similarity,
+    start: np.ndarray,
+    pivot: np.ndarray,
+    *,
+    degrees=SEARCH_DEGREES,
+    margin: float = SEARCH_MARGIN,
+) -> tuple[np.ndarray, dict]:
+    """The start of the affine optimisation: `start` (fixed-network voxel -> moving-network voxel,
+    the centres of mass), or `start` turned about the fixed voxel `pivot` by the one of
+    `rotation_candidates(degrees)` whose `similarity` (a function of a float32 4x4 start matrix
+    returning a scalar, higher is better) is highest, if that exceeds the unturned one's by more
+    than `margin` of it. Returns the matrix (float64; `start` itself when unturned) and what was
+    found (`degrees`: the chosen turn's angles about x, y, z; `mi`, `mi_unturned`, `candidates`)."""
+    starts = turned_starts(start, pivot, rotation_candidates(degrees))
+    # Every candidate is dispatched before any value is read, so that the device never waits on
+    # the host between them.
+    values = [similarity(np.asarray(m, np.float32)) for m in starts]
+    mi = np.array([float(v) for v in values])
+    best = int(np.argmax(mi))
+    found = {"degrees": [0.0, 0.0, 0.0], "mi": float(mi[0]), "mi_unturned": float(mi[0]), "candidates": len(starts)}
+    if best == 0 or mi[best] <= mi[0] + margin * abs(mi[0]):
+        return np.asarray(start, np.float64), found
+    combos = [(ax, ay, az) for ax in degrees for ay in degrees for az in degrees if (ax, ay, az) != (0, 0, 0)]
+    found |= {"degrees": [float(a) for a in combos[best - 1]], "mi": float(mi[best])}
+    return starts[best], found
 
 
 def params_to_matrix(params, start: Float[AnyArray, "4 4"], centre, translation_unit: float = TRANSLATION_UNIT_MM):
@@ -153,6 +223,7 @@ def optimise_affine(
     profile: dict | None = None,
     mask_fix: dict[int, jax.Array] | None = None,
     mask_mov: dict[int, jax.Array] | None = None,
+    search: bool = True,
 ) -> np.ndarray:
     """Affine matrix (fixed-network voxel -> moving-network voxel, float64) maximising MI.
 
@@ -163,50 +234,85 @@ def optimise_affine(
     `mask_*[s]` (optional, on the pyramids' grids, weights in [0, 1]) are cost-function masks:
     MI is measured only where the fixed mask and the moving mask read through the matrix are
     non-zero (`cost_weight`); without them the computation is exactly the unmasked one.
+    `search`: first try `search_rotation`'s turns of `start` at the coarsest level (its finding
+    goes to `profile["affine turn search"]`); where none beats `start` the run is the same as
+    without the search.
     """
     from tqdm.auto import tqdm
 
     params = jnp.zeros(12, jnp.float32)
-    start32 = np.asarray(start, np.float32)
     centre = (shape - 1) / 2.0 if isinstance(shape, int) else tuple((n - 1) / 2.0 for n in shape)
     unit = TRANSLATION_UNIT_MM / voxel_size
-    for scale in scales:
+    grids = {scale: voxel_grid(pyramid_fix[scale].shape) for scale in scales}
+
+    def step(params, opt_state, start32, scale, iterations, lr):
+        return _affine_step(
+            params,
+            opt_state,
+            start32,
+            pyramid_fix[scale],
+            pyramid_mov[scale],
+            grids[scale],
+            None if mask_fix is None else mask_fix[scale],
+            None if mask_mov is None else mask_mov[scale],
+            scale=scale,
+            centre=centre,
+            unit=unit,
+            learning_rate=lr,
+            iterations=iterations,
+            bins=bins,
+        )
+
+    def level(params, start32, scale, name):
+        # One level from `params` about `start32`: the parameters and the last MI.
         iterations, lr = schedule(scale * voxel_size)
-        fix, mov = pyramid_fix[scale], pyramid_mov[scale]
-        grid = voxel_grid(fix.shape)
         opt_state = _optimizer(lr, iterations).init(params)
         stop = Convergence(tolerance)
+        value = -np.inf
         with (
-            tqdm(
-                total=iterations,
-                desc=f"affine {scale * voxel_size:.3g} mm",
-                file=sys.stderr,
-                disable=None if progress else True,
-                leave=False,
-            ) as bar,
-            LevelTimer(profile, f"affine {scale * voxel_size:.3g} mm") as count,
+            tqdm(total=iterations, desc=name, file=sys.stderr, disable=None if progress else True, leave=False) as bar,
+            LevelTimer(profile, name) as count,
         ):
             for _ in range(iterations):
-                params, opt_state, value = _affine_step(
-                    params,
-                    opt_state,
-                    start32,
-                    fix,
-                    mov,
-                    grid,
-                    None if mask_fix is None else mask_fix[scale],
-                    None if mask_mov is None else mask_mov[scale],
-                    scale=scale,
-                    centre=centre,
-                    unit=unit,
-                    learning_rate=lr,
-                    iterations=iterations,
-                    bins=bins,
-                )
+                params, opt_state, value = step(params, opt_state, start32, scale, iterations, lr)
                 value = float(value)
                 count()
                 bar.update()
                 bar.set_postfix(mi=f"{value:.4f}")
                 if stop(value):
                     break
+        return params, value
+
+    starts = [np.asarray(start, np.float32)]
+    coarse = scales[0]
+    if search:
+        # Each candidate's MI is the coarse level's own first step's (its update discarded): the
+        # program the level compiles anyway, so the search compiles nothing of its own.
+        t0 = time.perf_counter()
+        iterations, lr = schedule(coarse * voxel_size)
+        opt_state = _optimizer(lr, iterations).init(params)
+        turned, found = search_rotation(
+            lambda m: step(params, opt_state, m, coarse, iterations, lr)[2],
+            start,
+            coarse * centre_of_mass(pyramid_fix[coarse]),
+        )
+        if found["degrees"] != [0.0, 0.0, 0.0]:
+            starts.append(np.asarray(turned, np.float32))
+        if profile is not None:
+            profile["affine turn search"] = found = {"seconds": time.perf_counter() - t0, **found}
+    # A turn that won the search is optimised at the coarsest level beside the centres of mass,
+    # and kept only if it ends there with the higher MI: on a coarse grid of few voxels an
+    # unturned pair's MI was seen to prefer a 15-degree turn before optimisation (the blob of
+    # tests/test_optimize_turn.py), never after it.
+    best = None
+    for i, start32 in enumerate(starts):
+        name = f"affine {coarse * voxel_size:.3g} mm" + (", turned" if i else "")
+        p, value = level(jnp.zeros(12, jnp.float32), start32, coarse, name)
+        if best is None or value > best[2]:
+            best = (p, start32, value)
+    params, start32 = best[0], best[1]
+    if search and profile is not None:
+        found["kept"] = len(starts) > 1 and start32 is starts[1]
+    for scale in scales[1:]:
+        params, _ = level(params, start32, scale, f"affine {scale * voxel_size:.3g} mm")
     return np.asarray(_final_matrix(params, start32, centre, unit), np.float64)
