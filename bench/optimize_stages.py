@@ -24,8 +24,16 @@ mask on the skull-stripped image's support (its head, dilated about 4 mm), with 
 scales (singular values, moving RAS -> fixed RAS) and the moved head's volume (the moving image's
 voxels above 10 % of its 99th percentile, carried onto the fixed grid), against both heads'.
 
+Part `turn`: a tuning case of bench/cases.py's issue-34 set with a large turn (`--turn-case`,
+`mni_rotate` by default: MNI152 2009a turned 22.3 degrees and warped; a held-out case is refused):
+the affine stage alone and the full method, each with and without the affine stage's search over
+turns (`ilex.optimize.affine.search_rotation`), and the deformable stage from the true affine;
+the affine part's error in mm against the known affine, Dice, the warp's error, and what the
+search chose.
+
 The experiments that the method's options cannot express (the stopping rule, LNCC's window) patch
-`optimise_velocity`'s `tolerance` or `radius` in this process only; ilex itself is unchanged.
+`optimise_velocity`'s `tolerance` or `radius`, or `optimise_affine`'s `search`, in this process
+only; ilex itself is unchanged.
 
     nice python bench/optimize_stages.py --syn --json bench/results/optimize_stages_DATE.json
 
@@ -128,6 +136,21 @@ def _method_classes():
             return pyr_mov, pyr_fix, np.asarray(self.start, np.float64), pyr_masks
 
     return OptimizeMethod, OptimizeAffineMethod, FromMatrix
+
+
+@contextlib.contextmanager
+def without_turn_search(off: bool = True):
+    """`optimise_affine` without its search over turns (the affine stage before issue 34's fix), in
+    this process only; `off=False`: unchanged."""
+    import ilex.registration.methods.optimize as opt
+
+    original = opt.optimise_affine
+    if off:
+        opt.optimise_affine = functools.partial(original, search=False)
+    try:
+        yield
+    finally:
+        opt.optimise_affine = original
 
 
 @contextlib.contextmanager
@@ -318,6 +341,55 @@ def run_half(data, work, amplitude, seed, report, save_report) -> None:
         save_report()
 
 
+def prepare_turn(case: str, data: str, work: str, amplitude: float, seed: int) -> dict:
+    """bench/cases.py's `case` (a tuning case of its WIDER set) with its known affine for
+    `affine_error_mm`."""
+    from cases import HELD_OUT, WIDER, prepare, rotation
+
+    if case in HELD_OUT or case not in WIDER:
+        raise SystemExit(f"--turn-case {case}: choose a tuning case of bench/cases.py's WIDER set, not a held-out one")
+    spec = prepare(case, data, work, amplitude, seed)
+    _, degrees, scales, shift, *_ = WIDER[case]
+    moving, affine = load(spec["moving"])
+    centre = affine[:3, :3] @ ((np.array(moving.shape) - 1) / 2) + affine[:3, 3]
+    world = true_world(rotation(degrees) @ np.diag(scales), centre, np.asarray(shift, np.float64))
+    return spec | {"true_world": world, "fixed_affine": affine, "true_vox": np.linalg.inv(affine) @ world @ affine}
+
+
+def run_turn(spec, work, report, save_report) -> None:
+    from ilex.image.io import load_image
+    from ilex.registration.network_space import network_space
+    from ilex.registration.pipeline import register
+    from ilex.registration.working_grid import image_grid
+
+    OptimizeMethod, OptimizeAffineMethod, FromMatrix = _method_classes()
+    moving, fixed = load_image(spec["moving"]), load_image(spec["fixed"])
+    grid = image_grid(moving, fixed, 256)
+    space = network_space(moving, fixed, 256, centre_on_fixed=False, grid=grid)
+    true_net = space.mov_to_net @ spec["true_vox"] @ space.net_to_fix
+    rows = report["turn"]["runs"]
+    for name, method, no_search in (
+        ("affine stage alone, no turn search (before the fix)", OptimizeAffineMethod(), True),
+        ("affine stage alone", OptimizeAffineMethod(), False),
+        ("default, no turn search (before the fix)", OptimizeMethod(), True),
+        ("default", OptimizeMethod(), False),
+        ("true affine, default", FromMatrix(start=true_net), False),
+    ):
+        t0 = time.perf_counter()
+        with without_turn_search(no_search):
+            result = register(moving, fixed, method=method, extent=256)
+        seconds = time.perf_counter() - t0
+        out = os.path.join(work, "turn")
+        write_outputs(result, spec, out)
+        row = {"seconds": seconds, "load_average_1min": os.getloadavg()[0]}
+        row |= {k: v for k, v in score(spec, out).items() if k != "warp_label_agreement"}
+        row |= affine_error_mm(result, spec)
+        row["profile"] = result.transform.details.get("profile")
+        rows[name] = row
+        print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+        save_report()
+
+
 def head_mask(data: np.ndarray) -> np.ndarray:
     return data > 0.1 * np.percentile(data, 99)
 
@@ -381,7 +453,11 @@ def run_skull(data: str, work: str, sizes, report, save_report) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.path.join(ROOT, "tests", ".data"))
-    ap.add_argument("--parts", nargs="+", default=["known", "half", "skull"], choices=["known", "half", "skull"])
+    ap.add_argument(
+        "--parts", nargs="+", default=["known", "half", "skull"], choices=["known", "half", "skull", "turn"]
+    )
+    ap.add_argument("--turn-case", default="mni_rotate", help="part turn's case (a tuning case of bench/cases.py)")
+    ap.add_argument("--turn-amplitude", type=float, default=8.0, help="part turn's --amplitude (optimize_vs_ants.py's)")
     ap.add_argument("--half-amplitude", type=float, default=8.0, help="largest displacement of half_mm's warp, mm")
     ap.add_argument("--voxel", type=float, default=1.0, help="voxel size (mm) of the known case's images")
     ap.add_argument("--amplitude", type=float, default=5.0, help="largest displacement of the known warp, mm")
@@ -416,6 +492,10 @@ def main() -> None:
         if "skull" in args.parts:
             report["skull"] = {"runs": {}}
             run_skull(args.data, work, args.skull_mm, report, save_report)
+        if "turn" in args.parts:
+            spec = prepare_turn(args.turn_case, args.data, work, args.turn_amplitude, args.seed)
+            report["turn"] = {"case": args.turn_case, "true_world_fixed_to_moving": spec["true_world"], "runs": {}}
+            run_turn(spec, work, report, save_report)
     save_report()
 
 
