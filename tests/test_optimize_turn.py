@@ -112,3 +112,14 @@ def test_a_head_turned_25_degrees_is_recovered_by_the_affine_stage():
     inverse = np.linalg.inv(result.affine)  # result.affine is moving RAS -> fixed RAS
     error = np.linalg.norm(world @ inverse[:3, :3].T + inverse[:3, 3] - truth, axis=-1)
     assert error.mean() < 0.5 and error.max() < 1.0, (error.mean(), error.max())
+
+
+def test_a_grid_too_small_for_a_coarse_copy_keeps_the_start():
+    # No affine level at all (`scales` empty, as `_affine_scales` gives below 16 voxels): the start
+    # comes back, and the search has nothing to search on (the code before it did the same).
+    start = np.eye(4)
+    start[:3, 3] = [1.0, -2.0, 0.5]
+    fix = jnp.asarray(_blob((12, 12, 12)))
+    matrix = optimise_affine({}, {1: fix}, start, fix.shape, scales=(), profile=(profile := {}))
+    np.testing.assert_allclose(matrix, start, atol=1e-6)
+    assert profile == {}

@@ -284,6 +284,8 @@ def optimise_affine(
         return params, value
 
     starts = [np.asarray(start, np.float32)]
+    if not scales:  # a grid too small for any coarse copy (`scales` empty): the start as it is
+        return np.asarray(_final_matrix(params, starts[0], centre, unit), np.float64)
     coarse = scales[0]
     if search:
         # Each candidate's MI is the coarse level's own first step's (its update discarded): the
@@ -302,8 +304,8 @@ def optimise_affine(
             profile["affine turn search"] = found = {"seconds": time.perf_counter() - t0, **found}
     # A turn that won the search is optimised at the coarsest level beside the centres of mass,
     # and kept only if it ends there with the higher MI: on a coarse grid of few voxels an
-    # unturned pair's MI was seen to prefer a 15-degree turn before optimisation (the blob of
-    # tests/test_optimize_turn.py), never after it.
+    # unturned pair's MI was seen to prefer a 15-degree turn before optimisation, though not after
+    # it (the blob of tests/test_optimize_turn.py).
     best = None
     for i, start32 in enumerate(starts):
         name = f"affine {coarse * voxel_size:.3g} mm" + (", turned" if i else "")
