@@ -392,7 +392,8 @@ def markdown(report: dict) -> str:
     lines.append(
         f"Extent {s['extent']} (cube of {FIELD_MM:g} mm: {s['voxel_mm']:g} mm voxels relabelled 1 mm), widths "
         f"{s['widths']}, seed {s['seed']}, learning rate {s['learning_rate'] or 'the CLI default (1e-4)'}; "
-        f"budget {s['minutes']} min of training"
+        + (f"`ilex train {s['train_options']}`; " if s.get("train_options") else "")
+        + f"budget {s['minutes']} min of training"
         + (f", then {s['fine_tune_minutes']} min of fine-tuning" if s["fine_tune_minutes"] else "")
         + "."
     )
@@ -437,6 +438,11 @@ def main() -> None:
     parser.add_argument("--widths", default="16", help="U-Net widths (ilex train --widths)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-rate", type=float, help="Adam's rate (default: ilex train's, the reference's)")
+    parser.add_argument(
+        "--train-options",
+        default="",
+        help="more `ilex train` options for the shapes run, one string (e.g. '--data dice --lambda-max 0.5')",
+    )
     parser.add_argument("--timing-steps", type=int, default=8, help="steps of the timing run (the run's first)")
     parser.add_argument("--fine-tune-minutes", type=float, default=0.0, help="then fine-tune on atlas label maps")
     parser.add_argument("--hypers", type=float, nargs="+", default=[0.1, 0.3, 0.5], help="λ values scored")
@@ -463,6 +469,7 @@ def main() -> None:
             "voxel_mm": FIELD_MM / args.extent,
             "seed": args.seed,
             "learning_rate": args.learning_rate,
+            "train_options": args.train_options,
             "fine_tune_minutes": args.fine_tune_minutes,
             "hypers": args.hypers,
             "pairs": args.pairs,
@@ -486,7 +493,7 @@ def main() -> None:
         report["training"] = None
     else:
         run_dir = os.path.join(work, "shapes_run")
-        report["training"] = train_for(run_dir, args.minutes, args.timing_steps, common)
+        report["training"] = train_for(run_dir, args.minutes, args.timing_steps, common + args.train_options.split())
         write()
 
     pairs = prepare_pairs(args.pairs, DATA, work, args.extent, args.seed)
