@@ -1,5 +1,5 @@
-"""The affine stage: centres of mass, a search over turns, then 12 parameters optimised on coarse
-copies of the images.
+"""The affine stage: centres of mass, then 12 parameters optimised on coarse copies of the images,
+with a search over turns where the coarsest copy's optimisation does not settle.
 
 Matrices map fixed-network voxels to moving-network voxels, as `NetworkTransform.matrix`.
 The parameters are `p` (12,): linear part `I + 0.2 p[:9]` acting about the fixed grid's centre
@@ -38,7 +38,7 @@ LINEAR_UNIT = 0.2
 # the linear part by more than about 5 degrees, and a 7 degree tilt of Colin27 was left 3.4 mm
 # short (0.10 mm with 200; it stopped after 108, measured). Levels stop early once MI settles.
 SCHEDULE = {8: (200, 0.01), 4: (30, 0.003), 2: (30, 0.002)}
-# The turns tried at the coarsest level before optimising (`search_rotation`): every combination
+# The turns tried at the coarsest level when it does not settle (`search_rotation`): every combination
 # of these angles (degrees) about the grid's three axes, 125 in all, about the fixed image's centre
 # of mass. Optimised from centres of mass alone, the coarse level turned the linear part by about
 # 12 degrees at most in its 200 iterations: MNI152 turned 22 degrees was left 4.8 mm off (mean
@@ -234,9 +234,9 @@ def optimise_affine(
     `mask_*[s]` (optional, on the pyramids' grids, weights in [0, 1]) are cost-function masks:
     MI is measured only where the fixed mask and the moving mask read through the matrix are
     non-zero (`cost_weight`); without them the computation is exactly the unmasked one.
-    `search`: first try `search_rotation`'s turns of `start` at the coarsest level (its finding
-    goes to `profile["affine turn search"]`); where none beats `start` the run is the same as
-    without the search.
+    `search`: when the coarsest level runs out of iterations before MI settles, try
+    `search_rotation`'s turns of `start` there (its finding goes to `profile["affine turn
+    search"]`); where none is kept the answer is the same as without the search.
     """
     from tqdm.auto import tqdm
 
@@ -264,7 +264,8 @@ def optimise_affine(
         )
 
     def level(params, start32, scale, name):
-        # One level from `params` about `start32`: the parameters and the last MI.
+        # One level from `params` about `start32`: the parameters, the last MI, and whether MI
+        # settled (`Convergence`) before the level's iterations ran out.
         iterations, lr = schedule(scale * voxel_size)
         opt_state = _optimizer(lr, iterations).init(params)
         stop = Convergence(tolerance)
@@ -280,41 +281,40 @@ def optimise_affine(
                 bar.update()
                 bar.set_postfix(mi=f"{value:.4f}")
                 if stop(value):
-                    break
-        return params, value
+                    return params, value, True
+        return params, value, False
 
-    starts = [np.asarray(start, np.float32)]
+    start32 = np.asarray(start, np.float32)
     if not scales:  # a grid too small for any coarse copy (`scales` empty): the start as it is
-        return np.asarray(_final_matrix(params, starts[0], centre, unit), np.float64)
+        return np.asarray(_final_matrix(params, start32, centre, unit), np.float64)
     coarse = scales[0]
-    if search:
-        # Each candidate's MI is the coarse level's own first step's (its update discarded): the
-        # program the level compiles anyway, so the search compiles nothing of its own.
+    name = f"affine {coarse * voxel_size:.3g} mm"
+    params, value, settled = level(params, start32, coarse, name)
+    if search and not settled:
+        # The coarse level ran out of iterations still climbing: the pose may be further than it
+        # can turn (about 12 degrees in 200 iterations). Try the turns; one that beats the centres
+        # of mass's MI by the margin is optimised at the coarse level too, and kept only if it
+        # ends there higher: on a coarse grid of few voxels an unturned pair's MI was seen to
+        # prefer a 15-degree turn before optimisation, though not after it (the blob of
+        # tests/test_optimize_turn.py). Each candidate's MI is the coarse level's own first
+        # step's (its update discarded), so the search compiles nothing of its own.
         t0 = time.perf_counter()
         iterations, lr = schedule(coarse * voxel_size)
-        opt_state = _optimizer(lr, iterations).init(params)
+        zero = jnp.zeros(12, jnp.float32)
+        opt_state = _optimizer(lr, iterations).init(zero)
         turned, found = search_rotation(
-            lambda m: step(params, opt_state, m, coarse, iterations, lr)[2],
+            lambda m: step(zero, opt_state, m, coarse, iterations, lr)[2],
             start,
             coarse * centre_of_mass(pyramid_fix[coarse]),
         )
+        found = {"seconds": time.perf_counter() - t0, **found, "kept": False}
         if found["degrees"] != [0.0, 0.0, 0.0]:
-            starts.append(np.asarray(turned, np.float32))
+            turned32 = np.asarray(turned, np.float32)
+            p, v, _ = level(zero, turned32, coarse, name + ", turned")
+            if v > value:
+                params, start32, found["kept"] = p, turned32, True
         if profile is not None:
-            profile["affine turn search"] = found = {"seconds": time.perf_counter() - t0, **found}
-    # A turn that won the search is optimised at the coarsest level beside the centres of mass,
-    # and kept only if it ends there with the higher MI: on a coarse grid of few voxels an
-    # unturned pair's MI was seen to prefer a 15-degree turn before optimisation, though not after
-    # it (the blob of tests/test_optimize_turn.py).
-    best = None
-    for i, start32 in enumerate(starts):
-        name = f"affine {coarse * voxel_size:.3g} mm" + (", turned" if i else "")
-        p, value = level(jnp.zeros(12, jnp.float32), start32, coarse, name)
-        if best is None or value > best[2]:
-            best = (p, start32, value)
-    params, start32 = best[0], best[1]
-    if search and profile is not None:
-        found["kept"] = len(starts) > 1 and start32 is starts[1]
+            profile["affine turn search"] = found
     for scale in scales[1:]:
-        params, _ = level(params, start32, scale, f"affine {scale * voxel_size:.3g} mm")
+        params, _, _ = level(params, start32, scale, f"affine {scale * voxel_size:.3g} mm")
     return np.asarray(_final_matrix(params, start32, centre, unit), np.float64)
