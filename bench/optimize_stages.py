@@ -250,17 +250,39 @@ def write_outputs(result, spec, out):
     np.save(out + "_warp.npy", np.asarray(result.forward, np.float32))
 
 
-def run_known(spec, work, report, save_report, syn: bool) -> None:
+def known_case_images(spec):
+    """The known-affine case's images and its true affine in network coordinates (`FromMatrix`'s start)."""
     from ilex.image.io import load_image
     from ilex.registration.network_space import network_space
-    from ilex.registration.pipeline import register
     from ilex.registration.working_grid import image_grid
 
-    OptimizeMethod, OptimizeAffineMethod, FromMatrix = _method_classes()
     moving, fixed = load_image(spec["moving"]), load_image(spec["fixed"])
     grid = image_grid(moving, fixed, 256)
     space = network_space(moving, fixed, 256, centre_on_fixed=False, grid=grid)
-    true_net = space.mov_to_net @ spec["true_vox"] @ space.net_to_fix
+    return moving, fixed, space.mov_to_net @ spec["true_vox"] @ space.net_to_fix
+
+
+def scored_run(moving, fixed, method, spec, out, context=None, known_affine=True):
+    """Register (inside `context`, a patch of the method), write the outputs, score them: one table row
+    (seconds, Dice and warp error, the affine error where the case knows its affine) and the result."""
+    from ilex.registration.pipeline import register
+
+    t0 = time.perf_counter()
+    with context or contextlib.nullcontext():
+        result = register(moving, fixed, method=method, extent=256)
+    seconds = time.perf_counter() - t0
+    write_outputs(result, spec, out)
+    row = {"seconds": seconds, "load_average_1min": os.getloadavg()[0]}
+    row |= {k: v for k, v in score(spec, out).items() if k != "warp_label_agreement"}
+    if known_affine:
+        row |= affine_error_mm(result, spec)
+    row["profile"] = result.transform.details.get("profile")
+    return row, result
+
+
+def run_known(spec, work, report, save_report, syn: bool) -> None:
+    OptimizeMethod, OptimizeAffineMethod, FromMatrix = _method_classes()
+    moving, fixed, true_net = known_case_images(spec)
     rows = report["known"]["runs"]
     for name, options, from_truth, tol in KNOWN_VARIANTS:
         if options is None:
@@ -269,17 +291,9 @@ def run_known(spec, work, report, save_report, syn: bool) -> None:
             method = FromMatrix(start=true_net, **options)
         else:
             method = OptimizeMethod(**options)
-        t0 = time.perf_counter()
-        with patched(**({} if tol is None else {"tolerance": tol})):
-            result = register(moving, fixed, method=method, extent=256)
-        seconds = time.perf_counter() - t0
-        out = os.path.join(work, "run")
-        write_outputs(result, spec, out)
-        row = {"seconds": seconds, "load_average_1min": os.getloadavg()[0]}
-        row |= {k: v for k, v in score(spec, out).items() if k != "warp_label_agreement"}
-        row |= affine_error_mm(result, spec)
+        context = patched(**({} if tol is None else {"tolerance": tol}))
+        row, result = scored_run(moving, fixed, method, spec, os.path.join(work, "run"), context)
         details = result.transform.details
-        row["profile"] = details.get("profile")
         for key in ("similarity", "levels", "iterations", "voxel_size"):
             if key in details:
                 row[key] = details[key]
@@ -320,21 +334,15 @@ def run_half(data, work, amplitude, seed, report, save_report) -> None:
     against a level at the grid's own 0.5 mm and a finer velocity grid."""
     from cases import prepare
 
-    from ilex.registration.pipeline import register
-
     OptimizeMethod, _, _ = _method_classes()
     spec = prepare("half_mm", data, work, amplitude, seed)
     rows = report["half_mm"]["runs"]
     for name, options in HALF_VARIANTS:
-        t0 = time.perf_counter()
-        result = register(spec["moving"], spec["fixed"], method=OptimizeMethod(**options), extent=256)
-        seconds = time.perf_counter() - t0
+        method = OptimizeMethod(**options)
         out = os.path.join(work, "half")
-        write_outputs(result, spec, out)
-        row = {"seconds": seconds, "load_average_1min": os.getloadavg()[0]}
-        row |= {k: v for k, v in score(spec, out).items() if k != "warp_label_agreement"}
+        row, result = scored_run(spec["moving"], spec["fixed"], method, spec, out, known_affine=False)
         details = result.transform.details
-        row |= {k: details[k] for k in ("similarity", "levels", "iterations", "voxel_size", "profile")}
+        row |= {k: details[k] for k in ("similarity", "levels", "iterations", "voxel_size")}
         row["options"] = options
         rows[name] = row
         print("half_mm", name, {k: v for k, v in row.items() if k != "profile"}, flush=True)
@@ -357,16 +365,8 @@ def prepare_turn(case: str, data: str, work: str, amplitude: float, seed: int) -
 
 
 def run_turn(spec, work, report, save_report) -> None:
-    from ilex.image.io import load_image
-    from ilex.registration.network_space import network_space
-    from ilex.registration.pipeline import register
-    from ilex.registration.working_grid import image_grid
-
     OptimizeMethod, OptimizeAffineMethod, FromMatrix = _method_classes()
-    moving, fixed = load_image(spec["moving"]), load_image(spec["fixed"])
-    grid = image_grid(moving, fixed, 256)
-    space = network_space(moving, fixed, 256, centre_on_fixed=False, grid=grid)
-    true_net = space.mov_to_net @ spec["true_vox"] @ space.net_to_fix
+    moving, fixed, true_net = known_case_images(spec)
     rows = report["turn"]["runs"]
     for name, method, no_search in (
         ("affine stage alone, no turn search (before the fix)", OptimizeAffineMethod(), True),
@@ -375,16 +375,8 @@ def run_turn(spec, work, report, save_report) -> None:
         ("default", OptimizeMethod(), False),
         ("true affine, default", FromMatrix(start=true_net), False),
     ):
-        t0 = time.perf_counter()
-        with without_turn_search(no_search):
-            result = register(moving, fixed, method=method, extent=256)
-        seconds = time.perf_counter() - t0
         out = os.path.join(work, "turn")
-        write_outputs(result, spec, out)
-        row = {"seconds": seconds, "load_average_1min": os.getloadavg()[0]}
-        row |= {k: v for k, v in score(spec, out).items() if k != "warp_label_agreement"}
-        row |= affine_error_mm(result, spec)
-        row["profile"] = result.transform.details.get("profile")
+        row, _ = scored_run(moving, fixed, method, spec, out, without_turn_search(no_search))
         rows[name] = row
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
         save_report()
