@@ -2,8 +2,9 @@
 
 A stack of four 3-D convolutions (3x3x3, `--width` channels in and out, leaky ReLU), its forward pass
 and its gradient, timed in a fresh process for each value of `XLA_FLAGS` below (best of 3 after a
-warm-up call): the default, oneDNN (`--xla_cpu_use_onednn`, `--xla_cpu_experimental_onednn_custom_call`),
-XNNPACK (`--xla_cpu_use_xnnpack`) and the runtime before thunks (`--xla_cpu_use_thunk_runtime=false`).
+warm-up call): the default, oneDNN (`--xla_cpu_use_onednn`, alone and with
+`--xla_cpu_experimental_onednn_custom_call`), XNNPACK (`--xla_cpu_use_xnnpack`) and the runtime
+before thunks (`--xla_cpu_use_thunk_runtime=false`).
 The value of the forward pass is printed too: a flag that changed the arithmetic would show there.
 
     python bench/xla_cpu_flags.py --size 48 --width 16 --json bench/results/xla_cpu_flags_DATE.json
@@ -26,7 +27,7 @@ import provenance
 FLAGS = (
     "",
     "--xla_cpu_use_onednn=true",
-    "--xla_cpu_experimental_onednn_custom_call=true",
+    "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
     "--xla_cpu_use_xnnpack=true",
     "--xla_cpu_use_thunk_runtime=false",
 )
@@ -75,12 +76,19 @@ def main() -> None:
     for flags in FLAGS:
         env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
         argv = [sys.executable, __file__, "--child", "--size", str(args.size), "--width", str(args.width)]
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        row = {"xla_flags": flags or "(default)", "exit": done.returncode}
-        if done.returncode == 0:
-            row |= json.loads(done.stdout.strip().splitlines()[-1])
+        row = {"xla_flags": flags or "(default)"}
+        try:
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=900)
+        except subprocess.TimeoutExpired:
+            row |= {"exit": None, "error": "no answer in 900 s"}
         else:
-            row["error"] = done.stderr.strip().splitlines()[-1][:300]
+            lines = done.stdout.strip().splitlines()
+            row["exit"] = done.returncode
+            if done.returncode == 0 and lines:
+                row |= json.loads(lines[-1])
+            else:
+                row["exit"] = done.returncode or 1
+                row["error"] = (done.stderr.strip().splitlines() or ["(no message)"])[-1][:300]
         rows.append(row)
         print(row, flush=True)
     report = {"provenance": provenance.finish(prov), "size": args.size, "width": args.width, "runs": rows}
