@@ -179,9 +179,9 @@ def run(args: argparse.Namespace) -> int:
 
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)  # Dask workers: BatchSettings
 
-    from ..batch import BatchSettings, read_pairs, write_summary
+    from ..batch import read_pairs, write_summary
     from ..batch.run import run_checked
-    from .register import resolve_model, settings_from_args, weights_option
+    from .register import batch_settings_from_args, resolve_model, weights_option
 
     model = resolve_model(args.model)
     weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
@@ -199,19 +199,7 @@ def run(args: argparse.Namespace) -> int:
             "--similarity, --levels and --iterations set the optimiser: use them with -m optimize "
             "(or rows whose method is optimize)"
         )
-    settings = BatchSettings(
-        weights=weights[0] if len(weights) == 1 else tuple(weights),  # () for -m optimize: no model
-        method=model,
-        **settings_from_args(args),
-        warp_format=args.warp_format,
-        gpu=args.gpu,
-        compilation_cache=not args.no_compilation_cache,
-        options={
-            k: v
-            for k, v in {"similarity": args.similarity, "levels": args.levels, "iterations": args.iterations}.items()
-            if v
-        },
-    )
+    settings = batch_settings_from_args(args, model, weights, args.warp_format)
     prefix = args.summary or os.path.splitext(args.pairs)[0] + ".summary"
     start = time.perf_counter()
     client = cluster = None

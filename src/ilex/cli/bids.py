@@ -156,20 +156,11 @@ def run(args: argparse.Namespace) -> int:
     return _group(args, model, images)
 
 
-def _options(args) -> dict:
-    return {
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in {"similarity": args.similarity, "levels": args.levels, "iterations": args.iterations}.items()
-        if v
-    }
-
-
 def _participant(args, model: str, images) -> int:
-    from ..batch import BatchSettings
     from ..bids.derivatives import space_label
     from ..bids.run import Cluster, participant
     from ..templateflow import resolve_image
-    from .register import configure_devices, settings_from_args, weights_option
+    from .register import batch_settings_from_args, configure_devices, weights_option
 
     template = args.template or DEFAULT_TEMPLATE
     space = space_label(template, args.template_label)
@@ -182,15 +173,7 @@ def _participant(args, model: str, images) -> int:
     from .._cache import enable_compilation_cache
 
     enable_compilation_cache(enable=False if args.no_compilation_cache else None)
-    settings = BatchSettings(
-        weights=weights[0] if len(weights) == 1 else tuple(weights),
-        method=model,
-        **settings_from_args(args),
-        warp_format="itk",
-        gpu=args.gpu,
-        compilation_cache=not args.no_compilation_cache,
-        options=_options(args),
-    )
+    settings = batch_settings_from_args(args, model, weights, "itk")
     record = {
         "template": template,
         "template_resolution": args.template_resolution,
@@ -238,9 +221,9 @@ def _group(args, model: str, images) -> int:
     from ..bids.run import Cluster, group
     from ..registration.methods import unaligned_weight_files
     from ..templateflow import resolve_image
-    from .register import configure_devices, settings_from_args, weights_option
+    from .register import configure_devices, optimiser_options, settings_from_args, weights_option
 
-    if _options(args):
+    if optimiser_options(args):
         raise OptionError("--similarity, --levels and --iterations: the group level's template runs with its defaults")
     from ..registration.methods import method_class
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ..errors import OptionError
+
+if TYPE_CHECKING:
+    from ..batch import BatchSettings
 
 _DESCRIPTION = """\
 Registration of MOVING onto FIXED with SynthMorph, as `mri_synthmorph register` does. Images of any
@@ -283,6 +287,30 @@ def settings_from_args(args) -> dict:
     }
 
 
+def optimiser_options(args) -> dict:
+    """The optimiser's options that --similarity, --levels and --iterations give (only those given), as
+    keywords of `OptimizeMethod` (batch and bids read them the same way)."""
+    given = {"similarity": args.similarity, "levels": args.levels, "iterations": args.iterations}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v}
+
+
+def batch_settings_from_args(args, model: str, weights, warp_format: str) -> BatchSettings:
+    """The `BatchSettings` that `ilex batch` and `ilex bids participant` run their pairs with: the
+    method and its weight files, -r/-n/-e/--conv, the optimiser's options, --gpu and the
+    compilation cache."""
+    from ..batch import BatchSettings
+
+    return BatchSettings(
+        weights=weights[0] if len(weights) == 1 else tuple(weights),  # () for -m optimize: no model
+        method=model,
+        **settings_from_args(args),
+        warp_format=warp_format,
+        gpu=args.gpu,
+        compilation_cache=not args.no_compilation_cache,
+        options=optimiser_options(args),
+    )
+
+
 def configure_devices(threads: int | None, gpu: bool) -> None:
     """Pick the device and thread count before JAX starts its backends."""
     import jax
@@ -424,8 +452,8 @@ def check_optimiser_options(args, model: str) -> None:
     from ..registration.methods import method_class
 
     info = method_class(model)
-    optimiser_options = args.levels or args.iterations or args.similarity != "auto"
-    if optimiser_options and not (info.takes_optimiser_options or args.refine):
+    given = args.levels or args.iterations or args.similarity != "auto"
+    if given and not (info.takes_optimiser_options or args.refine):
         raise OptionError(
             "--similarity, --levels and --iterations set the optimiser: use them with -m optimize or --refine"
         )
