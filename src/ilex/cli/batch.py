@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..batch import read_pairs, write_summary
     from ..batch.run import run_checked
-    from .register import batch_settings_from_args, resolve_model, weights_option
+    from .register import batch_settings_from_args, optimiser_options, resolve_model, weights_option
 
     model = resolve_model(args.model)
     weights = weights_option(model, args.weights)  # the defaults, or -w checked against what the model takes
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from ..batch.settings import rows_set_optimiser_options
 
     if (
-        (args.similarity or args.levels or args.iterations)
+        optimiser_options(args)
         and not rows_set_optimiser_options(model)
         and not any(rows_set_optimiser_options(p.method) for p in pairs)
     ):

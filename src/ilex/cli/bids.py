@@ -131,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
         raise OptionError(f"--rounds {args.rounds}: at least 1 round")
     if os.path.realpath(args.output_dir) == os.path.realpath(args.bids_dir):
         raise OptionError(f"{args.output_dir}: OUTPUT_DIR is BIDS_DIR; write derivatives to another folder")
-    from .register import resolve_model
+    from .register import optimiser_options, resolve_model
 
     model = resolve_model(args.model)
     from ..registration.methods import method_class
 
-    if (args.similarity or args.levels or args.iterations) and not method_class(model).takes_optimiser_options:
+    if optimiser_options(args) and not method_class(model).takes_optimiser_options:
         raise OptionError("--similarity, --levels and --iterations set the optimiser: use them with -m optimize")
     from ..bids import find_images
     from ..bids.dataset import read_filter_file
