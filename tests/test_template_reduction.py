@@ -93,6 +93,38 @@ def test_fixed_point_refuses_what_could_overflow_and_what_is_not_finite():
         fixed(np.array([np.nan]), IMAGE_SCALE, 2, "warp.nii")
 
 
+def test_float32_values_give_the_integers_of_float64():
+    # fixed() scales float32 voxels in float32 (half the memory); a power-of-2 scale is exact in both types
+    # and rint's halves go to even in both, so the integers are those of the float64 route.
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            (rng.standard_normal(100_000) * 10.0 ** rng.uniform(-9, 3, 100_000)).astype(np.float32),
+            np.float32([0.5, 1.5, 2.5, -0.5, -2.5]) / np.float32(IMAGE_SCALE),  # exact halves once scaled
+        ]
+    )
+    assert values.dtype == np.float32
+    assert np.array_equal(fixed(values, IMAGE_SCALE, N, "x"), fixed(values.astype(np.float64), IMAGE_SCALE, N, "x"))
+    assert fixed(values[-5:], IMAGE_SCALE, N, "x").tolist() == [0, 2, 2, 0, -2]
+    # Finite float32 values that overflow float32 once scaled are refused as too large, not as not finite.
+    with pytest.raises(IlexError, match="big.nii: a value of 3e\\+37 is too large to sum over 10 images"):
+        fixed(np.float32([3e37]), IMAGE_SCALE, 10, "big.nii")
+    with pytest.raises(IlexError, match="inf.nii: holds values that are not finite"):
+        fixed(np.float32([1.0, np.inf]), IMAGE_SCALE, 10, "inf.nii")
+
+
+def test_a_running_sum_in_place_is_the_sum(shares):
+    template, items = shares
+    parts = [warp_share(index, warp, moved, template, N) for index, warp, moved in items]
+    reference = add_partials(*parts)
+    running = Partial()
+    for index, warp, moved in items[::-1]:  # fresh shares: add_into takes the first one's arrays
+        running.add_into(warp_share(index, warp, moved, template, N))
+    _equal(running, reference)
+    with pytest.raises(ValueError, match="in both partial sums"):
+        running.add_into(parts[0])
+
+
 def test_local_round_sum_in_any_order_gives_the_same_bits(shares):
     template, items = shares
     reference = _in_process(template, items)

@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _warnings_as_lines(args.command)
+    from .._allocator import keep_freed_memory
+
+    keep_freed_memory()  # arrays of the same sizes come and go: keep their pages (see _allocator)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

@@ -44,21 +44,46 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def sample_points(fixed: np.ndarray) -> tuple[np.ndarray, ...]:
     """Voxel indices (a tuple of three arrays) of a strided subsample of the fixed image's head."""
-    step = subsample_step(fixed.shape)
-    grid = fixed[::step, ::step, ::step]
-    inside = np.nonzero(grid > head_threshold(fixed))
-    return tuple(i * step for i in inside)
+    return HeadSample(fixed).points
 
 
-def header_aligned_values(moving, fixed_affine: np.ndarray, points: tuple[np.ndarray, ...]) -> np.ndarray:
-    """The moving image (an `Image`) at fixed voxels `points`, placed by the two headers alone
+class HeadSample:
+    """The fixed grid's strided subsample (`step`, about a million voxels) and the fixed head on it
+    (`head`: above `slices.HEAD_LEVEL` of its own 99th percentile), computed once for all of a
+    pair's figures: `inside`, the head's indices on the subsample; `points`, the same voxels'
+    indices on the full grid; `values`, the fixed image there."""
+
+    def __init__(self, fixed: np.ndarray):
+        self.shape = fixed.shape
+        self.step = step = subsample_step(fixed.shape)
+        sample = fixed[::step, ::step, ::step]
+        self.head = np.asarray(sample > head_threshold(fixed))
+        self.inside = np.nonzero(self.head)
+        self.points = tuple(i * step for i in self.inside)
+        self.values = np.asarray(sample[self.inside], np.float32)
+
+    def of(self, volume: np.ndarray) -> np.ndarray:
+        """A volume on the fixed grid, on the subsample."""
+        return np.asarray(volume[:: self.step, :: self.step, :: self.step], np.float32)
+
+
+def header_aligned_sample(moving, fixed_affine: np.ndarray, sample: HeadSample) -> np.ndarray:
+    """The moving image (an `Image`) on the fixed grid's subsample, placed by the two headers alone
     (the world identity: what the pair looked like before registration), linear, 0 outside."""
-    from scipy.ndimage import map_coordinates
+    from scipy.ndimage import affine_transform
 
     fixed_to_moving = np.linalg.inv(moving.affine) @ fixed_affine
-    p = np.stack([*points, np.ones_like(points[0])]).astype(np.float64)
-    coords = (fixed_to_moving @ p)[:3]
-    return map_coordinates(np.asarray(moving.data, np.float32), coords, order=1, mode="constant", cval=0.0)
+    # Subsample index o is fixed voxel step * o: the moving voxel (M step) o + t.
+    placed = affine_transform(
+        np.asarray(moving.data, np.float32),
+        fixed_to_moving[:3, :3] * sample.step,
+        fixed_to_moving[:3, 3],
+        output_shape=sample.head.shape,
+        order=1,
+        mode="constant",
+        cval=0.0,
+    )
+    return np.nan_to_num(placed)  # NaN (none in a loaded Image) only next to one, and as 0 there
 
 
 def similarity(fixed_values: np.ndarray, moving_values: np.ndarray) -> dict[str, float]:
@@ -69,12 +94,18 @@ def similarity(fixed_values: np.ndarray, moving_values: np.ndarray) -> dict[str,
 
 
 def jacobian_statistics(
-    jacobian: np.ndarray, fixed: np.ndarray, affine: np.ndarray, extremes: int = 3, separation_mm: float = 20.0
+    jacobian: np.ndarray,
+    fixed: np.ndarray,
+    affine: np.ndarray,
+    extremes: int = 3,
+    separation_mm: float = 20.0,
+    sample: HeadSample | None = None,
 ) -> dict:
     """det J inside the head: folding, log-Jacobian spread and percentiles, and the `extremes`
     largest expansions and compressions (at least `separation_mm` apart), each with its RAS
-    position. Whole-grid statistics are `QualityReport.statistics`."""
-    points = sample_points(fixed)
+    position (`sample`: the fixed image's `HeadSample`, when the caller has it). Whole-grid
+    statistics are `QualityReport.statistics`."""
+    points = (sample or HeadSample(fixed)).points
     det = jacobian[points].astype(np.float64)
     if det.size == 0:
         return {}
@@ -162,29 +193,25 @@ def containment(a: np.ndarray, b: np.ndarray) -> float:
     return int((a & b).sum()) / smaller if smaller else 0.0
 
 
-def head_overlap(result, moved: np.ndarray) -> dict:
+def head_overlap(result, moved: np.ndarray, sample: HeadSample | None = None, before=None) -> dict:
     """How the two heads overlap, on the fixed grid's strided subsample: the share of the smaller
     head inside the other (`containment`) for the fixed image and the moved one
     (`head_overlap_after`), and for the fixed image and the moving image placed by the headers
     alone (`head_overlap_before`: 0 when the headers put the heads apart, where the similarity
     before is that of independent images); `head_size_mm`, the diameter of a sphere of the fixed
-    head's volume (mm), the scale that the affine's shift is judged against."""
-    from scipy.ndimage import map_coordinates
-
-    fixed = np.asarray(result.fixed.data, np.float32)
-    step = subsample_step(fixed.shape)
-    fixed_head = head_mask(fixed, step)
-    out = {"head_overlap_after": containment(fixed_head, head_mask(np.asarray(moved, np.float32), step))}
-    # The moving image placed by the headers, on the same subsample (mask by its own level).
-    points = np.indices(fixed_head.shape).reshape(3, -1) * step
-    fixed_to_moving = np.linalg.inv(result.moving.affine) @ result.fixed.affine
-    coords = fixed_to_moving[:3, :3] @ points + fixed_to_moving[:3, 3:]
-    moving = np.nan_to_num(np.asarray(result.moving.data, np.float32))
-    level = HEAD_LEVEL * np.percentile(moving[::step, ::step, ::step], 99)
-    before = map_coordinates(moving, coords, order=1, mode="constant", cval=0.0).reshape(fixed_head.shape)
-    out["head_overlap_before"] = containment(fixed_head, before > level)
+    head's volume (mm), the scale that the affine's shift is judged against. `sample` and `before`
+    (`header_aligned_sample`) when the caller has them."""
+    sample = sample or HeadSample(np.asarray(result.fixed.data, np.float32))
+    step = sample.step
+    out = {"head_overlap_after": containment(sample.head, head_mask(np.asarray(moved, np.float32), step))}
+    # The moving image placed by the headers, on the same subsample (its head by its own level).
+    if before is None:
+        before = header_aligned_sample(result.moving, result.fixed.affine, sample)
+    moving = np.nan_to_num(np.asarray(result.moving.data[::step, ::step, ::step], np.float32))
+    level = HEAD_LEVEL * np.percentile(moving, 99)
+    out["head_overlap_before"] = containment(sample.head, before > level)
     voxel_mm3 = abs(np.linalg.det(result.fixed.affine[:3, :3])) * step**3
-    out["head_size_mm"] = float((6 * fixed_head.sum() * voxel_mm3 / np.pi) ** (1 / 3))
+    out["head_size_mm"] = float((6 * sample.head.sum() * voxel_mm3 / np.pi) ** (1 / 3))
     return out
 
 
@@ -193,16 +220,17 @@ def pair_metrics(result, jacobian: np.ndarray, moved: np.ndarray) -> dict:
     Jacobian statistics: similarity before/after, the Jacobian in the head, the affine's parts, and
     whether a turned or mirrored moving image would fit better (`orientation.orientation_check`)."""
     fixed = np.asarray(result.fixed.data, np.float32)
-    points = sample_points(fixed)
+    sample = HeadSample(fixed)
+    points = sample.points
+    before = header_aligned_sample(result.moving, result.fixed.affine, sample)
     out: dict = {}
     if points[0].size >= 2:
-        fixed_values = fixed[points]
-        before = similarity(fixed_values, header_aligned_values(result.moving, result.fixed.affine, points))
-        after = similarity(fixed_values, np.asarray(moved, np.float32)[points])
-        out.update({f"similarity_{k}_before": v for k, v in before.items()})
+        after = similarity(sample.values, sample.of(moved)[sample.inside])
+        before_similarity = similarity(sample.values, before[sample.inside])
+        out.update({f"similarity_{k}_before": v for k, v in before_similarity.items()})
         out.update({f"similarity_{k}_after": v for k, v in after.items()})
-    out.update(head_overlap(result, moved))
-    out.update(jacobian_statistics(jacobian, fixed, result.fixed.affine))
+    out.update(head_overlap(result, moved, sample, before))
+    out.update(jacobian_statistics(jacobian, fixed, result.fixed.affine, sample=sample))
     centre = (
         result.fixed.affine[:3, :3] @ np.mean(np.stack(points, 1), 0) + result.fixed.affine[:3, 3]
         if points[0].size

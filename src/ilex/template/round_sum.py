@@ -62,7 +62,7 @@ class _LocalSum:
         self._queued.append(self._pool.submit(self._one, fn, args))
 
     def _one(self, fn, args) -> None:
-        self._sum = self._sum + fn(*args)
+        self._sum.add_into(fn(*args))  # in place: the running sum's arrays are made once
 
     def result(self) -> Partial:
         for queued in self._queued:

@@ -1,0 +1,50 @@
+"""Keep the memory a process frees for its next arrays instead of handing it back to the system.
+
+glibc's malloc gives every large block (from 128 KiB to 32 MiB up, as it adapts) a mapping of its
+own and unmaps it when the block is freed, so the next array of that size is built from pages the
+kernel hands over again, zeroed, on first touch. On a virtual machine whose host backs the guest's
+memory lazily (Firecracker; a cloud VM with free-page reporting) that first touch is slow: on the
+bench machine a fresh 170 MB array took 2.3 s to fill against 0.1 s in memory just freed, and an
+image's share of a 1 mm template round 1.4-4.5 s against 0.6 s (docs/template.md, "Memory the
+process keeps"). A template, a batch or a training run allocates arrays of the same few sizes over
+and over, so the `ilex` command asks glibc to serve every block from the process's heap
+(`M_MMAP_MAX` 0), never to trim it (`M_TRIM_THRESHOLD` -1), and to use one arena for all threads
+(`M_ARENA_MAX` 1). The process then keeps its peak until it exits, which its next pair, round or
+step needs again anyway.
+
+Only the `ilex` command does this (a library must not change its host's allocator). It is left
+alone where the user set glibc's own variables (`MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`,
+`MALLOC_ARENA_MAX`) or `ILEX_KEEP_FREED_MEMORY=0`, and off glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+
+USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the process (see the module docstring); returns
+    whether it did (False off glibc, or where the user's environment decides)."""
+    if os.environ.get("ILEX_KEEP_FREED_MEMORY", "1") == "0" or any(v in os.environ for v in USER_SETTINGS):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    # mallopt returns 1 on success; a trim threshold of -1 turns trimming off (mallopt(3)).
+    # One arena: a thread's arena is a 64 MiB mapping that cannot hold an image, so a thread's large
+    # blocks would be mapped and unmapped whatever M_MMAP_MAX says (the outputs' and sums' threads).
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))
+    done = [mallopt(parameter, value) == 1 for parameter, value in settings]  # each, even after a refusal
+    return all(done)
