@@ -42,11 +42,6 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else 0.0
 
 
-def sample_points(fixed: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Voxel indices (a tuple of three arrays) of a strided subsample of the fixed image's head."""
-    return HeadSample(fixed).points
-
-
 class HeadSample:
     """The fixed grid's strided subsample (`step`, about a million voxels) and the fixed head on it
     (`head`: above `slices.HEAD_LEVEL` of its own 99th percentile), computed once for all of a
@@ -54,7 +49,6 @@ class HeadSample:
     indices on the full grid; `values`, the fixed image there."""
 
     def __init__(self, fixed: np.ndarray):
-        self.shape = fixed.shape
         self.step = step = subsample_step(fixed.shape)
         sample = fixed[::step, ::step, ::step]
         self.head = np.asarray(sample > head_threshold(fixed))
