@@ -133,3 +133,18 @@ def test_ilex_batch_reports_bad_rows_before_the_first_registration(tmp_path, cap
     assert str(tmp_path / "gone.nii.gz") in rows[1]["error"] and str(tmp_path / "notes.txt") in rows[2]["error"]
     totals = json.loads((tmp_path / "pairs.summary.json").read_text())["totals"]
     assert totals == {"done": 1, "skipped": 0, "failed": 3}
+
+
+def test_ilex_batch_refuses_optimiser_options_without_the_optimiser(tmp_path, capsys):
+    """--levels, --similarity, --iterations with -m deform and no row of method optimize: one line, nothing written."""
+    _inputs(tmp_path)
+    (tmp_path / "pairs.csv").write_text("id,moving,fixed,o\ngood,a.nii.gz,b.nii.gz,out/good_moved.nii.gz\n")
+    for option in (["--levels", "2"], ["--similarity", "mi"], ["--iterations", "5"]):
+        argv = ["batch", str(tmp_path / "pairs.csv"), "-m", "deform", "-w", E32, "-e", "32", "-q", *option]
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            "ilex batch: error: --similarity, --levels and --iterations set the optimiser: use them with -m optimize "
+            "(or rows whose method is optimize)"
+        )
+        assert not (tmp_path / "out").exists() and not (tmp_path / "pairs.summary.csv").exists()

@@ -296,6 +296,19 @@ def test_bad_datasets_are_refused_in_one_line_before_any_work(study, tmp_path, c
         "MNI152NLin6Asym: not a file, and not a TemplateFlow template",
         f"TEMPLATEFLOW_HOME={study['templateflow']}",
     )
+    # The optimiser's options with a method that has no optimiser, and at the group level (its template's defaults).
+    _one_line_refusal(
+        capsys,
+        ["bids", bids, out, "participant", *TPL, "-m", "deform", "--iterations", "5", "-q"],
+        out,
+        "--similarity, --levels and --iterations set the optimiser: use them with -m optimize",
+    )
+    _one_line_refusal(
+        capsys,
+        ["bids", bids, out, "group", "-m", "optimize", "--levels", "2", "-q"],
+        out,
+        "--similarity, --levels and --iterations: the group level's template runs with its defaults",
+    )
     # A study template is deformable; the refusal names ilex template for a subject's linear template.
     _one_line_refusal(
         capsys,

@@ -119,6 +119,38 @@ def test_register_refuses_an_unknown_name_in_one_line(tf, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_template_takes_a_name_as_its_initial_template(tf, tmp_path, monkeypatch, capsys):
+    """`ilex template --initial NAME [--template-resolution N]` builds from the file the name gives; an unknown
+    name, or a resolution for a file, is refused in one line before anything is written."""
+    import ilex.template
+
+    images = []
+    for k in range(2):
+        images.append(str(tmp_path / f"sub{k}.nii.gz"))
+        nib.save(nib.load(data_path("colin27_t1.nii.gz")), images[-1])
+    given = {}
+
+    def build(*args, **kwargs):  # the build itself is test_template.py's; here, what it was given
+        given.update(kwargs)
+        raise OptionError("stopped by the test")
+
+    monkeypatch.setattr(ilex.template, "build_template", build)
+    out = str(tmp_path / "out")
+    argv = ["template", *images, "-o", out, "-m", "optimize", "-q"]
+    assert main([*argv, "--initial", TEMPLATE, "--template-resolution", "3"]) == 1
+    assert given["initial"] == os.path.join(tf, f"tpl-{TEMPLATE}", f"tpl-{TEMPLATE}_res-03_T1w.nii.gz")
+    assert "stopped by the test" in capsys.readouterr().err
+    given.clear()
+    assert main([*argv, "--initial", "MNI152NLin6Asym"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ilex template: error: MNI152NLin6Asym: not a file, and not a TemplateFlow template")
+    assert "\n" not in err
+    assert main([*argv, "--initial", images[0], "--template-resolution", "2"]) == 1
+    assert "--template-resolution: it is for --initial given by a TemplateFlow name" in capsys.readouterr().err
+    assert given == {}
+    assert not os.path.exists(out)
+
+
 @pytest.mark.slow
 def test_register_and_batch_take_a_name_as_the_file(tf, tmp_path):
     """`ilex register MOVING NAME` and a batch row whose fixed cell is NAME give the bytes the file gives."""

@@ -239,13 +239,13 @@ def weights_option(model: str, given: list[str] | None, files: tuple[str, ...] |
         raise OptionError(f"-w: -m {e}") from None
 
 
-def add_template_resolution_argument(p) -> None:
-    """`--template-resolution`, as register and batch take it (a fixed image given by a TemplateFlow name)."""
+def add_template_resolution_argument(p, what: str = "a fixed image") -> None:
+    """`--template-resolution`, as register, batch and template take it (`what`, given by a TemplateFlow name)."""
     p.add_argument(
         "--template-resolution",
         type=int,
         metavar="N",
-        help="for a fixed image given by a TemplateFlow name (MNI152NLin2009cAsym): its res-N (default 1, "
+        help=f"for {what} given by a TemplateFlow name (MNI152NLin2009cAsym): its res-N (default 1, "
         "or the template's only one)",
     )
 

@@ -6,9 +6,10 @@ import argparse
 import sys
 import time
 
+from ..errors import OptionError
 from ..registration.methods import DEFAULT_METHOD
 from .batch import add_dask_arguments, check_dask_arguments
-from .register import add_conv_argument, add_steps_and_extent_arguments
+from .register import add_conv_argument, add_steps_and_extent_arguments, add_template_resolution_argument
 
 _DESCRIPTION = """\
 Build an unbiased template of a cohort: every image is registered to the current template (one
@@ -87,7 +88,13 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--rounds", type=int, default=4, metavar="K", help="rounds of registration and averaging (default 4)"
     )
-    p.add_argument("--initial", metavar="IMAGE", help="starting template (default: the affine average of the images)")
+    p.add_argument(
+        "--initial",
+        metavar="IMAGE",
+        help="starting template, a file or a TemplateFlow name such as MNI152NLin2009cAsym (default: the affine "
+        "average of the images)",
+    )
+    add_template_resolution_argument(p, "--initial")
     p.add_argument(
         "--step",
         type=float,
@@ -167,7 +174,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..template import build_template
     from ..template.inputs import as_inputs, check_inputs
+    from ..templateflow import resolve_image, templateflow_name
 
+    if args.template_resolution is not None and (args.initial is None or templateflow_name(args.initial) is None):
+        raise OptionError("--template-resolution: it is for --initial given by a TemplateFlow name")
+    if args.initial is not None:
+        args.initial = resolve_image(args.initial, args.template_resolution)  # a TemplateFlow name: its file
     check_inputs(as_inputs(images), args.initial)  # before a cluster starts
     log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     start = time.perf_counter()
