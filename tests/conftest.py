@@ -24,6 +24,13 @@ def _no_hub_network(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _allocator_left_alone(monkeypatch):
+    """Tests that call `ilex.cli.main.main` in this process leave pytest's allocator as it is
+    (`ilex._allocator`, whose own tests run it in child processes)."""
+    monkeypatch.setenv("ILEX_KEEP_FREED_MEMORY", "0")
+
+
+@pytest.fixture(autouse=True)
 def _no_user_compilation_cache(monkeypatch):
     """Tests, and the processes they start, never write to the user's compilation cache (~/.cache/ilex)."""
     monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "1")

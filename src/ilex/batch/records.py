@@ -73,8 +73,10 @@ def error_text(error: BaseException) -> str:
 
 
 class PeakMemory:
-    """The highest resident memory (GiB) of this process while the `with` block runs (or from
-    `start()` to `stop()`, which may be called on another thread)."""
+    """The highest memory in use (GiB) by this process while the `with` block runs (or from
+    `start()` to `stop()`, which may be called on another thread): resident memory less what its
+    malloc holds free for its next arrays (the `ilex` command keeps freed memory, `ilex._allocator`,
+    so resident memory alone would carry an earlier pair's peak into every later one)."""
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
@@ -84,9 +86,11 @@ class PeakMemory:
     def _sample(self) -> None:
         import psutil
 
+        from .._allocator import free_heap_bytes
+
         process = psutil.Process()
         while True:
-            self.peak = max(self.peak, process.memory_info().rss / 2**30)
+            self.peak = max(self.peak, (process.memory_info().rss - free_heap_bytes()) / 2**30)
             if self._stop.wait(self.interval):
                 return
 

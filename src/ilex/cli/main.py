@@ -101,6 +101,11 @@ def resolve_command(word: str, commands) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .._allocator import keep_freed_memory
+
+    # First, before any thread allocates (one arena serves the threads started after it): arrays of the
+    # same sizes come and go, keep their pages (see _allocator).
+    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -130,9 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _warnings_as_lines(args.command)
-    from .._allocator import keep_freed_memory
-
-    keep_freed_memory()  # arrays of the same sizes come and go: keep their pages (see _allocator)
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

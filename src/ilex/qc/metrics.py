@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .slices import HEAD_LEVEL, head_threshold, subsample_step
+from .slices import HEAD_LEVEL, subsample_step
 
 BINS = 32  # joint histogram bins for mutual information
 
@@ -50,8 +50,8 @@ class HeadSample:
 
     def __init__(self, fixed: np.ndarray):
         self.step = step = subsample_step(fixed.shape)
-        sample = fixed[::step, ::step, ::step]
-        self.head = np.asarray(sample > head_threshold(fixed))
+        sample = np.nan_to_num(np.asarray(fixed[::step, ::step, ::step], np.float32))  # NaN (API images) as 0
+        self.head = np.asarray(sample > float(HEAD_LEVEL * np.percentile(sample, 99)))  # as `slices.head_threshold`
         self.inside = np.nonzero(self.head)
         self.points = tuple(i * step for i in self.inside)
         self.values = np.asarray(sample[self.inside], np.float32)

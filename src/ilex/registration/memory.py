@@ -52,9 +52,13 @@ def estimate_peak_bytes(extent: int, width: int = 256, detector: bool = False) -
 
 def available_bytes() -> float:
     """Memory this process may still use: the smaller of free RAM and what the cgroup (container,
-    SLURM job) leaves."""
+    SLURM job) leaves, plus what its own malloc holds free for its next arrays (the `ilex` command
+    keeps freed memory: `ilex._allocator`)."""
     import psutil
 
+    from .._allocator import free_heap_bytes
+
+    kept = float(free_heap_bytes())
     available = float(psutil.virtual_memory().available)
     for limit_file, usage_file in (
         ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
@@ -70,7 +74,7 @@ def available_bytes() -> float:
         if limit.isdigit() and float(limit) < 2**60:
             available = min(available, float(limit) - usage)
         break
-    return available
+    return available + kept
 
 
 def check_memory(extent: int, width: int = 256, available: float | None = None, detector: bool = False) -> float:

@@ -125,6 +125,10 @@ class Partial:
         overlap = self.similarities.keys() & other.similarities.keys()
         if overlap:
             raise ValueError(f"images {sorted(overlap)} are in both partial sums")
+        for name in ("residual", "total"):  # checked before anything changes: a refused share leaves the sum whole
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None and mine.shape != theirs.shape:
+                raise ValueError(f"{name}: shapes {mine.shape} and {theirs.shape} differ")
         self.count += other.count
         self.log_sum = self.log_sum + other.log_sum
         for name in ("residual", "total"):
