@@ -11,10 +11,9 @@ import pytest
 
 CHILD = """
 import json, threading, numpy as np
-from ilex._allocator import free_heap_bytes, keep_freed_memory, _MallInfo2, _libc
+from ilex._allocator import free_heap_bytes, keep_freed_memory, _libc
 
-libc = _libc()
-libc.mallinfo2.restype = _MallInfo2
+libc = _libc()  # with mallinfo2 declared
 kept = keep_freed_memory()
 out = {"kept": kept}
 for where in ("main", "thread"):  # a thread's large blocks too (one arena)

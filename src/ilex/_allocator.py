@@ -33,30 +33,32 @@ M_ARENA_MAX = -8
 USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_ARENA_MAX")
 
 
-class _MallInfo2(ctypes.Structure):  # glibc >= 2.33's struct mallinfo2 (malloc.h)
+class _MallInfo2(ctypes.Structure):  # glibc >= 2.33's struct mallinfo2 (malloc.h), every field a size_t
     _fields_ = [
         (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
+        for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()  # noqa: SIM905
+    ]
 
 
 @functools.cache
 def _libc():
+    """The C library with `mallopt` and `mallinfo2` declared where it has them; None where it cannot be loaded."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:  # Windows, or no C library by that name
         return None
+    if hasattr(libc, "mallopt"):
+        libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.argtypes, libc.mallinfo2.restype = (), _MallInfo2
+    return libc
 
 
 def free_heap_bytes() -> int:
     """Bytes this process's malloc holds free for its next blocks (glibc's `mallinfo2`: `fordblks`),
     0 where that is unknown (not glibc, or glibc before 2.33)."""
-    libc = _libc()
-    mallinfo2 = getattr(libc, "mallinfo2", None)
-    if mallinfo2 is None:
-        return 0
-    mallinfo2.argtypes, mallinfo2.restype = (), _MallInfo2
-    return int(mallinfo2().fordblks)
+    mallinfo2 = getattr(_libc(), "mallinfo2", None)
+    return 0 if mallinfo2 is None else int(mallinfo2().fordblks)
 
 
 def keep_freed_memory() -> bool:
@@ -69,7 +71,6 @@ def keep_freed_memory() -> bool:
     mallopt = getattr(_libc(), "mallopt", None)
     if mallopt is None:  # not glibc (macOS, Windows)
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     # mallopt returns 1 on success; a trim threshold of -1 turns trimming off (mallopt(3)).
     # One arena: a thread's arena is a 64 MiB mapping that cannot hold an image, so a thread's large
     # blocks would be mapped and unmapped whatever M_MMAP_MAX says (the outputs' and sums' threads).

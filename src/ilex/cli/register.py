@@ -250,6 +250,17 @@ def add_template_resolution_argument(p, what: str = "a fixed image") -> None:
     )
 
 
+def resolve_named_image(value: str | None, resolution: int | None, option: str) -> str | None:
+    """`option`'s image (a file, a TemplateFlow name, or None) as a file path: the name's image at
+    `--template-resolution`, which is refused in one line where `option` gives no name."""
+    from ..templateflow import resolve_image, templateflow_name
+
+    if resolution is not None and (value is None or templateflow_name(value) is None):
+        given = f", and {value} is a file" if value is not None else ""
+        raise OptionError(f"--template-resolution: it is for {option} given by a TemplateFlow name{given}")
+    return None if value is None else resolve_image(value, resolution)
+
+
 def add_steps_and_extent_arguments(p) -> None:
     """`-n` and `-e`, as register, batch and template take them (`settings_from_args` reads them)."""
     p.add_argument("-n", "--steps", type=int, default=7, help="integration steps (default 7)")
@@ -357,11 +368,7 @@ def check_outputs(args, model) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..templateflow import resolve_image, templateflow_name
-
-    if args.template_resolution is not None and templateflow_name(args.fixed) is None:
-        raise OptionError(f"--template-resolution: {args.fixed} is a file, not a TemplateFlow name")
-    args.fixed = resolve_image(args.fixed, args.template_resolution)  # a TemplateFlow name: its file
+    args.fixed = resolve_named_image(args.fixed, args.template_resolution, "FIXED")  # a TemplateFlow name: its file
     model = resolve_model(args.model)
     from ..registration.pipeline import check_options
 

@@ -6,10 +6,14 @@ import argparse
 import sys
 import time
 
-from ..errors import OptionError
 from ..registration.methods import DEFAULT_METHOD
 from .batch import add_dask_arguments, check_dask_arguments
-from .register import add_conv_argument, add_steps_and_extent_arguments, add_template_resolution_argument
+from .register import (
+    add_conv_argument,
+    add_steps_and_extent_arguments,
+    add_template_resolution_argument,
+    resolve_named_image,
+)
 
 _DESCRIPTION = """\
 Build an unbiased template of a cohort: every image is registered to the current template (one
@@ -174,12 +178,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..template import build_template
     from ..template.inputs import as_inputs, check_inputs
-    from ..templateflow import resolve_image, templateflow_name
 
-    if args.template_resolution is not None and (args.initial is None or templateflow_name(args.initial) is None):
-        raise OptionError("--template-resolution: it is for --initial given by a TemplateFlow name")
-    if args.initial is not None:
-        args.initial = resolve_image(args.initial, args.template_resolution)  # a TemplateFlow name: its file
+    args.initial = resolve_named_image(args.initial, args.template_resolution, "--initial")  # a name: its file
     check_inputs(as_inputs(images), args.initial)  # before a cluster starts
     log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
     start = time.perf_counter()

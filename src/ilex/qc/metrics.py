@@ -50,8 +50,8 @@ class HeadSample:
 
     def __init__(self, fixed: np.ndarray):
         self.step = step = subsample_step(fixed.shape)
-        sample = np.nan_to_num(np.asarray(fixed[::step, ::step, ::step], np.float32))  # NaN (API images) as 0
-        self.head = np.asarray(sample > float(HEAD_LEVEL * np.percentile(sample, 99)))  # as `slices.head_threshold`
+        sample = subsample(fixed, step)
+        self.head = sample > head_level(sample)
         self.inside = np.nonzero(self.head)
         self.points = tuple(i * step for i in self.inside)
         self.values = np.asarray(sample[self.inside], np.float32)
@@ -172,11 +172,21 @@ def world_affine(result) -> np.ndarray:
     return result.affine
 
 
-def head_mask(volume: np.ndarray, step: int) -> np.ndarray:
-    """The head of a volume on a strided subsample: above `HEAD_LEVEL` x its own 99th percentile
+def subsample(volume: np.ndarray, step: int) -> np.ndarray:
+    """Every `step`-th voxel of a volume along each axis, float32, NaN (none in a loaded Image) as 0."""
+    return np.nan_to_num(np.asarray(volume[::step, ::step, ::step], np.float32))
+
+
+def head_level(sample: np.ndarray):
+    """The intensity above which a voxel of `sample` is head: `HEAD_LEVEL` x its own 99th percentile
     (each image its own level, so that contrasts and intensity scales do not matter)."""
-    sample = np.nan_to_num(np.asarray(volume[::step, ::step, ::step], np.float32))
-    return sample > HEAD_LEVEL * np.percentile(sample, 99)
+    return HEAD_LEVEL * np.percentile(sample, 99)
+
+
+def head_mask(volume: np.ndarray, step: int) -> np.ndarray:
+    """The head of a volume on a strided subsample (`subsample`, above its `head_level`)."""
+    sample = subsample(volume, step)
+    return sample > head_level(sample)
 
 
 def containment(a: np.ndarray, b: np.ndarray) -> float:
@@ -201,9 +211,7 @@ def head_overlap(result, moved: np.ndarray, sample: HeadSample | None = None, be
     # The moving image placed by the headers, on the same subsample (its head by its own level).
     if before is None:
         before = header_aligned_sample(result.moving, result.fixed.affine, sample)
-    moving = np.nan_to_num(np.asarray(result.moving.data[::step, ::step, ::step], np.float32))
-    level = HEAD_LEVEL * np.percentile(moving, 99)
-    out["head_overlap_before"] = containment(sample.head, before > level)
+    out["head_overlap_before"] = containment(sample.head, before > head_level(subsample(result.moving.data, step)))
     voxel_mm3 = abs(np.linalg.det(result.fixed.affine[:3, :3])) * step**3
     out["head_size_mm"] = float((6 * sample.head.sum() * voxel_mm3 / np.pi) ** (1 / 3))
     return out

@@ -58,13 +58,12 @@ def fixed(values, scale: float, terms: int, what: str) -> np.ndarray:
         low, high = float(scaled.min()), float(scaled.max())  # NaN propagates into both
         if not (np.isfinite(low) and np.isfinite(high)):
             if kind is np.float32 and np.isfinite(values).all():  # finite, but beyond float32 once scaled
-                low, high = -np.inf, np.inf
+                low, high = float(values.min()) * scale, float(values.max()) * scale
             else:
                 raise IlexError(f"{what}: holds values that are not finite; it cannot be averaged")
         bound = _INT64_ROOM / max(int(terms), 1)
         largest = max(-low, high)
         if largest >= bound:
-            largest = float(np.abs(values).max()) * scale if np.isinf(largest) else largest
             raise IlexError(
                 f"{what}: a value of {largest / scale:.4g} is too large to sum over {terms} images in "
                 f"fixed point (bound {bound / scale:.4g})"
