@@ -1,5 +1,5 @@
 """How long filling a new array takes with freed memory handed back to the system (glibc's default)
-and kept in the process (`ilex._allocator.keep_freed_memory`, what the `ilex` command does).
+and kept in the process (`ilex._allocator.keep_freed_memory`, what ilex's batch, bids, template and train commands do).
 
 In a fresh process for each setting, a worker thread (as a template's sums and outputs run) makes
 `--repeats` new float64 arrays of `--megabytes` MB from a float32 one (a 1 mm warp's residual scaled

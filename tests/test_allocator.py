@@ -72,12 +72,15 @@ def test_the_users_own_allocator_settings_are_left_alone():
     assert _child(GLIBC_TUNABLES="glibc.malloc.trim_threshold=65536")["kept"] is False
 
 
-def test_the_ilex_command_keeps_freed_memory(monkeypatch):
+def test_the_commands_that_loop_keep_freed_memory_and_register_does_not(monkeypatch, tmp_path):
     from ilex.cli import main as cli
 
     called = []
     monkeypatch.setattr("ilex._allocator.keep_freed_memory", lambda: called.append(True) or True)
     assert cli.main(["report", "/nonexistent/qc"]) != 0
+    assert cli.main(["register", "/nonexistent/a.nii.gz", "/nonexistent/b.nii.gz", "-o", str(tmp_path / "m.nii.gz")])
+    assert called == []  # one registration: glibc's default
+    assert cli.main(["template", "/nonexistent/a.nii.gz", "/nonexistent/b.nii.gz", "-o", str(tmp_path / "t")]) != 0
     assert called == [True]
 
 

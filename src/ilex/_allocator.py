@@ -6,12 +6,14 @@ kernel hands over again, zeroed, on first touch. On a virtual machine whose host
 memory lazily (Firecracker; a cloud VM with free-page reporting) that first touch is slow: on the
 bench machine a new 170 MB array took 2.03 s to fill against 0.03 s in memory the process had freed
 and kept (medians; docs/template.md, "Memory the process keeps"). A template, a batch or a training
-run allocates arrays of the same few sizes over and over, so the `ilex` command asks glibc to serve
+run allocates arrays of the same few sizes over and over, so those `ilex` commands ask glibc to serve
 every block from the process's heap (`M_MMAP_MAX` 0), never to trim it (`M_TRIM_THRESHOLD` -1), and
 to use one arena for all threads (`M_ARENA_MAX` 1). The process then keeps its peak until it exits,
 which its next pair, round or step needs again anyway.
 
-Only the `ilex` command does this (a library must not change its host's allocator). It is left alone
+Only the `ilex` commands that run many registrations, rounds or steps in one process do this
+(`cli.main.KEEPS_FREED_MEMORY`: a single registration gains nothing and would hold more at its peak;
+a library must not change its host's allocator). It is left alone
 where the user set glibc's own variables (`MALLOC_MMAP_MAX_`, `MALLOC_TRIM_THRESHOLD_`,
 `MALLOC_ARENA_MAX`, or `glibc.malloc` tunables in `GLIBC_TUNABLES`) or `ILEX_KEEP_FREED_MEMORY=0`,
 and off glibc. Memory kept this way is free for the process's next arrays: `free_heap_bytes` says

@@ -75,7 +75,7 @@ def error_text(error: BaseException) -> str:
 class PeakMemory:
     """The highest memory in use (GiB) by this process while the `with` block runs (or from
     `start()` to `stop()`, which may be called on another thread): resident memory less what its
-    malloc holds free for its next arrays (the `ilex` command keeps freed memory, `ilex._allocator`,
+    malloc holds free for its next arrays (ilex's batch and template commands keep freed memory, `ilex._allocator`,
     so resident memory alone would carry an earlier pair's peak into every later one)."""
 
     def __init__(self, interval: float = 0.1):

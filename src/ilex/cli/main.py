@@ -59,6 +59,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 
+# The commands that run many registrations, rounds or steps in one process keep the memory they free for
+# the next ones (`ilex._allocator`: arrays of the same sizes come and go). A single registration gains
+# nothing from it and would hold more at its peak: the README's first command peaked at 1.52 GiB with
+# it and 1.22 GiB without, no faster (bench/results/first_command_kept_memory_2026-12-05.json).
+KEEPS_FREED_MEMORY = ("batch", "bids", "template", "train")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import apply as apply_cmd
     from . import batch as batch_cmd
@@ -101,11 +108,6 @@ def resolve_command(word: str, commands) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .._allocator import keep_freed_memory
-
-    # First, before any thread allocates (one arena serves the threads started after it): arrays of the
-    # same sizes come and go, keep their pages (see _allocator).
-    keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
@@ -135,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _warnings_as_lines(args.command)
+    if args.command in KEEPS_FREED_MEMORY:
+        from .._allocator import keep_freed_memory
+
+        # Before JAX's threads first allocate (one arena serves the threads that allocate after it).
+        keep_freed_memory()
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

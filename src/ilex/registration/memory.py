@@ -52,8 +52,8 @@ def estimate_peak_bytes(extent: int, width: int = 256, detector: bool = False) -
 
 def available_bytes() -> float:
     """Memory this process may still use: the smaller of free RAM and what the cgroup (container,
-    SLURM job) leaves, plus what its own malloc holds free for its next arrays (the `ilex` command
-    keeps freed memory: `ilex._allocator`)."""
+    SLURM job) leaves, plus what its own malloc holds free for its next arrays (ilex's batch and
+    template commands keep freed memory: `ilex._allocator`)."""
     import psutil
 
     from .._allocator import free_heap_bytes
