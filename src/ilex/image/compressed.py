@@ -1,10 +1,12 @@
-"""Writing NIfTI/MGH images gzip-compressed (.nii.gz, .mgz), fast and reproducibly.
+"""Reading and writing gzip-compressed NIfTI/MGH images (.nii.gz, .mgz), fast and reproducibly.
 
 nibabel compresses with Python's zlib at level 1. ISA-L's deflate (the `isal` package, as
 xopen and cutadapt use it) gives the same ratio at level 1 about 15 times faster: 0.26 s
 instead of 4.4 s for a 104 MB warp, which in a batch is most of what writing a pair costs.
 Where `isal` is not installed, zlib at level 1 writes the same format. The gzip header holds
-no file name and time 0, so rerunning a registration writes identical bytes.
+no file name and time 0, so rerunning a registration writes identical bytes. Reading, ISA-L
+inflates a file whole about twice as fast as nibabel's stream through Python's gzip (a 2 mm head:
+11 ms instead of 20 ms, which a template's rounds pay twice a registration).
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ from typing import BinaryIO
 
 try:
     from isal import igzip as _gzip
+    from isal.isal_zlib import error as _InflateError
 except ImportError:  # pragma: no cover - isal has wheels for the platforms ilex supports
     _gzip = gzip
+    from zlib import error as _InflateError
+
+# What inflating a damaged file raises: a truncated stream (EOFError), a bad header or CRC
+# (gzip.BadGzipFile), a corrupt deflate stream (ISA-L's or zlib's error).
+INFLATE_ERRORS = (EOFError, gzip.BadGzipFile, _InflateError)
 
 COMPRESS_LEVEL = 1  # nibabel's default: files barely smaller at higher levels, much slower
 
@@ -45,3 +53,16 @@ def save_nibabel(image, path: str) -> None:
             image.to_stream(f)
     else:
         nib.save(image, path)
+
+
+def load_voxels(img, path: str):
+    """The voxels of `img`, a nibabel image opened from `path` (its header read): for a single-file
+    compressed image (.nii.gz, .mgz) the file inflated whole by ISA-L and parsed from memory; else
+    nibabel's own reading. Raises `INFLATE_ERRORS` for a damaged file."""
+    import numpy as np
+
+    klass = type(img)
+    if path.lower().endswith((".gz", ".mgz")) and hasattr(klass, "from_bytes"):
+        with open(path, "rb") as f:
+            img = klass.from_bytes(_gzip.decompress(f.read()))
+    return np.asanyarray(img.dataobj)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import warnings
 import zlib
@@ -13,7 +12,7 @@ import numpy as np
 
 from .._atomic import atomic_file
 from ..errors import IlexWarning, ImageFileError
-from .compressed import save_nibabel
+from .compressed import INFLATE_ERRORS, load_voxels, save_nibabel
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh")
 
@@ -50,7 +49,7 @@ def load_image(path: str | os.PathLike, *, what: str = "image", check_values: bo
     path = os.fspath(path)
     img = _opened(path, what)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = load_voxels(img, path)
     except _READ_ERRORS as e:
         raise _unreadable(path, e) from None
     return Image(*_checked(data, img.affine, path, what, check_values), path)
@@ -62,7 +61,7 @@ def check_image_file(path: str | os.PathLike, *, what: str = "image") -> None:
     _opened(os.fspath(path), what)
 
 
-_READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError)
+_READ_ERRORS = (nib.filebasedimages.ImageFileError, OSError, ValueError, zlib.error, *INFLATE_ERRORS)
 
 
 def _opened(path: str, what: str):
@@ -82,7 +81,7 @@ def _opened(path: str, what: str):
 def _unreadable(path: str, error: Exception) -> ImageFileError:
     kind = (
         "truncated or corrupt"
-        if isinstance(error, (EOFError, zlib.error, gzip.BadGzipFile)) or "ompressed" in str(error)
+        if isinstance(error, (zlib.error, *INFLATE_ERRORS)) or "ompressed" in str(error)
         else "not a readable NIfTI or MGZ image"
     )
     return ImageFileError(

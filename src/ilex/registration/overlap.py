@@ -16,7 +16,10 @@ from ..image.io import Image
 # Whole heads off by ~130 mm on every axis (scanner vs. corner origins) share about 12 %, and
 # slabs inside a whole-brain image share ~100 %, so the limit separates the two.
 MIN_SHARED_CONTENT = 0.2
-_MAX_POINTS = 2_000_000
+# A strided subsample of this many voxels at most: the fractions are only compared with 0.2, and
+# 250k points give them within 0.01 of 2 M points' (pairs shifted 40-120 mm, 1 and 2 mm grids)
+# at 6 ms instead of 80 ms a 2 mm pair.
+_MAX_POINTS = 250_000
 
 
 def _foreground_voxels(image: Image) -> np.ndarray:
