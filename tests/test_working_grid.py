@@ -101,6 +101,11 @@ def test_levels_are_read_in_working_voxels():
     assert OptimizeMethod(skip_finest=True).plan(2.0) == ((2,), (50,), 2)
     assert OptimizeMethod(levels=(8, 4, 2), iterations=(5, 6, 7), skip_finest=True).plan(1.0) == ((8, 4), (5, 6), 8)
     assert OptimizeMethod(levels=(4,), iterations=(9,), skip_finest=True).plan(1.0) == ((4,), (9,), 4)
+    # ... and the affine stage's polish: its coarse level alone (a grid with one level keeps it).
+    assert OptimizeMethod()._affine_levels((181, 217, 181)) == (8, 4)
+    assert OptimizeMethod(skip_finest=True)._affine_levels((181, 217, 181)) == (8,)
+    assert OptimizeMethod(skip_finest=True)._affine_levels((90, 108, 90)) == (4,)
+    assert OptimizeMethod(skip_finest=True)._affine_levels((40, 40, 40)) == (2,)
     assert "8 mm velocity over 8 mm -> 4 mm" in OptimizeMethod().describe(
         256, 7, image_grid(*[_image((4,) * 3, (9,) * 3)] * 2, 256)
     )

@@ -144,8 +144,9 @@ class OptimizeMethod(Method):
     (4 and 2 voxels on 1 mm images, 50 and 20 iterations). `steps` is the
     scaling-and-squaring step count of exp(v), the pipeline's (`-n`), so that the warp written
     is the one optimised. `affine=False` skips the affine stage (centres of mass only).
-    `skip_finest` leaves out the finest level (the velocity grid then no finer than the level
-    left): what `ilex template`'s rounds before the last run (`intermediate_round_options`).
+    `skip_finest` leaves out the finest deformable level (the velocity grid then no finer than
+    the level left) and the affine stage's finest level, its polish: what `ilex template`'s
+    rounds before the last run (`intermediate_round_options`).
     `progress` shows a bar per level (on a terminal). The answer's `details` hold what "auto"
     chose (`similarity`) and each stage's seconds and iterations (`profile`).
     `estimate`'s `masks` (fixed, moving), each None or a 0/1 array on its network grid, are
@@ -247,7 +248,7 @@ class OptimizeMethod(Method):
                 pyr_fix,
                 matrix,
                 shape,
-                scales=_affine_scales(shape),
+                scales=self._affine_levels(shape),
                 voxel_size=size,
                 progress=self.progress,
                 profile=profile,
@@ -255,6 +256,11 @@ class OptimizeMethod(Method):
                 mask_mov=pyr_masks[1],
             )
         return pyr_mov, pyr_fix, matrix, pyr_masks
+
+    def _affine_levels(self, shape) -> tuple[int, ...]:
+        # The affine stage's levels, coarse to fine; `skip_finest` leaves out the polish.
+        scales = _affine_scales(shape)
+        return scales[:-1] if self.skip_finest and len(scales) > 1 else scales
 
     def _deformable(
         self,
