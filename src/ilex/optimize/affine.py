@@ -11,6 +11,7 @@ the grid's voxel size.
 from __future__ import annotations
 
 import functools
+import itertools
 import sys
 import time
 
@@ -178,13 +179,94 @@ def cost_weight(fix_weight, mov_weight, coords):
     return weight
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "centre", "unit", "learning_rate", "iterations", "bins"))
+def _sample_with_gradient(volume4, coords):
+    """`interpolate_clamped` of a volume at `coords` and its derivative with respect to them, as
+    (..., 4): the value, then d/dx, d/dy, d/dz (zero where a coordinate is clamped; half on the
+    border itself, as `jnp.clip`'s derivative). `volume4` is the volume repeated in 4 channels:
+    one gather of 4 values per corner keeps the whole sum one loop on XLA's CPU backend, where
+    reading the volume once per corner for 4 sums made it split the corners' reads into slow
+    separate gathers (0.86 ms against 0.29 ms on 14k voxels, measured)."""
+    size = volume4.shape[:3]
+    lo, hi, w_lo, w_hi, inside = [], [], [], [], []
+    for d in range(3):
+        loc = coords[..., d]
+        m = float(size[d] - 1)
+        l0 = jnp.clip(jnp.floor(loc), 0.0, m)
+        l1 = jnp.clip(l0 + 1.0, 0.0, m)
+        wl = l1 - jnp.clip(loc, 0.0, m)
+        lo.append(l0.astype(jnp.int32))
+        hi.append(l1.astype(jnp.int32))
+        w_lo.append(wl)
+        w_hi.append(1.0 - wl)
+        inside.append(jnp.where((loc > 0.0) & (loc < m), 1.0, jnp.where((loc == 0.0) | (loc == m), 0.5, 0.0)))
+    out = None
+    for corner in itertools.product((0, 1), repeat=3):
+        w = [w_hi[d] if corner[d] else w_lo[d] for d in range(3)]
+        sign = [1.0 if corner[d] else -1.0 for d in range(3)]
+        weights = jnp.stack(
+            [
+                (w[0] * w[1]) * w[2],
+                sign[0] * (w[1] * w[2]) * inside[0],
+                sign[1] * (w[0] * w[2]) * inside[1],
+                sign[2] * (w[0] * w[1]) * inside[2],
+            ],
+            -1,
+        )
+        idx = [hi[d] if corner[d] else lo[d] for d in range(3)]
+        term = weights * volume4[idx[0], idx[1], idx[2]]
+        out = term if out is None else out + term
+    return out
+
+
+@jax.jit
+def four_channels(volume):
+    """`volume` repeated in 4 channels, what `_affine_step` samples (once per level)."""
+    return jnp.repeat(volume[..., None], 4, axis=-1)
+
+
+def _level_coords(params, start, grid, scale, centre, unit):
+    return apply_matrix(level_matrix(params_to_matrix(params, start, centre, unit), scale), grid)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "centre", "unit"))
+def _affine_sample(params, start, mov4, grid, mov_weight=None, *, scale, centre, unit):
+    # The moving image where the fixed grid lands and its derivative there, materialised once
+    # (`_sample_with_gradient`); with a moving mask, where it counts (`cost_weight`).
+    coords = _level_coords(params, start, grid, scale, centre, unit)
+    sampled = _sample_with_gradient(mov4, coords)
+    if mov_weight is None:
+        return sampled
+    return sampled, cost_weight(None, mov_weight, coords)
+
+
+@functools.partial(jax.jit, static_argnames=("bins",))
+def _affine_similarity(fix, moved, weight=None, *, bins):
+    # MI and its derivative with respect to the moved intensities, on its own: fused with the
+    # sampling, XLA's CPU backend ran the histogram's scatters several times slower.
+    if weight is None:  # no mask: exactly the unmasked program
+        return jax.value_and_grad(lambda m: mutual_information(fix, m, bins))(moved)
+    return jax.value_and_grad(lambda m: masked_mutual_information(fix, m, weight, bins))(moved)
+
+
+@functools.partial(jax.jit, static_argnames=("scale", "centre", "unit", "learning_rate", "iterations"))
+def _affine_update(
+    params, opt_state, start, grid, sampled, d_similarity, *, scale, centre, unit, learning_rate, iterations
+):
+    # The chain rule by hand: -d MI / d moved times d moved / d coordinates, pulled back to the
+    # parameters through the (linear) map from parameters to coordinates.
+    cotangent = -d_similarity[..., None] * sampled[..., 1:]
+    _, pull_back = jax.vjp(lambda p: _level_coords(p, start, grid, scale, centre, unit), params)
+    (grad,) = pull_back(cotangent)
+    updates, opt_state = _optimizer(learning_rate, iterations).update(grad, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def _affine_step(
     params,
     opt_state,
     start,
     fix,
-    mov,
+    mov4,
     grid,
     fix_weight=None,
     mov_weight=None,
@@ -196,17 +278,32 @@ def _affine_step(
     iterations,
     bins,
 ):
-    def loss(p):
-        m = level_matrix(params_to_matrix(p, start, centre, unit), scale)
-        coords = apply_matrix(m, grid)
-        if fix_weight is None and mov_weight is None:  # no mask: exactly the unmasked program
-            return -mutual_information(fix, interpolate_clamped(mov, coords), bins)
-        weight = cost_weight(fix_weight, mov_weight, coords)
-        return -masked_mutual_information(fix, interpolate_clamped(mov, coords), weight, bins)
+    """One Adam step of the parameters on -MI: (parameters, optimiser state, MI before the step).
 
-    value, grad = jax.value_and_grad(loss)(params)
-    updates, opt_state = _optimizer(learning_rate, iterations).update(grad, opt_state)
-    return optax.apply_updates(params, updates), opt_state, -value
+    Three programs rather than one (`_affine_sample`, `_affine_similarity`, `_affine_update`):
+    as one, XLA's CPU backend split the trilinear reads into separate gathers and ran MI's
+    scatters on the unfused sampling (1.83 ms a step on 14k voxels against 1.02 ms, 6.3 against
+    5.3 ms on 110k). `mov4`: the moving image in 4 channels (`four_channels`)."""
+    geometry = {"scale": scale, "centre": centre, "unit": unit}
+    if mov_weight is None:
+        sampled, weight = _affine_sample(params, start, mov4, grid, **geometry), None
+    else:
+        sampled, weight = _affine_sample(params, start, mov4, grid, mov_weight, **geometry)
+    if fix_weight is not None:
+        weight = fix_weight if weight is None else fix_weight * weight
+    value, d_similarity = _affine_similarity(fix, sampled[..., 0], weight, bins=bins)
+    params, opt_state = _affine_update(
+        params,
+        opt_state,
+        start,
+        grid,
+        sampled,
+        d_similarity,
+        **geometry,
+        learning_rate=learning_rate,
+        iterations=iterations,
+    )
+    return params, opt_state, value
 
 
 def optimise_affine(
@@ -244,6 +341,7 @@ def optimise_affine(
     centre = (shape - 1) / 2.0 if isinstance(shape, int) else tuple((n - 1) / 2.0 for n in shape)
     unit = TRANSLATION_UNIT_MM / voxel_size
     grids = {scale: voxel_grid(pyramid_fix[scale].shape) for scale in scales}
+    moving4 = {scale: four_channels(pyramid_mov[scale]) for scale in scales}
 
     def step(params, opt_state, start32, scale, iterations, lr):
         return _affine_step(
@@ -251,7 +349,7 @@ def optimise_affine(
             opt_state,
             start32,
             pyramid_fix[scale],
-            pyramid_mov[scale],
+            moving4[scale],
             grids[scale],
             None if mask_fix is None else mask_fix[scale],
             None if mask_mov is None else mask_mov[scale],
