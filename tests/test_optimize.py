@@ -95,6 +95,20 @@ def test_odd_sizes_downsample_and_the_pyramid_keeps_the_asked_levels():
     np.testing.assert_array_equal(np.asarray(levels[8]), np.asarray(downsample2(twice)))
 
 
+def test_the_optimisers_exp_is_scaling_and_squaring_bit_for_bit():
+    # exp_velocity carries the field in 4 channels for speed; the numbers must not change.
+    from ilex.optimize.deformable import exp_velocity
+    from ilex.transforms.integrate import scaling_and_squaring
+
+    rng = np.random.default_rng(5)
+    for shape in ((9, 11, 7), (23, 27, 23)):
+        v = jnp.asarray(rng.normal(0, 2.0, (*shape, 3)).astype(np.float32))
+        for steps in (0, 1, 7):
+            got = exp_velocity(v, voxel_grid(shape), steps)
+            assert got.shape == v.shape
+            assert jnp.array_equal(got, scaling_and_squaring(v, steps))
+
+
 def test_similarities():
     rng = np.random.default_rng(1)
     f = jnp.asarray(rng.random((16, 16, 16)).astype(np.float32))

@@ -66,8 +66,13 @@ class Level:
 def exp_velocity(v, grid, steps: int):
     """`exp(v)` as a displacement (voxels of v's grid), `grid` = `voxel_grid(v.shape[:3])` given
     as an argument so that XLA does not fold it into a constant."""
-    u = v / jnp.float32(2**steps)
-    return jax.lax.fori_loop(0, steps, lambda _, u: u + interpolate_clamped(u, grid + u), u)
+    # Carried in 4 channels, the 4th zero: XLA's CPU backend reads 4 floats a corner faster than
+    # 3 (7 steps on a 45x54x45 velocity, 9.3 -> 7.4 ms; 23x27x23, 2.2 -> 1.4 ms), with the same
+    # numbers bit for bit. Not in `scaling_and_squaring`, which training differentiates: there
+    # the 4th channel's share of the gradient's scatter cost 6-10 % (measured).
+    u4 = jnp.pad(v / jnp.float32(2**steps), ((0, 0),) * 3 + ((0, 1),))
+    u4 = jax.lax.fori_loop(0, steps, lambda _, u4: u4 + interpolate_clamped(u4, grid + u4[..., :3]), u4)
+    return u4[..., :3]
 
 
 def spatial_gradient(image):
