@@ -8,6 +8,7 @@ Tolerances are a small multiple of what was measured (in the comments), on the 2
 machine this was written on; the measurements are deterministic on CPU up to thread order.
 """
 
+import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
@@ -107,6 +108,35 @@ def test_the_optimisers_exp_is_scaling_and_squaring_bit_for_bit():
             got = exp_velocity(v, voxel_grid(shape), steps)
             assert got.shape == v.shape
             assert jnp.array_equal(got, scaling_and_squaring(v, steps))
+
+
+def test_lnccs_two_programs_give_the_one_programs_update_bit_for_bit():
+    # _deformable_step runs LNCC's force and the update as two programs for speed (`_force`,
+    # `_apply_force`); they must give what the single program `_update` gives, masked or not.
+    from ilex.optimize.deformable import _deformable_step, _optimizer
+    from ilex.optimize.smoothing import gaussian_matrices
+
+    rng = np.random.default_rng(6)
+    shape, shape_v = (20, 24, 18), (10, 12, 9)
+    from scipy.ndimage import gaussian_filter
+
+    fix, mov = (jnp.asarray(gaussian_filter(rng.random(shape), 2).astype(np.float32)) for _ in range(2))
+    weight = jnp.asarray((rng.random(shape) > 0.2).astype(np.float32))
+    v = jnp.asarray(rng.normal(0, 0.3, (*shape_v, 3)).astype(np.float32))
+    grid, grid_v = voxel_grid(shape), voxel_grid(shape_v)
+    fluid, field = gaussian_matrices(shape_v, 1.0), gaussian_matrices(shape_v, 1.5)
+    matrix, step, reference = jnp.eye(4, dtype=jnp.float32), jnp.float32(0.25), jnp.float32(0.1)
+    common = {"similarity": "lncc", "radius": 2, "bins": 64, "factor": 2, "momentum": 0.5}
+    for masks in ({}, {"fix_weight": weight}):
+        opt_state = _optimizer(0.5).init(v)
+        got = _deformable_step(
+            v + 0, opt_state, fix, mov, matrix, grid, grid_v, fluid, field, step, reference, steps=5, **common, **masks
+        )
+        warped = _moved(v, mov, matrix, grid, grid_v, factor=2, steps=5)
+        weight_net = None if not masks else masks["fix_weight"]
+        expected = _update(v + 0, opt_state, fix, warped, fluid, field, step, reference, weight_net, **common)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected), strict=True):
+            assert jnp.array_equal(a, b)
 
 
 def test_similarities():
