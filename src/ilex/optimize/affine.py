@@ -240,9 +240,11 @@ def _affine_sample(params, start, mov4, grid, mov_weight=None, *, scale, centre,
 
 
 @functools.partial(jax.jit, static_argnames=("bins",))
-def _affine_similarity(fix, moved, weight=None, *, bins):
-    # MI and its derivative with respect to the moved intensities, on its own: fused with the
-    # sampling, XLA's CPU backend ran the histogram's scatters several times slower.
+def _affine_similarity(fix, sampled, weight=None, *, bins):
+    # MI and its derivative with respect to the moved intensities (`sampled`'s first channel; taken
+    # here, not by an eager slice on the host each step), on its own: fused with the sampling,
+    # XLA's CPU backend ran the histogram's scatters several times slower.
+    moved = sampled[..., 0]
     if weight is None:  # no mask: exactly the unmasked program
         return jax.value_and_grad(lambda m: mutual_information(fix, m, bins))(moved)
     return jax.value_and_grad(lambda m: masked_mutual_information(fix, m, weight, bins))(moved)
@@ -291,7 +293,7 @@ def _affine_step(
         sampled, weight = _affine_sample(params, start, mov4, grid, mov_weight, **geometry)
     if fix_weight is not None:
         weight = fix_weight if weight is None else fix_weight * weight
-    value, d_similarity = _affine_similarity(fix, sampled[..., 0], weight, bins=bins)
+    value, d_similarity = _affine_similarity(fix, sampled, weight, bins=bins)
     params, opt_state = _affine_update(
         params,
         opt_state,
