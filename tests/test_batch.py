@@ -519,3 +519,26 @@ def test_a_row_reading_another_rows_output_is_refused(tmp_path, text, message):
     with pytest.raises(OptionError, match=message) as caught:
         read_pairs(tmp_path / "pairs.csv")
     assert "\n" not in str(caught.value)
+
+
+def test_the_registrar_reads_a_shared_fixed_file_once(tmp_path, monkeypatch):
+    # A batch to one atlas (and a template round) registers every image to the same file: the
+    # registrar keeps its voxels while the file is the same one, and reads it again once it changes.
+    from ilex.registration import session
+
+    path = str(tmp_path / "atlas.nii.gz")
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.random((6, 7, 8)).astype(np.float32), np.eye(4)), path)
+    reads = []
+    real = session.load_image
+    monkeypatch.setattr(session, "load_image", lambda p, **kw: reads.append(p) or real(p, **kw))
+    registrar = session.Registrar(method="optimize")
+    first = registrar._fixed_image(path)
+    assert registrar._fixed_image(path) is first and len(reads) == 1
+    other = tmp_path / "other.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((6, 7, 8), np.float32) + rng.random((6, 7, 8)), np.eye(4)), other)
+    assert registrar._fixed_image(str(other)).path == str(other) and len(reads) == 2
+    nib.save(nib.Nifti1Image(2 * rng.random((6, 7, 8)).astype(np.float32), np.eye(4)), path)  # rewritten
+    os.utime(path, ns=(1, 1))  # a different modification time even on a coarse clock
+    again = registrar._fixed_image(path)
+    assert again is not first and not np.array_equal(again.data, first.data) and len(reads) == 3
