@@ -219,7 +219,7 @@ def _sample_with_gradient(volume4, coords):
 
 
 @jax.jit
-def four_channels(volume):
+def _four_channels(volume):
     """`volume` repeated in 4 channels, what `_affine_step` samples (once per level)."""
     return jnp.repeat(volume[..., None], 4, axis=-1)
 
@@ -240,11 +240,13 @@ def _affine_sample(params, start, mov4, grid, mov_weight=None, *, scale, centre,
 
 
 @functools.partial(jax.jit, static_argnames=("bins",))
-def _affine_similarity(fix, sampled, weight=None, *, bins):
+def _affine_similarity(fix, sampled, fix_weight=None, moved_weight=None, *, bins):
     # MI and its derivative with respect to the moved intensities (`sampled`'s first channel; taken
     # here, not by an eager slice on the host each step), on its own: fused with the sampling,
-    # XLA's CPU backend ran the histogram's scatters several times slower.
+    # XLA's CPU backend ran the histogram's scatters several times slower. The weights are
+    # `cost_weight`'s: the fixed mask times where the moving mask holds.
     moved = sampled[..., 0]
+    weight = fix_weight if moved_weight is None else moved_weight if fix_weight is None else fix_weight * moved_weight
     if weight is None:  # no mask: exactly the unmasked program
         return jax.value_and_grad(lambda m: mutual_information(fix, m, bins))(moved)
     return jax.value_and_grad(lambda m: masked_mutual_information(fix, m, weight, bins))(moved)
@@ -285,15 +287,13 @@ def _affine_step(
     Three programs rather than one (`_affine_sample`, `_affine_similarity`, `_affine_update`):
     as one, XLA's CPU backend split the trilinear reads into separate gathers and ran MI's
     scatters on the unfused sampling (1.83 ms a step on 14k voxels against 1.02 ms, 6.3 against
-    5.3 ms on 110k). `mov4`: the moving image in 4 channels (`four_channels`)."""
+    5.3 ms on 110k). `mov4`: the moving image in 4 channels (`_four_channels`)."""
     geometry = {"scale": scale, "centre": centre, "unit": unit}
     if mov_weight is None:
-        sampled, weight = _affine_sample(params, start, mov4, grid, **geometry), None
+        sampled, moved_weight = _affine_sample(params, start, mov4, grid, **geometry), None
     else:
-        sampled, weight = _affine_sample(params, start, mov4, grid, mov_weight, **geometry)
-    if fix_weight is not None:
-        weight = fix_weight if weight is None else fix_weight * weight
-    value, d_similarity = _affine_similarity(fix, sampled, weight, bins=bins)
+        sampled, moved_weight = _affine_sample(params, start, mov4, grid, mov_weight, **geometry)
+    value, d_similarity = _affine_similarity(fix, sampled, fix_weight, moved_weight, bins=bins)
     params, opt_state = _affine_update(
         params,
         opt_state,
@@ -343,7 +343,7 @@ def optimise_affine(
     centre = (shape - 1) / 2.0 if isinstance(shape, int) else tuple((n - 1) / 2.0 for n in shape)
     unit = TRANSLATION_UNIT_MM / voxel_size
     grids = {scale: voxel_grid(pyramid_fix[scale].shape) for scale in scales}
-    moving4 = {scale: four_channels(pyramid_mov[scale]) for scale in scales}
+    moving4 = {scale: _four_channels(pyramid_mov[scale]) for scale in scales}
 
     def step(params, opt_state, start32, scale, iterations, lr):
         return _affine_step(
