@@ -138,6 +138,30 @@ def test_truncated_nifti(work, capsys):
     _fails(capsys, work, _register("cut.nii.gz"), "cut.nii.gz", "truncated or corrupt")
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_compressed_images_read_whole_or_streamed_alike(work, monkeypatch, whole):
+    # Small .nii.gz/.mgz files are inflated whole (ISA-L), large ones streamed by nibabel: the same
+    # voxels, and the same one-line error for a truncated file, either way; read whole, the gzip
+    # checksum also catches a corrupted stream (streamed, nibabel stops before it).
+    from ilex.errors import ImageFileError
+    from ilex.image import compressed
+    from ilex.image.io import load_image
+
+    expected = np.asarray(nib.load("moving.nii.gz").dataobj, np.float32)
+    monkeypatch.setattr(compressed, "WHOLE_FILE_BYTES", 2**40 if whole else 16)
+    np.testing.assert_array_equal(load_image("moving.nii.gz").data, expected)
+    nib.save(nib.MGHImage(expected, np.eye(4)), "moving.mgz")
+    np.testing.assert_array_equal(load_image("moving.mgz").data, expected)
+    data = pathlib.Path("moving.nii.gz").read_bytes()
+    pathlib.Path("cut.nii.gz").write_bytes(data[: len(data) // 2])
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2 : len(data) // 2 + 64] = bytes(64)
+    pathlib.Path("corrupt.nii.gz").write_bytes(bytes(corrupt))
+    for name in ("cut.nii.gz", "corrupt.nii.gz") if whole else ("cut.nii.gz",):
+        with pytest.raises(ImageFileError, match="truncated or corrupt"):
+            load_image(name)
+
+
 def test_four_frames(work, capsys):
     data, affine = _head()
     _save("bold.nii.gz", np.stack([data, data], -1), affine)

@@ -128,7 +128,7 @@ def _moved(v, mov, matrix, grid, grid_v, fix_weight=None, mov_weight=None, *, fa
 
 
 def _force_of(fix, warped, weight, similarity, radius, bins):
-    # The similarity and its force on the level's grid (steps 3 of the module docstring).
+    # The similarity and its force on the level's grid (step 3 of the module docstring).
     if weight is None:  # no mask: exactly the unmasked program
         value, dsim = similarity_function(similarity, radius, bins)(fix, warped)
     else:  # measured only where the masks are: no force from the voxels outside them
