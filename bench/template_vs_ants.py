@@ -108,7 +108,14 @@ def child_ants(cohort: dict, out: str, rounds: int, initial: str | None = None) 
 
 
 def run_child(kind: str, cohort: dict, out: str, args) -> dict:
-    env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(os.cpu_count()))
+    # The children import this checkout's ilex (a copy of the repository run with another checkout's
+    # environment would otherwise measure that checkout's code).
+    src = os.path.join(os.path.dirname(HERE), "src")
+    env = dict(
+        os.environ,
+        ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=str(os.cpu_count()),
+        PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     spec = json.dumps(
         {
             "kind": kind,

@@ -64,16 +64,26 @@ WHOLE_FILE_BYTES = 128 * 2**20
 
 def load_voxels(img, path: str):
     """The voxels of `img`, a nibabel image opened from `path` (its header read): for a single-file
-    compressed image (.nii.gz, .mgz) up to `WHOLE_FILE_BYTES`, the file inflated whole by ISA-L and
-    parsed from memory; else nibabel's own reading. Raises `INFLATE_ERRORS` for a damaged file."""
+    compressed image (.nii.gz, .mgz) whose file and voxels (by its header) are both within
+    `WHOLE_FILE_BYTES`, the file inflated whole by ISA-L and parsed from memory; else, or where
+    that fails (a damaged file, bytes after the stream), nibabel's own reading, so that the same
+    files load, or fail, as they did. Raises `INFLATE_ERRORS` for a damaged file."""
     import numpy as np
 
     klass = type(img)
-    if path.lower().endswith((".gz", ".mgz")) and hasattr(klass, "from_bytes"):
+    voxel_bytes = int(np.prod(img.shape, dtype=np.int64)) * img.get_data_dtype().itemsize
+    if (
+        path.lower().endswith((".gz", ".mgz"))
+        and hasattr(klass, "from_bytes")
+        and voxel_bytes <= WHOLE_FILE_BYTES
+        and os.path.getsize(path) <= WHOLE_FILE_BYTES
+    ):
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size <= WHOLE_FILE_BYTES:
-                compressed = f.read()
-                # gzip's last 4 bytes: the inflated size (mod 2^32, little-endian).
-                if int.from_bytes(compressed[-4:], "little") <= WHOLE_FILE_BYTES:
-                    return np.asanyarray(klass.from_bytes(_gzip.decompress(compressed)).dataobj)
+            compressed = f.read()
+        try:
+            return np.asanyarray(klass.from_bytes(_gzip.decompress(compressed)).dataobj)
+        except (*INFLATE_ERRORS, ValueError):
+            pass  # nibabel's reading below says what is wrong, as it did before
+        finally:
+            del compressed
     return np.asanyarray(img.dataobj)

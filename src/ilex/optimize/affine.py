@@ -246,7 +246,10 @@ def _affine_similarity(fix, sampled, fix_weight=None, moved_weight=None, *, bins
     # XLA's CPU backend ran the histogram's scatters several times slower. The weights are
     # `cost_weight`'s: the fixed mask times where the moving mask holds.
     moved = sampled[..., 0]
-    weight = fix_weight if moved_weight is None else moved_weight if fix_weight is None else fix_weight * moved_weight
+    if fix_weight is None or moved_weight is None:
+        weight = moved_weight if fix_weight is None else fix_weight
+    else:
+        weight = fix_weight * moved_weight
     if weight is None:  # no mask: exactly the unmasked program
         return jax.value_and_grad(lambda m: mutual_information(fix, m, bins))(moved)
     return jax.value_and_grad(lambda m: masked_mutual_information(fix, m, weight, bins))(moved)

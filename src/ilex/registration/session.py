@@ -197,14 +197,16 @@ class Registrar:
     def _fixed_image(self, fixed) -> Image:
         """`as_image(fixed)`, the last fixed file's voxels kept: a batch to one atlas or a template
         round registers every image to the same file, which was read again for each (a 1 mm head:
-        0.1 s a pair). Kept while the file's path, inode, size and modification time stay the same."""
+        0.1 s a pair). Kept while the file's path, device, inode, size and modification and status
+        change times stay the same (a file replaced by a copy that keeps its modification time has a
+        new status change time)."""
         if not isinstance(fixed, (str, os.PathLike)):
             return as_image(fixed, "fixed image")
         try:
             st = os.stat(fixed)
         except OSError:
             return as_image(fixed, "fixed image")  # its error, as before
-        key = (os.fspath(fixed), st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (os.fspath(fixed), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         with self._lock:
             if self._last_fixed is not None and self._last_fixed[0] == key:
                 return self._last_fixed[1]
