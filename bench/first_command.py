@@ -35,7 +35,9 @@ def run_once(cache: str, out: str) -> dict:
     """One `ilex register` in a fresh process with `cache` as its compilation cache."""
     argv = [sys.executable, "-m", "ilex", "register", "-m", "optimize", os.path.join(ROOT, MOVING)]
     argv += [os.path.join(ROOT, FIXED), "-o", f"{out}/moved.nii.gz", "-t", f"{out}/warp.nii.gz", "--qc", f"{out}/qc"]
-    env = {**os.environ, "ILEX_COMPILATION_CACHE_DIR": cache}
+    # This checkout's ilex, whichever checkout the environment was installed from.
+    src = os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    env = {**os.environ, "ILEX_COMPILATION_CACHE_DIR": cache, "PYTHONPATH": src}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
