@@ -28,7 +28,7 @@ from ilex.optimize.smoothing import downsample2, gaussian_matrix, pyramid, smoot
 from ilex.registration.methods import OptimizeAffineMethod, OptimizeMethod, RefineMethod, as_method, method_class
 from ilex.registration.pipeline import network_fields, register
 from ilex.transforms.integrate import voxel_grid
-from ilex.transforms.interpolate import interpolate_clamped
+from ilex.transforms.interpolate import interpolate_clamped, interpolate_clamped_with_gradient
 from ilex.transforms.jacobian import folding_fraction, jacobian_determinant
 
 EXTENT = 64
@@ -139,7 +139,7 @@ def test_lnccs_two_programs_give_the_one_programs_update_bit_for_bit():
 
 
 def test_the_affine_steps_hand_derivative_is_autodiffs():
-    # The affine step differentiates the trilinear read by hand (`_sample_with_gradient`) and chains
+    # The affine step differentiates the trilinear read by hand (`interpolate_clamped_with_gradient`) and chains
     # it to the parameters itself; JAX's autodiff of the plain loss is the reference, with points
     # on and beyond the grid's faces, with and without each mask.
     from ilex.optimize import affine
@@ -151,7 +151,7 @@ def test_the_affine_steps_hand_derivative_is_autodiffs():
     coords = rng.uniform(-1.5, 10.5, (400, 3)).astype(np.float32)
     coords[:50, 0], coords[50:100, 1], coords[100:150, 2] = 0.0, 9.0, 7.0  # on the faces
     coords = jnp.asarray(coords)
-    sampled = affine._sample_with_gradient(affine._four_channels(mov), coords)
+    sampled = interpolate_clamped_with_gradient(affine._four_channels(mov), coords)
     value = lambda c: interpolate_clamped(mov, c)
     np.testing.assert_array_equal(sampled[:, 0], value(coords))
     by_autodiff = jax.vmap(jax.grad(lambda c: value(c[None])[0]))(coords)

@@ -24,16 +24,9 @@ def _gather(volume: AnyArray, idx: list[Array]) -> Array:
     return jnp.asarray(volume)[idx[0], idx[1], idx[2]]
 
 
-def interpolate_clamped(
-    volume: Float[AnyArray, "x y z *c"],
-    coords: Float[AnyArray, "*s 3"],
-    fill: float | Float[AnyArray, ""] | None = None,
-) -> Float[AnyArray, ...]:
-    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, docs/spec-deform.md §2.9).
-
-    Returns shape `coords.shape[:-1] + volume.shape[3:]` (one value, or one vector of `c`, per point).
-    """
-    size = volume.shape[:3]
+def _clamped_corners(size, coords):
+    """Per axis, the lower and upper neighbours (int32) of each coordinate clamped into [0, N-1],
+    and their trilinear weights: (lo, hi, w_lo, w_hi), each a list of 3 arrays."""
     lo, hi, w_lo, w_hi = [], [], [], []
     for d in range(3):
         loc = coords[..., d]
@@ -46,6 +39,20 @@ def interpolate_clamped(
         hi.append(l1.astype(jnp.int32))
         w_lo.append(wl)
         w_hi.append(1.0 - wl)
+    return lo, hi, w_lo, w_hi
+
+
+def interpolate_clamped(
+    volume: Float[AnyArray, "x y z *c"],
+    coords: Float[AnyArray, "*s 3"],
+    fill: float | Float[AnyArray, ""] | None = None,
+) -> Float[AnyArray, ...]:
+    """Trilinear `volume` at `coords` with border clamping (neurite `interpn`, docs/spec-deform.md §2.9).
+
+    Returns shape `coords.shape[:-1] + volume.shape[3:]` (one value, or one vector of `c`, per point).
+    """
+    size = volume.shape[:3]
+    lo, hi, w_lo, w_hi = _clamped_corners(size, coords)
     out = None
     for corner in itertools.product((0, 1), repeat=3):
         idx = [hi[d] if corner[d] else lo[d] for d in range(3)]
@@ -60,6 +67,40 @@ def interpolate_clamped(
             outside |= (coords[..., d] < 0) | (coords[..., d] > size[d] - 1)
         mask = outside[..., None] if volume.ndim == 4 else outside
         out = jnp.where(mask, jnp.asarray(fill, out.dtype), out)
+    return out
+
+
+def interpolate_clamped_with_gradient(
+    volume4: Float[AnyArray, "x y z 4"], coords: Float[AnyArray, "*s 3"]
+) -> Float[AnyArray, "*s 4"]:
+    """`interpolate_clamped` of a volume at `coords` and its derivative with respect to them, as
+    (..., 4): the value, then d/dx, d/dy, d/dz (zero where a coordinate is clamped; half on the
+    border itself, as `jnp.clip`'s derivative). `volume4` is the volume repeated in 4 channels:
+    one gather of 4 values per corner keeps the whole sum one loop on XLA's CPU backend, where
+    reading the volume once per corner for 4 sums made it split the corners' reads into slow
+    separate gathers (0.86 ms against 0.29 ms on 14k voxels, measured)."""
+    size = volume4.shape[:3]
+    lo, hi, w_lo, w_hi = _clamped_corners(size, coords)
+    inside = [
+        jnp.where((loc > 0.0) & (loc < m), 1.0, jnp.where((loc == 0.0) | (loc == m), 0.5, 0.0))
+        for loc, m in ((coords[..., d], float(size[d] - 1)) for d in range(3))
+    ]
+    out = None
+    for corner in itertools.product((0, 1), repeat=3):
+        w = [w_hi[d] if corner[d] else w_lo[d] for d in range(3)]
+        sign = [1.0 if corner[d] else -1.0 for d in range(3)]
+        weights = jnp.stack(
+            [
+                (w[0] * w[1]) * w[2],
+                sign[0] * (w[1] * w[2]) * inside[0],
+                sign[1] * (w[0] * w[2]) * inside[1],
+                sign[2] * (w[0] * w[1]) * inside[2],
+            ],
+            -1,
+        )
+        idx = [hi[d] if corner[d] else lo[d] for d in range(3)]
+        term = weights * volume4[idx[0], idx[1], idx[2]]
+        out = term if out is None else out + term
     return out
 
 
