@@ -1,10 +1,19 @@
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Whatever a test or a process it starts switches on (a Dask worker, a CLI run in this process), the
+# compilation caches land in a folder of this session's, never in the user's ~/.cache/ilex.
+os.environ["ILEX_NO_COMPILATION_CACHE"] = "1"
+os.environ["ILEX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE = tempfile.mkdtemp(prefix="ilex-tests-cache-")
+atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -32,8 +41,16 @@ def _allocator_left_alone(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _no_user_compilation_cache(monkeypatch):
-    """Tests, and the processes they start, never write to the user's compilation cache (~/.cache/ilex)."""
+    """Tests, and the processes they start, never write to the user's compilation cache (~/.cache/ilex);
+    a test whose code switches JAX's persistent cache on in this process has it switched off after it
+    (else every later test would write there, `ilex._programs` too)."""
+    import jax
+
     monkeypatch.setenv("ILEX_NO_COMPILATION_CACHE", "1")
+    before = jax.config.jax_compilation_cache_dir
+    yield
+    if jax.config.jax_compilation_cache_dir != before:
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 def fixture_path(name: str) -> str:

@@ -7,7 +7,8 @@ next process with the same program, shapes, JAX version and machine loads them i
 
 `ILEX_NO_COMPILATION_CACHE=1` (or `ilex batch --no-compilation-cache`) turns it off. The cache
 is an optimisation only: entries are checked by JAX, and an unwritable directory gives a
-warning, never an error.
+warning, never an error. The registration's own programs are also kept, under a key that needs
+no tracing, in its `ilex-programs` folder (`ilex._programs`), on and off with it.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import optax
 from jaxtyping import Float
 
 from .._custom_types import AnyArray
+from .._programs import program
 from ..transforms.compose import apply_matrix
 from ..transforms.integrate import voxel_grid
 from ..transforms.interpolate import interpolate_clamped, interpolate_clamped_with_gradient
@@ -144,7 +145,7 @@ def params_to_matrix(params, start: Float[AnyArray, "4 4"], centre, translation_
 
 # The affine stage's answer as one program (eagerly, its dozen operations were each compiled on a
 # process's first call).
-_final_matrix = jax.jit(params_to_matrix, static_argnums=(2, 3))
+_final_matrix = program(params_to_matrix, static_argnums=(2, 3))
 
 
 def level_matrix(matrix, scale: int):
@@ -178,7 +179,7 @@ def cost_weight(fix_weight, mov_weight, coords):
     return weight
 
 
-@jax.jit
+@program
 def _four_channels(volume):
     """`volume` repeated in 4 channels, what `_affine_step` samples (once per level)."""
     return jnp.repeat(volume[..., None], 4, axis=-1)
@@ -188,7 +189,7 @@ def _level_coords(params, start, grid, scale, centre, unit):
     return apply_matrix(level_matrix(params_to_matrix(params, start, centre, unit), scale), grid)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "centre", "unit"))
+@program(static_argnames=("scale", "centre", "unit"))
 def _affine_sample(params, start, mov4, grid, fix_weight=None, mov_weight=None, *, scale, centre, unit):
     # The moving image where the fixed grid lands and its derivative there, materialised once
     # (`interpolate_clamped_with_gradient`); with masks, where the similarity counts (`cost_weight`).
@@ -199,7 +200,7 @@ def _affine_sample(params, start, mov4, grid, fix_weight=None, mov_weight=None, 
     return sampled, cost_weight(fix_weight, mov_weight, coords)
 
 
-@functools.partial(jax.jit, static_argnames=("bins",))
+@program(static_argnames=("bins",))
 def _affine_similarity(fix, sampled, weight=None, *, bins):
     # MI and its derivative with respect to the moved intensities (`sampled`'s first channel; taken
     # here, not by an eager slice on the host each step), on its own: fused with the sampling,
@@ -210,7 +211,7 @@ def _affine_similarity(fix, sampled, weight=None, *, bins):
     return jax.value_and_grad(lambda m: masked_mutual_information(fix, m, weight, bins))(moved)
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "centre", "unit", "learning_rate", "iterations"))
+@program(static_argnames=("scale", "centre", "unit", "learning_rate", "iterations"))
 def _affine_update(
     params, opt_state, start, grid, sampled, d_similarity, *, scale, centre, unit, learning_rate, iterations
 ):

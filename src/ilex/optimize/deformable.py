@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .._programs import program
 from ..transforms.compose import apply_matrix
 from ..transforms.integrate import voxel_grid
 from ..transforms.interpolate import interpolate_clamped
@@ -115,7 +116,7 @@ def _optimizer(momentum: float):
     return optax.sgd(1.0, momentum=momentum or None)
 
 
-@functools.partial(jax.jit, static_argnames=("factor", "steps"))
+@program(static_argnames=("factor", "steps"))
 def _moved(v, mov, matrix, grid, grid_v, fix_weight=None, mov_weight=None, *, factor, steps):
     # Its own jit, so that the moved image is materialised once: inside the step, XLA fuses the
     # trilinear sampling into each consumer of MI's histogram and recomputes it about ten times
@@ -145,9 +146,7 @@ def _velocity_update(v, opt_state, force, fluid, field, step, reference, factor,
     return smooth(v + updates, field), opt_state, longest
 
 
-@functools.partial(
-    jax.jit, static_argnames=("similarity", "radius", "bins", "factor", "momentum"), donate_argnames=("v",)
-)
+@program(static_argnames=("similarity", "radius", "bins", "factor", "momentum"), donate_argnames=("v",))
 def _update(
     v, opt_state, fix, warped, fluid, field, step, reference, weight=None, *, similarity, radius, bins, factor, momentum
 ):
@@ -159,8 +158,8 @@ def _update(
 # LNCC's force and the update as two programs: XLA's CPU backend ran them as one 1.5x slower at
 # 2 mm (26 -> 18 ms an iteration on 90x108x90; the same at 45x54x45), with the same numbers bit
 # for bit. MI's stays one (split, its iteration was 1.2x slower at 2 mm).
-_force = jax.jit(_force_of, static_argnames=("similarity", "radius", "bins"))
-_apply_force = jax.jit(_velocity_update, static_argnames=("factor", "momentum"), donate_argnames=("v",))
+_force = program(_force_of, static_argnames=("similarity", "radius", "bins"))
+_apply_force = program(_velocity_update, static_argnames=("factor", "momentum"), donate_argnames=("v",))
 
 
 def _deformable_step(

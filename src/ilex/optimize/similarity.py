@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Float
 
 from .._custom_types import AnyArray
+from .._programs import program
 
 SIMILARITIES = ("lncc", "mi")
 LNCC_EPS = 1e-6  # intensities in [0, 1]; brain windows have variances of 1e-3 and more
@@ -174,7 +175,7 @@ def same_contrast(fixed: Float[AnyArray, "x y z"], moved: Float[AnyArray, "x y z
     return bool(_overlap_correlation(fixed, moved) > threshold)
 
 
-@jax.jit  # one program rather than a dozen small eager ones, each compiled on a first run
+@program  # one program rather than a dozen small eager ones, each compiled on a first run
 def _overlap_correlation(fixed, moved):
     mask = (fixed > 0.1) & (moved > 0.1)
     n = jnp.maximum(mask.sum(), 1)

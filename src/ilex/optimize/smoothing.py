@@ -11,14 +11,13 @@ a grid `s` times coarser sits at index `s i` of the finer one (corners aligned a
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from .._custom_types import AnyArray
+from .._programs import program
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
@@ -91,7 +90,7 @@ def pyramid(image: Float[AnyArray, "x y z"], scales) -> dict[int, Array]:
     return {1: image} | _coarse_copies(image, tuple(sorted(set(scales) - {1})))
 
 
-@functools.partial(jax.jit, static_argnums=1)
+@program(static_argnums=1)
 def _coarse_copies(image, scales: tuple[int, ...]) -> dict[int, Array]:
     # One program for the whole pyramid: per level, it was one more to trace and load.
     out, current, s = {}, image, 1

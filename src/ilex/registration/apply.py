@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 
+from .._programs import program
 from ..errors import FileProblem, ImageFileError, OptionError
 from ..image.geometry import fs_affine, shearless_components
 from ..image.io import Image, from_nibabel, load_image
@@ -24,7 +24,7 @@ from .affine_init import read_initial_affine
 DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 
 
-@jax.jit(static_argnames=("method",))
+@program(static_argnames=("method",))
 def _warp_image(data, disp, target_affine, world_to_image, method: str, fill):
     world = apply_matrix(target_affine, voxel_grid(disp.shape[:3])) + disp
     return sample_image(data, apply_matrix(world_to_image, world), method, fill)

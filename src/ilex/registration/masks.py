@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._programs import program
 from ..errors import ImageFileError, OptionError
 from ..image.io import Image, from_nibabel, load_image
 from ..transforms.compose import apply_matrix
@@ -135,6 +135,6 @@ def check_mask_options(takes_masks: bool, method: str, masks: dict, threshold: f
         )
 
 
-@jax.jit(static_argnames=("shape",))
+@program(static_argnames=("shape",))
 def _nearest(data, matrix, shape):
     return sample_image(data, apply_matrix(jnp.asarray(matrix, jnp.float32), voxel_grid(shape)), "nearest", 0.0)

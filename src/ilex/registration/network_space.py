@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._programs import program
 from ..image.geometry import world_centre
 from ..image.io import Image
 from ..optimize.smoothing import gaussian_matrix, smooth
@@ -134,7 +135,7 @@ def matrix_square_root(matrix: np.ndarray) -> np.ndarray:
     return root
 
 
-@jax.jit(static_argnames=("shape", "clip_percentile"))
+@program(static_argnames=("shape", "clip_percentile"))
 def _resample_normalised(data, matrix, shape: tuple[int, int, int], clip_percentile: float | None, mats=None):
     if mats is not None:
         data = smooth(data, mats)
@@ -169,7 +170,7 @@ def to_network(
     return _resample_normalised(
         jnp.asarray(image.data, jnp.float32),
         np.asarray(net_to_vox, np.float32),
-        (shape,) * 3 if isinstance(shape, int) else tuple(int(n) for n in shape),
-        clip_percentile,
-        mats,
+        shape=(shape,) * 3 if isinstance(shape, int) else tuple(int(n) for n in shape),
+        clip_percentile=clip_percentile,
+        mats=mats,
     )

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
 
+from .._programs import program
 from ..errors import ImageFileError, OptionError
 from ..image.io import Image, load_image
 from ..progress import Stages
@@ -174,7 +175,7 @@ def _image(data, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 # A module-level jit: one compilation per shape and method, reused across calls and results.
-@jax.jit(static_argnames=("method",))
+@program(static_argnames=("method",))
 def resample(data, disp_vox, method, fill):
     """`data` (x, y, z) read at `p + disp_vox[p]` for every voxel `p` of `disp_vox`'s grid
     (voxels of `data`); `method` "linear" or "nearest", `fill` outside (`sample_image`)."""
@@ -193,18 +194,18 @@ def _network_fields(velocity, fw_pre, fw_post, bw_pre, bw_post, steps: int, scal
     """
     fields = []
     for negate, pre, post in ((False, fw_pre, fw_post), (True, bw_pre, bw_post)):
-        disp = _integrate_velocity(velocity, steps, negate)
+        disp = _integrate_velocity(velocity, steps=steps, negate=negate)
         total = coarse_total_displacement(disp, None if identity_pre else pre, post)
-        fields.append(_full_resolution(total, scale, shape))
+        fields.append(_full_resolution(total, scale=scale, shape=shape))
     return fields
 
 
-@jax.jit(static_argnames=("steps", "negate"))
+@program(static_argnames=("steps", "negate"))
 def _integrate_velocity(velocity, steps: int, negate: bool):
     return scaling_and_squaring(-velocity if negate else velocity, steps)
 
 
-@jax.jit(static_argnames=("scale", "shape"))
+@program(static_argnames=("scale", "shape"))
 def _full_resolution(total, scale: int, shape):
     full = to_full_resolution(total, scale)
     return full if shape is None else full[: shape[0], : shape[1], : shape[2]]
@@ -245,7 +246,7 @@ def _on_network_grid(target_to_net: np.ndarray, net_shape, target_shape) -> bool
     return tuple(net_shape) == tuple(target_shape[:3]) and np.allclose(target_to_net, np.eye(4), rtol=0, atol=1e-5)
 
 
-_to_ras = jax.jit(_ras_displacement)
+_to_ras = program(_ras_displacement)
 
 
 def register(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 from jaxtyping import Float
 
 from .._custom_types import AnyArray
+from .._programs import program
 from .._sequencing import after
 from .grid import voxel_grid
 from .interpolate import interpolate_clamped
@@ -35,15 +33,15 @@ def matrix_field(matrix: Float[AnyArray, "r 4"], shape) -> Float[AnyArray, "x y 
     """`M p - p` at every voxel `p` of a grid of `shape` (x, y, z): the dense displacement of a
     voxel-to-voxel matrix (`affine_displacement` on `voxel_grid(shape)`), float32, in the
     voxels `M` maps to. One compiled program per shape, reused across calls."""
-    return _matrix_field(matrix, tuple(int(n) for n in shape))
+    return _matrix_field(matrix, shape=tuple(int(n) for n in shape))
 
 
-@functools.partial(jax.jit, static_argnames=("shape",))
+@program(static_argnames=("shape",))
 def _matrix_field(matrix, shape):
     return affine_displacement(matrix, voxel_grid(shape))
 
 
-@jax.jit
+@program
 def matrix_after_field(matrix: Float[AnyArray, "r 4"], field: Float[AnyArray, "x y z 3"]) -> Float[AnyArray, "x y z 3"]:
     """`M (p + field(p)) - p` at every voxel `p` of `field`'s grid: the displacement of `field`
     followed by the matrix `M` (VoxelMorph's `compose` of a matrix after a dense warp), float32.
@@ -83,7 +81,7 @@ def compose_native(
     return matrix_after_field(jnp.asarray(net_to_source, jnp.float32), shift)
 
 
-@jax.jit
+@program
 def _through_field(field, shift):
     return shift + interpolate_clamped(field, voxel_grid(shift.shape[:3]) + shift)
 

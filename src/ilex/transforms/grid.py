@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-
-import jax
 import jax.numpy as jnp
 from jaxtyping import Float
 
 from .._custom_types import AnyArray
+from .._programs import program
 
 
 def voxel_grid(shape) -> Float[AnyArray, "x y z 3"]:
@@ -18,6 +16,6 @@ def voxel_grid(shape) -> Float[AnyArray, "x y z 3"]:
 
 # One program per shape: run eagerly, its aranges, meshgrid and stack were eight small programs,
 # each compiled on a process's first call (0.6 s of a first `-m optimize` run, measured).
-@functools.partial(jax.jit, static_argnums=0)
+@program(static_argnums=0)
 def _voxel_grid(shape: tuple[int, ...]):
     return jnp.stack(jnp.meshgrid(*[jnp.arange(s, dtype=jnp.float32) for s in shape], indexing="ij"), axis=-1)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .._custom_types import AnyArray, Field, Volume
+from .._programs import program
 
 
 def jacobian_determinant(displacement: Field, affine: Float[AnyArray, "4 4"] | None = None) -> Float[Array, "x y z"]:
@@ -37,7 +38,7 @@ def jacobian_determinant(displacement: Field, affine: Float[AnyArray, "4 4"] | N
     return _determinant(jnp.asarray(displacement, jnp.float32), vox_per_mm)
 
 
-@jax.jit
+@program
 def _determinant(disp: jax.Array, vox_per_mm: jax.Array) -> jax.Array:
     # d u_i / d p_j, one (x, y, z, 3) array per j: central differences inside, one-sided on the
     # faces (numpy.gradient's rule, which jnp.gradient follows).

@@ -11,7 +11,6 @@ method's grid.
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 from typing import ClassVar
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._programs import program
 from ...errors import OptionError
 from ...optimize.affine import level_matrix, moments_matrix, optimise_affine
 from ...optimize.deformable import Level, moved_image, optimise_velocity
@@ -97,7 +97,7 @@ def _choose_similarity(choice: str, pyr_mov, pyr_fix, matrix: np.ndarray, scale:
     return "lncc" if same_contrast(fix, moved) else "mi"
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "scale"))
+@program(static_argnames=("shape", "scale"))
 def _affine_moved(mov, matrix, *, shape, scale):
     # One program: run eagerly, the sampling was some thirty small ones, each compiled on a
     # process's first call (about 0.5 s of a first run, measured).
@@ -114,7 +114,7 @@ def _mask_pyramids(masks, scales) -> tuple[dict | None, dict | None]:
     )
 
 
-@functools.partial(jax.jit, static_argnames=("scales",))
+@program(static_argnames=("scales",))
 def _coarse_masks(mask, scales):
     return {s: (p >= 1.0 - 1e-6).astype(jnp.float32) for s, p in pyramid(mask, scales).items()}
 

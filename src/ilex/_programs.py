@@ -1,0 +1,219 @@
+"""Compiled programs kept on disk under a key of their own, so that a new process neither traces nor lowers them.
+
+JAX's persistent compilation cache (`_cache.py`) spares a second process XLA's compilation, but
+JAX finds an entry by the hash of the lowered program: every process still traces and lowers each
+jitted function to look it up. For `-m optimize` on a small image that is about a second of a
+four-second cached run (0.5 s tracing, 0.4 s lowering over some 35 programs, measured).
+
+`program` is `jax.jit` for the registration's top-level functions, with a second cache in front of
+it: the executable, serialised, under a key made of the function's name, its static arguments,
+its arguments' tree and types, and what could change the program without changing those: a hash
+of ilex's own source files, the JAX and jaxlib versions, the backend, device and CPU features,
+`XLA_FLAGS` and the JAX settings that change arithmetic. Only functions whose program depends on
+nothing else (no closures over values, no global state but constants in ilex's source) may use
+it. It is on exactly when JAX's persistent cache is (`ilex._cache.enable_compilation_cache`),
+in a folder of its own there (`ilex-programs`); inside another function's tracing (a `program`
+called from a jitted function: it must be staged out, not run, or its result would be baked into
+the caller as a constant), with more than one device, or with the cache off, a `program` is its
+`jax.jit`.
+An entry that cannot be read, loaded or written is compiled again; it is never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import os
+import pickle
+import platform
+import sys
+import tempfile
+
+import jax
+
+try:  # private (JAX 0.10 has no public form): whether no transformation is tracing, JAX's
+    # persistent cache switched for this thread alone, and jax.clear_caches() reaching ours
+    from jax._src.config import enable_compilation_cache as _jax_cache
+    from jax._src.core import trace_state_clean as _at_top_level
+    from jax._src.util import register_cache as _register_cache
+except ImportError:  # then every `program` is its jax.jit
+    _at_top_level = _jax_cache = _register_cache = None
+
+FOLDER = "ilex-programs"
+_FORMAT = b"ilex-programs 1"
+
+
+@functools.cache
+def _source_digest() -> str:
+    """SHA-256 of ilex's Python sources (names and bytes): any edit makes new keys."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    digest.update(f.read() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.cache
+def _cpu_features() -> str:
+    # An executable compiled for one CPU's instructions must not run on another (a shared home on
+    # a cluster of mixed nodes): the kernel's flag list where there is one, else the platform's name.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return hashlib.sha256(line.encode()).hexdigest()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _environment() -> tuple:
+    import jaxlib
+
+    device = jax.devices()[0]
+    config = jax.config
+    return (
+        _source_digest(),
+        jax.__version__,
+        jaxlib.__version__,
+        sys.version_info[:2],
+        device.platform,
+        device.device_kind,
+        _cpu_features(),
+        os.environ.get("XLA_FLAGS", ""),
+        config.jax_enable_x64,
+        str(config.jax_default_matmul_precision),
+        str(config.jax_numpy_dtype_promotion),
+    )
+
+
+def _folder() -> str | None:
+    """The entries' folder while JAX's persistent cache is on with one device, else None."""
+    directory = jax.config.jax_compilation_cache_dir
+    if not directory or jax.device_count() != 1:
+        return None
+    return os.path.join(directory, FOLDER)
+
+
+class _Loaded:
+    """A program's executables in this process, emptied by `jax.clear_caches()` as jax.jit's are."""
+
+    def __init__(self, name: str):
+        self.executables: dict = {}
+        if _register_cache is not None:
+            _register_cache(self, name)
+
+    def cache_clear(self) -> None:
+        self.executables.clear()
+
+    def cache_info(self) -> str:
+        return f"{len(self.executables)} programs"
+
+    def cache_keys(self):
+        return list(self.executables)
+
+
+class Program:
+    """A jitted function whose compiled programs outlive the process (see the module docstring)."""
+
+    def __init__(self, fun, static_argnames=None, static_argnums=None, donate_argnames=None):
+        functools.update_wrapper(self, fun)
+        # None, not (): jax.jit infers the numbers of named static arguments only when not given.
+        self.jitted = jax.jit(
+            fun, static_argnames=static_argnames, static_argnums=static_argnums, donate_argnames=donate_argnames
+        )
+        self.name = f"{fun.__module__}.{fun.__qualname__}"
+        self._static_names = tuple(static_argnames or ())
+        nums = () if static_argnums is None else static_argnums
+        self._static_nums = tuple(sorted(nums if isinstance(nums, tuple) else (nums,)))
+        # A static argument given by position (static_argnames) is left to jax.jit.
+        parameters = list(inspect.signature(fun).parameters.values())
+        positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self._first_named_static = min(
+            (positional.index(n) for n in self._static_names if n in positional), default=None
+        )
+        self._loaded = _Loaded(self.name)
+
+    def __getattr__(self, name):  # the rest of jax.jit's interface (lower, trace, eval_shape, ...)
+        return getattr(self.__dict__["jitted"], name)
+
+    def _cache_size(self) -> int:
+        """Programs held in this process: jax.jit's and those this cache loaded or compiled."""
+        return self.jitted._cache_size() + len(self._loaded.executables)
+
+    def __call__(self, *args, **kwargs):
+        folder = _folder()
+        if (
+            folder is None
+            or _at_top_level is None
+            or not _at_top_level()  # inside another function's tracing: staged out, as jax.jit would be
+            or (self._first_named_static is not None and len(args) > self._first_named_static)
+        ):
+            return self.jitted(*args, **kwargs)
+        statics = tuple((name, kwargs.pop(name)) for name in self._static_names if name in kwargs)
+        if self._static_nums:
+            statics += tuple((i, args[i]) for i in self._static_nums if i < len(args))
+            dynamic = tuple(a for i, a in enumerate(args) if i not in self._static_nums)
+        else:
+            dynamic = args
+        leaves, tree = jax.tree.flatten((dynamic, kwargs))
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+            return self.jitted(*args, **kwargs, **{n: v for n, v in statics if isinstance(n, str)})
+        types = tuple(leaf.aval if isinstance(leaf, jax.Array) else jax.typeof(leaf) for leaf in leaves)
+        key = (statics, tree, types)
+        compiled = self._loaded.executables.get(key)
+        if compiled is None:
+            compiled = self._loaded.executables[key] = self._load_or_compile(folder, key, args, kwargs, statics)
+        return compiled(*dynamic, **kwargs)
+
+    def _load_or_compile(self, folder, key, args, kwargs, statics):
+        from jax.experimental import serialize_executable
+
+        statics_, tree, types = key
+        text = repr((self.name, statics_, str(tree), tuple(str(t) for t in types), _environment()))
+        path = os.path.join(folder, hashlib.sha256(text.encode()).hexdigest() + ".bin")
+        try:
+            with open(path, "rb") as f:
+                magic, checksum, payload, trees = pickle.load(f)
+            if magic == _FORMAT and hashlib.sha256(payload).digest() == checksum:
+                return serialize_executable.deserialize_and_load(payload, *trees)
+        except Exception:  # noqa: BLE001, S110 — a missing, partial or stale entry is compiled again
+            pass
+        named = {n: v for n, v in statics if isinstance(n, str)}
+        # Compiled here, not read from JAX's cache: an executable JAX loaded from its cache and
+        # serialised again fails when loaded ("Function iota_concatenate_fusion not found", jaxlib
+        # 0.10.2 on CPU, reproduced); one compiled afresh loads and gives the same bits.
+        with _jax_cache(False):
+            compiled = self.jitted.lower(*args, **kwargs, **named).compile()
+        try:
+            payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+            os.makedirs(folder, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        except Exception:  # noqa: BLE001 — the cache is an optimisation: unwritable, it is not kept
+            return compiled
+        try:
+            with os.fdopen(handle, "wb") as f:
+                pickle.dump((_FORMAT, hashlib.sha256(payload).digest(), payload, (in_tree, out_tree)), f)
+            os.replace(temporary, path)  # whole or not at all: a reader never sees half an entry
+        except Exception:  # noqa: BLE001 — as above
+            with contextlib.suppress(OSError):
+                os.remove(temporary)
+        return compiled
+
+
+def program(fun=None, *, static_argnames=None, static_argnums=None, donate_argnames=None):
+    """`jax.jit` whose compiled programs are kept on disk (see the module docstring); as a
+    decorator, bare or with `jax.jit`'s static and donated arguments."""
+    if fun is None:
+        return functools.partial(
+            program, static_argnames=static_argnames, static_argnums=static_argnums, donate_argnames=donate_argnames
+        )
+    return Program(fun, static_argnames, static_argnums, donate_argnames)
