@@ -18,8 +18,8 @@ def _api() -> str:
 
 
 def _reexported() -> set[str]:
-    """The names src/ilex/__init__.py binds on purpose: `from x import y as y` (the explicit re-export form) and
-    public assignments."""
+    """The names src/ilex/__init__.py binds on purpose: `from x import y as y` (the explicit re-export form),
+    public assignments, and the keys of `_LAZY` (the names imported on first use)."""
     with open(INIT, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     names = set()
@@ -28,7 +28,31 @@ def _reexported() -> set[str]:
             names |= {a.asname for a in node.names if a.asname == a.name}
         elif isinstance(node, ast.Assign):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            if [t.id for t in node.targets if isinstance(t, ast.Name)] == ["_LAZY"]:
+                names |= {k.value for k in node.value.keys}
     return {n for n in names if not n.startswith("_")}
+
+
+def test_lazy_names_are_their_modules_objects_and_the_optimiser_imports_no_network_code():
+    import subprocess
+    import sys
+
+    from ilex.bundle import load, save_bundle
+    from ilex.convert import convert
+    from ilex.models.synthmorph_deform import SynthMorphDeform
+    from ilex.template import build_template
+
+    assert (ilex.load, ilex.save_bundle, ilex.convert_weights) == (load, save_bundle, convert)
+    assert (ilex.SynthMorphDeform, ilex.build_template) == (SynthMorphDeform, build_template)
+    assert {"load", "synth", "train"} <= set(dir(ilex))
+    # A fresh process: `import ilex` and -m optimize's modules leave the networks' code unimported.
+    code = (
+        "import sys, ilex; from ilex.registration.methods import OptimizeMethod; "
+        "from ilex.registration.pipeline import register; import ilex.cli.register; "
+        "print(sorted(m for m in ('equinox', 'scipy.linalg', 'ilex.bundle', 'ilex.template') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_all_is_what_init_exports():

@@ -8,18 +8,8 @@ __version__ = "0.1.0"
 
 from . import errors as errors
 from . import losses as losses
-from . import synth as synth
 from . import transforms as transforms
-from .bundle import DEFAULT_REPO_ID as DEFAULT_REPO_ID
-from .bundle import load as load
-from .bundle import save as save  # the same as save_bundle, the name that says what it saves
-from .bundle import save_bundle as save_bundle
-from .convert import convert as _convert
 from .image.io import Image as Image
-from .models.synthmorph_affine import SynthMorphAffine as SynthMorphAffine
-from .models.synthmorph_deform import SynthMorphDeform as SynthMorphDeform
-from .models.synthmorph_deform import SynthMorphUNet as SynthMorphUNet
-from .models.synthmorph_deform import symmetric_velocity as symmetric_velocity
 from .registration.apply import apply as apply
 from .registration.methods import as_method as as_method
 from .registration.methods.base import Method as Method
@@ -29,10 +19,41 @@ from .registration.pipeline import Registration as Registration
 from .registration.pipeline import register as register
 from .registration.session import Registrar as Registrar
 from .registration.settings import Settings as Settings
-from .template import build_template as build_template
-from .train import train as train  # the function; the subpackage stays importable as `ilex.train.*` modules
 
-convert_weights = _convert  # a FreeSurfer .h5 into a bundle; `ilex.convert` stays the subpackage
+# Imported on first use (PEP 562): the networks' code (equinox), the weights' files (h5py), the
+# templates, training and synthesis add half a second to every process, -m optimize's included,
+# which needs none of them. `from ilex import load` and `ilex.load` work as before.
+_LAZY = {
+    "DEFAULT_REPO_ID": ("bundle", "DEFAULT_REPO_ID"),
+    "load": ("bundle", "load"),
+    "save": ("bundle", "save"),  # the same as save_bundle, the name that says what it saves
+    "save_bundle": ("bundle", "save_bundle"),
+    "convert_weights": ("convert", "convert"),  # a FreeSurfer .h5 into a bundle; `ilex.convert` stays the subpackage
+    "SynthMorphAffine": ("models.synthmorph_affine", "SynthMorphAffine"),
+    "SynthMorphDeform": ("models.synthmorph_deform", "SynthMorphDeform"),
+    "SynthMorphUNet": ("models.synthmorph_deform", "SynthMorphUNet"),
+    "symmetric_velocity": ("models.synthmorph_deform", "symmetric_velocity"),
+    "build_template": ("template", "build_template"),
+    "train": ("train", "train"),  # the function; the subpackage stays importable as `ilex.train.*` modules
+    "synth": ("synth", None),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'ilex' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _LAZY[name]
+    value = importlib.import_module(f".{module}", __name__)
+    value = value if attribute is None else getattr(value, attribute)
+    globals()[name] = value  # once: later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 # The public API, as docs/api.md lists it by what each name is (tests/test_exports.py checks the three agree).
 __all__ = [

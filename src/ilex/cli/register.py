@@ -55,7 +55,6 @@ Examples:
   ilex apply warp.nii.gz aseg.mgz aseg_moved.mgz -m nearest -t int32
 """
 
-from ..bundle.weights import load_networks, peek_width
 from ..registration.methods import DEFAULT_METHOD
 from ..registration.methods import METHOD_NAMES as MODELS
 
@@ -416,6 +415,8 @@ def run(args: argparse.Namespace) -> int:
         centred = not facts.centre_on_fixed
         space = network_space(moving, fixed, args.extent, init, centre_on_fixed=not centred)
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=centred and init is None)
+        if weights:  # the weights' code (equinox) only where there are weights: -m optimize goes without
+            from ..bundle.weights import load_networks, peek_width
         if weights and not args.gpu and not args.no_memory_check:
             check_memory(args.extent, max(peek_width(w) for w in weights), detector=facts.runs_detector)
         networks = load_networks(facts, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None

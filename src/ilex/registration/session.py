@@ -29,7 +29,6 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..bundle.weights import load_weights
 from ..errors import OptionError
 from ..image.io import Image, from_nibabel, load_image
 from .methods import method_facts
@@ -93,6 +92,8 @@ class Registrar:
         registrar is built: `register`, `ilex batch`, its Dask workers and `ilex template` all
         come here.
         """
+        from ..bundle.weights import load_weights  # here: equinox only for the networks
+
         registrar = cls(load_weights(weights), **kwargs)
         if prepare is not None:
             failed = registrar.prepare(prepare)

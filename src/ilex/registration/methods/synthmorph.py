@@ -12,10 +12,8 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
-from ...models.synthmorph_affine.fit import centring
-from ...models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
+# The models (equinox, a fifth of a second to import) only where a SynthMorph method runs.
 from ...transforms.compose import affine_displacement
 from ...transforms.integrate import voxel_grid
 from ...transforms.interpolate import interpolate_clamped
@@ -42,6 +40,8 @@ def default_detector_algorithm() -> str:
 
 @jax.jit(static_argnames=("algorithm",))
 def _deform_velocity(unet, mov_net, fix_net, algorithm: str):
+    from ...models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
+
     return symmetric_velocity(
         unet, half_resolution(mov_net[..., None]), half_resolution(fix_net[..., None]), algorithm=algorithm
     )
@@ -141,6 +141,8 @@ class SynthMorphAffineMethod(Method):
         return f"{self.name} feature detector at {extent // 2}^3"
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
+        from ...models.synthmorph_deform.velocity import half_resolution
+
         extent = mov_net.shape[0]
         half = [half_resolution(jnp.asarray(x)[..., None]) for x in (mov_net, fix_net)]
         matrix = self.model.fit(
@@ -162,6 +164,8 @@ class SynthMorphRigidMethod(SynthMorphAffineMethod):
 
 def matrix_sqrt(m: np.ndarray) -> np.ndarray:
     """The principal square root of an affine 4x4 matrix (real; the mid-space of `joint`)."""
+    import scipy.linalg  # here: its import is a tenth of a second every process would pay
+
     root = scipy.linalg.sqrtm(np.asarray(m, np.float64))
     if not np.isfinite(root).all() or np.abs(np.imag(root)).max() > 1e-6 * np.abs(root).max():
         raise ValueError("the affine has no real square root (a reflection or a rotation of 180°)")
@@ -178,6 +182,8 @@ def _resample_half(volume, matrix):
 
 @jax.jit(static_argnames=("algorithm",))
 def _joint_velocity(unet, mov_net, fix_net, to_mov, to_fix, algorithm: str):
+    from ...models.synthmorph_deform.velocity import symmetric_velocity
+
     mov_half = _resample_half(mov_net, to_mov)[..., None]
     fix_half = _resample_half(fix_net, to_fix)[..., None]
     return symmetric_velocity(unet, mov_half, fix_half, algorithm=algorithm), mov_half, fix_half
@@ -224,6 +230,9 @@ class SynthMorphJointMethod(Method):
 
     def mid_space(self, mov_net: jax.Array, fix_net: jax.Array) -> tuple[np.ndarray, np.ndarray]:
         """Half-resolution index matrices from the mid-space to the moving and the fixed image."""
+        from ...models.synthmorph_affine.fit import centring
+        from ...models.synthmorph_deform.velocity import half_resolution
+
         half = mov_net.shape[0] // 2
         ima = [half_resolution(jnp.asarray(x)[..., None]) for x in (mov_net, fix_net)]
         algorithm = self.algorithm or default_detector_algorithm()
