@@ -36,6 +36,11 @@ def _scaled(x, y=None, *, power):
     return x**power + (0 if y is None else y)
 
 
+@program(static_argnames=("power",))
+def _shifted(x, power, y):
+    return x**power - y
+
+
 @program(static_argnums=0)
 def _ramp(n):
     return jnp.arange(n, dtype=jnp.float32)
@@ -56,6 +61,11 @@ def test_the_same_bits_as_jax_jit_and_one_entry_per_program(cache_on):
     _scaled(x[:10], power=2)  # another shape
     np.testing.assert_array_equal(_ramp(5), np.arange(5, dtype=np.float32))
     assert len(_entries(cache_on)) == 5
+    # A named static argument given by position (and those after it) is the same program.
+    shifted = jax.jit(_shifted.__wrapped__, static_argnames="power")
+    np.testing.assert_array_equal(_shifted(x, 2, x), shifted(x, 2, x))
+    np.testing.assert_array_equal(_shifted(x, power=2, y=x), shifted(x, 2, x))
+    assert len(_entries(cache_on)) == 6  # _shifted's one program, however it was called
 
 
 def test_inside_another_functions_tracing_it_is_staged_out_not_baked_in(cache_on):
@@ -107,20 +117,24 @@ _CHILD = textwrap.dedent(
     import numpy as np
     from ilex._cache import enable_compilation_cache
     enable_compilation_cache(sys.argv[1], enable=sys.argv[1] != "off")
-    from ilex.registration.methods import OptimizeMethod
-    from ilex.registration.pipeline import register
-    r = register(sys.argv[2], sys.argv[3], method=OptimizeMethod(levels=(2, 1), iterations=(10, 5)))
+    if len(sys.argv) > 4:  # SynthMorph's deformable model from these weights
+        from ilex.registration.session import Registrar
+        r = Registrar.from_weights(sys.argv[4], extent=32).register(sys.argv[2], sys.argv[3])
+    else:
+        from ilex.registration.methods import OptimizeMethod
+        from ilex.registration.pipeline import register
+        r = register(sys.argv[2], sys.argv[3], method=OptimizeMethod(levels=(2, 1), iterations=(10, 5)))
     digest = hashlib.sha256(np.asarray(r.forward, np.float32).tobytes()).hexdigest()
     print(json.dumps({"events": events, "forward": digest}))
     """
 )
 
 
-def _register_in_a_new_process(cache, moving, fixed) -> dict:
+def _register_in_a_new_process(cache, moving, fixed, *weights) -> dict:
     env = dict(os.environ)
     env.pop("ILEX_NO_COMPILATION_CACHE", None)
     done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(cache), str(moving), str(fixed)],
+        [sys.executable, "-c", _CHILD, str(cache), str(moving), str(fixed), *map(str, weights)],
         capture_output=True,
         text=True,
         env=env,
@@ -169,3 +183,20 @@ def test_a_new_process_traces_nothing_and_gets_the_same_bits(tmp_path):
     assert traced == {}, cached["events"]
     # What is still traced: the eager operations between programs (9 in this run, each a few ms).
     assert sum(n for k, n in cached["events"].items() if k.startswith("trace")) <= 9, cached["events"]
+
+
+@pytest.mark.slow
+def test_synthmorphs_deformable_network_is_kept_too(tmp_path):
+    """The U-Net's program (the random-weight reduced-width fixture: no registration, only the
+    same bits) is neither traced nor compiled by a second process."""
+    from conftest import fixture_path
+
+    weights = fixture_path("net_e32_uniform.h5")
+    moving, fixed = _heads(tmp_path)
+    reference = _register_in_a_new_process("off", moving, fixed, weights)
+    first = _register_in_a_new_process(tmp_path / "cache", moving, fixed, weights)
+    cached = _register_in_a_new_process(tmp_path / "cache", moving, fixed, weights)
+    assert first["forward"] == cached["forward"] == reference["forward"]
+    assert "compile jit(_deform_velocity)" in first["events"]
+    kept = ("_deform_velocity", "_integrate_velocity")
+    assert not any(name in k for name in kept for k in cached["events"]), cached["events"]

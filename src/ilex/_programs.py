@@ -42,7 +42,7 @@ except ImportError:  # then every `program` is its jax.jit
     _at_top_level = _jax_cache = _register_cache = None
 
 FOLDER = "ilex-programs"
-_FORMAT = b"ilex-programs 1"
+_FORMAT = b"ilex-programs 2"
 
 
 @functools.cache
@@ -134,12 +134,13 @@ class Program:
         self._static_names = tuple(static_argnames or ())
         nums = () if static_argnums is None else static_argnums
         self._static_nums = tuple(sorted(nums if isinstance(nums, tuple) else (nums,)))
-        # A static argument given by position (static_argnames) is left to jax.jit.
+        # A named static argument given by position: it and the arguments after it are passed by
+        # name instead (one form for the key and the program); where that is not possible, jax.jit.
         parameters = list(inspect.signature(fun).parameters.values())
-        positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self._first_named_static = min(
-            (positional.index(n) for n in self._static_names if n in positional), default=None
-        )
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        names = [p.name for p in positional]
+        self._first_named_static = min((names.index(n) for n in self._static_names if n in names), default=None)
+        self._by_name = [p.name if p.kind == p.POSITIONAL_OR_KEYWORD else None for p in positional]
         self._loaded = _Loaded(self.name)
 
     def __getattr__(self, name):  # the rest of jax.jit's interface (lower, trace, eval_shape, ...)
@@ -151,13 +152,15 @@ class Program:
 
     def __call__(self, *args, **kwargs):
         folder = _folder()
-        if (
-            folder is None
-            or _at_top_level is None
-            or not _at_top_level()  # inside another function's tracing: staged out, as jax.jit would be
-            or (self._first_named_static is not None and len(args) > self._first_named_static)
-        ):
+        if folder is None or _at_top_level is None or not _at_top_level():
+            # Off, or inside another function's tracing: staged out there, as jax.jit would be.
             return self.jitted(*args, **kwargs)
+        first = self._first_named_static
+        if first is not None and len(args) > first:
+            names = self._by_name[first : len(args)]
+            if len(args) > len(self._by_name) or None in names or any(n in kwargs for n in names):
+                return self.jitted(*args, **kwargs)
+            args, kwargs = args[:first], {**dict(zip(names, args[first:], strict=True)), **kwargs}
         statics = tuple((name, kwargs.pop(name)) for name in self._static_names if name in kwargs)
         if self._static_nums:
             statics += tuple((i, args[i]) for i in self._static_nums if i < len(args))
@@ -182,9 +185,11 @@ class Program:
         path = os.path.join(folder, hashlib.sha256(text.encode()).hexdigest() + ".bin")
         try:
             with open(path, "rb") as f:
-                magic, checksum, payload, trees = pickle.load(f)
+                magic, checksum, payload, out_tree = pickle.load(f)
             if magic == _FORMAT and hashlib.sha256(payload).digest() == checksum:
-                return serialize_executable.deserialize_and_load(payload, *trees)
+                # The arguments' tree is this call's own (it is in the key): an equinox module's
+                # tree does not come back whole from pickle ('_Missing' object, equinox 0.13).
+                return serialize_executable.deserialize_and_load(payload, tree, out_tree)
         except Exception:  # noqa: BLE001, S110 — a missing, partial or stale entry is compiled again
             pass
         named = {n: v for n, v in statics if isinstance(n, str)}
@@ -195,13 +200,15 @@ class Program:
             compiled = self.jitted.lower(*args, **kwargs, **named).compile()
         try:
             payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+            if in_tree != tree or pickle.loads(pickle.dumps(out_tree)) != out_tree:
+                return compiled  # a tree that would not come back the same: not kept
             os.makedirs(folder, exist_ok=True)
             handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
         except Exception:  # noqa: BLE001 — the cache is an optimisation: unwritable, it is not kept
             return compiled
         try:
             with os.fdopen(handle, "wb") as f:
-                pickle.dump((_FORMAT, hashlib.sha256(payload).digest(), payload, (in_tree, out_tree)), f)
+                pickle.dump((_FORMAT, hashlib.sha256(payload).digest(), payload, out_tree), f)
             os.replace(temporary, path)  # whole or not at all: a reader never sees half an entry
         except Exception:  # noqa: BLE001 — as above
             with contextlib.suppress(OSError):

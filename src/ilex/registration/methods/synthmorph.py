@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The models (equinox, a fifth of a second to import) only where a SynthMorph method runs.
+from ..._programs import program
 from ...transforms.compose import affine_displacement
 from ...transforms.integrate import voxel_grid
 from ...transforms.interpolate import interpolate_clamped
@@ -38,7 +39,7 @@ def default_detector_algorithm() -> str:
     return "winograd" if jax.default_backend() == "cpu" else "direct"
 
 
-@jax.jit(static_argnames=("algorithm",))
+@program(static_argnames=("algorithm",))
 def _deform_velocity(unet, mov_net, fix_net, algorithm: str):
     from ...models.synthmorph_deform.velocity import half_resolution, symmetric_velocity
 
@@ -106,7 +107,7 @@ class SynthMorphDeformMethod(Method):
 
     def estimate(self, mov_net: jax.Array, fix_net: jax.Array, grid=None) -> NetworkTransform:
         v = _deform_velocity(
-            self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net), self.algorithm or default_algorithm()
+            self.unet, jnp.asarray(mov_net), jnp.asarray(fix_net), algorithm=self.algorithm or default_algorithm()
         )
         return NetworkTransform(velocity=v, scale=2)
 
@@ -172,7 +173,7 @@ def matrix_sqrt(m: np.ndarray) -> np.ndarray:
     return np.real(root)
 
 
-@jax.jit
+@program
 def _resample_half(volume, matrix):
     # VoxelMorph's SpatialTransformer with a matrix: trilinear, zero fill, on the half grid.
     half = tuple(n // 2 for n in volume.shape)
@@ -180,7 +181,7 @@ def _resample_half(volume, matrix):
     return interpolate_clamped(volume, grid + affine_displacement(matrix, grid), fill=0.0)
 
 
-@jax.jit(static_argnames=("algorithm",))
+@program(static_argnames=("algorithm",))
 def _joint_velocity(unet, mov_net, fix_net, to_mov, to_fix, algorithm: str):
     from ...models.synthmorph_deform.velocity import symmetric_velocity
 
@@ -251,7 +252,7 @@ class SynthMorphJointMethod(Method):
             jnp.asarray(fix_net),
             np.float32(s @ to_mov),
             np.float32(s @ to_fix),
-            self.algorithm or default_algorithm(),
+            algorithm=self.algorithm or default_algorithm(),
         )
         return NetworkTransform(
             velocity=v, scale=2, pre=to_mov, post=s @ to_mov, inverse_pre=to_fix, inverse_post=s @ to_fix
