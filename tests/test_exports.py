@@ -45,6 +45,10 @@ def test_lazy_names_are_their_modules_objects_and_the_optimiser_imports_no_netwo
     assert (ilex.load, ilex.save_bundle, ilex.convert_weights) == (load, save_bundle, convert)
     assert (ilex.SynthMorphDeform, ilex.build_template) == (SynthMorphDeform, build_template)
     assert {"load", "synth", "train"} <= set(dir(ilex))
+    # `ilex.train` stays the function after a module of the subpackage is imported (as when eager).
+    code = "import ilex, ilex.train.settings; print(callable(ilex.train), ilex.train.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "ilex.train.run"], done.stdout
     # A fresh process: `import ilex` and -m optimize's modules leave the networks' code unimported.
     code = (
         "import sys, ilex; from ilex.registration.methods import OptimizeMethod; "

@@ -1,5 +1,7 @@
 """`import ilex` gives the user-facing names, and `ilex.apply` is what `ilex apply` writes."""
 
+import types
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -32,7 +34,7 @@ def test_public_names():
     ):
         assert hasattr(ilex, name), name
     # The subpackage is not shadowed by a function of the same name.
-    assert isinstance(ilex.convert, type(ilex)) and callable(ilex.convert_weights)
+    assert isinstance(ilex.convert, types.ModuleType) and callable(ilex.convert_weights)
     assert ilex.register is ilex.registration.pipeline.register
 
 

@@ -6,6 +6,9 @@ The user-facing names are here; `ilex.transforms` and `ilex.losses` are the func
 
 __version__ = "0.1.0"
 
+import sys
+import types
+
 from . import errors as errors
 from . import losses as losses
 from . import transforms as transforms
@@ -53,6 +56,24 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _Ilex(types.ModuleType):
+    # `ilex.train` is the function, as when it was imported eagerly: importing a module of the
+    # subpackage (`import ilex.train.settings`) makes the import system bind the subpackage to the
+    # name `train` here, which this setter leaves aside (the subpackage stays in sys.modules).
+    @property
+    def train(self):
+        from .train.run import train
+
+        return train
+
+    @train.setter
+    def train(self, value) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Ilex
 
 
 # The public API, as docs/api.md lists it by what each name is (tests/test_exports.py checks the three agree).

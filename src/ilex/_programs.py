@@ -8,15 +8,20 @@ four-second cached run (0.5 s tracing, 0.4 s lowering over some 35 programs, mea
 `program` is `jax.jit` for the registration's top-level functions, with a second cache in front of
 it: the executable, serialised, under a key made of the function's name, its static arguments,
 its arguments' tree and types, and what could change the program without changing those: a hash
-of ilex's own source files, the JAX and jaxlib versions, the backend, device and CPU features,
-`XLA_FLAGS` and the JAX settings that change arithmetic. Only functions whose program depends on
+of ilex's own source files, the versions of the libraries traced into it (JAX, jaxlib, optax,
+equinox, NumPy, SciPy), the backend, device and CPU features, `XLA_FLAGS` and the JAX settings
+that change arithmetic or types. Only functions whose program depends on
 nothing else (no closures over values, no global state but constants in ilex's source) may use
 it. It is on exactly when JAX's persistent cache is (`ilex._cache.enable_compilation_cache`),
 in a folder of its own there (`ilex-programs`); inside another function's tracing (a `program`
 called from a jitted function: it must be staged out, not run, or its result would be baked into
-the caller as a constant), with more than one device, or with the cache off, a `program` is its
-`jax.jit`.
-An entry that cannot be read, loaded or written is compiled again; it is never an error.
+the caller as a constant), under `jax.disable_jit` or JAX's NaN/Inf checks, with more than one
+device, or with the cache off, a `program` is its `jax.jit`.
+
+Entries are compiled by this cache under a name of the key's own, never taken from JAX's cache:
+an executable JAX read from its cache and serialised again failed when loaded (jaxlib 0.10.2 on
+CPU, reproduced; `tests/test_programs.py`). An entry that cannot be read, loaded or written is
+compiled again; it is never an error.
 """
 
 from __future__ import annotations
@@ -30,16 +35,17 @@ import pickle
 import platform
 import sys
 import tempfile
+import threading
+from importlib import metadata
 
 import jax
 
-try:  # private (JAX 0.10 has no public form): whether no transformation is tracing, JAX's
-    # persistent cache switched for this thread alone, and jax.clear_caches() reaching ours
-    from jax._src.config import enable_compilation_cache as _jax_cache
+try:  # private (JAX 0.10 has no public form): whether no transformation is tracing, and
+    # jax.clear_caches() reaching ours
     from jax._src.core import trace_state_clean as _at_top_level
     from jax._src.util import register_cache as _register_cache
 except ImportError:  # then every `program` is its jax.jit
-    _at_top_level = _jax_cache = _register_cache = None
+    _at_top_level = _register_cache = None
 
 FOLDER = "ilex-programs"
 _FORMAT = b"ilex-programs 2"
@@ -75,23 +81,40 @@ def _cpu_features() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _environment() -> tuple:
-    import jaxlib
+@functools.cache
+def _versions() -> tuple:
+    # The libraries whose code is traced into the programs (optax's optimisers, equinox's modules)
+    # or computes their constants: an upgrade may change the arithmetic with ilex's sources unchanged.
+    out = []
+    for name in ("jax", "jaxlib", "optax", "equinox", "numpy", "scipy"):
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, None))
+    return tuple(out)
 
-    device = jax.devices()[0]
+
+def _settings() -> tuple:
+    """The JAX settings that change a program's arithmetic or types (part of every key)."""
     config = jax.config
     return (
+        config.jax_enable_x64,
+        str(config.jax_default_matmul_precision),
+        str(config.jax_numpy_dtype_promotion),
+        str(config.jax_numpy_rank_promotion),
+    )
+
+
+def _environment() -> tuple:
+    device = jax.devices()[0]
+    return (
         _source_digest(),
-        jax.__version__,
-        jaxlib.__version__,
+        _versions(),
         sys.version_info[:2],
         device.platform,
         device.device_kind,
         _cpu_features(),
         os.environ.get("XLA_FLAGS", ""),
-        config.jax_enable_x64,
-        str(config.jax_default_matmul_precision),
-        str(config.jax_numpy_dtype_promotion),
     )
 
 
@@ -101,6 +124,29 @@ def _folder() -> str | None:
     if not directory or jax.device_count() != 1:
         return None
     return os.path.join(directory, FOLDER)
+
+
+# Whether the compilation on this thread was served by JAX's own cache (its monitoring event):
+# such an executable, serialised again, failed when loaded ("Function iota_concatenate_fusion not
+# found", jaxlib 0.10.2 on CPU, reproduced), so it is not kept here.
+_compiling = threading.local()
+
+
+def _on_event(event: str, **kwargs) -> None:
+    if event == "/jax/compilation_cache/cache_hits" and getattr(_compiling, "active", False):
+        _compiling.hit = True
+
+
+_listening = False
+_listening_lock = threading.Lock()
+
+
+def _listen() -> None:
+    global _listening
+    with _listening_lock:
+        if not _listening:
+            jax.monitoring.register_event_listener(_on_event)
+            _listening = True
 
 
 class _Loaded:
@@ -127,9 +173,12 @@ class Program:
     def __init__(self, fun, static_argnames=None, static_argnums=None, donate_argnames=None):
         functools.update_wrapper(self, fun)
         # None, not (): jax.jit infers the numbers of named static arguments only when not given.
-        self.jitted = jax.jit(
-            fun, static_argnames=static_argnames, static_argnums=static_argnums, donate_argnames=donate_argnames
-        )
+        self._jit_options = {
+            "static_argnames": static_argnames,
+            "static_argnums": static_argnums,
+            "donate_argnames": donate_argnames,
+        }
+        self.jitted = jax.jit(fun, **self._jit_options)
         self.name = f"{fun.__module__}.{fun.__qualname__}"
         self._static_names = tuple(static_argnames or ())
         nums = () if static_argnums is None else static_argnums
@@ -141,10 +190,15 @@ class Program:
         names = [p.name for p in positional]
         self._first_named_static = min((names.index(n) for n in self._static_names if n in names), default=None)
         self._by_name = [p.name if p.kind == p.POSITIONAL_OR_KEYWORD else None for p in positional]
+        self._static_num_names = {names[i] for i in self._static_nums if i < len(names)}
         self._loaded = _Loaded(self.name)
 
     def __getattr__(self, name):  # the rest of jax.jit's interface (lower, trace, eval_shape, ...)
-        return getattr(self.__dict__["jitted"], name)
+        try:
+            jitted = self.__dict__["jitted"]
+        except KeyError:  # copy, pickle: before __init__ ran
+            raise AttributeError(name) from None
+        return getattr(jitted, name)
 
     def _cache_size(self) -> int:
         """Programs held in this process: jax.jit's and those this cache loaded or compiled."""
@@ -152,8 +206,16 @@ class Program:
 
     def __call__(self, *args, **kwargs):
         folder = _folder()
-        if folder is None or _at_top_level is None or not _at_top_level():
-            # Off, or inside another function's tracing: staged out there, as jax.jit would be.
+        config = jax.config
+        if (
+            folder is None
+            or _at_top_level is None
+            or not _at_top_level()  # inside another function's tracing: staged out there, as jax.jit does
+            or config.jax_disable_jit
+            or config.jax_debug_nans  # jax.jit's checks and their de-optimised rerun
+            or config.jax_debug_infs
+            or any(n in kwargs for n in self._static_num_names)
+        ):
             return self.jitted(*args, **kwargs)
         first = self._first_named_static
         if first is not None and len(args) > first:
@@ -171,7 +233,7 @@ class Program:
         if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
             return self.jitted(*args, **kwargs, **{n: v for n, v in statics if isinstance(n, str)})
         types = tuple(leaf.aval if isinstance(leaf, jax.Array) else jax.typeof(leaf) for leaf in leaves)
-        key = (statics, tree, types)
+        key = (statics, tree, types, _settings())
         compiled = self._loaded.executables.get(key)
         if compiled is None:
             compiled = self._loaded.executables[key] = self._load_or_compile(folder, key, args, kwargs, statics)
@@ -180,9 +242,10 @@ class Program:
     def _load_or_compile(self, folder, key, args, kwargs, statics):
         from jax.experimental import serialize_executable
 
-        statics_, tree, types = key
-        text = repr((self.name, statics_, str(tree), tuple(str(t) for t in types), _environment()))
-        path = os.path.join(folder, hashlib.sha256(text.encode()).hexdigest() + ".bin")
+        statics_, tree, types, settings = key
+        text = repr((self.name, statics_, str(tree), tuple(str(t) for t in types), settings, _environment()))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        path = os.path.join(folder, digest + ".bin")
         try:
             with open(path, "rb") as f:
                 magic, checksum, payload, out_tree = pickle.load(f)
@@ -193,11 +256,18 @@ class Program:
         except Exception:  # noqa: BLE001, S110 — a missing, partial or stale entry is compiled again
             pass
         named = {n: v for n, v in statics if isinstance(n, str)}
-        # Compiled here, not read from JAX's cache: an executable JAX loaded from its cache and
-        # serialised again fails when loaded ("Function iota_concatenate_fusion not found", jaxlib
-        # 0.10.2 on CPU, reproduced); one compiled afresh loads and gives the same bits.
-        with _jax_cache(False):
-            compiled = self.jitted.lower(*args, **kwargs, **named).compile()
+        # Compiled under a name of this key's own (JAX's cache key includes the program's name), so
+        # that JAX's cache cannot serve it (see `_compiling`) unless this entry was lost.
+        _listen()
+        _compiling.active, _compiling.hit = True, False
+        try:
+            fun = self.__wrapped__
+            named_jit = jax.jit(_renamed(fun, f"{fun.__name__}__ilex_{digest[:12]}"), **self._jit_options)
+            compiled = named_jit.lower(*args, **kwargs, **named).compile()
+        finally:
+            _compiling.active = False
+        if _compiling.hit:  # served by JAX's cache: not kept (see `_compiling`)
+            return compiled
         try:
             payload, in_tree, out_tree = serialize_executable.serialize(compiled)
             if in_tree != tree or pickle.loads(pickle.dumps(out_tree)) != out_tree:
@@ -214,6 +284,16 @@ class Program:
             with contextlib.suppress(OSError):
                 os.remove(temporary)
         return compiled
+
+
+def _renamed(fun, name: str):
+    # `fun` under another name (its signature kept: jax.jit reads the static arguments' positions from it).
+    @functools.wraps(fun)
+    def renamed(*args, **kwargs):
+        return fun(*args, **kwargs)
+
+    renamed.__name__ = renamed.__qualname__ = name
+    return renamed
 
 
 def program(fun=None, *, static_argnames=None, static_argnums=None, donate_argnames=None):
