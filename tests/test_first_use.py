@@ -340,7 +340,7 @@ def test_python_default_weights_are_joints(monkeypatch):
     from ilex.batch import BatchSettings
     from ilex.batch.pairs import Pair
     from ilex.bundle import weights as bundle_weights
-    from ilex.registration.session import load_weights
+    from ilex.bundle.weights import load_weights
 
     loaded = []
     monkeypatch.setattr(bundle_weights, "load_weights_file", lambda path, explicit: loaded.append(path) or path)
