@@ -37,7 +37,7 @@ _LAZY = {
     "SynthMorphUNet": ("models.synthmorph_deform", "SynthMorphUNet"),
     "symmetric_velocity": ("models.synthmorph_deform", "symmetric_velocity"),
     "build_template": ("template", "build_template"),
-    "train": ("train", "train"),  # the function; the subpackage stays importable as `ilex.train.*` modules
+    "train": ("train", "train"),  # the function (served by `_Ilex.train` below); listed for dir() and __all__
     "synth": ("synth", None),
 }
 

@@ -137,16 +137,9 @@ def _on_event(event: str, **kwargs) -> None:
         _compiling.hit = True
 
 
-_listening = False
-_listening_lock = threading.Lock()
-
-
+@functools.cache
 def _listen() -> None:
-    global _listening
-    with _listening_lock:
-        if not _listening:
-            jax.monitoring.register_event_listener(_on_event)
-            _listening = True
+    jax.monitoring.register_event_listener(_on_event)  # once (twice in a race: harmless)
 
 
 class _Loaded:
@@ -229,9 +222,7 @@ class Program:
             dynamic = tuple(a for i, a in enumerate(args) if i not in self._static_nums)
         else:
             dynamic = args
-        leaves, tree = jax.tree.flatten((dynamic, kwargs))
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-            return self.jitted(*args, **kwargs, **{n: v for n, v in statics if isinstance(n, str)})
+        leaves, tree = jax.tree.flatten((dynamic, kwargs))  # no tracers: `_at_top_level` above
         types = tuple(leaf.aval if isinstance(leaf, jax.Array) else jax.typeof(leaf) for leaf in leaves)
         key = (statics, tree, types, _settings())
         compiled = self._loaded.executables.get(key)
@@ -279,7 +270,9 @@ class Program:
         try:
             with os.fdopen(handle, "wb") as f:
                 pickle.dump((_FORMAT, hashlib.sha256(payload).digest(), payload, out_tree), f)
-            os.replace(temporary, path)  # whole or not at all: a reader never sees half an entry
+            # Whole or not at all, and at once: not `_atomic.atomic_file`, whose renames wait for an
+            # output batch (a program may compile while one is open) and are undone with it.
+            os.replace(temporary, path)
         except Exception:  # noqa: BLE001 — as above
             with contextlib.suppress(OSError):
                 os.remove(temporary)

@@ -415,11 +415,13 @@ def run(args: argparse.Namespace) -> int:
         centred = not facts.centre_on_fixed
         space = network_space(moving, fixed, args.extent, init, centre_on_fixed=not centred)
         check_overlap(moving, fixed, space.net_to_fix @ space.mov_to_net, centred=centred and init is None)
+        networks = None
         if weights:  # the weights' code (equinox) only where there are weights: -m optimize goes without
             from ..bundle.weights import load_networks, peek_width
-        if weights and not args.gpu and not args.no_memory_check:
-            check_memory(args.extent, max(peek_width(w) for w in weights), detector=facts.runs_detector)
-        networks = load_networks(facts, weights, explicit=bool(args.weights), hyper=args.hyper) if weights else None
+
+            if not args.gpu and not args.no_memory_check:
+                check_memory(args.extent, max(peek_width(w) for w in weights), detector=facts.runs_detector)
+            networks = load_networks(facts, weights, explicit=bool(args.weights), hyper=args.hyper)
         method = _method(args, model, networks)
     result = register(
         moving,

@@ -13,12 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The models (equinox, a fifth of a second to import) only where a SynthMorph method runs.
 from ..._programs import program
 from ...transforms.compose import affine_displacement
 from ...transforms.integrate import voxel_grid
 from ...transforms.interpolate import interpolate_clamped
 from .base import Method, NetworkTransform, scale_matrix
+
+# The models (equinox, a fifth of a second to import) are imported inside the functions that run
+# them, so that importing this module (every registration does, -m optimize's too) does not load them.
 
 
 def default_algorithm() -> str:
